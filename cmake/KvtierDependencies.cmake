@@ -1,0 +1,15 @@
+# Every dependency is an installed Debian package; nothing is downloaded.
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(HWLOC REQUIRED IMPORTED_TARGET hwloc)
+find_package(TBB REQUIRED)
+find_package(absl REQUIRED)
+# Debian's FAISS config names OpenMP::OpenMP_CXX without finding it: find it first.
+find_package(OpenMP REQUIRED)
+find_package(faiss REQUIRED)
+if(KVTIER_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(KVTIER_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()

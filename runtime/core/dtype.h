@@ -1,0 +1,51 @@
+// Element types of stored KV and queries, and exact host conversions to and from float.
+// bf16 and fp16 are stored as raw 16-bit patterns (uint16_t) on the host; the conversions
+// round to nearest even, keep NaN a NaN, overflow to Inf and handle subnormals exactly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+
+namespace kvtier {
+
+enum class DType : uint8_t { kBF16, kFP16, kFP32 };
+
+// Bytes per element.
+constexpr size_t DTypeSize(DType dtype) { return dtype == DType::kFP32 ? 4 : 2; }
+const char* DTypeName(DType dtype);
+
+float BF16ToFloat(uint16_t bits);
+uint16_t FloatToBF16(float value);
+float FP16ToFloat(uint16_t bits);
+uint16_t FloatToFP16(float value);
+
+// Element `index` of an array of `dtype` at `data`, as float.
+inline float LoadAsFloat(DType dtype, const void* data, size_t index) {
+  switch (dtype) {
+    case DType::kBF16:
+      return BF16ToFloat(static_cast<const uint16_t*>(data)[index]);
+    case DType::kFP16:
+      return FP16ToFloat(static_cast<const uint16_t*>(data)[index]);
+    case DType::kFP32:
+      return static_cast<const float*>(data)[index];
+  }
+  return 0.0f;  // unreachable: every enumerator is handled above
+}
+
+// Stores `value` rounded to `dtype` as element `index` of the array at `data`.
+inline void StoreFromFloat(DType dtype, float value, void* data, size_t index) {
+  switch (dtype) {
+    case DType::kBF16:
+      static_cast<uint16_t*>(data)[index] = FloatToBF16(value);
+      return;
+    case DType::kFP16:
+      static_cast<uint16_t*>(data)[index] = FloatToFP16(value);
+      return;
+    case DType::kFP32:
+      static_cast<float*>(data)[index] = value;
+      return;
+  }
+}
+
+}  // namespace kvtier

@@ -1,0 +1,132 @@
+#include "runtime/core/options.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
+
+namespace kvtier {
+namespace {
+
+// Group sizes the CUDA kernels are specialised for.
+constexpr int kMaxGroupSize = 16;
+constexpr int kMaxSelectedPages = 4096;
+
+bool IsPowerOfTwo(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+class Problems {
+ public:
+  template <typename T>
+  void Add(absl::string_view field, const T& value, absl::string_view allowed) {
+    problems_.push_back(absl::StrCat(field, " = ", value, ": ", allowed));
+  }
+  absl::Status ToStatus() const {
+    if (problems_.empty()) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid kvtier options: ", absl::StrJoin(problems_, "; ")));
+  }
+
+ private:
+  std::vector<std::string> problems_;
+};
+
+void CheckShape(const ModelShape& shape, Problems& p) {
+  if (shape.num_layers < 1) p.Add("shape.num_layers", shape.num_layers, "must be >= 1");
+  if (shape.num_query_heads < 1) {
+    p.Add("shape.num_query_heads", shape.num_query_heads, "must be >= 1");
+  }
+  if (shape.num_kv_heads < 1) {
+    p.Add("shape.num_kv_heads", shape.num_kv_heads, "must be >= 1");
+  } else if (shape.num_query_heads >= 1) {
+    if (shape.num_query_heads % shape.num_kv_heads != 0) {
+      p.Add("shape.num_kv_heads", shape.num_kv_heads,
+            absl::StrCat("must divide shape.num_query_heads (", shape.num_query_heads, ")"));
+    } else if (shape.group_size() > kMaxGroupSize) {
+      p.Add("shape.num_kv_heads", shape.num_kv_heads,
+            absl::StrCat("query heads per KV head (", shape.group_size(), ") must be at most ",
+                         kMaxGroupSize));
+    }
+  }
+  if (shape.head_dim != 64 && shape.head_dim != 128 && shape.head_dim != 256) {
+    p.Add("shape.head_dim", shape.head_dim, "allowed 64, 128 or 256");
+  }
+  if (shape.dtype != DType::kBF16 && shape.dtype != DType::kFP16) {
+    p.Add("shape.dtype", DTypeName(shape.dtype), "allowed bf16 or fp16");
+  }
+}
+
+}  // namespace
+
+float Options::EffectiveSoftmaxScale() const {
+  if (softmax_scale > 0.0f) return softmax_scale;
+  return shape.head_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(shape.head_dim)) : 0.0f;
+}
+
+absl::Status ValidateOptions(const Options& o) {
+  Problems p;
+  CheckShape(o.shape, p);
+
+  const bool page_ok = IsPowerOfTwo(o.page_size) && o.page_size >= 16 && o.page_size <= 64;
+  if (!page_ok) p.Add("page_size", o.page_size, "must be a power of two: 16, 32 or 64");
+  if (o.sink_tokens < 0) {
+    p.Add("sink_tokens", o.sink_tokens, "must be >= 0");
+  } else if (page_ok && o.sink_tokens % o.page_size != 0) {
+    p.Add("sink_tokens", o.sink_tokens, absl::StrCat("must be a multiple of page_size (", o.page_size, ")"));
+  }
+  if (o.window_tokens < 1) {
+    p.Add("window_tokens", o.window_tokens, "must be >= 1 page");
+  } else if (page_ok && o.window_tokens % o.page_size != 0) {
+    p.Add("window_tokens", o.window_tokens,
+          absl::StrCat("must be a positive multiple of page_size (", o.page_size, ")"));
+  }
+
+  if (o.budget.max_pages < 1 || o.budget.max_pages > kMaxSelectedPages) {
+    p.Add("budget.max_pages", o.budget.max_pages,
+          absl::StrCat("must be in [1, ", kMaxSelectedPages, "]"));
+  }
+  if (!(o.budget.mass_target >= 0.0 && o.budget.mass_target <= 1.0)) {
+    p.Add("budget.mass_target", o.budget.mass_target,
+          "must be 0 (top-k by count) or in (0, 1]");
+  }
+  if (!(o.cache_slots_per_budget >= 1.0 && std::isfinite(o.cache_slots_per_budget))) {
+    p.Add("cache_slots_per_budget", o.cache_slots_per_budget,
+          "must be >= 1: the cache must hold one step's whole selection");
+  }
+  switch (o.cache_policy) {
+    case CachePolicy::kLru:
+    case CachePolicy::kLruWithMass:
+    case CachePolicy::kLastStepSelection:
+      break;
+    default:
+      p.Add("cache_policy", static_cast<int>(o.cache_policy),
+            "allowed kLru, kLruWithMass or kLastStepSelection");
+  }
+  if (o.host_memory_bytes <= 0) {
+    p.Add("host_memory_bytes", o.host_memory_bytes, "must be > 0");
+  }
+  if (o.gpu_memory_bytes <= 0) p.Add("gpu_memory_bytes", o.gpu_memory_bytes, "must be > 0");
+  if (o.max_sequences < 1) p.Add("max_sequences", o.max_sequences, "must be >= 1");
+  if (o.max_batch_size < 1) {
+    p.Add("max_batch_size", o.max_batch_size, "must be >= 1");
+  } else if (o.max_sequences >= 1 && o.max_batch_size > o.max_sequences) {
+    p.Add("max_batch_size", o.max_batch_size,
+          absl::StrCat("must be <= max_sequences (", o.max_sequences, ")"));
+  }
+  if (!(o.softmax_scale >= 0.0f && std::isfinite(o.softmax_scale))) {
+    p.Add("softmax_scale", o.softmax_scale, "must be finite and >= 0 (0: 1/sqrt(head_dim))");
+  }
+  switch (o.backend) {
+    case Backend::kCuda:
+    case Backend::kHost:
+      break;
+    default:
+      p.Add("backend", static_cast<int>(o.backend), "allowed kCuda or kHost");
+  }
+  if (o.device_id < 0) p.Add("device_id", o.device_id, "must be >= 0");
+  return p.ToStatus();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,71 @@
+// Model shape and the options a KvCache is created with, validated as a whole.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "runtime/core/dtype.h"
+
+namespace kvtier {
+
+// The attention shape of the model whose KV is managed.
+struct ModelShape {
+  int num_layers = 0;
+  int num_query_heads = 0;
+  int num_kv_heads = 0;  // must divide num_query_heads (GQA)
+  int head_dim = 0;      // 64, 128 or 256
+  DType dtype = DType::kBF16;  // of keys, values and queries: bf16 or fp16
+
+  // Query heads sharing one KV head; query head h uses KV head h / group_size().
+  int group_size() const { return num_kv_heads > 0 ? num_query_heads / num_kv_heads : 0; }
+};
+
+// Bytes of one K page or one V page: page_size x head_dim elements.
+inline int64_t PageBytes(const ModelShape& shape, int page_size) {
+  return int64_t{page_size} * shape.head_dim * static_cast<int64_t>(DTypeSize(shape.dtype));
+}
+
+// How many pages the index selects per (sequence, layer, KV head) and decode step.
+struct SelectionBudget {
+  int max_pages = 128;  // the top-k count, and the cap when a mass target is set
+  // 0: select exactly `max_pages` by score. In (0, 1]: select the fewest pages whose
+  // estimated share of the attention mass reaches this target, at most `max_pages`.
+  double mass_target = 0.0;
+};
+
+enum class CachePolicy : uint8_t {
+  kLru,                 // evict the least recently used slot
+  kLruWithMass,         // evict by recency and accumulated attention mass
+  kLastStepSelection,   // the cache holds exactly the previous step's selection (baseline)
+};
+
+enum class Backend : uint8_t {
+  kCuda,  // the product: kernels on the GPU
+  kHost,  // the kernels' host twins; runs without a GPU
+};
+
+struct Options {
+  ModelShape shape;
+  int page_size = 16;        // tokens per page: 16, 32 or 64
+  int sink_tokens = 64;      // first tokens kept on the GPU; a multiple of page_size
+  int window_tokens = 1024;  // most recent tokens kept on the GPU; a multiple of page_size
+  SelectionBudget budget;
+  // GPU page-cache slots per (sequence, layer, KV head), as a multiple of budget.max_pages.
+  double cache_slots_per_budget = 4.0;
+  CachePolicy cache_policy = CachePolicy::kLruWithMass;
+  int64_t host_memory_bytes = int64_t{16} << 30;  // pinned host store
+  int64_t gpu_memory_bytes = int64_t{8} << 30;    // hot set, page cache, summaries, workspaces
+  int max_sequences = 256;   // sequences stored at once
+  int max_batch_size = 64;   // sequences in one decode call
+  float softmax_scale = 0.0f;  // 0 means 1 / sqrt(head_dim)
+  Backend backend = Backend::kCuda;
+  int device_id = 0;
+
+  float EffectiveSoftmaxScale() const;
+};
+
+// OK, or InvalidArgument listing every bad field as "field = value: allowed ..." (all of
+// them, separated by "; "), so one call shows everything that must change.
+absl::Status ValidateOptions(const Options& options);
+
+}  // namespace kvtier
