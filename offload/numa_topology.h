@@ -23,6 +23,8 @@ struct NumaPlacement {
 class NumaTopology {
  public:
   static absl::StatusOr<std::unique_ptr<NumaTopology>> Load();
+  // One topology per process, loaded on first use (thread-safe); buffers keep it alive.
+  static absl::StatusOr<std::shared_ptr<const NumaTopology>> Shared();
   ~NumaTopology();
   NumaTopology(const NumaTopology&) = delete;
   NumaTopology& operator=(const NumaTopology&) = delete;

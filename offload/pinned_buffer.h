@@ -12,11 +12,10 @@ namespace kvtier {
 
 struct PinnedBufferRequest {
   size_t bytes = 0;
-  // The GPU the buffer feeds: its nearest NUMA node is used and the buffer is pinned for it.
-  // -1, or no CUDA device present: placed on the calling thread's node and not pinned.
+  // The GPU the buffer feeds: the buffer goes to the NUMA node nearest it and is pinned
+  // (failing to pin is then an error, never a quietly slower pageable buffer). -1, a build
+  // without CUDA, or no such device: placed on the calling thread's node, not pinned.
   int device_id = 0;
-  // Pinning is required when a device is present: failing to pin is then an error rather
-  // than a quietly slower (pageable) buffer.
 };
 
 class PinnedBuffer {

@@ -15,10 +15,9 @@ namespace {
 constexpr int kMaxGroupSize = 16;
 constexpr int kMaxSelectedPages = 4096;
 
-bool IsPowerOfTwo(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
-
 class Problems {
  public:
+  explicit Problems(absl::string_view what) : what_(what) {}
   template <typename T>
   void Add(absl::string_view field, const T& value, absl::string_view allowed) {
     problems_.push_back(absl::StrCat(field, " = ", value, ": ", allowed));
@@ -26,10 +25,11 @@ class Problems {
   absl::Status ToStatus() const {
     if (problems_.empty()) return absl::OkStatus();
     return absl::InvalidArgumentError(
-        absl::StrCat("invalid kvtier options: ", absl::StrJoin(problems_, "; ")));
+        absl::StrCat("invalid ", what_, ": ", absl::StrJoin(problems_, "; ")));
   }
 
  private:
+  std::string what_;
   std::vector<std::string> problems_;
 };
 
@@ -60,16 +60,22 @@ void CheckShape(const ModelShape& shape, Problems& p) {
 
 }  // namespace
 
+absl::Status ValidateModelShape(const ModelShape& shape) {
+  Problems p("model shape");
+  CheckShape(shape, p);
+  return p.ToStatus();
+}
+
 float Options::EffectiveSoftmaxScale() const {
   if (softmax_scale > 0.0f) return softmax_scale;
   return shape.head_dim > 0 ? 1.0f / std::sqrt(static_cast<float>(shape.head_dim)) : 0.0f;
 }
 
 absl::Status ValidateOptions(const Options& o) {
-  Problems p;
+  Problems p("kvtier options");
   CheckShape(o.shape, p);
 
-  const bool page_ok = IsPowerOfTwo(o.page_size) && o.page_size >= 16 && o.page_size <= 64;
+  const bool page_ok = IsSupportedPageSize(o.page_size);
   if (!page_ok) p.Add("page_size", o.page_size, "must be a power of two: 16, 32 or 64");
   if (o.sink_tokens < 0) {
     p.Add("sink_tokens", o.sink_tokens, "must be >= 0");

@@ -64,6 +64,14 @@ struct Options {
   float EffectiveSoftmaxScale() const;
 };
 
+// OK, or InvalidArgument listing every bad field of the shape ("shape.head_dim = 96: ...").
+absl::Status ValidateModelShape(const ModelShape& shape);
+
+// Page sizes the kernels are specialised for: 16, 32 and 64 tokens.
+constexpr bool IsSupportedPageSize(int page_size) {
+  return page_size == 16 || page_size == 32 || page_size == 64;
+}
+
 // OK, or InvalidArgument listing every bad field as "field = value: allowed ..." (all of
 // them, separated by "; "), so one call shows everything that must change.
 absl::Status ValidateOptions(const Options& options);
