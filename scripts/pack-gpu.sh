@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Developer helper (not a newcomer command): builds the GPU binaries for sm_90 and packs
+# them with their shared libraries into .gpu/, ready to carry to the H100 machine, where
+# scripts/gpu-suite.sh runs them (see ../shared/GPU.md).
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+kvtier_build "$KVTIER_ROOT/build-gpu" -DCMAKE_CUDA_ARCHITECTURES=90
+rm -rf "$KVTIER_ROOT/.gpu"
+mkdir -p "$KVTIER_ROOT/.gpu"
+for bin in tests/gpu_test tests/kernels_reference_test tests/offload_test tests/runtime_core_test \
+           tests/index_test tools/probe/kvtier-probe tools/demo/kvtier-demo \
+           bench/kvtier_bench_page_copy bench/kvtier_bench_reference_attention; do
+  cp "$KVTIER_ROOT/build-gpu/$bin" "$KVTIER_ROOT/.gpu/"
+done
+"$KVTIER_ROOT/../shared/tools/bundle-libs" "$KVTIER_ROOT/.gpu/libs.tar.xz" "$KVTIER_ROOT"/.gpu/*
+du -sh "$KVTIER_ROOT/.gpu"
