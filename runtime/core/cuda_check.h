@@ -15,18 +15,17 @@ absl::Status CudaErrorToStatus(cudaError_t error, const char* call, const char* 
 
 // After a kernel launch on `stream`: the launch error if any; with KVTIER_SYNC_AFTER_LAUNCH
 // also synchronises the stream so an asynchronous fault is reported at this launch.
-absl::Status CheckKernelLaunch(const char* kernel, cudaStream_t stream, const char* file,
-                               int line);
+absl::Status CheckKernelLaunch(const char* kernel, cudaStream_t stream, const char* file, int line);
 
 }  // namespace kvtier
 
 // Evaluates a CUDA runtime call; returns a Status from the enclosing function on failure.
-#define KVTIER_CUDA_RETURN_IF_ERROR(call)                                                  \
-  do {                                                                                     \
-    const cudaError_t kvtier_internal_cuda_error = (call);                                 \
-    if (kvtier_internal_cuda_error != cudaSuccess) {                                       \
+#define KVTIER_CUDA_RETURN_IF_ERROR(call)                                                        \
+  do {                                                                                           \
+    const cudaError_t kvtier_internal_cuda_error = (call);                                       \
+    if (kvtier_internal_cuda_error != cudaSuccess) {                                             \
       return ::kvtier::CudaErrorToStatus(kvtier_internal_cuda_error, #call, __FILE__, __LINE__); \
-    }                                                                                      \
+    }                                                                                            \
   } while (false)
 
 // Put right after `kernel<<<..., stream>>>(...)`.

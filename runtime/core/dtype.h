@@ -6,7 +6,6 @@
 #include <cstddef>
 #include <cstdint>
 
-
 namespace kvtier {
 
 enum class DType : uint8_t { kBF16, kFP16, kFP32 };

@@ -80,7 +80,8 @@ absl::Status ValidateOptions(const Options& o) {
   if (o.sink_tokens < 0) {
     p.Add("sink_tokens", o.sink_tokens, "must be >= 0");
   } else if (page_ok && o.sink_tokens % o.page_size != 0) {
-    p.Add("sink_tokens", o.sink_tokens, absl::StrCat("must be a multiple of page_size (", o.page_size, ")"));
+    p.Add("sink_tokens", o.sink_tokens,
+          absl::StrCat("must be a multiple of page_size (", o.page_size, ")"));
   }
   if (o.window_tokens < 1) {
     p.Add("window_tokens", o.window_tokens, "must be >= 1 page");
@@ -94,8 +95,7 @@ absl::Status ValidateOptions(const Options& o) {
           absl::StrCat("must be in [1, ", kMaxSelectedPages, "]"));
   }
   if (!(o.budget.mass_target >= 0.0 && o.budget.mass_target <= 1.0)) {
-    p.Add("budget.mass_target", o.budget.mass_target,
-          "must be 0 (top-k by count) or in (0, 1]");
+    p.Add("budget.mass_target", o.budget.mass_target, "must be 0 (top-k by count) or in (0, 1]");
   }
   if (!(o.cache_slots_per_budget >= 1.0 && std::isfinite(o.cache_slots_per_budget))) {
     p.Add("cache_slots_per_budget", o.cache_slots_per_budget,

@@ -12,8 +12,8 @@ namespace kvtier {
 struct ModelShape {
   int num_layers = 0;
   int num_query_heads = 0;
-  int num_kv_heads = 0;  // must divide num_query_heads (GQA)
-  int head_dim = 0;      // 64, 128 or 256
+  int num_kv_heads = 0;        // must divide num_query_heads (GQA)
+  int head_dim = 0;            // 64, 128 or 256
   DType dtype = DType::kBF16;  // of keys, values and queries: bf16 or fp16
 
   // Query heads sharing one KV head; query head h uses KV head h / group_size().
@@ -34,9 +34,9 @@ struct SelectionBudget {
 };
 
 enum class CachePolicy : uint8_t {
-  kLru,                 // evict the least recently used slot
-  kLruWithMass,         // evict by recency and accumulated attention mass
-  kLastStepSelection,   // the cache holds exactly the previous step's selection (baseline)
+  kLru,                // evict the least recently used slot
+  kLruWithMass,        // evict by recency and accumulated attention mass
+  kLastStepSelection,  // the cache holds exactly the previous step's selection (baseline)
 };
 
 enum class Backend : uint8_t {
@@ -55,9 +55,9 @@ struct Options {
   CachePolicy cache_policy = CachePolicy::kLruWithMass;
   int64_t host_memory_bytes = int64_t{16} << 30;  // pinned host store
   int64_t gpu_memory_bytes = int64_t{8} << 30;    // hot set, page cache, summaries, workspaces
-  int max_sequences = 256;   // sequences stored at once
-  int max_batch_size = 64;   // sequences in one decode call
-  float softmax_scale = 0.0f;  // 0 means 1 / sqrt(head_dim)
+  int max_sequences = 256;                        // sequences stored at once
+  int max_batch_size = 64;                        // sequences in one decode call
+  float softmax_scale = 0.0f;                     // 0 means 1 / sqrt(head_dim)
   Backend backend = Backend::kCuda;
   int device_id = 0;
 

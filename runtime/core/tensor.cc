@@ -26,29 +26,30 @@ MutableTensor MakeMutableTensor(void* data, DType dtype, std::initializer_list<i
 }
 
 namespace {
-std::string DescribeDims(const Dims& dims) {
+// A spec's dimensions: "*" for a wildcard (negative) extent.
+std::string DescribeSpecDims(const Dims& dims) {
   return absl::StrCat("[",
                       absl::StrJoin(dims, ", ",
                                     [](std::string* out, int64_t d) {
-                                      absl::StrAppend(out, d < 0 ? std::string("*")
-                                                                 : absl::StrCat(d));
+                                      absl::StrAppend(out,
+                                                      d < 0 ? std::string("*") : absl::StrCat(d));
                                     }),
                       "]");
 }
 }  // namespace
 
 std::string DescribeTensor(const TensorView<const void*>& tensor) {
-  return absl::StrCat(DescribeDims(tensor.shape), " ", DTypeName(tensor.dtype), " ",
+  // Extents print as given (no wildcards), so a negative extent shows in error messages.
+  return absl::StrCat("[", absl::StrJoin(tensor.shape, ", "), "] ", DTypeName(tensor.dtype), " ",
                       tensor.space == MemorySpace::kHost ? "host" : "device");
 }
 
 absl::Status CheckTensor(absl::string_view argument, const TensorView<const void*>& tensor,
                          const TensorSpec& spec) {
   auto mismatch = [&](absl::string_view what) {
-    return absl::InvalidArgumentError(absl::StrCat(argument, ": ", what, "; expected ",
-                                                   DescribeDims(spec.shape), " ",
-                                                   DTypeName(spec.dtype), ", got ",
-                                                   DescribeTensor(tensor)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(argument, ": ", what, "; expected ", DescribeSpecDims(spec.shape), " ",
+                     DTypeName(spec.dtype), ", got ", DescribeTensor(tensor)));
   };
   if (tensor.rank() != static_cast<int>(spec.shape.size())) return mismatch("wrong rank");
   for (int i = 0; i < tensor.rank(); ++i) {
