@@ -1,0 +1,305 @@
+#include "kernels/reference_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/core/status.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
+namespace kvtier {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Items with more tokens than this are split into page-aligned chunks that run in parallel,
+// so that one long sequence uses every core. The split depends only on the parameters, never
+// on the thread count, so results are the same on any machine.
+constexpr int64_t kChunkTokens = 4096;
+
+constexpr int kMaxHeadDim = 256;  // the largest head_dim that validation accepts
+
+absl::Status Invalid(const std::string& message) {
+  return absl::InvalidArgumentError(absl::StrCat("PagedDecodeParams: ", message));
+}
+
+absl::Status ValidateAttention(const PagedDecodeParams& p) {
+  if (p.dtype != DType::kBF16 && p.dtype != DType::kFP16) {
+    return Invalid(absl::StrCat("dtype is ", DTypeName(p.dtype), "; expected bf16 or fp16"));
+  }
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) {
+    return Invalid(absl::StrCat("head_dim is ", p.head_dim, "; expected 64, 128 or 256"));
+  }
+  if (p.page_size < 1) {
+    return Invalid(absl::StrCat("page_size is ", p.page_size, "; expected >= 1"));
+  }
+  if (p.group_size < 1) {
+    return Invalid(absl::StrCat("group_size is ", p.group_size, "; expected >= 1"));
+  }
+  if (p.num_items < 0) {
+    return Invalid(absl::StrCat("num_items is ", p.num_items, "; expected >= 0"));
+  }
+  if (!std::isfinite(p.softmax_scale)) {
+    return Invalid(absl::StrCat("softmax_scale is ", p.softmax_scale, "; expected finite"));
+  }
+  if (p.num_items == 0) return absl::OkStatus();  // nothing is read or written
+
+  const std::pair<const void*, const char*> required[] = {{p.q, "q"},
+                                                          {p.page_offsets, "page_offsets"},
+                                                          {p.last_page_tokens, "last_page_tokens"},
+                                                          {p.out, "out"},
+                                                          {p.lse, "lse"}};
+  for (const auto& [pointer, name] : required) {
+    if (pointer == nullptr) return Invalid(absl::StrCat(name, " is null"));
+  }
+  if (p.page_offsets[0] != 0) {
+    return Invalid(absl::StrCat("page_offsets[0] is ", p.page_offsets[0], "; expected 0"));
+  }
+  for (int i = 0; i < p.num_items; ++i) {
+    const int32_t begin = p.page_offsets[i];
+    const int32_t end = p.page_offsets[i + 1];
+    if (end < begin) {
+      return Invalid(absl::StrCat("page_offsets[", i + 1, "] is ", end, ", below page_offsets[", i,
+                                  "] = ", begin, "; expected non-decreasing"));
+    }
+    const int32_t last = p.last_page_tokens[i];
+    if (end > begin && (last < 1 || last > p.page_size)) {
+      return Invalid(absl::StrCat("last_page_tokens[", i, "] is ", last, "; expected in [1, ",
+                                  p.page_size, "] (page_size)"));
+    }
+  }
+  const int32_t total_pages = p.page_offsets[p.num_items];
+  if (total_pages > 0) {
+    if (p.k_pages == nullptr) return Invalid("k_pages is null");
+    if (p.v_pages == nullptr) return Invalid("v_pages is null");
+    for (int32_t j = 0; j < total_pages; ++j) {
+      if (p.k_pages[j] == nullptr) return Invalid(absl::StrCat("k_pages[", j, "] is null"));
+      if (p.v_pages[j] == nullptr) return Invalid(absl::StrCat("v_pages[", j, "] is null"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Log-sum-exp merge, in double, of `num_parts` partial results of one query row: part j has
+// log-sum-exp lse_of(j) and output row out_of(j) (head_dim values). Writes the merged row to
+// out[0, head_dim) and returns the merged log-sum-exp. A part with lse = -inf holds no tokens
+// and contributes nothing (its row is not read); with no other part the row is 0 and the lse
+// -inf. A NaN lse makes the whole row NaN (std::max-style comparisons would drop it).
+template <typename LseOf, typename OutOf>
+double MergeRow(int num_parts, int head_dim, LseOf lse_of, OutOf out_of, double* out) {
+  double max_lse = -kInf;
+  bool any_nan = false;
+  for (int j = 0; j < num_parts; ++j) {
+    const double lse = lse_of(j);
+    if (std::isnan(lse)) any_nan = true;
+    if (lse > max_lse) max_lse = lse;
+  }
+  if (any_nan) {
+    std::fill(out, out + head_dim, kNaN);
+    return kNaN;
+  }
+  std::fill(out, out + head_dim, 0.0);
+  if (max_lse == -kInf) return -kInf;
+  double weight_sum = 0.0;
+  for (int j = 0; j < num_parts; ++j) {
+    const double lse = lse_of(j);
+    if (lse == -kInf) continue;
+    const double weight = std::exp(lse - max_lse);  // NaN if max_lse is +inf: propagates
+    weight_sum += weight;
+    const auto* part = out_of(j);
+    for (int d = 0; d < head_dim; ++d) out[d] += weight * static_cast<double>(part[d]);
+  }
+  for (int d = 0; d < head_dim; ++d) out[d] /= weight_sum;
+  return max_lse + std::log(weight_sum);
+}
+
+// Token t of a K or V page as float, one row at a time so the dtype is resolved per row.
+void LoadRow(DType dtype, const void* page, int64_t t, int dim, float* row) {
+  for (int d = 0; d < dim; ++d) row[d] = LoadAsFloat(dtype, page, t * dim + d);
+}
+
+// q . k in double. Four partial sums (dim is a multiple of 4) let the additions overlap
+// instead of waiting on one chain; any order is exact enough for a result rounded to float.
+double Dot(const double* q, const float* k, int dim) {
+  double partial[4] = {0.0, 0.0, 0.0, 0.0};
+  for (int d = 0; d < dim; d += 4) {
+    for (int lane = 0; lane < 4; ++lane) {
+      partial[lane] += q[d + lane] * static_cast<double>(k[d + lane]);
+    }
+  }
+  return (partial[0] + partial[1]) + (partial[2] + partial[3]);
+}
+
+// Exact attention of one query row `q` (head_dim values, in double) over the tokens of pages
+// [page_begin, page_end) (global indexes into k_pages / v_pages) of `item`, in double: writes
+// the softmax-weighted sum of V to out[0, head_dim) and returns the log-sum-exp of the
+// logits. The range must hold at least one page. Two plain passes: logits and their maximum,
+// then the max-subtracted exponentials.
+double AttendPages(const PagedDecodeParams& p, int item, const double* q, int64_t page_begin,
+                   int64_t page_end, double* out) {
+  const int64_t dim = p.head_dim;
+  const int64_t item_last_page = p.page_offsets[item + 1] - 1;
+  auto tokens_in = [&](int64_t page) -> int64_t {
+    return page == item_last_page ? p.last_page_tokens[item] : p.page_size;
+  };
+  const double scale = p.softmax_scale;
+
+  float row[kMaxHeadDim];
+  std::vector<double> logits;
+  logits.reserve((page_end - page_begin) * p.page_size);
+  double max_logit = -kInf;
+  for (int64_t page = page_begin; page < page_end; ++page) {
+    const void* k = p.k_pages[page];
+    for (int64_t t = 0; t < tokens_in(page); ++t) {
+      LoadRow(p.dtype, k, t, p.head_dim, row);
+      logits.push_back(scale * Dot(q, row, p.head_dim));
+      if (logits.back() > max_logit) max_logit = logits.back();
+    }
+  }
+
+  std::fill(out, out + dim, 0.0);
+  double sum = 0.0;
+  size_t index = 0;
+  for (int64_t page = page_begin; page < page_end; ++page) {
+    const void* v = p.v_pages[page];
+    for (int64_t t = 0; t < tokens_in(page); ++t) {
+      // A NaN logit is never the maximum but makes its exponential, and so the sums, NaN.
+      const double weight = std::exp(logits[index++] - max_logit);
+      sum += weight;
+      LoadRow(p.dtype, v, t, p.head_dim, row);
+      for (int64_t d = 0; d < dim; ++d) out[d] += weight * static_cast<double>(row[d]);
+    }
+  }
+  for (int64_t d = 0; d < dim; ++d) out[d] /= sum;
+  return max_logit + std::log(sum);
+}
+
+// Attention of query head `head` of `item`, written to params.out / params.lse. Long items
+// are split into page-aligned chunks computed in parallel and merged in chunk order.
+void AttendRow(const PagedDecodeParams& p, int item, int head) {
+  const int64_t dim = p.head_dim;
+  const int64_t row = static_cast<int64_t>(item) * p.group_size + head;
+  float* out = p.out + row * dim;
+  const int64_t page_begin = p.page_offsets[item];
+  const int64_t page_end = p.page_offsets[item + 1];
+  if (page_begin == page_end) {
+    std::fill(out, out + dim, 0.0f);
+    p.lse[row] = -std::numeric_limits<float>::infinity();
+    return;
+  }
+
+  std::vector<double> q(dim);
+  for (int64_t d = 0; d < dim; ++d) q[d] = LoadAsFloat(p.dtype, p.q, row * dim + d);
+
+  const int64_t num_pages = page_end - page_begin;
+  const int64_t num_tokens = (num_pages - 1) * p.page_size + p.last_page_tokens[item];
+  const int64_t chunk_pages = std::max<int64_t>(1, kChunkTokens / p.page_size);
+  const int64_t num_chunks =
+      num_tokens > kChunkTokens ? (num_pages + chunk_pages - 1) / chunk_pages : 1;
+  std::vector<double> result(dim);
+  double lse;
+  if (num_chunks == 1) {
+    lse = AttendPages(p, item, q.data(), page_begin, page_end, result.data());
+  } else {
+    std::vector<double> chunk_out(num_chunks * dim);
+    std::vector<double> chunk_lse(num_chunks);
+    tbb::parallel_for(int64_t{0}, num_chunks, [&](int64_t c) {
+      const int64_t first = page_begin + c * chunk_pages;
+      const int64_t last = std::min(page_end, first + chunk_pages);
+      chunk_lse[c] = AttendPages(p, item, q.data(), first, last, chunk_out.data() + c * dim);
+    });
+    lse = MergeRow(
+        static_cast<int>(num_chunks), p.head_dim, [&](int c) { return chunk_lse[c]; },
+        [&](int c) { return chunk_out.data() + static_cast<int64_t>(c) * dim; }, result.data());
+  }
+  for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<float>(result[d]);
+  p.lse[row] = static_cast<float>(lse);
+}
+
+absl::Status ValidateMerge(const MergeParams& p) {
+  auto invalid = [](const std::string& message) {
+    return absl::InvalidArgumentError(absl::StrCat("MergeParams: ", message));
+  };
+  if (p.num_parts < 1) {
+    return invalid(absl::StrCat("num_parts is ", p.num_parts, "; expected >= 1"));
+  }
+  if (p.num_rows < 1) return invalid(absl::StrCat("num_rows is ", p.num_rows, "; expected >= 1"));
+  if (p.head_dim < 1) return invalid(absl::StrCat("head_dim is ", p.head_dim, "; expected >= 1"));
+  if (p.part_out == nullptr) return invalid("part_out is null");
+  if (p.part_lse == nullptr) return invalid("part_lse is null");
+  if (p.out == nullptr) return invalid("out is null");
+  if (p.lse == nullptr) return invalid("lse is null");
+  // Outputs and inputs are address ranges; std::less orders pointers into different arrays.
+  struct Range {
+    const char* name;
+    int j;  // part index, or -1 for an output
+    const float* begin;
+    int64_t size;
+  };
+  auto overlap = [](const Range& a, const Range& b) {
+    const std::less<const float*> less;
+    return less(a.begin, b.begin + b.size) && less(b.begin, a.begin + a.size);
+  };
+  auto describe = [](const Range& r) {
+    return r.j < 0 ? std::string(r.name) : absl::StrCat(r.name, "[", r.j, "]");
+  };
+  const int64_t row_values = static_cast<int64_t>(p.num_rows) * p.head_dim;
+  const Range outputs[] = {{"out", -1, p.out, row_values}, {"lse", -1, p.lse, p.num_rows}};
+  if (overlap(outputs[0], outputs[1])) return invalid("out and lse overlap");
+  for (int j = 0; j < p.num_parts; ++j) {
+    if (p.part_out[j] == nullptr) return invalid(absl::StrCat("part_out[", j, "] is null"));
+    if (p.part_lse[j] == nullptr) return invalid(absl::StrCat("part_lse[", j, "] is null"));
+    const Range inputs[] = {{"part_out", j, p.part_out[j], row_values},
+                            {"part_lse", j, p.part_lse[j], p.num_rows}};
+    for (const Range& output : outputs) {
+      for (const Range& input : inputs) {
+        if (overlap(output, input)) {
+          return invalid(absl::StrCat(describe(output), " overlaps ", describe(input),
+                                      "; outputs may alias no input"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ReferencePagedDecodeAttention(const PagedDecodeParams& params) {
+  KVTIER_RETURN_IF_ERROR(ValidateAttention(params));
+  const int64_t num_rows = static_cast<int64_t>(params.num_items) * params.group_size;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, num_rows), [&](const auto& rows) {
+    for (int64_t row = rows.begin(); row < rows.end(); ++row) {
+      AttendRow(params, static_cast<int>(row / params.group_size),
+                static_cast<int>(row % params.group_size));
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status ReferenceMergePartials(const MergeParams& params) {
+  KVTIER_RETURN_IF_ERROR(ValidateMerge(params));
+  const int64_t dim = params.head_dim;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, params.num_rows), [&](const auto& rows) {
+    std::vector<double> merged(dim);
+    for (int64_t row = rows.begin(); row < rows.end(); ++row) {
+      const double lse = MergeRow(
+          params.num_parts, params.head_dim,
+          [&](int j) { return static_cast<double>(params.part_lse[j][row]); },
+          [&](int j) { return params.part_out[j] + row * dim; }, merged.data());
+      for (int64_t d = 0; d < dim; ++d) params.out[row * dim + d] = static_cast<float>(merged[d]);
+      params.lse[row] = static_cast<float>(lse);
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

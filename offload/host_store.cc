@@ -11,8 +11,8 @@ namespace kvtier {
 struct HostStore::Sequence {
   absl::Mutex mu;
   bool removed ABSL_GUARDED_BY(mu) = false;
-  std::vector<int64_t> num_tokens ABSL_GUARDED_BY(mu);           // [layer]
-  std::vector<std::vector<FrameId>> pages ABSL_GUARDED_BY(mu);   // [layer * kv_heads + head]
+  std::vector<int64_t> num_tokens ABSL_GUARDED_BY(mu);          // [layer]
+  std::vector<std::vector<FrameId>> pages ABSL_GUARDED_BY(mu);  // [layer * kv_heads + head]
 };
 
 namespace {
@@ -22,8 +22,8 @@ int64_t PagesFor(int64_t tokens, int page_size) { return (tokens + page_size - 1
 absl::StatusOr<std::unique_ptr<HostStore>> HostStore::Create(const HostStoreConfig& config) {
   KVTIER_RETURN_IF_ERROR(ValidateModelShape(config.shape));
   if (!IsSupportedPageSize(config.page_size)) {
-    return absl::InvalidArgumentError(absl::StrCat("HostStore: page_size = ", config.page_size,
-                                                   ": must be 16, 32 or 64"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("HostStore: page_size = ", config.page_size, ": must be 16, 32 or 64"));
   }
   const int64_t page_bytes = PageBytes(config.shape, config.page_size);
   const int64_t num_frames = config.capacity_bytes / (2 * page_bytes);
@@ -34,8 +34,8 @@ absl::StatusOr<std::unique_ptr<HostStore>> HostStore::Create(const HostStoreConf
   }
   KVTIER_ASSIGN_OR_RETURN(
       std::unique_ptr<PageArena> arena,
-      PageArena::Create({.page_bytes = page_bytes, .num_frames = num_frames,
-                         .device_id = config.device_id}));
+      PageArena::Create(
+          {.page_bytes = page_bytes, .num_frames = num_frames, .device_id = config.device_id}));
   return std::unique_ptr<HostStore>(new HostStore(config, std::move(arena)));
 }
 
@@ -93,12 +93,12 @@ absl::StatusOr<std::shared_ptr<HostStore::Sequence>> HostStore::Find(SeqId seq) 
 
 absl::Status HostStore::CheckLayerAndHead(int layer, int kv_head) const {
   if (layer < 0 || layer >= config_.shape.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer = ", layer, ": must be in [0, ",
-                                                   config_.shape.num_layers, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer = ", layer, ": must be in [0, ", config_.shape.num_layers, ")"));
   }
   if (kv_head < 0 || kv_head >= config_.shape.num_kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_head = ", kv_head, ": must be in [0, ",
-                                                   config_.shape.num_kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_head = ", kv_head, ": must be in [0, ", config_.shape.num_kv_heads, ")"));
   }
   return absl::OkStatus();
 }
@@ -110,8 +110,8 @@ absl::Status HostStore::Append(SeqId seq, int layer, const ConstTensor& k, const
   KVTIER_RETURN_IF_ERROR(CheckTensor("k", k, spec));
   KVTIER_RETURN_IF_ERROR(CheckTensor("v", v, spec));
   if (k.shape[0] != v.shape[0]) {
-    return absl::InvalidArgumentError(absl::StrCat("k has ", k.shape[0], " tokens but v has ",
-                                                   v.shape[0]));
+    return absl::InvalidArgumentError(
+        absl::StrCat("k has ", k.shape[0], " tokens but v has ", v.shape[0]));
   }
   if (k.space != MemorySpace::kHost || v.space != MemorySpace::kHost) {
     return absl::InvalidArgumentError("HostStore::Append: k and v must be in host memory");
@@ -129,13 +129,12 @@ absl::Status HostStore::Append(SeqId seq, int layer, const ConstTensor& k, const
   const int64_t new_pages_per_head =
       PagesFor(old_tokens + tokens, page_size) - PagesFor(old_tokens, page_size);
   std::vector<FrameId> fresh;
-  const absl::Status allocated =
-      arena_->Allocate(new_pages_per_head * shape.num_kv_heads, fresh);
+  const absl::Status allocated = arena_->Allocate(new_pages_per_head * shape.num_kv_heads, fresh);
   if (!allocated.ok()) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("host store full: appending ", tokens, " tokens to sequence ", seq,
-                     " layer ", layer, " needs ", new_pages_per_head * shape.num_kv_heads,
-                     " more pages (", allocated.message(), "); nothing was stored"));
+        absl::StrCat("host store full: appending ", tokens, " tokens to sequence ", seq, " layer ",
+                     layer, " needs ", new_pages_per_head * shape.num_kv_heads, " more pages (",
+                     allocated.message(), "); nothing was stored"));
   }
 
   // From here nothing can fail: link the new frames, then copy token rows into them.

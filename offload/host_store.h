@@ -31,15 +31,15 @@ namespace kvtier {
 
 struct HostStoreConfig {
   ModelShape shape;
-  int page_size = 16;             // tokens per page, a power of two
-  int64_t capacity_bytes = 0;     // arena size; it holds capacity_bytes / frame bytes frames
-  int device_id = 0;              // GPU the store feeds (NUMA node, pinning); -1 for none
+  int page_size = 16;          // tokens per page, a power of two
+  int64_t capacity_bytes = 0;  // arena size; it holds capacity_bytes / frame bytes frames
+  int device_id = 0;           // GPU the store feeds (NUMA node, pinning); -1 for none
 };
 
 struct HostStoreUsage {
   int64_t capacity_pages = 0;  // page frames (a K page and a V page each)
   int64_t used_pages = 0;
-  int64_t page_bytes = 0;      // of one K or one V page
+  int64_t page_bytes = 0;  // of one K or one V page
   int64_t num_sequences = 0;
   int64_t capacity_bytes() const { return capacity_pages * 2 * page_bytes; }
   int64_t used_bytes() const { return used_pages * 2 * page_bytes; }

@@ -14,9 +14,9 @@ namespace kvtier {
 
 // Where a buffer was placed and why, for logs and the probe.
 struct NumaPlacement {
-  int node = -1;     // OS index of the NUMA node; -1 when hwloc reports none
+  int node = -1;       // OS index of the NUMA node; -1 when hwloc reports none
   bool bound = false;  // memory is bound to `node` (false: the kernel's default policy)
-  std::string how;   // e.g. "nearest GPU 0000:3b:00.0" or "local to the calling thread"
+  std::string how;     // e.g. "nearest GPU 0000:3b:00.0" or "local to the calling thread"
 };
 
 // Thread-safe after Load(): every method is const and hwloc topologies are read-only here.

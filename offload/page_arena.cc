@@ -10,18 +10,16 @@ namespace kvtier {
 
 absl::StatusOr<std::unique_ptr<PageArena>> PageArena::Create(const PageArenaConfig& config) {
   if (config.page_bytes <= 0 || config.page_bytes % 16 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "PageArena: page_bytes = ", config.page_bytes, ": must be a positive multiple of 16"));
+    return absl::InvalidArgumentError(absl::StrCat("PageArena: page_bytes = ", config.page_bytes,
+                                                   ": must be a positive multiple of 16"));
   }
-  if (config.num_frames <= 0 ||
-      config.num_frames > int64_t{std::numeric_limits<FrameId>::max()}) {
-    return absl::InvalidArgumentError(absl::StrCat("PageArena: num_frames = ", config.num_frames,
-                                                   ": must be in [1, 2^32 - 1]"));
+  if (config.num_frames <= 0 || config.num_frames > int64_t{std::numeric_limits<FrameId>::max()}) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("PageArena: num_frames = ", config.num_frames, ": must be in [1, 2^32 - 1]"));
   }
   const int64_t bytes = config.num_frames * 2 * config.page_bytes;
-  KVTIER_ASSIGN_OR_RETURN(
-      PinnedBuffer buffer,
-      PinnedBuffer::Allocate({static_cast<size_t>(bytes), config.device_id}));
+  KVTIER_ASSIGN_OR_RETURN(PinnedBuffer buffer,
+                          PinnedBuffer::Allocate({static_cast<size_t>(bytes), config.device_id}));
   return std::unique_ptr<PageArena>(
       new PageArena(std::move(buffer), config.page_bytes, config.num_frames));
 }

@@ -59,8 +59,8 @@ class PageArena {
   const int64_t page_bytes_;
   const int64_t num_frames_;
   mutable absl::Mutex mu_;
-  std::vector<FrameId> free_ ABSL_GUARDED_BY(mu_);    // stack of free frames
-  std::vector<bool> in_use_ ABSL_GUARDED_BY(mu_);     // [num_frames]
+  std::vector<FrameId> free_ ABSL_GUARDED_BY(mu_);  // stack of free frames
+  std::vector<bool> in_use_ ABSL_GUARDED_BY(mu_);   // [num_frames]
 };
 
 }  // namespace kvtier

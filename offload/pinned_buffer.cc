@@ -35,8 +35,7 @@ std::pair<int, std::string> ChooseNode(const NumaTopology& topology, int device_
 absl::StatusOr<PinnedBuffer> PinnedBuffer::Allocate(const PinnedBufferRequest& request) {
   if (request.bytes == 0) return absl::InvalidArgumentError("PinnedBuffer: bytes = 0");
   KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<const NumaTopology> topology, NumaTopology::Shared());
-  const bool device_present =
-      request.device_id >= 0 && request.device_id < CudaDeviceCount();
+  const bool device_present = request.device_id >= 0 && request.device_id < CudaDeviceCount();
   auto [node, how] = ChooseNode(*topology, request.device_id, device_present);
 
   PinnedBuffer buffer;
@@ -48,14 +47,14 @@ absl::StatusOr<PinnedBuffer> PinnedBuffer::Allocate(const PinnedBufferRequest& r
 #ifdef KVTIER_WITH_CUDA
   if (device_present) {
     // Mapped: kernels read it directly (zero-copy); portable: every context sees it pinned.
-    const cudaError_t error = cudaHostRegister(
-        data, request.bytes, cudaHostRegisterPortable | cudaHostRegisterMapped);
+    const cudaError_t error =
+        cudaHostRegister(data, request.bytes, cudaHostRegisterPortable | cudaHostRegisterMapped);
     if (error != cudaSuccess) {
       (void)cudaGetLastError();
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot pin ", request.bytes, " bytes of host memory for GPU ", request.device_id,
-          ": cudaHostRegister failed with ", cudaGetErrorName(error), " (",
-          cudaGetErrorString(error), ")"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot pin ", request.bytes, " bytes of host memory for GPU ",
+                       request.device_id, ": cudaHostRegister failed with ",
+                       cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
     }
     buffer.pinned_ = true;
   }

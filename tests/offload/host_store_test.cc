@@ -16,8 +16,7 @@ namespace {
 constexpr int kPage = 16;
 
 ModelShape SmallShape(DType dtype = DType::kBF16) {
-  return {.num_layers = 3, .num_query_heads = 8, .num_kv_heads = 2, .head_dim = 64,
-          .dtype = dtype};
+  return {.num_layers = 3, .num_query_heads = 8, .num_kv_heads = 2, .head_dim = 64, .dtype = dtype};
 }
 
 std::unique_ptr<HostStore> MakeStore(int64_t frames, ModelShape shape = SmallShape()) {
@@ -108,10 +107,9 @@ class Model {
 TEST(HostStoreTest, CreateRejectsBadConfig) {
   ModelShape bad = SmallShape();
   bad.num_kv_heads = 3;
-  EXPECT_EQ(HostStore::Create({.shape = bad, .page_size = 16, .capacity_bytes = 1 << 20})
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      HostStore::Create({.shape = bad, .page_size = 16, .capacity_bytes = 1 << 20}).status().code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(HostStore::Create({.shape = SmallShape(), .page_size = 12, .capacity_bytes = 1 << 20})
                 .status()
                 .code(),
@@ -135,7 +133,7 @@ TEST(HostStoreTest, AppendFillsTheLastPageThenNewOnes) {
   EXPECT_EQ(store->NumTokens(7, 1).value(), 57);
   EXPECT_EQ(store->NumTokens(7, 0).value(), 0);
   EXPECT_EQ(store->Pages(7, 1, 0).value().size(), 4u);  // ceil(57 / 16)
-  EXPECT_EQ(store->Usage().used_pages, 8);                 // 4 pages x 2 KV heads
+  EXPECT_EQ(store->Usage().used_pages, 8);              // 4 pages x 2 KV heads
   model.ExpectStoreEquals(*store, rng);
   // Page j holds tokens [16 j, 16 j + 16): token 17 of head 1 is row 1 of page 1.
   std::vector<uint16_t> row(64);
@@ -235,14 +233,17 @@ TEST(HostStoreTest, BadInputReturnsSpecificErrorsAndChangesNothing) {
   const auto on_device =
       MakeConstTensor(c.k.data(), s.dtype, {20, 2, s.head_dim}, MemorySpace::kDevice);
   const auto null_data = MakeConstTensor(nullptr, s.dtype, {20, 2, s.head_dim});
-  for (auto [kk, vv] : {std::pair{wrong_heads, v}, {k, wrong_heads}, {wrong_dtype, v},
-                        {k, fewer_tokens}, {on_device, v}, {k, null_data}}) {
+  for (auto [kk, vv] : {std::pair{wrong_heads, v},
+                        {k, wrong_heads},
+                        {wrong_dtype, v},
+                        {k, fewer_tokens},
+                        {on_device, v},
+                        {k, null_data}}) {
     absl::Status status = store->Append(5, 0, kk, vv);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   }
   absl::Status shape_error = store->Append(5, 0, wrong_heads, v);
-  EXPECT_NE(shape_error.message().find("k: wrong extent"), absl::string_view::npos)
-      << shape_error;
+  EXPECT_NE(shape_error.message().find("k: wrong extent"), absl::string_view::npos) << shape_error;
 
   std::vector<uint16_t> out(64 * 30);
   auto k_out = [&](int64_t n) { return MakeMutableTensor(out.data(), s.dtype, {n, 64}); };
