@@ -14,7 +14,7 @@ namespace kvtier {
 namespace internal {
 
 // Checks what the host can check without reading the pointer arrays: sizes, non-null and
-// aligned arrays. Shared with LaunchPageCopy (page_copy.cu), which declares it there.
+// aligned arrays. Declared in page_copy.h; LaunchPageCopy (page_copy.cu) uses it too.
 absl::Status ValidatePageCopyShape(const PageCopyParams& params) {
   if (params.num_pages < 0) {
     return absl::InvalidArgumentError(

@@ -16,17 +16,12 @@
 #include "runtime/core/status.h"
 
 namespace kvtier {
-namespace internal {
-// Defined in page_copy.cc: the size and pointer-array checks shared with the host twin.
-absl::Status ValidatePageCopyShape(const PageCopyParams& params);
-}  // namespace internal
-
 namespace {
 
 constexpr int kPageCopyThreads = 256;
-// 16-byte loads in flight per thread: 4 x 16 B x 2048 threads x 132 SMs is ~17 MB
-// requested at once on an H100, far beyond PCIe's bandwidth-latency product, while keeping
-// registers low enough for full occupancy.
+// 16-byte loads in flight per thread. At 40 registers a thread (sm_90, 6 blocks an SM),
+// 4 x 16 B x 1536 threads x 132 SMs is ~13 MB requested at once on an H100, far beyond
+// PCIe's bandwidth-latency product (~100 KB), with registers to spare.
 constexpr int kPageCopyUnroll = 4;
 
 // The kernel's view of PageCopyParams: pages as runs of 16-byte vectors. `Index` is 32-bit

@@ -25,6 +25,11 @@ struct PageCopyParams {
   int64_t page_bytes = 0;  // a positive multiple of 16
 };
 
+namespace internal {
+// Checks shared by the launcher and the host twin: sizes and the pointer arrays' presence.
+absl::Status ValidatePageCopyShape(const PageCopyParams& params);
+}  // namespace internal
+
 // Host twin: copies every page with memcpy. InvalidArgument on bad parameters.
 absl::Status ReferencePageCopy(const PageCopyParams& params);
 

@@ -15,8 +15,7 @@ for t in gpu_test runtime_core_test offload_test kernels_reference_test index_te
 done
 .gpu/kvtier_bench_page_copy --benchmark_format=json --benchmark_out="$OUT/bench_page_copy.json" \
   > "$OUT/bench_page_copy.txt" 2>&1 || status=1
-.gpu/kvtier-probe --json > "$OUT/probe.json" 2> "$OUT/probe.err" || status=1
-.gpu/kvtier-probe > "$OUT/probe.txt" 2>&1 || status=1
+.gpu/kvtier-probe --json_out="$OUT/probe.json" > "$OUT/probe.txt" 2>&1 || status=1
 grep -E "FAILED|Failure" "$OUT"/*_test.log | head -20
 cat "$OUT/bench_page_copy.txt" | tail -15
 cat "$OUT/probe.txt"

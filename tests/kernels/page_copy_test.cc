@@ -96,12 +96,16 @@ struct Batch {
   std::vector<void*> dst;
 };
 
+// Fresh inputs every run; the seed is printed with any failure so it can be replayed.
+uint32_t FreshSeed() { return std::random_device{}(); }
+
 class ReferencePageCopySizes : public ::testing::TestWithParam<int64_t> {};
 
 TEST_P(ReferencePageCopySizes, CopiesRandomPagesIntoShuffledSlots) {
   const int64_t page_bytes = GetParam();
-  Batch batch(page_bytes, /*num_source_pages=*/64, /*num_slots=*/48, /*num_pages=*/40,
-              /*seed=*/static_cast<uint32_t>(page_bytes));
+  const uint32_t seed = FreshSeed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  Batch batch(page_bytes, /*num_source_pages=*/64, /*num_slots=*/48, /*num_pages=*/40, seed);
   ASSERT_TRUE(ReferencePageCopy(batch.params()).ok());
   EXPECT_EQ(batch.DestBytes(), batch.Expected());
 }
@@ -114,8 +118,10 @@ INSTANTIATE_TEST_SUITE_P(PageSizes, ReferencePageCopySizes,
 
 // Enough bytes for the oneTBB path (more than one task's worth).
 TEST(ReferencePageCopy, LargeBatchMatches) {
+  const uint32_t seed = FreshSeed();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
   Batch batch(/*page_bytes=*/4096, /*num_source_pages=*/4096, /*num_slots=*/3000,
-              /*num_pages=*/2500, /*seed=*/7);
+              /*num_pages=*/2500, seed);
   ASSERT_TRUE(ReferencePageCopy(batch.params()).ok());
   EXPECT_EQ(batch.DestBytes(), batch.Expected());
 }

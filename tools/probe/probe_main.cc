@@ -7,6 +7,7 @@
 //   kvtier-probe                    # table, 1 GiB copies, median of 5
 //   kvtier-probe --json --bytes=268435456 --repetitions=3
 #include <cstdint>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "tools/probe/probe_report.h"
 
 ABSL_FLAG(bool, json, false, "print JSON instead of a table");
+ABSL_FLAG(std::string, json_out, "", "also write the JSON report to this file");
 ABSL_FLAG(int64_t, bytes, int64_t{1} << 30,
           "bytes of each bulk copy and of the page-read source buffer (at least 1 MiB, rounded "
           "down to a multiple of 32 KiB); host memcpy uses at most 256 MiB. The GPU part "
@@ -65,7 +67,7 @@ absl::Status Measure(ProbeReport& report) {
 int Run(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Measures the copy and memory ceilings kvtier's performance model uses.\n"
-      "Usage: kvtier-probe [--json] [--bytes=N] [--repetitions=N] [--device=N]");
+      "Usage: kvtier-probe [--json] [--json_out=FILE] [--bytes=N] [--repetitions=N] [--device=N]");
   // --help lists this tool's flags (the default matches files named after the program).
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
@@ -98,6 +100,14 @@ int Run(int argc, char** argv) {
     PrintTable(report, std::cout);
   }
   std::cout.flush();
+  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
+    std::ofstream file(path);
+    PrintJson(report, file);
+    if (!file.good()) {
+      std::cerr << "kvtier-probe: cannot write " << path << "\n";
+      return 1;
+    }
+  }
   for (const std::string& note : report.notes) {
     if (json) std::cerr << "kvtier-probe: " << note << "\n";
   }

@@ -1,0 +1,349 @@
+#include "tools/probe/gpu_ceilings.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <new>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/core/cuda_device.h"
+#include "runtime/core/status.h"
+
+#ifdef KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "kernels/page_copy.h"
+#include "offload/numa_topology.h"
+#include "offload/pinned_buffer.h"
+#include "runtime/core/cuda_check.h"
+#endif
+
+namespace kvtier::probe {
+
+#ifndef KVTIER_WITH_CUDA
+
+absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report) {
+  return absl::UnavailableError("kvtier was built without CUDA");
+}
+
+#else  // KVTIER_WITH_CUDA
+
+namespace {
+
+constexpr int64_t kMinPageBytes = 512;  // the smallest page read measured
+constexpr int64_t kPerCallPageBytes = 4096;
+constexpr int64_t kMaxPerCallCopies = 4096;
+constexpr int64_t kMaxBytesPerLaunch = int64_t{256} << 20;
+
+// Everything the measurements create on the device, released (in reverse) when it goes
+// out of scope. One owner, so an early error return leaks nothing.
+class CudaResources {
+ public:
+  CudaResources() = default;
+  CudaResources(const CudaResources&) = delete;
+  CudaResources& operator=(const CudaResources&) = delete;
+  ~CudaResources() {
+    for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
+    for (cudaStream_t s : streams_) (void)cudaStreamDestroy(s);
+    for (void* p : memory_) (void)cudaFree(p);
+  }
+
+  absl::StatusOr<std::byte*> Malloc(size_t bytes) {
+    void* p = nullptr;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
+    memory_.push_back(p);
+    return static_cast<std::byte*>(p);
+  }
+  absl::StatusOr<cudaStream_t> Stream() {
+    cudaStream_t s = nullptr;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    streams_.push_back(s);
+    return s;
+  }
+  absl::StatusOr<cudaEvent_t> Event() {
+    cudaEvent_t e = nullptr;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+    events_.push_back(e);
+    return e;
+  }
+
+ private:
+  std::vector<void*> memory_;
+  std::vector<cudaStream_t> streams_;
+  std::vector<cudaEvent_t> events_;
+};
+
+// What every measurement works on. Two of each buffer so copies never read what they write.
+struct Setup {
+  size_t bytes = 0;
+  int repetitions = 0;
+  cudaStream_t stream = nullptr;  // timed work runs here
+  cudaStream_t second_stream = nullptr;
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  cudaEvent_t join = nullptr;
+  PinnedBuffer host_a;                  // `bytes` pinned and mapped: copy source, page-read source
+  PinnedBuffer host_b;                  // `bytes` pinned: device-to-host destination
+  const std::byte* mapped_a = nullptr;  // host_a as the device addresses it
+  std::byte* device_a = nullptr;        // `bytes`
+  std::byte* device_b = nullptr;        // `bytes`
+  const void** src_array = nullptr;     // device: one entry per kMinPageBytes of `bytes`
+  void** dst_array = nullptr;
+};
+
+// Median seconds of `enqueue` (work put on s.stream) between two events: one untimed
+// warm-up, then `repetitions` timed runs.
+absl::StatusOr<double> MedianSeconds(const Setup& s, const std::function<absl::Status()>& enqueue) {
+  std::vector<double> seconds;
+  for (int rep = 0; rep <= s.repetitions; ++rep) {
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
+    KVTIER_RETURN_IF_ERROR(enqueue());
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop, s.stream));
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(s.stop));
+    float ms = 0;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, s.start, s.stop));
+    if (rep > 0) seconds.push_back(ms * 1e-3);
+  }
+  return Median(seconds);
+}
+
+absl::StatusOr<double> CopyGbps(const Setup& s, void* dst, const void* src, size_t bytes,
+                                cudaMemcpyKind kind, double bytes_counted) {
+  KVTIER_ASSIGN_OR_RETURN(
+      const double seconds, MedianSeconds(s, [&]() -> absl::Status {
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, kind, s.stream));
+        return absl::OkStatus();
+      }));
+  return bytes_counted / seconds * 1e-9;
+}
+
+// The bulk copies: pinned each way, both ways at once, pageable, device to device.
+absl::Status MeasureBulkCopies(const Setup& s, ProbeReport* report) {
+  const std::string size = FormatBytes(static_cast<int64_t>(s.bytes));
+  const double bytes = static_cast<double>(s.bytes);
+  KVTIER_ASSIGN_OR_RETURN(double gbps, CopyGbps(s, s.device_a, s.host_a.data(), s.bytes,
+                                                cudaMemcpyHostToDevice, bytes));
+  report->AddRow({"pinned_h2d", "pinned host-to-device", gbps, "GB/s",
+                  absl::StrCat("cudaMemcpyAsync, ", size)});
+  KVTIER_ASSIGN_OR_RETURN(
+      gbps, CopyGbps(s, s.host_b.data(), s.device_a, s.bytes, cudaMemcpyDeviceToHost, bytes));
+  report->AddRow({"pinned_d2h", "pinned device-to-host", gbps, "GB/s",
+                  absl::StrCat("cudaMemcpyAsync, ", size)});
+
+  // Both directions: the second stream joins the timed stream's start and stop events.
+  KVTIER_ASSIGN_OR_RETURN(
+      const double both_seconds, MedianSeconds(s, [&]() -> absl::Status {
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s.second_stream, s.start, 0));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_a, s.host_a.data(), s.bytes,
+                                                    cudaMemcpyHostToDevice, s.stream));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.host_b.data(), s.device_b, s.bytes,
+                                                    cudaMemcpyDeviceToHost, s.second_stream));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.join, s.second_stream));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s.stream, s.join, 0));
+        return absl::OkStatus();
+      }));
+  report->AddRow({"pinned_bidirectional", "pinned both directions at once",
+                  2 * bytes / both_seconds * 1e-9, "GB/s",
+                  absl::StrCat("two streams, ", size, " each way, total of both")});
+
+  std::unique_ptr<std::byte[]> pageable(new (std::nothrow) std::byte[s.bytes]);
+  if (pageable == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate ", s.bytes, " bytes of pageable host memory"));
+  }
+  std::memset(pageable.get(), 0x5A, s.bytes);  // fault the pages in before timing
+  KVTIER_ASSIGN_OR_RETURN(
+      gbps, CopyGbps(s, s.device_a, pageable.get(), s.bytes, cudaMemcpyHostToDevice, bytes));
+  report->AddRow({"pageable_h2d", "pageable host-to-device", gbps, "GB/s",
+                  absl::StrCat("cudaMemcpyAsync from malloc'd memory, ", size)});
+
+  KVTIER_ASSIGN_OR_RETURN(
+      gbps, CopyGbps(s, s.device_b, s.device_a, s.bytes, cudaMemcpyDeviceToDevice, 2 * bytes));
+  report->AddRow({"d2d_copy", "device-to-device copy", gbps, "GB/s",
+                  absl::StrCat("bytes read + written, ", size, " copied")});
+  return absl::OkStatus();
+}
+
+// Uploads the page pointers of `num_batches` launches of `batch_pages` each: distinct
+// random pages of the `source_bytes` at `source`, each batch into the same slots of `arena`
+// in a random order. Successive launches take successive batches, so none re-reads what
+// an earlier one left in the GPU's L2.
+absl::Status UploadRandomBatches(const Setup& s, const std::byte* source, size_t source_bytes,
+                                 std::byte* arena, int64_t page_bytes, int64_t batch_pages,
+                                 int64_t num_batches, std::mt19937_64& rng) {
+  const int64_t source_pages = static_cast<int64_t>(source_bytes) / page_bytes;
+  std::vector<int64_t> order(source_pages), slots(batch_pages);
+  std::iota(order.begin(), order.end(), 0);
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  const int64_t entries = num_batches * batch_pages;
+  std::vector<const void*> src(entries);
+  std::vector<void*> dst(entries);
+  for (int64_t i = 0; i < entries; ++i) {
+    src[i] = source + order[i] * page_bytes;
+    dst[i] = arena + slots[i % batch_pages] * page_bytes;
+  }
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.src_array, src.data(), entries * sizeof(void*),
+                                              cudaMemcpyHostToDevice, s.stream));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.dst_array, dst.data(), entries * sizeof(void*),
+                                              cudaMemcpyHostToDevice, s.stream));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream));  // `src`, `dst` die here
+  return absl::OkStatus();
+}
+
+struct PageCopyRate {
+  double gbps = 0;  // page bytes moved per second
+  int64_t bytes_per_launch = 0;
+};
+
+// LaunchPageCopy of random `page_bytes` pages of `source` (device-addressable) into device
+// slots: a quarter of the source (at most 256 MiB) per launch, a fresh batch each launch.
+absl::StatusOr<PageCopyRate> MeasurePageCopy(const Setup& s, const std::byte* source,
+                                             int64_t page_bytes, std::mt19937_64& rng) {
+  const int64_t source_pages = static_cast<int64_t>(s.bytes) / page_bytes;
+  const int64_t batch_pages =
+      std::max<int64_t>(1, std::min<int64_t>(source_pages / 4, kMaxBytesPerLaunch / page_bytes));
+  const int64_t num_batches = source_pages / batch_pages;
+  KVTIER_RETURN_IF_ERROR(UploadRandomBatches(s, source, s.bytes, s.device_b, page_bytes,
+                                             batch_pages, num_batches, rng));
+  int64_t batch = 0;
+  KVTIER_ASSIGN_OR_RETURN(const double seconds, MedianSeconds(s, [&]() -> absl::Status {
+                            PageCopyParams params;
+                            params.src = s.src_array + batch * batch_pages;
+                            params.dst = s.dst_array + batch * batch_pages;
+                            params.num_pages = batch_pages;
+                            params.page_bytes = page_bytes;
+                            batch = (batch + 1) % num_batches;
+                            return LaunchPageCopy(params, s.stream);
+                          }));
+  return PageCopyRate{static_cast<double>(batch_pages * page_bytes) / seconds * 1e-9,
+                      batch_pages * page_bytes};
+}
+
+absl::Status MeasurePageReads(const Setup& s, ProbeReport* report) {
+  std::mt19937_64 rng(20261122);
+  const std::string source_size = FormatBytes(static_cast<int64_t>(s.bytes));
+  for (int64_t page_bytes = kMinPageBytes; page_bytes <= 32768; page_bytes *= 2) {
+    KVTIER_ASSIGN_OR_RETURN(const PageCopyRate rate,
+                            MeasurePageCopy(s, s.mapped_a, page_bytes, rng));
+    report->AddRow({absl::StrCat("zero_copy_page_read_", page_bytes),
+                    absl::StrCat("zero-copy page read, ", FormatBytes(page_bytes), " pages"),
+                    rate.gbps, "GB/s",
+                    absl::StrCat("LaunchPageCopy, random pages of ", source_size, " pinned, ",
+                                 FormatBytes(rate.bytes_per_launch), " a launch")});
+  }
+  // The same kernel on device pages: the HBM side of the performance model.
+  KVTIER_ASSIGN_OR_RETURN(const PageCopyRate hbm,
+                          MeasurePageCopy(s, s.device_a, kPerCallPageBytes, rng));
+  report->AddRow({"device_page_copy_4096", "device page copy, 4 KiB pages", 2 * hbm.gbps, "GB/s",
+                  absl::StrCat("LaunchPageCopy in HBM, bytes read + written, ",
+                               FormatBytes(hbm.bytes_per_launch), " a launch")});
+  return absl::OkStatus();
+}
+
+// One cudaMemcpyAsync per 4 KiB page, random pinned pages into consecutive device slots.
+absl::Status MeasurePerPageMemcpy(const Setup& s, ProbeReport* report) {
+  const int64_t source_pages = static_cast<int64_t>(s.bytes) / kPerCallPageBytes;
+  const int64_t calls = std::min(kMaxPerCallCopies, source_pages);
+  std::mt19937_64 rng(4096);
+  std::vector<int64_t> order(source_pages);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  KVTIER_ASSIGN_OR_RETURN(
+      const double seconds, MedianSeconds(s, [&]() -> absl::Status {
+        for (int64_t i = 0; i < calls; ++i) {
+          KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+              s.device_b + i * kPerCallPageBytes, s.host_a.data() + order[i] * kPerCallPageBytes,
+              kPerCallPageBytes, cudaMemcpyHostToDevice, s.stream));
+        }
+        return absl::OkStatus();
+      }));
+  const std::string note = absl::StrCat(calls, " calls, random pinned 4 KiB pages");
+  report->AddRow({"memcpy_per_page_4096_us", "cudaMemcpyAsync per 4 KiB page",
+                  seconds / calls * 1e6, "us/call", note});
+  report->AddRow({"memcpy_per_page_4096", "cudaMemcpyAsync per 4 KiB page",
+                  static_cast<double>(calls * kPerCallPageBytes) / seconds * 1e-9, "GB/s", note});
+  return absl::OkStatus();
+}
+
+std::string YesNo(bool b) { return b ? "yes" : "no"; }
+
+}  // namespace
+
+absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report) {
+  const int count = CudaDeviceCount();
+  if (options.device < 0 || options.device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device=", options.device, " but ", count, " CUDA device(s) are visible"));
+  }
+  KVTIER_ASSIGN_OR_RETURN(const GpuInfo gpu, QueryGpu(options.device));
+  report->AddInfo("gpu", absl::StrFormat("%s (device %d), sm_%d%d, %d SMs, %s memory (%s free)",
+                                         gpu.name, gpu.device_id, gpu.compute_capability_major,
+                                         gpu.compute_capability_minor, gpu.sm_count,
+                                         FormatBytes(gpu.total_memory_bytes),
+                                         FormatBytes(gpu.free_memory_bytes)));
+  report->AddInfo("gpu pci bus id", gpu.pci_bus_id);
+  {
+    KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<NumaTopology> topology, NumaTopology::Load());
+    absl::StatusOr<int> node = topology->NodeNearPciDevice(gpu.pci_bus_id);
+    report->AddInfo(
+        "numa node nearest gpu",
+        node.ok() ? absl::StrCat(*node) : absl::StrCat("unknown (", node.status().message(), ")"));
+  }
+
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  Setup s;
+  s.bytes = static_cast<size_t>(options.bytes);
+  s.repetitions = options.repetitions;
+  CudaResources resources;
+  KVTIER_ASSIGN_OR_RETURN(s.stream, resources.Stream());
+  KVTIER_ASSIGN_OR_RETURN(s.second_stream, resources.Stream());
+  KVTIER_ASSIGN_OR_RETURN(s.start, resources.Event());
+  KVTIER_ASSIGN_OR_RETURN(s.stop, resources.Event());
+  KVTIER_ASSIGN_OR_RETURN(s.join, resources.Event());
+  KVTIER_ASSIGN_OR_RETURN(s.host_a,
+                          PinnedBuffer::Allocate({.bytes = s.bytes, .device_id = options.device}));
+  KVTIER_ASSIGN_OR_RETURN(s.host_b,
+                          PinnedBuffer::Allocate({.bytes = s.bytes, .device_id = options.device}));
+  const NumaPlacement& placement = s.host_a.placement();
+  report->AddInfo("pinned buffers",
+                  absl::StrCat("node ", placement.node, ", bound to it: ", YesNo(placement.bound),
+                               ", page-locked: ", YesNo(s.host_a.pinned() && s.host_b.pinned()),
+                               " (", placement.how, ")"));
+  if (!s.host_a.pinned() || !s.host_b.pinned()) {
+    return absl::InternalError("the host buffers were not page-locked although a GPU is present");
+  }
+  std::memset(s.host_a.data(), 0x5A, s.bytes);
+  std::memset(s.host_b.data(), 0, s.bytes);
+  void* mapped = nullptr;
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&mapped, s.host_a.data(), 0));
+  s.mapped_a = static_cast<const std::byte*>(mapped);
+  KVTIER_ASSIGN_OR_RETURN(s.device_a, resources.Malloc(s.bytes));
+  KVTIER_ASSIGN_OR_RETURN(s.device_b, resources.Malloc(s.bytes));
+  const size_t array_bytes = s.bytes / kMinPageBytes * sizeof(void*);
+  KVTIER_ASSIGN_OR_RETURN(std::byte * src_array, resources.Malloc(array_bytes));
+  KVTIER_ASSIGN_OR_RETURN(std::byte * dst_array, resources.Malloc(array_bytes));
+  s.src_array = reinterpret_cast<const void**>(src_array);
+  s.dst_array = reinterpret_cast<void**>(dst_array);
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_a, 0x3C, s.bytes, s.stream));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_b, 0, s.bytes, s.stream));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream));
+
+  KVTIER_RETURN_IF_ERROR(MeasureBulkCopies(s, report));
+  KVTIER_RETURN_IF_ERROR(MeasurePageReads(s, report));
+  KVTIER_RETURN_IF_ERROR(MeasurePerPageMemcpy(s, report));
+  return absl::OkStatus();
+}
+
+#endif  // KVTIER_WITH_CUDA
+
+}  // namespace kvtier::probe
