@@ -1,7 +1,8 @@
-// Rate of the host twin of paged decode attention: the host backend's decode attention at a
-// typical shape (batch 4, 8 KV heads, GQA group 4, head_dim 128, bf16, 16-token pages).
-// Reports K/V bytes read per second and sequence tokens attended per second (all heads of
-// one layer), measured in wall time since the work runs on every core (oneTBB).
+// Rate of the host twin of paged decode attention, the host backend's decode attention: GQA
+// group 4, head_dim 128, bf16, 16-token pages; batch x KV heads x tokens per sequence from the
+// arguments (a typical batch, and one 128K-token item that takes the chunked path). Reports
+// K/V bytes read per second and sequence tokens attended per second (all KV heads of one
+// layer), in wall time since the work runs on every core (oneTBB; `threads` says how many).
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -13,19 +14,19 @@
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
 #include "runtime/core/dtype.h"
+#include "tbb/task_arena.h"
 
 namespace kvtier {
 namespace {
 
-constexpr int kBatch = 4;
-constexpr int kKvHeads = 8;
 constexpr int kGroup = 4;
 constexpr int kHeadDim = 128;
 constexpr int kPageSize = 16;
 
 void BM_ReferencePagedDecode(benchmark::State& state) {
-  const int64_t tokens = state.range(0);
-  const int num_items = kBatch * kKvHeads;
+  const int batch = static_cast<int>(state.range(0));
+  const int num_items = batch * static_cast<int>(state.range(1));
+  const int64_t tokens = state.range(2);
   const int64_t pages_per_item = (tokens + kPageSize - 1) / kPageSize;
   const int64_t page_elements = int64_t{kPageSize} * kHeadDim;
 
@@ -84,13 +85,15 @@ void BM_ReferencePagedDecode(benchmark::State& state) {
   state.counters["kv_bytes_per_s"] = benchmark::Counter(
       kv_bytes * iterations, benchmark::Counter::kIsRate, benchmark::Counter::kIs1024);
   state.counters["tokens_per_s"] = benchmark::Counter(
-      static_cast<double>(kBatch) * tokens * iterations, benchmark::Counter::kIsRate);
+      static_cast<double>(batch) * tokens * iterations, benchmark::Counter::kIsRate);
+  state.counters["threads"] = tbb::this_task_arena::max_concurrency();
 }
 
 BENCHMARK(BM_ReferencePagedDecode)
-    ->ArgName("tokens")
-    ->Arg(8 << 10)
-    ->Arg(32 << 10)
+    ->ArgNames({"batch", "kv_heads", "tokens"})
+    ->Args({4, 8, 8 << 10})
+    ->Args({4, 8, 32 << 10})
+    ->Args({1, 1, 128 << 10})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 

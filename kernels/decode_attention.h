@@ -37,7 +37,8 @@ struct PagedDecodeParams {
 
 // Combines partial attention results over disjoint token sets of the same query rows into
 // the result over their union: out = sum_j w_j out_j / sum_j w_j with w_j = exp(lse_j),
-// lse = log(sum_j w_j). A part with lse = -inf (no tokens) contributes nothing.
+// lse = log(sum_j w_j). A part with lse = -inf (no tokens) contributes nothing: its out row
+// is not read, so a producer may leave it unwritten.
 struct MergeParams {
   int num_parts = 0;
   int num_rows = 0;  // query rows, e.g. num_items * G

@@ -1,8 +1,9 @@
 // Host twins of the attention kernels: exact paged decode attention and merge, accumulated
 // in double precision. They are the oracle every GPU test compares against and the host
-// backend's implementation. Parallel over items, heads and (for long page lists) token
-// chunks with oneTBB; results do not depend on the number of threads beyond rounding of the
-// final double-to-float conversion.
+// backend's implementation. Parallel over items, heads and (for items of more than 4096
+// tokens) page-aligned token chunks with oneTBB, on the caller's arena (tbb::global_control
+// limits apply). The chunking depends only on the parameters, so results are bit-identical
+// for any thread count. Calls on disjoint outputs may run concurrently.
 #pragma once
 
 #include "absl/status/status.h"
@@ -10,13 +11,22 @@
 
 namespace kvtier {
 
-// Exact attention for every item and query head of `params`. InvalidArgument (and nothing
-// written) when the parameters are inconsistent: unsupported dtype or head_dim, page_size or
-// group_size < 1, null pointers, decreasing page_offsets, last_page_tokens out of [1, P].
+// Exact attention for every item and query head of `params`: logits scale * q.k and the
+// softmax in double, out and lse rounded to float once at the end. An item without pages gets
+// out 0 and lse -inf. NaN in q, K or V propagates (a NaN key makes its item's rows NaN, a NaN
+// value element its column); it never becomes a finite number.
+// InvalidArgument, with the field and its value in the message and nothing written, when
+// the parameters are inconsistent: dtype not bf16/fp16, head_dim not 64/128/256, page_size
+// or group_size < 1, num_items < 0, softmax_scale not finite, a needed pointer null (every
+// entry of k_pages / v_pages in use is checked), page_offsets[0] != 0 or decreasing,
+// last_page_tokens out of [1, P] for an item with pages. num_items == 0 reads no pointer.
 absl::Status ReferencePagedDecodeAttention(const PagedDecodeParams& params);
 
-// Exact merge of partial results (see MergeParams). InvalidArgument on null pointers or
-// non-positive sizes.
+// Exact merge of partial results (see MergeParams), in double. A part with lse = -inf
+// contributes nothing and its out row is not read; a row whose parts are all -inf gets out 0
+// and lse -inf. A NaN lse makes its row NaN, a NaN out element (of a part that contributes)
+// its element. InvalidArgument (nothing written) on null pointers, non-positive sizes, or
+// out / lse overlapping an input or each other; head_dim may be any positive value.
 absl::Status ReferenceMergePartials(const MergeParams& params);
 
 }  // namespace kvtier

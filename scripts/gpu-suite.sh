@@ -13,7 +13,7 @@ for t in gpu_test runtime_core_test offload_test kernels_reference_test index_te
   .gpu/$t > "$OUT/$t.log" 2>&1 || status=1
   echo "$t: $(grep -E '^\[  (PASSED|FAILED)  \]|SKIPPED \]' "$OUT/$t.log" | head -3 | tr '\n' ' ')"
 done
-.gpu/kvtier_bench_page_copy --benchmark_format=json --benchmark_out="$OUT/bench_page_copy.json" \
+.gpu/kvtier_bench_page_copy --benchmark_out_format=json --benchmark_out="$OUT/bench_page_copy.json" \
   > "$OUT/bench_page_copy.txt" 2>&1 || status=1
 .gpu/kvtier-probe --json_out="$OUT/probe.json" > "$OUT/probe.txt" 2>&1 || status=1
 grep -E "FAILED|Failure" "$OUT"/*_test.log | head -20

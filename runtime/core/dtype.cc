@@ -17,8 +17,6 @@ const char* DTypeName(DType dtype) {
   return "unknown";
 }
 
-float BF16ToFloat(uint16_t bits) { return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16); }
-
 uint16_t FloatToBF16(float value) {
   uint32_t bits = std::bit_cast<uint32_t>(value);
   if (std::isnan(value)) {
@@ -29,20 +27,6 @@ uint16_t FloatToBF16(float value) {
   const uint32_t lsb = (bits >> 16) & 1u;
   bits += 0x7FFFu + lsb;
   return static_cast<uint16_t>(bits >> 16);
-}
-
-float FP16ToFloat(uint16_t bits) {
-  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
-  const uint32_t exponent = (bits >> 10) & 0x1Fu;
-  const uint32_t mantissa = bits & 0x3FFu;
-  if (exponent == 0x1F) {  // Inf or NaN
-    return std::bit_cast<float>(sign | 0x7F800000u | (mantissa << 13));
-  }
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign ? -magnitude : magnitude;
-  }
-  return std::bit_cast<float>(sign | ((exponent + 112u) << 23) | (mantissa << 13));
 }
 
 uint16_t FloatToFP16(float value) {
