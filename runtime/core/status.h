@@ -19,7 +19,7 @@
 
 // `KVTIER_ASSIGN_OR_RETURN(auto x, MakeX());` evaluates the StatusOr once; on error returns
 // its status from the enclosing function, otherwise moves the value into `lhs`.
-#define KVTIER_ASSIGN_OR_RETURN(lhs, rexpr)                                                    \
+#define KVTIER_ASSIGN_OR_RETURN(lhs, rexpr)                                                       \
   KVTIER_INTERNAL_ASSIGN_OR_RETURN(KVTIER_INTERNAL_CONCAT(kvtier_internal_or_, __COUNTER__), lhs, \
                                    rexpr)
 
