@@ -57,6 +57,9 @@ absl::StatusOr<PinnedBuffer> PinnedBuffer::Allocate(const PinnedBufferRequest& r
                        cudaGetErrorName(error), " (", cudaGetErrorString(error), ")"));
     }
     buffer.pinned_ = true;
+    void* device_data = nullptr;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&device_data, data, 0));
+    buffer.device_data_ = static_cast<std::byte*>(device_data);
   }
 #endif
   return buffer;
@@ -69,6 +72,7 @@ PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
     Release();
     topology_ = std::move(other.topology_);
     data_ = std::exchange(other.data_, nullptr);
+    device_data_ = std::exchange(other.device_data_, nullptr);
     size_ = std::exchange(other.size_, 0);
     pinned_ = std::exchange(other.pinned_, false);
     placement_ = std::move(other.placement_);
@@ -85,6 +89,7 @@ void PinnedBuffer::Release() {
 #endif
   topology_->Free(data_, size_);
   data_ = nullptr;
+  device_data_ = nullptr;
   size_ = 0;
   pinned_ = false;
 }

@@ -32,6 +32,8 @@ class PinnedBuffer {
   ~PinnedBuffer();
 
   std::byte* data() const { return data_; }
+  // The buffer's address for kernels (zero-copy reads); nullptr when not pinned.
+  std::byte* device_data() const { return device_data_; }
   size_t size() const { return size_; }
   // Page-locked with cudaHostRegister (mapped, portable): the GPU may read it directly and
   // cudaMemcpyAsync from it is asynchronous.
@@ -43,6 +45,7 @@ class PinnedBuffer {
 
   std::shared_ptr<const NumaTopology> topology_;
   std::byte* data_ = nullptr;
+  std::byte* device_data_ = nullptr;
   size_t size_ = 0;
   bool pinned_ = false;
   NumaPlacement placement_;
