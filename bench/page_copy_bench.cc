@@ -24,6 +24,7 @@
 #include "offload/pinned_buffer.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/cuda_device.h"
+#include "runtime/core/cuda_handles.h"
 #include "runtime/core/status.h"
 
 namespace kvtier {
@@ -33,47 +34,33 @@ constexpr size_t kSourceBytes = size_t{1} << 30;  // random pages come from all 
 constexpr size_t kDeviceBytes = size_t{1} << 30;  // the H2D reference copy's destination
 constexpr int kReferenceRepetitions = 5;
 
-// Device memory, a stream and two events owned together; released in the destructor (at
-// process exit CUDA may already be unloading: errors there are ignored).
+// What every benchmark of the process shares; members release in reverse order (at process
+// exit CUDA may already be unloading: the handles ignore errors there).
 struct DeviceState {
-  DeviceState() = default;
-  DeviceState(const DeviceState&) = delete;
-  DeviceState& operator=(const DeviceState&) = delete;
-  ~DeviceState() {
-    if (start != nullptr) (void)cudaEventDestroy(start);
-    if (stop != nullptr) (void)cudaEventDestroy(stop);
-    if (stream != nullptr) (void)cudaStreamDestroy(stream);
-    for (void* p : {device_buffer, src_array, dst_array}) {
-      if (p != nullptr) (void)cudaFree(p);
-    }
-  }
-
-  PinnedBuffer source;                 // kSourceBytes of pinned, mapped host memory
-  std::byte* mapped_source = nullptr;  // its address on the device
-  void* device_buffer = nullptr;       // kDeviceBytes; the first bytes are the slot arena
-  void* src_array = nullptr;           // room for one page pointer per source page
-  void* dst_array = nullptr;
-  cudaStream_t stream = nullptr;
-  cudaEvent_t start = nullptr;
-  cudaEvent_t stop = nullptr;
+  PinnedBuffer source;         // kSourceBytes of pinned, mapped host memory
+  DeviceBuffer device_buffer;  // kDeviceBytes; the first bytes are the slot arena
+  DeviceBuffer src_array;      // room for one page pointer per source page
+  DeviceBuffer dst_array;
+  CudaStream stream;
+  CudaEvent start;
+  CudaEvent stop;
   double pinned_h2d_gbps = 0;  // median of kReferenceRepetitions 1 GiB copies
 };
 
 // Seconds between `start` and `stop` after `stop` completed.
 absl::StatusOr<double> ElapsedSeconds(const DeviceState& s) {
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(s.stop));
-  float ms = 0;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, s.start, s.stop));
+  KVTIER_ASSIGN_OR_RETURN(const float ms, ElapsedMilliseconds(s.start, s.stop));
   return ms * 1e-3;
 }
 
 absl::Status MeasurePinnedHostToDevice(DeviceState& s) {
   std::vector<double> gbps;
   for (int rep = 0; rep <= kReferenceRepetitions; ++rep) {  // rep 0 warms up
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer, s.source.data(), kSourceBytes,
-                                                cudaMemcpyHostToDevice, s.stream));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop, s.stream));
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer.data(), s.source.data(),
+                                                kSourceBytes, cudaMemcpyHostToDevice,
+                                                s.stream.get()));
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
     KVTIER_ASSIGN_OR_RETURN(const double seconds, ElapsedSeconds(s));
     if (rep > 0) gbps.push_back(kSourceBytes / seconds * 1e-9);
   }
@@ -90,17 +77,14 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
                           PinnedBuffer::Allocate({.bytes = kSourceBytes, .device_id = 0}));
   if (!s->source.pinned()) return absl::InternalError("the 1 GiB source buffer is not pinned");
   std::memset(s->source.data(), 0x5A, kSourceBytes);
-  void* mapped = nullptr;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&mapped, s->source.data(), 0));
-  s->mapped_source = static_cast<std::byte*>(mapped);
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&s->device_buffer, kDeviceBytes));
+  KVTIER_ASSIGN_OR_RETURN(s->device_buffer, DeviceBuffer::Allocate(kDeviceBytes));
   // Smallest page benchmarked is 512 B: one pointer per page of the whole source.
   const size_t array_bytes = kSourceBytes / 512 * sizeof(void*);
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&s->src_array, array_bytes));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&s->dst_array, array_bytes));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventCreate(&s->start));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventCreate(&s->stop));
+  KVTIER_ASSIGN_OR_RETURN(s->src_array, DeviceBuffer::Allocate(array_bytes));
+  KVTIER_ASSIGN_OR_RETURN(s->dst_array, DeviceBuffer::Allocate(array_bytes));
+  KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->start, CudaEvent::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->stop, CudaEvent::Create());
   KVTIER_RETURN_IF_ERROR(MeasurePinnedHostToDevice(*s));
   return s;
 }
@@ -132,16 +116,17 @@ absl::StatusOr<int64_t> UploadRandomBatches(DeviceState& s, int64_t page_bytes,
   const int64_t entries = num_batches * batch_pages;
   std::vector<const void*> src(entries);
   std::vector<void*> dst(entries);
-  auto* arena = static_cast<std::byte*>(s.device_buffer);
+  std::byte* const arena = s.device_buffer.data();
   for (int64_t i = 0; i < entries; ++i) {
-    src[i] = s.mapped_source + order[i] * page_bytes;
+    src[i] = s.source.device_data() + order[i] * page_bytes;
     dst[i] = arena + slots[i % batch_pages] * page_bytes;
   }
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.src_array, src.data(), entries * sizeof(void*),
-                                              cudaMemcpyHostToDevice, s.stream));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.dst_array, dst.data(), entries * sizeof(void*),
-                                              cudaMemcpyHostToDevice, s.stream));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream));
+  const size_t array_bytes = entries * sizeof(void*);
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.src_array.data(), src.data(), array_bytes,
+                                              cudaMemcpyHostToDevice, s.stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.dst_array.data(), dst.data(), array_bytes,
+                                              cudaMemcpyHostToDevice, s.stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream.get()));
   return num_batches;
 }
 
@@ -167,13 +152,13 @@ void BM_ZeroCopyPageLoad(benchmark::State& state) {
   int64_t batch = 0;
   double total_seconds = 0;
   for (auto _ : state) {
-    params.src = static_cast<const void* const*>(s.src_array) + batch * batch_pages;
-    params.dst = static_cast<void* const*>(s.dst_array) + batch * batch_pages;
+    params.src = s.src_array.as<const void*>() + batch * batch_pages;
+    params.dst = s.dst_array.as<void*>() + batch * batch_pages;
     batch = (batch + 1) % *num_batches;
     absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
-      KVTIER_RETURN_IF_ERROR(LaunchPageCopy(params, s.stream));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop, s.stream));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
+      KVTIER_RETURN_IF_ERROR(LaunchPageCopy(params, s.stream.get()));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
       return absl::OkStatus();
     }();
     absl::StatusOr<double> seconds =
@@ -216,10 +201,11 @@ void BM_PinnedHostToDeviceMemcpy(benchmark::State& state) {
   double total_seconds = 0;
   for (auto _ : state) {
     absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer, s.source.data(), kSourceBytes,
-                                                  cudaMemcpyHostToDevice, s.stream));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop, s.stream));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer.data(), s.source.data(),
+                                                  kSourceBytes, cudaMemcpyHostToDevice,
+                                                  s.stream.get()));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
       return absl::OkStatus();
     }();
     absl::StatusOr<double> seconds =

@@ -19,11 +19,11 @@ struct NumaPlacement {
   std::string how;     // e.g. "nearest GPU 0000:3b:00.0" or "local to the calling thread"
 };
 
-// Thread-safe after Load(): every method is const and hwloc topologies are read-only here.
+// Thread-safe: every method is const and the hwloc topology is only read after loading.
 class NumaTopology {
  public:
-  static absl::StatusOr<std::unique_ptr<NumaTopology>> Load();
-  // One topology per process, loaded on first use (thread-safe); buffers keep it alive.
+  // The process's topology, loaded on first use (thread-safe) and never unloaded: hwloc's
+  // PCI discovery leaks a little on each unload, and one load is all a process needs.
   static absl::StatusOr<std::shared_ptr<const NumaTopology>> Shared();
   ~NumaTopology();
   NumaTopology(const NumaTopology&) = delete;
@@ -48,6 +48,7 @@ class NumaTopology {
 
  private:
   struct Impl;
+  static absl::StatusOr<std::unique_ptr<NumaTopology>> Load();
   explicit NumaTopology(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -11,13 +11,17 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "gtest/gtest.h"
 #include "kernels/page_copy.h"
 #include "offload/pinned_buffer.h"
 #include "runtime/core/cuda_device.h"
+#include "runtime/core/cuda_handles.h"
+#include "runtime/core/status.h"
 
 namespace kvtier {
 namespace {
@@ -30,21 +34,14 @@ constexpr uint8_t kPoison = 0xFF;
     ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
   } while (false)
 
-// Owning handles for what the tests create; each releases in its destructor.
-struct DeviceMemory {
-  ~DeviceMemory() {
-    if (ptr != nullptr) cudaFree(ptr);
-  }
-  std::byte* get() const { return static_cast<std::byte*>(ptr); }
-  void* ptr = nullptr;
-};
-
-struct Stream {
-  ~Stream() {
-    if (stream != nullptr) cudaStreamDestroy(stream);
-  }
-  cudaStream_t stream = nullptr;
-};
+// `ASSERT_OK_AND_ASSIGN(DeviceBuffer b, DeviceBuffer::Allocate(n));`: the StatusOr's value
+// into `lhs`, or a fatal failure of the calling test with its status.
+#define ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
+  ASSERT_OK_AND_ASSIGN_IMPL(KVTIER_INTERNAL_CONCAT(status_or_, __COUNTER__), lhs, rexpr)
+#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, rexpr) \
+  auto tmp = (rexpr);                              \
+  ASSERT_TRUE(tmp.ok()) << tmp.status();           \
+  lhs = *std::move(tmp)
 
 // 16-byte aligned host bytes for the twin's destination.
 struct AlignedHostBytes {
@@ -62,13 +59,13 @@ class PageCopyGpuTest : public ::testing::Test {
   void SetUp() override {
     if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU page copy tests skipped";
     ASSERT_CUDA_OK(cudaSetDevice(0));
-    ASSERT_CUDA_OK(cudaStreamCreateWithFlags(&stream_.stream, cudaStreamNonBlocking));
+    ASSERT_OK_AND_ASSIGN(stream_, CudaStream::Create());
   }
 
-  cudaStream_t stream() const { return stream_.stream; }
+  cudaStream_t stream() const { return stream_.get(); }
 
  private:
-  Stream stream_;
+  CudaStream stream_;
 };
 
 // Copies `num_pages` distinct random pages of a `num_source_pages`-page source into distinct
@@ -93,15 +90,13 @@ void CheckRandomBatch(cudaStream_t stream, int64_t page_bytes, int64_t num_sourc
     const uint64_t word = rng();
     std::memcpy(host_source + i, &word, std::min<size_t>(8, source_bytes - i));
   }
-  void* mapped = nullptr;
-  ASSERT_CUDA_OK(cudaHostGetDevicePointer(&mapped, host_source, 0));
-  std::byte* device_visible_source = static_cast<std::byte*>(mapped);
-  DeviceMemory device_source_copy;
+  std::byte* device_visible_source = pinned->device_data();
+  DeviceBuffer device_source_copy;
   if (device_source) {
-    ASSERT_CUDA_OK(cudaMalloc(&device_source_copy.ptr, source_bytes));
-    ASSERT_CUDA_OK(cudaMemcpyAsync(device_source_copy.ptr, host_source, source_bytes,
+    ASSERT_OK_AND_ASSIGN(device_source_copy, DeviceBuffer::Allocate(source_bytes));
+    ASSERT_CUDA_OK(cudaMemcpyAsync(device_source_copy.data(), host_source, source_bytes,
                                    cudaMemcpyHostToDevice, stream));
-    device_visible_source = device_source_copy.get();
+    device_visible_source = device_source_copy.data();
   }
 
   // The batch: distinct random pages into distinct random slots.
@@ -111,9 +106,8 @@ void CheckRandomBatch(cudaStream_t stream, int64_t page_bytes, int64_t num_sourc
   std::shuffle(pages.begin(), pages.end(), rng);
   std::shuffle(slots.begin(), slots.end(), rng);
 
-  DeviceMemory arena;
-  ASSERT_CUDA_OK(cudaMalloc(&arena.ptr, arena_bytes));
-  ASSERT_CUDA_OK(cudaMemsetAsync(arena.ptr, kPoison, arena_bytes, stream));
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer arena, DeviceBuffer::Allocate(arena_bytes));
+  ASSERT_CUDA_OK(cudaMemsetAsync(arena.data(), kPoison, arena_bytes, stream));
   AlignedHostBytes expected(arena_bytes);
   std::memset(expected.data(), kPoison, arena_bytes);
 
@@ -121,22 +115,21 @@ void CheckRandomBatch(cudaStream_t stream, int64_t page_bytes, int64_t num_sourc
   std::vector<void*> device_dst(num_pages), host_dst(num_pages);
   for (int64_t i = 0; i < num_pages; ++i) {
     device_src[i] = device_visible_source + pages[i] * page_bytes;
-    device_dst[i] = arena.get() + slots[i] * page_bytes;
+    device_dst[i] = arena.data() + slots[i] * page_bytes;
     host_src[i] = host_source + pages[i] * page_bytes;
     host_dst[i] = expected.data() + slots[i] * page_bytes;
   }
-  DeviceMemory src_array, dst_array;
   const size_t array_bytes = static_cast<size_t>(num_pages) * sizeof(void*);
-  ASSERT_CUDA_OK(cudaMalloc(&src_array.ptr, array_bytes));
-  ASSERT_CUDA_OK(cudaMalloc(&dst_array.ptr, array_bytes));
-  ASSERT_CUDA_OK(cudaMemcpyAsync(src_array.ptr, device_src.data(), array_bytes,
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer src_array, DeviceBuffer::Allocate(array_bytes));
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer dst_array, DeviceBuffer::Allocate(array_bytes));
+  ASSERT_CUDA_OK(cudaMemcpyAsync(src_array.data(), device_src.data(), array_bytes,
                                  cudaMemcpyHostToDevice, stream));
-  ASSERT_CUDA_OK(cudaMemcpyAsync(dst_array.ptr, device_dst.data(), array_bytes,
+  ASSERT_CUDA_OK(cudaMemcpyAsync(dst_array.data(), device_dst.data(), array_bytes,
                                  cudaMemcpyHostToDevice, stream));
 
   PageCopyParams params;
-  params.src = static_cast<const void* const*>(src_array.ptr);
-  params.dst = static_cast<void* const*>(dst_array.ptr);
+  params.src = src_array.as<const void*>();
+  params.dst = dst_array.as<void*>();
   params.num_pages = num_pages;
   params.page_bytes = page_bytes;
   const absl::Status launched = LaunchPageCopy(params, stream);
@@ -144,7 +137,7 @@ void CheckRandomBatch(cudaStream_t stream, int64_t page_bytes, int64_t num_sourc
 
   std::vector<std::byte> actual(arena_bytes);
   ASSERT_CUDA_OK(
-      cudaMemcpyAsync(actual.data(), arena.ptr, arena_bytes, cudaMemcpyDeviceToHost, stream));
+      cudaMemcpyAsync(actual.data(), arena.data(), arena_bytes, cudaMemcpyDeviceToHost, stream));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
 
   PageCopyParams reference = params;
@@ -199,26 +192,25 @@ TEST_F(PageCopyGpuTest, DeviceSourcePagesMatchReference) {
 TEST_F(PageCopyGpuTest, InvalidParamsReturnInvalidArgumentAndWriteNothing) {
   constexpr int64_t kPageBytes = 4096;
   constexpr int64_t kPages = 4;
-  DeviceMemory arena, src_array, dst_array, source;
-  ASSERT_CUDA_OK(cudaMalloc(&arena.ptr, kPageBytes * kPages));
-  ASSERT_CUDA_OK(cudaMalloc(&source.ptr, kPageBytes * kPages));
-  ASSERT_CUDA_OK(cudaMalloc(&src_array.ptr, kPages * sizeof(void*)));
-  ASSERT_CUDA_OK(cudaMalloc(&dst_array.ptr, kPages * sizeof(void*)));
-  ASSERT_CUDA_OK(cudaMemsetAsync(arena.ptr, kPoison, kPageBytes * kPages, stream()));
-  ASSERT_CUDA_OK(cudaMemsetAsync(source.ptr, 0x11, kPageBytes * kPages, stream()));
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer arena, DeviceBuffer::Allocate(kPageBytes * kPages));
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer source, DeviceBuffer::Allocate(kPageBytes * kPages));
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer src_array, DeviceBuffer::Allocate(kPages * sizeof(void*)));
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer dst_array, DeviceBuffer::Allocate(kPages * sizeof(void*)));
+  ASSERT_CUDA_OK(cudaMemsetAsync(arena.data(), kPoison, kPageBytes * kPages, stream()));
+  ASSERT_CUDA_OK(cudaMemsetAsync(source.data(), 0x11, kPageBytes * kPages, stream()));
   std::vector<const void*> src(kPages);
   std::vector<void*> dst(kPages);
   for (int64_t i = 0; i < kPages; ++i) {
-    src[i] = source.get() + i * kPageBytes;
-    dst[i] = arena.get() + i * kPageBytes;
+    src[i] = source.data() + i * kPageBytes;
+    dst[i] = arena.data() + i * kPageBytes;
   }
-  ASSERT_CUDA_OK(cudaMemcpyAsync(src_array.ptr, src.data(), kPages * sizeof(void*),
+  ASSERT_CUDA_OK(cudaMemcpyAsync(src_array.data(), src.data(), kPages * sizeof(void*),
                                  cudaMemcpyHostToDevice, stream()));
-  ASSERT_CUDA_OK(cudaMemcpyAsync(dst_array.ptr, dst.data(), kPages * sizeof(void*),
+  ASSERT_CUDA_OK(cudaMemcpyAsync(dst_array.data(), dst.data(), kPages * sizeof(void*),
                                  cudaMemcpyHostToDevice, stream()));
   PageCopyParams good;
-  good.src = static_cast<const void* const*>(src_array.ptr);
-  good.dst = static_cast<void* const*>(dst_array.ptr);
+  good.src = src_array.as<const void*>();
+  good.dst = dst_array.as<void*>();
   good.num_pages = kPages;
   good.page_bytes = kPageBytes;
 
@@ -238,8 +230,7 @@ TEST_F(PageCopyGpuTest, InvalidParamsReturnInvalidArgumentAndWriteNothing) {
   cases.push_back({"null dst array", good});
   cases.back().params.dst = nullptr;
   cases.push_back({"misaligned dst array", good});
-  cases.back().params.dst =
-      reinterpret_cast<void* const*>(static_cast<std::byte*>(dst_array.ptr) + 4);
+  cases.back().params.dst = reinterpret_cast<void* const*>(dst_array.data() + 4);
   for (const Case& c : cases) {
     const absl::Status status = LaunchPageCopy(c.params, stream());
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << c.what << ": " << status;
@@ -250,7 +241,7 @@ TEST_F(PageCopyGpuTest, InvalidParamsReturnInvalidArgumentAndWriteNothing) {
 
   std::vector<uint8_t> after(kPageBytes * kPages);
   ASSERT_CUDA_OK(
-      cudaMemcpyAsync(after.data(), arena.ptr, after.size(), cudaMemcpyDeviceToHost, stream()));
+      cudaMemcpyAsync(after.data(), arena.data(), after.size(), cudaMemcpyDeviceToHost, stream()));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream()));
   EXPECT_TRUE(std::all_of(after.begin(), after.end(), [](uint8_t b) { return b == kPoison; }))
       << "a rejected launch wrote to the destination";

@@ -10,7 +10,7 @@ namespace kvtier {
 namespace {
 
 TEST(NumaTopologyTest, LoadsAndFindsTheLocalNode) {
-  auto topology = NumaTopology::Load();
+  auto topology = NumaTopology::Shared();
   ASSERT_TRUE(topology.ok()) << topology.status();
   const int nodes = (*topology)->num_nodes();
   EXPECT_GE(nodes, 1);

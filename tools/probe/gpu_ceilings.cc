@@ -24,6 +24,7 @@
 #include "offload/numa_topology.h"
 #include "offload/pinned_buffer.h"
 #include "runtime/core/cuda_check.h"
+#include "runtime/core/cuda_handles.h"
 #endif
 
 namespace kvtier::probe {
@@ -43,60 +44,22 @@ constexpr int64_t kPerCallPageBytes = 4096;
 constexpr int64_t kMaxPerCallCopies = 4096;
 constexpr int64_t kMaxBytesPerLaunch = int64_t{256} << 20;
 
-// Everything the measurements create on the device, released (in reverse) when it goes
-// out of scope. One owner, so an early error return leaks nothing.
-class CudaResources {
- public:
-  CudaResources() = default;
-  CudaResources(const CudaResources&) = delete;
-  CudaResources& operator=(const CudaResources&) = delete;
-  ~CudaResources() {
-    for (cudaEvent_t e : events_) (void)cudaEventDestroy(e);
-    for (cudaStream_t s : streams_) (void)cudaStreamDestroy(s);
-    for (void* p : memory_) (void)cudaFree(p);
-  }
-
-  absl::StatusOr<std::byte*> Malloc(size_t bytes) {
-    void* p = nullptr;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
-    memory_.push_back(p);
-    return static_cast<std::byte*>(p);
-  }
-  absl::StatusOr<cudaStream_t> Stream() {
-    cudaStream_t s = nullptr;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    streams_.push_back(s);
-    return s;
-  }
-  absl::StatusOr<cudaEvent_t> Event() {
-    cudaEvent_t e = nullptr;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
-    events_.push_back(e);
-    return e;
-  }
-
- private:
-  std::vector<void*> memory_;
-  std::vector<cudaStream_t> streams_;
-  std::vector<cudaEvent_t> events_;
-};
-
 // What every measurement works on. Two of each buffer so copies never read what they write.
+// Members are released in reverse order, so an early error return leaks nothing.
 struct Setup {
   size_t bytes = 0;
   int repetitions = 0;
-  cudaStream_t stream = nullptr;  // timed work runs here
-  cudaStream_t second_stream = nullptr;
-  cudaEvent_t start = nullptr;
-  cudaEvent_t stop = nullptr;
-  cudaEvent_t join = nullptr;
-  PinnedBuffer host_a;                  // `bytes` pinned and mapped: copy source, page-read source
-  PinnedBuffer host_b;                  // `bytes` pinned: device-to-host destination
-  const std::byte* mapped_a = nullptr;  // host_a as the device addresses it
-  std::byte* device_a = nullptr;        // `bytes`
-  std::byte* device_b = nullptr;        // `bytes`
-  const void** src_array = nullptr;     // device: one entry per kMinPageBytes of `bytes`
-  void** dst_array = nullptr;
+  PinnedBuffer host_a;     // `bytes` pinned and mapped: copy source, page-read source
+  PinnedBuffer host_b;     // `bytes` pinned: device-to-host destination
+  DeviceBuffer device_a;   // `bytes`
+  DeviceBuffer device_b;   // `bytes`
+  DeviceBuffer src_array;  // one `const void*` per kMinPageBytes of `bytes`
+  DeviceBuffer dst_array;  // one `void*` per kMinPageBytes of `bytes`
+  CudaStream stream;       // timed work runs here
+  CudaStream second_stream;
+  CudaEvent start;
+  CudaEvent stop;
+  CudaEvent join;
 };
 
 // Median seconds of `enqueue` (work put on s.stream) between two events: one untimed
@@ -104,12 +67,10 @@ struct Setup {
 absl::StatusOr<double> MedianSeconds(const Setup& s, const std::function<absl::Status()>& enqueue) {
   std::vector<double> seconds;
   for (int rep = 0; rep <= s.repetitions; ++rep) {
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start, s.stream));
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
     KVTIER_RETURN_IF_ERROR(enqueue());
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop, s.stream));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(s.stop));
-    float ms = 0;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, s.start, s.stop));
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
+    KVTIER_ASSIGN_OR_RETURN(const float ms, ElapsedMilliseconds(s.start, s.stop));
     if (rep > 0) seconds.push_back(ms * 1e-3);
   }
   return Median(seconds);
@@ -119,7 +80,7 @@ absl::StatusOr<double> CopyGbps(const Setup& s, void* dst, const void* src, size
                                 cudaMemcpyKind kind, double bytes_counted) {
   KVTIER_ASSIGN_OR_RETURN(
       const double seconds, MedianSeconds(s, [&]() -> absl::Status {
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, kind, s.stream));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src, bytes, kind, s.stream.get()));
         return absl::OkStatus();
       }));
   return bytes_counted / seconds * 1e-9;
@@ -129,25 +90,25 @@ absl::StatusOr<double> CopyGbps(const Setup& s, void* dst, const void* src, size
 absl::Status MeasureBulkCopies(const Setup& s, ProbeReport* report) {
   const std::string size = FormatBytes(static_cast<int64_t>(s.bytes));
   const double bytes = static_cast<double>(s.bytes);
-  KVTIER_ASSIGN_OR_RETURN(double gbps, CopyGbps(s, s.device_a, s.host_a.data(), s.bytes,
+  KVTIER_ASSIGN_OR_RETURN(double gbps, CopyGbps(s, s.device_a.data(), s.host_a.data(), s.bytes,
                                                 cudaMemcpyHostToDevice, bytes));
   report->AddRow({"pinned_h2d", "pinned host-to-device", gbps, "GB/s",
                   absl::StrCat("cudaMemcpyAsync, ", size)});
-  KVTIER_ASSIGN_OR_RETURN(
-      gbps, CopyGbps(s, s.host_b.data(), s.device_a, s.bytes, cudaMemcpyDeviceToHost, bytes));
+  KVTIER_ASSIGN_OR_RETURN(gbps, CopyGbps(s, s.host_b.data(), s.device_a.data(), s.bytes,
+                                         cudaMemcpyDeviceToHost, bytes));
   report->AddRow({"pinned_d2h", "pinned device-to-host", gbps, "GB/s",
                   absl::StrCat("cudaMemcpyAsync, ", size)});
 
   // Both directions: the second stream joins the timed stream's start and stop events.
   KVTIER_ASSIGN_OR_RETURN(
       const double both_seconds, MedianSeconds(s, [&]() -> absl::Status {
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s.second_stream, s.start, 0));
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_a, s.host_a.data(), s.bytes,
-                                                    cudaMemcpyHostToDevice, s.stream));
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.host_b.data(), s.device_b, s.bytes,
-                                                    cudaMemcpyDeviceToHost, s.second_stream));
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.join, s.second_stream));
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s.stream, s.join, 0));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s.second_stream.get(), s.start.get(), 0));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_a.data(), s.host_a.data(), s.bytes,
+                                                    cudaMemcpyHostToDevice, s.stream.get()));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.host_b.data(), s.device_b.data(), s.bytes,
+                                                    cudaMemcpyDeviceToHost, s.second_stream.get()));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.join.get(), s.second_stream.get()));
+        KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s.stream.get(), s.join.get(), 0));
         return absl::OkStatus();
       }));
   report->AddRow({"pinned_bidirectional", "pinned both directions at once",
@@ -161,12 +122,12 @@ absl::Status MeasureBulkCopies(const Setup& s, ProbeReport* report) {
   }
   std::memset(pageable.get(), 0x5A, s.bytes);  // fault the pages in before timing
   KVTIER_ASSIGN_OR_RETURN(
-      gbps, CopyGbps(s, s.device_a, pageable.get(), s.bytes, cudaMemcpyHostToDevice, bytes));
+      gbps, CopyGbps(s, s.device_a.data(), pageable.get(), s.bytes, cudaMemcpyHostToDevice, bytes));
   report->AddRow({"pageable_h2d", "pageable host-to-device", gbps, "GB/s",
                   absl::StrCat("cudaMemcpyAsync from malloc'd memory, ", size)});
 
-  KVTIER_ASSIGN_OR_RETURN(
-      gbps, CopyGbps(s, s.device_b, s.device_a, s.bytes, cudaMemcpyDeviceToDevice, 2 * bytes));
+  KVTIER_ASSIGN_OR_RETURN(gbps, CopyGbps(s, s.device_b.data(), s.device_a.data(), s.bytes,
+                                         cudaMemcpyDeviceToDevice, 2 * bytes));
   report->AddRow({"d2d_copy", "device-to-device copy", gbps, "GB/s",
                   absl::StrCat("bytes read + written, ", size, " copied")});
   return absl::OkStatus();
@@ -192,11 +153,12 @@ absl::Status UploadRandomBatches(const Setup& s, const std::byte* source, size_t
     src[i] = source + order[i] * page_bytes;
     dst[i] = arena + slots[i % batch_pages] * page_bytes;
   }
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.src_array, src.data(), entries * sizeof(void*),
-                                              cudaMemcpyHostToDevice, s.stream));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.dst_array, dst.data(), entries * sizeof(void*),
-                                              cudaMemcpyHostToDevice, s.stream));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream));  // `src`, `dst` die here
+  const size_t array_bytes = entries * sizeof(void*);
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.src_array.data(), src.data(), array_bytes,
+                                              cudaMemcpyHostToDevice, s.stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.dst_array.data(), dst.data(), array_bytes,
+                                              cudaMemcpyHostToDevice, s.stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream.get()));  // `src`, `dst` die here
   return absl::OkStatus();
 }
 
@@ -213,17 +175,17 @@ absl::StatusOr<PageCopyRate> MeasurePageCopy(const Setup& s, const std::byte* so
   const int64_t batch_pages =
       std::max<int64_t>(1, std::min<int64_t>(source_pages / 4, kMaxBytesPerLaunch / page_bytes));
   const int64_t num_batches = source_pages / batch_pages;
-  KVTIER_RETURN_IF_ERROR(UploadRandomBatches(s, source, s.bytes, s.device_b, page_bytes,
+  KVTIER_RETURN_IF_ERROR(UploadRandomBatches(s, source, s.bytes, s.device_b.data(), page_bytes,
                                              batch_pages, num_batches, rng));
   int64_t batch = 0;
   KVTIER_ASSIGN_OR_RETURN(const double seconds, MedianSeconds(s, [&]() -> absl::Status {
                             PageCopyParams params;
-                            params.src = s.src_array + batch * batch_pages;
-                            params.dst = s.dst_array + batch * batch_pages;
+                            params.src = s.src_array.as<const void*>() + batch * batch_pages;
+                            params.dst = s.dst_array.as<void*>() + batch * batch_pages;
                             params.num_pages = batch_pages;
                             params.page_bytes = page_bytes;
                             batch = (batch + 1) % num_batches;
-                            return LaunchPageCopy(params, s.stream);
+                            return LaunchPageCopy(params, s.stream.get());
                           }));
   return PageCopyRate{static_cast<double>(batch_pages * page_bytes) / seconds * 1e-9,
                       batch_pages * page_bytes};
@@ -234,7 +196,7 @@ absl::Status MeasurePageReads(const Setup& s, ProbeReport* report) {
   const std::string source_size = FormatBytes(static_cast<int64_t>(s.bytes));
   for (int64_t page_bytes = kMinPageBytes; page_bytes <= 32768; page_bytes *= 2) {
     KVTIER_ASSIGN_OR_RETURN(const PageCopyRate rate,
-                            MeasurePageCopy(s, s.mapped_a, page_bytes, rng));
+                            MeasurePageCopy(s, s.host_a.device_data(), page_bytes, rng));
     report->AddRow({absl::StrCat("zero_copy_page_read_", page_bytes),
                     absl::StrCat("zero-copy page read, ", FormatBytes(page_bytes), " pages"),
                     rate.gbps, "GB/s",
@@ -243,7 +205,7 @@ absl::Status MeasurePageReads(const Setup& s, ProbeReport* report) {
   }
   // The same kernel on device pages: the HBM side of the performance model.
   KVTIER_ASSIGN_OR_RETURN(const PageCopyRate hbm,
-                          MeasurePageCopy(s, s.device_a, kPerCallPageBytes, rng));
+                          MeasurePageCopy(s, s.device_a.data(), kPerCallPageBytes, rng));
   report->AddRow({"device_page_copy_4096", "device page copy, 4 KiB pages", 2 * hbm.gbps, "GB/s",
                   absl::StrCat("LaunchPageCopy in HBM, bytes read + written, ",
                                FormatBytes(hbm.bytes_per_launch), " a launch")});
@@ -258,12 +220,13 @@ absl::Status MeasurePerPageMemcpy(const Setup& s, ProbeReport* report) {
   std::vector<int64_t> order(source_pages);
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), rng);
+  std::byte* const slots = s.device_b.data();
   KVTIER_ASSIGN_OR_RETURN(
       const double seconds, MedianSeconds(s, [&]() -> absl::Status {
         for (int64_t i = 0; i < calls; ++i) {
           KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
-              s.device_b + i * kPerCallPageBytes, s.host_a.data() + order[i] * kPerCallPageBytes,
-              kPerCallPageBytes, cudaMemcpyHostToDevice, s.stream));
+              slots + i * kPerCallPageBytes, s.host_a.data() + order[i] * kPerCallPageBytes,
+              kPerCallPageBytes, cudaMemcpyHostToDevice, s.stream.get()));
         }
         return absl::OkStatus();
       }));
@@ -293,7 +256,7 @@ absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report
                                          FormatBytes(gpu.free_memory_bytes)));
   report->AddInfo("gpu pci bus id", gpu.pci_bus_id);
   {
-    KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<NumaTopology> topology, NumaTopology::Load());
+    KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<const NumaTopology> topology, NumaTopology::Shared());
     absl::StatusOr<int> node = topology->NodeNearPciDevice(gpu.pci_bus_id);
     report->AddInfo(
         "numa node nearest gpu",
@@ -304,12 +267,11 @@ absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report
   Setup s;
   s.bytes = static_cast<size_t>(options.bytes);
   s.repetitions = options.repetitions;
-  CudaResources resources;
-  KVTIER_ASSIGN_OR_RETURN(s.stream, resources.Stream());
-  KVTIER_ASSIGN_OR_RETURN(s.second_stream, resources.Stream());
-  KVTIER_ASSIGN_OR_RETURN(s.start, resources.Event());
-  KVTIER_ASSIGN_OR_RETURN(s.stop, resources.Event());
-  KVTIER_ASSIGN_OR_RETURN(s.join, resources.Event());
+  KVTIER_ASSIGN_OR_RETURN(s.stream, CudaStream::Create());
+  KVTIER_ASSIGN_OR_RETURN(s.second_stream, CudaStream::Create());
+  KVTIER_ASSIGN_OR_RETURN(s.start, CudaEvent::Create());
+  KVTIER_ASSIGN_OR_RETURN(s.stop, CudaEvent::Create());
+  KVTIER_ASSIGN_OR_RETURN(s.join, CudaEvent::Create());
   KVTIER_ASSIGN_OR_RETURN(s.host_a,
                           PinnedBuffer::Allocate({.bytes = s.bytes, .device_id = options.device}));
   KVTIER_ASSIGN_OR_RETURN(s.host_b,
@@ -324,19 +286,14 @@ absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report
   }
   std::memset(s.host_a.data(), 0x5A, s.bytes);
   std::memset(s.host_b.data(), 0, s.bytes);
-  void* mapped = nullptr;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaHostGetDevicePointer(&mapped, s.host_a.data(), 0));
-  s.mapped_a = static_cast<const std::byte*>(mapped);
-  KVTIER_ASSIGN_OR_RETURN(s.device_a, resources.Malloc(s.bytes));
-  KVTIER_ASSIGN_OR_RETURN(s.device_b, resources.Malloc(s.bytes));
+  KVTIER_ASSIGN_OR_RETURN(s.device_a, DeviceBuffer::Allocate(s.bytes));
+  KVTIER_ASSIGN_OR_RETURN(s.device_b, DeviceBuffer::Allocate(s.bytes));
   const size_t array_bytes = s.bytes / kMinPageBytes * sizeof(void*);
-  KVTIER_ASSIGN_OR_RETURN(std::byte * src_array, resources.Malloc(array_bytes));
-  KVTIER_ASSIGN_OR_RETURN(std::byte * dst_array, resources.Malloc(array_bytes));
-  s.src_array = reinterpret_cast<const void**>(src_array);
-  s.dst_array = reinterpret_cast<void**>(dst_array);
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_a, 0x3C, s.bytes, s.stream));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_b, 0, s.bytes, s.stream));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream));
+  KVTIER_ASSIGN_OR_RETURN(s.src_array, DeviceBuffer::Allocate(array_bytes));
+  KVTIER_ASSIGN_OR_RETURN(s.dst_array, DeviceBuffer::Allocate(array_bytes));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_a.data(), 0x3C, s.bytes, s.stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_b.data(), 0, s.bytes, s.stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream.get()));
 
   KVTIER_RETURN_IF_ERROR(MeasureBulkCopies(s, report));
   KVTIER_RETURN_IF_ERROR(MeasurePageReads(s, report));

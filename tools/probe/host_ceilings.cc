@@ -47,7 +47,7 @@ void ParallelMemcpy(std::byte* dst, const std::byte* src, size_t bytes, int thre
 
 absl::Status MeasureHostCeilings(const ProbeOptions& options, ProbeReport* report) {
   const int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<NumaTopology> topology, NumaTopology::Load());
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<const NumaTopology> topology, NumaTopology::Shared());
   report->AddInfo("host",
                   absl::StrCat(threads, " hardware threads, ", topology->num_nodes(),
                                " NUMA node(s), probe running on node ", topology->LocalNode()));
