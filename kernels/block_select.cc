@@ -1,0 +1,265 @@
+// Host twin of block scoring and selection (block_select.cu) and the checks both share. The
+// twin evaluates every score in the kernel's order (see block_select.h): the lane structure
+// of the kernel's dot products and of its softmax denominators is spelled out below.
+#include "kernels/block_select.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/core/status.h"
+#include "tbb/parallel_for.h"
+
+namespace kvtier {
+namespace {
+
+template <typename... Parts>
+absl::Status Invalid(const Parts&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat("BlockSelectParams: ", parts...));
+}
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Sum over lanes of a block's dot product: lane partials combined by the kernel's xor
+// butterfly (offsets L/2, ..., 1); every lane ends with the same value, lane 0's is returned.
+float Butterfly(float* partial, int lanes) {
+  float next[32];
+  for (int offset = lanes / 2; offset >= 1; offset /= 2) {
+    for (int l = 0; l < lanes; ++l) next[l] = internal::Add(partial[l], partial[l ^ offset]);
+    std::copy(next, next + lanes, partial);
+  }
+  return partial[0];
+}
+
+// The query of item `item` as float, [G, D].
+std::vector<float> LoadQuery(const BlockSelectParams& p, int item) {
+  const size_t n = static_cast<size_t>(p.group_size) * p.head_dim;
+  std::vector<float> q(n);
+  for (size_t i = 0; i < n; ++i) q[i] = LoadAsFloat(p.dtype, p.q, item * n + i);
+  return q;
+}
+
+// kPageBounds: lane l chains fused multiply-adds over heads h = 0..G-1, then its channels
+// 8l..8l+7, starting from 0; the lanes are summed by the butterfly.
+float BoundsScore(const BlockSelectParams& p, const float* q, const void* bounds, int block) {
+  const int dim = p.head_dim;
+  const int lanes = dim / internal::kChannelsPerLane;
+  const size_t base = static_cast<size_t>(block) * 2 * dim;
+  float partial[32];
+  for (int l = 0; l < lanes; ++l) {
+    float acc = 0.0f;
+    for (int h = 0; h < p.group_size; ++h) {
+      for (int j = 0; j < internal::kChannelsPerLane; ++j) {
+        const int i = l * internal::kChannelsPerLane + j;
+        const float qi = q[h * dim + i];
+        const float x = LoadAsFloat(p.dtype, bounds, base + (qi >= 0.0f ? i : dim + i));
+        acc = internal::Fma(qi, x, acc);
+      }
+    }
+    partial[l] = acc;
+  }
+  return Butterfly(partial, lanes);
+}
+
+// kCentroid: the logit of head h, scale * (lane chains over channels, butterfly).
+float CentroidLogit(const BlockSelectParams& p, const float* q_head, const void* key_mean,
+                    int block) {
+  const int dim = p.head_dim;
+  const int lanes = dim / internal::kChannelsPerLane;
+  const size_t base = static_cast<size_t>(block) * dim;
+  float partial[32];
+  for (int l = 0; l < lanes; ++l) {
+    float acc = 0.0f;
+    for (int j = 0; j < internal::kChannelsPerLane; ++j) {
+      const int i = l * internal::kChannelsPerLane + j;
+      acc = internal::Fma(q_head[i], LoadAsFloat(p.dtype, key_mean, base + i), acc);
+    }
+    partial[l] = acc;
+  }
+  return internal::Mul(Butterfly(partial, lanes), p.softmax_scale);
+}
+
+// Ranking scores of item `item`'s candidates, scores[r] for block block_begin + r.
+void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores) {
+  const int begin = p.block_begin[item];
+  const int n = p.block_end[item] - begin;
+  scores.assign(n, 0.0f);
+  if (n == 0) return;
+  const std::vector<float> q = LoadQuery(p, item);
+  if (p.kind == BlockScoreKind::kPageBounds) {
+    for (int r = 0; r < n; ++r) scores[r] = BoundsScore(p, q.data(), p.bounds[item], begin + r);
+    return;
+  }
+  // kCentroid: per head, weights w = n_b e^{logit - max} and their sum in the selection
+  // kernel's order: thread t of kSelectThreads sums candidates t, t + T, ... in order, then
+  // a tree halves the partial sums (t += t + stride for stride T/2, ..., 1).
+  const int32_t* counts = p.count[item];
+  std::vector<float> weight(n);
+  for (int h = 0; h < p.group_size; ++h) {
+    const float* q_head = q.data() + static_cast<size_t>(h) * p.head_dim;
+    float max_logit = -kInf;
+    for (int r = 0; r < n; ++r) {
+      weight[r] = CentroidLogit(p, q_head, p.key_mean[item], begin + r);
+      if (weight[r] > max_logit) max_logit = weight[r];
+    }
+    for (int r = 0; r < n; ++r) {
+      const int32_t c = counts[begin + r];
+      weight[r] = c > 0 ? internal::Mul(static_cast<float>(c),
+                                        internal::CanonicalExp(weight[r] - max_logit))
+                        : 0.0f;
+    }
+    std::vector<float> partial(internal::kSelectThreads, 0.0f);
+    for (int t = 0; t < internal::kSelectThreads; ++t) {
+      for (int r = t; r < n; r += internal::kSelectThreads) {
+        partial[t] = internal::Add(partial[t], weight[r]);
+      }
+    }
+    for (int stride = internal::kSelectThreads / 2; stride >= 1; stride /= 2) {
+      for (int t = 0; t < stride; ++t) partial[t] = internal::Add(partial[t], partial[t + stride]);
+    }
+    const float sum = partial[0];
+    for (int r = 0; r < n; ++r) {
+      scores[r] = internal::Add(scores[r], internal::Div(weight[r], sum));
+    }
+  }
+}
+
+absl::Status ValidateItems(const BlockSelectParams& p) {
+  for (int i = 0; i < p.num_items; ++i) {
+    const int32_t begin = p.block_begin[i];
+    const int32_t end = p.block_end[i];
+    if (begin < 0 || begin > end || end > p.max_blocks) {
+      return Invalid("item ", i, " has block_begin ", begin, " and block_end ", end,
+                     "; expected 0 <= block_begin <= block_end <= max_blocks (", p.max_blocks, ")");
+    }
+    if (begin == end) continue;
+    if (p.kind == BlockScoreKind::kPageBounds && p.bounds[i] == nullptr) {
+      return Invalid("bounds[", i, "] is null");
+    }
+    if (p.kind == BlockScoreKind::kCentroid) {
+      if (p.key_mean[i] == nullptr) return Invalid("key_mean[", i, "] is null");
+      if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+namespace internal {
+
+absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
+  if (p.kind != BlockScoreKind::kPageBounds && p.kind != BlockScoreKind::kCentroid) {
+    return Invalid("kind is ", static_cast<int>(p.kind), "; expected kPageBounds or kCentroid");
+  }
+  if (p.mode != BlockSelectMode::kTopK && p.mode != BlockSelectMode::kMassTarget) {
+    return Invalid("mode is ", static_cast<int>(p.mode), "; expected kTopK or kMassTarget");
+  }
+  if (p.mode == BlockSelectMode::kMassTarget && p.kind != BlockScoreKind::kCentroid) {
+    return Invalid(
+        "mode is kMassTarget with kind kPageBounds; a mass target needs kCentroid "
+        "(page bounds are not a mass)");
+  }
+  if (p.dtype != DType::kBF16 && p.dtype != DType::kFP16) {
+    return Invalid("dtype is ", DTypeName(p.dtype), "; expected bf16 or fp16");
+  }
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) {
+    return Invalid("head_dim is ", p.head_dim, "; expected 64, 128 or 256");
+  }
+  if (p.group_size < 1 || p.group_size > kMaxSelectGroup) {
+    return Invalid("group_size is ", p.group_size, "; expected in [1, ", kMaxSelectGroup, "]");
+  }
+  if (!std::isfinite(p.softmax_scale)) {
+    return Invalid("softmax_scale is ", p.softmax_scale, "; expected finite");
+  }
+  if (p.num_items < 0) return Invalid("num_items is ", p.num_items, "; expected >= 0");
+  if (p.max_blocks < 1 || p.max_blocks > kMaxSelectBlocks) {
+    return Invalid("max_blocks is ", p.max_blocks, "; expected in [1, ", kMaxSelectBlocks, "]");
+  }
+  if (p.k < 1 || p.k > kMaxSelectK) {
+    return Invalid("k is ", p.k, "; expected in [1, ", kMaxSelectK, "]");
+  }
+  if (p.mode == BlockSelectMode::kMassTarget && !(p.mass_target > 0.0f && p.mass_target <= 1.0f)) {
+    return Invalid("mass_target is ", p.mass_target, "; expected in (0, 1]");
+  }
+  if (p.num_items == 0) return absl::OkStatus();
+  if (p.q == nullptr) return Invalid("q is null");
+  if (p.block_begin == nullptr) return Invalid("block_begin is null");
+  if (p.block_end == nullptr) return Invalid("block_end is null");
+  if (p.selected == nullptr) return Invalid("selected is null");
+  if (p.num_selected == nullptr) return Invalid("num_selected is null");
+  if (p.kind == BlockScoreKind::kPageBounds && p.bounds == nullptr) {
+    return Invalid("bounds is null (kind kPageBounds)");
+  }
+  if (p.kind == BlockScoreKind::kCentroid && p.key_mean == nullptr) {
+    return Invalid("key_mean is null (kind kCentroid)");
+  }
+  if (p.kind == BlockScoreKind::kCentroid && p.count == nullptr) {
+    return Invalid("count is null (kind kCentroid)");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace internal
+
+size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
+  if (p.num_items < 0 || p.max_blocks < 1 || p.max_blocks > kMaxSelectBlocks || p.group_size < 1 ||
+      p.group_size > kMaxSelectGroup) {
+    return 0;
+  }
+  const size_t rows = p.kind == BlockScoreKind::kCentroid ? p.group_size : 1;
+  const size_t bytes = static_cast<size_t>(p.num_items) * rows * p.max_blocks * sizeof(float);
+  return (bytes + 255) / 256 * 256;
+}
+
+absl::Status ReferenceBlockScores(const BlockSelectParams& params, int item, float* scores) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  if (item < 0 || item >= params.num_items) {
+    return Invalid("item ", item, " is out of [0, num_items = ", params.num_items, ")");
+  }
+  KVTIER_RETURN_IF_ERROR(ValidateItems(params));
+  std::vector<float> values;
+  ItemScores(params, item, values);
+  std::copy(values.begin(), values.end(), scores);
+  return absl::OkStatus();
+}
+
+absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(ValidateItems(p));
+  const uint64_t target = p.mode == BlockSelectMode::kMassTarget
+                              ? internal::FixedMassTarget(p.mass_target, p.group_size)
+                              : std::numeric_limits<uint64_t>::max();
+  tbb::parallel_for(0, p.num_items, [&](int item) {
+    std::vector<float> scores;
+    ItemScores(p, item, scores);
+    const int n = static_cast<int>(scores.size());
+    const int k = std::min(p.k, n);
+    // Ranking: key descending, then candidate index ascending.
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::vector<uint32_t> keys(n);
+    for (int r = 0; r < n; ++r) keys[r] = internal::ScoreKey(scores[r]);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys[a] > keys[b]; });
+    // The shortest prefix with k blocks or the target mass.
+    int m = 0;
+    uint64_t mass = 0;
+    while (m < k && mass < target) {
+      mass += internal::FixedMass(scores[order[m]]);
+      ++m;
+    }
+    std::vector<int32_t> chosen(order.begin(), order.begin() + m);
+    std::sort(chosen.begin(), chosen.end());
+    int32_t* row = p.selected + static_cast<size_t>(item) * p.k;
+    for (int j = 0; j < p.k; ++j) row[j] = j < m ? p.block_begin[item] + chosen[j] : -1;
+    p.num_selected[item] = m;
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

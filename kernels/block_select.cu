@@ -1,0 +1,516 @@
+// Block scoring and selection on the GPU (contract in block_select.h).
+//
+// Scoring kernel: grid over (item, chunk of kChunkBlocks candidates); the item's query sits in
+// shared memory as floats. A group of L = D / 8 lanes scores one block: each lane loads 16
+// bytes of every summary row it needs (coalesced across the group), chains fused
+// multiply-adds over its 8 channels and the xor butterfly sums the lanes. Each lane keeps
+// kUnroll blocks' loads in flight. Scores (kPageBounds) or logits (kCentroid, one row per
+// head) go to the workspace, indexed by candidate.
+//
+// Selection kernel: one thread block of kSelectThreads per item. kCentroid first turns logits
+// into masses (per head: max, weights n e^{l - max}, their sum in a fixed lane/tree order,
+// weight / sum summed over heads), in place. Then a radix select on 32-bit ranking keys
+// (three passes of 11, 11 and 10 bits, histograms of counts and fixed-point masses in shared
+// memory) finds the key T of the last selected block and how many blocks with key T are taken
+// (lowest indexes first). A final pass in index order writes the selection ascending. Integer
+// counts and fixed-point masses make every step independent of thread scheduling.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <limits>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "kernels/block_select.h"
+#include "kernels/dispatch.cuh"
+#include "runtime/core/cuda_check.h"
+#include "runtime/core/status.h"
+
+namespace kvtier {
+namespace {
+
+constexpr int kScoreThreads = 256;
+constexpr int kUnroll = 4;
+constexpr int kChunkBlocks = 512;
+constexpr int kSelectThreads = internal::kSelectThreads;
+constexpr int kWarps = kSelectThreads / 32;
+constexpr int kBins = 2048;  // 11-bit digits
+constexpr int kBinsPerThread = kBins / kSelectThreads;
+constexpr int kLoads = 8;  // candidates a selection thread loads at once
+static_assert(kBinsPerThread * kSelectThreads == kBins);
+
+struct ScoreArgs {
+  const void* q;
+  int group_size;
+  float scale;
+  int max_blocks;
+  int chunks;  // per item
+  const int32_t* block_begin;
+  const int32_t* block_end;
+  const void* const* summaries;  // bounds or key_mean, per item
+  float* workspace;
+};
+
+// Candidate range of an item, clamped into [0, max_blocks].
+__device__ __forceinline__ void ItemRange(const int32_t* block_begin, const int32_t* block_end,
+                                          int item, int max_blocks, int& begin, int& n) {
+  begin = min(max(block_begin[item], 0), max_blocks);
+  const int end = min(max(block_end[item], begin), max_blocks);
+  n = end - begin;
+}
+
+__device__ __forceinline__ void Unpack(const uint4& raw, const __nv_bfloat16*, float* out) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void Unpack(const uint4& raw, const __half*, float* out) {
+  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+
+// The xor butterfly over a group of kLanes lanes (block_select.cc's Butterfly).
+template <int kLanes>
+__device__ __forceinline__ float GroupSum(float value) {
+#pragma unroll
+  for (int offset = kLanes / 2; offset >= 1; offset /= 2) {
+    value = internal::Add(value, __shfl_xor_sync(0xFFFFFFFFu, value, offset));
+  }
+  return value;
+}
+
+template <typename T, int kDim, BlockScoreKind kKind>
+__global__ void __launch_bounds__(kScoreThreads) ScoreKernel(ScoreArgs a) {
+  constexpr int kLanes = kDim / internal::kChannelsPerLane;
+  constexpr int kGroups = kScoreThreads / kLanes;
+  constexpr int kRows = kKind == BlockScoreKind::kPageBounds ? 2 : 1;
+  extern __shared__ float q_shared[];  // [G, D]
+
+  const int item = blockIdx.x / a.chunks;
+  const int chunk = blockIdx.x - item * a.chunks;
+  int begin, n;
+  ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
+  const int chunk_start = chunk * kChunkBlocks;
+  if (chunk_start >= n) return;
+  const int chunk_end = min(n, chunk_start + kChunkBlocks);
+
+  const int G = a.group_size;
+  const T* q = static_cast<const T*>(a.q) + static_cast<size_t>(item) * G * kDim;
+  for (int i = threadIdx.x; i < G * kDim; i += kScoreThreads) q_shared[i] = ToFloat(q[i]);
+  __syncthreads();
+
+  const int lane = threadIdx.x % kLanes;
+  const int group = threadIdx.x / kLanes;
+  const T* summaries = static_cast<const T*>(a.summaries[item]);
+  for (int tile = chunk_start; tile < chunk_end; tile += kGroups * kUnroll) {
+    float x[kUnroll][kRows][internal::kChannelsPerLane];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int r = tile + u * kGroups + group;
+      if (r < chunk_end) {
+        const T* row = summaries + static_cast<size_t>(begin + r) * kRows * kDim +
+                       lane * internal::kChannelsPerLane;
+#pragma unroll
+        for (int s = 0; s < kRows; ++s) {
+          Unpack(__ldg(reinterpret_cast<const uint4*>(row + s * kDim)), row, x[u][s]);
+        }
+      } else {
+#pragma unroll
+        for (int s = 0; s < kRows; ++s) {
+#pragma unroll
+          for (int j = 0; j < internal::kChannelsPerLane; ++j) x[u][s][j] = 0.0f;
+        }
+      }
+    }
+    if constexpr (kKind == BlockScoreKind::kPageBounds) {
+      float acc[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) acc[u] = 0.0f;
+      for (int h = 0; h < G; ++h) {
+        float qv[internal::kChannelsPerLane];
+        const float4* qp = reinterpret_cast<const float4*>(q_shared + h * kDim +
+                                                           lane * internal::kChannelsPerLane);
+        *reinterpret_cast<float4*>(qv) = qp[0];
+        *reinterpret_cast<float4*>(qv + 4) = qp[1];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+          for (int j = 0; j < internal::kChannelsPerLane; ++j) {
+            acc[u] = internal::Fma(qv[j], qv[j] >= 0.0f ? x[u][0][j] : x[u][1][j], acc[u]);
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const float score = GroupSum<kLanes>(acc[u]);
+        const int r = tile + u * kGroups + group;
+        if (lane == 0 && r < chunk_end) {
+          a.workspace[static_cast<size_t>(item) * a.max_blocks + r] = score;
+        }
+      }
+    } else {
+      for (int h = 0; h < G; ++h) {
+        float qv[internal::kChannelsPerLane];
+        const float4* qp = reinterpret_cast<const float4*>(q_shared + h * kDim +
+                                                           lane * internal::kChannelsPerLane);
+        *reinterpret_cast<float4*>(qv) = qp[0];
+        *reinterpret_cast<float4*>(qv + 4) = qp[1];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          float acc = 0.0f;
+#pragma unroll
+          for (int j = 0; j < internal::kChannelsPerLane; ++j) {
+            acc = internal::Fma(qv[j], x[u][0][j], acc);
+          }
+          const float logit = internal::Mul(GroupSum<kLanes>(acc), a.scale);
+          const int r = tile + u * kGroups + group;
+          if (lane == 0 && r < chunk_end) {
+            a.workspace[(static_cast<size_t>(item) * G + h) * a.max_blocks + r] = logit;
+          }
+        }
+      }
+    }
+  }
+}
+
+struct SelectArgs {
+  int group_size;
+  int max_blocks;
+  int k;
+  uint64_t target;  // fixed-point mass to reach; UINT64_MAX for top k
+  bool centroid;
+  const int32_t* block_begin;
+  const int32_t* block_end;
+  const int32_t* const* count;
+  float* workspace;
+  int32_t* selected;
+  int32_t* num_selected;
+};
+
+// Exclusive prefix sums over the thread block (in thread order) of a count and a mass;
+// also the count's total. Uses `warp_count` / `warp_mass` ([kWarps]) as scratch.
+__device__ __forceinline__ void BlockExclusiveScan(uint32_t count, uint64_t mass,
+                                                   uint32_t& count_before, uint64_t& mass_before,
+                                                   uint32_t& count_total, uint32_t* warp_count,
+                                                   uint64_t* warp_mass) {
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  uint32_t c = count;
+  uint64_t m = mass;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset *= 2) {
+    const uint32_t co = __shfl_up_sync(0xFFFFFFFFu, c, offset);
+    const uint64_t mo = __shfl_up_sync(0xFFFFFFFFu, m, offset);
+    if (lane >= offset) {
+      c += co;
+      m += mo;
+    }
+  }
+  if (lane == 31) {
+    warp_count[warp] = c;
+    warp_mass[warp] = m;
+  }
+  __syncthreads();
+  uint32_t c_warps = 0;
+  uint64_t m_warps = 0;
+  count_total = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) {
+      c_warps += warp_count[w];
+      m_warps += warp_mass[w];
+    }
+    count_total += warp_count[w];
+  }
+  count_before = c_warps + c - count;
+  mass_before = m_warps + m - mass;
+  __syncthreads();  // scratch free for the next call
+}
+
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
+  __shared__ uint32_t bin_count[kBins];
+  __shared__ unsigned long long bin_mass[kBins];
+  __shared__ float partial[kSelectThreads];
+  __shared__ uint32_t warp_count[kWarps];
+  __shared__ uint64_t warp_mass[kWarps];
+  __shared__ uint32_t found_digit, found_count_above, found_tie_count;
+  __shared__ uint64_t found_mass_above, found_tie_mass;
+  __shared__ uint64_t lane_mass[kWarps][32];
+
+  const int item = blockIdx.x;
+  const int t = threadIdx.x;
+  const int lane = t % 32;
+  const int warp = t / 32;
+  int begin, n;
+  ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
+  const int k = min(a.k, n);
+  int32_t* out = a.selected + static_cast<size_t>(item) * a.k;
+  const int G = a.group_size;
+  float* scores = a.workspace + static_cast<size_t>(item) * (a.centroid ? G : 1) * a.max_blocks;
+
+  if (k == 0 || a.target == 0) {
+    for (int j = t; j < a.k; j += kSelectThreads) out[j] = -1;
+    if (t == 0) a.num_selected[item] = 0;
+    return;
+  }
+
+  if (a.centroid) {
+    const int32_t* counts = a.count[item] + begin;
+    for (int h = 0; h < G; ++h) {
+      float* row = scores + static_cast<size_t>(h) * a.max_blocks;
+      float max_logit = -INFINITY;
+      for (int r = t; r < n; r += kSelectThreads) max_logit = fmaxf(max_logit, row[r]);
+      partial[t] = max_logit;
+      __syncthreads();
+      for (int stride = kSelectThreads / 2; stride >= 1; stride /= 2) {
+        if (t < stride) partial[t] = fmaxf(partial[t], partial[t + stride]);
+        __syncthreads();
+      }
+      max_logit = partial[0];
+      __syncthreads();
+      float sum = 0.0f;
+      for (int r = t; r < n; r += kSelectThreads) {
+        const int32_t c = counts[r];
+        const float w =
+            c > 0 ? internal::Mul(static_cast<float>(c),
+                                  internal::CanonicalExp(internal::Add(row[r], -max_logit)))
+                  : 0.0f;
+        row[r] = w;
+        sum = internal::Add(sum, w);
+      }
+      partial[t] = sum;
+      __syncthreads();
+      for (int stride = kSelectThreads / 2; stride >= 1; stride /= 2) {
+        if (t < stride) partial[t] = internal::Add(partial[t], partial[t + stride]);
+        __syncthreads();
+      }
+      sum = partial[0];
+      __syncthreads();
+      for (int r = t; r < n; r += kSelectThreads) {
+        const float mass = internal::Div(row[r], sum);
+        scores[r] = internal::Add(h == 0 ? 0.0f : scores[r], mass);
+      }
+    }
+  }
+
+  // Radix select: the key T of the last block of the shortest stopping prefix.
+  const bool with_mass = a.target != std::numeric_limits<uint64_t>::max();
+  uint32_t prefix = 0, prefix_mask = 0;
+  uint32_t count_above = 0;
+  uint64_t mass_above = 0;
+  uint32_t tie_count = 0;
+  uint64_t tie_mass = 0;
+#pragma unroll
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
+    const uint32_t digit_mask = pass == 2 ? 0x3FFu : 0x7FFu;
+    for (int b = t; b < kBins; b += kSelectThreads) {
+      bin_count[b] = 0;
+      bin_mass[b] = 0;
+    }
+    __syncthreads();
+    // kLoads independent loads per thread first: the scores come from L2 and a loop of one
+    // load per step would wait on each. Masses (64-bit atomics) are added once per group of
+    // lanes with the same digit: one item's scores often share their leading bits.
+    for (int chunk = 0; chunk < n; chunk += kSelectThreads * kLoads) {
+      float score[kLoads];
+#pragma unroll
+      for (int e = 0; e < kLoads; ++e) {
+        const int r = chunk + e * kSelectThreads + t;
+        score[e] = r < n ? scores[r] : 0.0f;
+      }
+#pragma unroll
+      for (int e = 0; e < kLoads; ++e) {
+        const int r = chunk + e * kSelectThreads + t;
+        uint32_t digit = 0xFFFFFFFFu;  // not in the current prefix
+        if (r < n) {
+          const uint32_t key = internal::ScoreKey(score[e]);
+          if ((key & prefix_mask) == prefix) digit = (key >> shift) & digit_mask;
+        }
+        if (!with_mass) {
+          if (digit != 0xFFFFFFFFu) atomicAdd(&bin_count[digit], 1u);
+          continue;
+        }
+        lane_mass[warp][lane] = digit != 0xFFFFFFFFu ? internal::FixedMass(score[e]) : 0;
+        __syncwarp();
+        const uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
+        if (digit != 0xFFFFFFFFu && lane == __ffs(peers) - 1) {
+          unsigned long long sum = 0;
+          for (uint32_t m = peers; m != 0; m &= m - 1) sum += lane_mass[warp][__ffs(m) - 1];
+          atomicAdd(&bin_count[digit], static_cast<uint32_t>(__popc(peers)));
+          atomicAdd(&bin_mass[digit], sum);
+        }
+        __syncwarp();
+      }
+    }
+    __syncthreads();
+    // Thread t owns digits kBins-1-(kBinsPerThread*t + j), j ascending: descending key order.
+    uint32_t my_count = 0;
+    uint64_t my_mass = 0;
+#pragma unroll
+    for (int j = 0; j < kBinsPerThread; ++j) {
+      const int digit = kBins - 1 - (kBinsPerThread * t + j);
+      my_count += bin_count[digit];
+      my_mass += bin_mass[digit];
+    }
+    uint32_t count_before, count_total;
+    uint64_t mass_before;
+    BlockExclusiveScan(my_count, my_mass, count_before, mass_before, count_total, warp_count,
+                       warp_mass);
+    uint32_t c = count_above + count_before;
+    uint64_t m = mass_above + mass_before;
+#pragma unroll
+    for (int j = 0; j < kBinsPerThread; ++j) {
+      const int digit = kBins - 1 - (kBinsPerThread * t + j);
+      const uint32_t bc = bin_count[digit];
+      const uint64_t bm = bin_mass[digit];
+      const bool stopped_before = c >= static_cast<uint32_t>(k) || m >= a.target;
+      const bool stopped_after = c + bc >= static_cast<uint32_t>(k) || m + bm >= a.target;
+      if (!stopped_before && stopped_after) {
+        found_digit = digit;
+        found_count_above = c;
+        found_mass_above = m;
+        found_tie_count = bc;
+        found_tie_mass = bm;
+      }
+      c += bc;
+      m += bm;
+    }
+    __syncthreads();
+    prefix |= found_digit << shift;
+    prefix_mask |= digit_mask << shift;
+    count_above = found_count_above;
+    mass_above = found_mass_above;
+    tie_count = found_tie_count;
+    tie_mass = found_tie_mass;
+    __syncthreads();
+  }
+  // Blocks with key T taken, lowest candidate indexes first.
+  uint32_t take = static_cast<uint32_t>(k) - count_above;
+  if (with_mass && tie_mass > 0) {
+    const uint64_t each = tie_mass / tie_count;
+    const uint64_t needed = (a.target - mass_above + each - 1) / each;
+    if (needed < take) take = static_cast<uint32_t>(needed);
+  }
+  const uint32_t total = count_above + take;
+
+  // Output in candidate order: thread t of a tile holds kLoads consecutive candidates; a
+  // candidate's position is the number of selected candidates before it.
+  uint32_t ties_seen = 0, written = 0;
+  for (int tile = 0; tile < n; tile += kSelectThreads * kLoads) {
+    const int first = tile + t * kLoads;
+    uint32_t keys[kLoads];
+    uint32_t my_ties = 0;
+#pragma unroll
+    for (int e = 0; e < kLoads; ++e) {
+      keys[e] = first + e < n ? internal::ScoreKey(scores[first + e]) : 0u;
+      my_ties += (first + e < n && keys[e] == prefix) ? 1u : 0u;
+    }
+    uint32_t ties_before, tile_ties, chosen_before, tile_chosen;
+    uint64_t unused;
+    BlockExclusiveScan(my_ties, 0, ties_before, unused, tile_ties, warp_count, warp_mass);
+    uint32_t tie_rank = ties_seen + ties_before;
+    bool chosen[kLoads];
+    uint32_t my_chosen = 0;
+#pragma unroll
+    for (int e = 0; e < kLoads; ++e) {
+      const bool valid = first + e < n;
+      const bool tie = valid && keys[e] == prefix;
+      chosen[e] = valid && (keys[e] > prefix || (tie && tie_rank < take));
+      tie_rank += tie ? 1u : 0u;
+      my_chosen += chosen[e] ? 1u : 0u;
+    }
+    BlockExclusiveScan(my_chosen, 0, chosen_before, unused, tile_chosen, warp_count, warp_mass);
+    uint32_t position = written + chosen_before;
+#pragma unroll
+    for (int e = 0; e < kLoads; ++e) {
+      if (chosen[e]) out[position++] = begin + first + e;
+    }
+    ties_seen += tile_ties;
+    written += tile_chosen;
+  }
+  for (int j = static_cast<int>(total) + t; j < a.k; j += kSelectThreads) out[j] = -1;
+  if (t == 0) a.num_selected[item] = static_cast<int32_t>(total);
+}
+
+template <typename T, int kDim, BlockScoreKind kKind>
+absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
+  ScoreArgs a;
+  a.q = p.q;
+  a.group_size = p.group_size;
+  a.scale = p.softmax_scale;
+  a.max_blocks = p.max_blocks;
+  a.chunks = (p.max_blocks + kChunkBlocks - 1) / kChunkBlocks;
+  a.block_begin = p.block_begin;
+  a.block_end = p.block_end;
+  a.summaries = kKind == BlockScoreKind::kPageBounds ? p.bounds : p.key_mean;
+  a.workspace = static_cast<float*>(p.workspace);
+  const int64_t blocks = static_cast<int64_t>(a.chunks) * p.num_items;
+  if (blocks > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("BlockSelectParams: num_items ", p.num_items,
+                                                   " x ", a.chunks, " chunks exceed one grid"));
+  }
+  const size_t smem = sizeof(float) * p.group_size * kDim;
+  ScoreKernel<T, kDim, kKind><<<static_cast<int>(blocks), kScoreThreads, smem, stream>>>(a);
+  KVTIER_RETURN_IF_LAUNCH_FAILED("ScoreKernel", stream);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  const size_t needed = BlockSelectWorkspaceBytes(params);
+  if (params.workspace == nullptr || params.workspace_bytes < needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("BlockSelectParams: workspace has ", params.workspace_bytes, " bytes at ",
+                     absl::Hex(reinterpret_cast<uintptr_t>(params.workspace)),
+                     "; expected at least BlockSelectWorkspaceBytes = ", needed));
+  }
+  if (reinterpret_cast<uintptr_t>(params.workspace) % 16 != 0) {
+    return absl::InvalidArgumentError("BlockSelectParams: workspace is not 16-byte aligned");
+  }
+  const absl::Status scored = DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
+    return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
+      using T = typename decltype(element)::type;
+      constexpr int kDim = decltype(dim)::value;
+      if (params.kind == BlockScoreKind::kPageBounds) {
+        return LaunchScore<T, kDim, BlockScoreKind::kPageBounds>(params, stream);
+      }
+      return LaunchScore<T, kDim, BlockScoreKind::kCentroid>(params, stream);
+    });
+  });
+  KVTIER_RETURN_IF_ERROR(scored);
+  SelectArgs a;
+  a.group_size = params.group_size;
+  a.max_blocks = params.max_blocks;
+  a.k = params.k;
+  a.target = params.mode == BlockSelectMode::kMassTarget
+                 ? internal::FixedMassTarget(params.mass_target, params.group_size)
+                 : std::numeric_limits<uint64_t>::max();
+  a.centroid = params.kind == BlockScoreKind::kCentroid;
+  a.block_begin = params.block_begin;
+  a.block_end = params.block_end;
+  a.count = params.count;
+  a.workspace = static_cast<float*>(params.workspace);
+  a.selected = params.selected;
+  a.num_selected = params.num_selected;
+  SelectKernel<<<params.num_items, kSelectThreads, 0, stream>>>(a);
+  KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel", stream);
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

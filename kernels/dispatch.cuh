@@ -31,15 +31,15 @@ struct ElementTag {
 // Calls `f(std::integral_constant<int, V>{})` for the V in `kValues` equal to `value`.
 template <int... kValues, typename F>
 absl::Status DispatchInt(const char* what, int value, F&& f) {
-  absl::Status status = absl::UnimplementedError(
-      absl::StrCat(what, " = ", value, " is not supported; supported: ",
-                   absl::StrJoin({kValues...}, ", ")));
-  const bool found = ((value == kValues
-                           ? (status = f(std::integral_constant<int, kValues>{}), true)
-                           : false) ||
-                      ...);
-  (void)found;
-  return status;
+  absl::Status status;
+  auto call = [&](auto constant) {
+    (void)(status = f(constant));  // nvcc flags the discarded Status& of operator=
+    return true;
+  };
+  const bool found = ((value == kValues && call(std::integral_constant<int, kValues>{})) || ...);
+  if (found) return status;
+  return absl::UnimplementedError(absl::StrCat(
+      what, " = ", value, " is not supported; supported: ", absl::StrJoin({kValues...}, ", ")));
 }
 
 // Calls `f(ElementTag<__nv_bfloat16>{})` or `f(ElementTag<__half>{})` for the KV dtype.

@@ -1,0 +1,141 @@
+// Host twin of the estimation kernel (estimation.cu) and the checks both share.
+#include "kernels/estimation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "runtime/core/status.h"
+#include "tbb/blocked_range.h"
+#include "tbb/parallel_for.h"
+
+namespace kvtier {
+namespace {
+
+template <typename... Parts>
+absl::Status Invalid(const Parts&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat("EstimationParams: ", parts...));
+}
+
+absl::Status ValidateItems(const EstimationParams& p) {
+  if (p.cluster_offsets[0] != 0) {
+    return Invalid("cluster_offsets[0] is ", p.cluster_offsets[0], "; expected 0");
+  }
+  for (int i = 0; i < p.num_items; ++i) {
+    const int32_t begin = p.cluster_offsets[i];
+    const int32_t end = p.cluster_offsets[i + 1];
+    if (end < begin) {
+      return Invalid("cluster_offsets[", i + 1, "] is ", end, ", below cluster_offsets[", i,
+                     "] = ", begin, "; expected non-decreasing");
+    }
+    if (end == begin) continue;
+    if (p.key_mean[i] == nullptr) return Invalid("key_mean[", i, "] is null");
+    if (p.value_sum[i] == nullptr) return Invalid("value_sum[", i, "] is null");
+    if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
+    for (int32_t j = begin; j < end; ++j) {
+      if (p.cluster_ids[j] < 0) {
+        return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; expected >= 0");
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+void EstimateRow(const EstimationParams& p, int item, int head) {
+  const int dim = p.head_dim;
+  const int64_t row = static_cast<int64_t>(item) * p.group_size + head;
+  std::vector<double> q(dim);
+  for (int d = 0; d < dim; ++d) q[d] = LoadAsFloat(p.dtype, p.q, row * dim + d);
+
+  // Logits of the contributing clusters, then the max-subtracted sums.
+  const int32_t begin = p.cluster_offsets[item];
+  const int32_t end = p.cluster_offsets[item + 1];
+  std::vector<double> logits;
+  std::vector<int32_t> ids;
+  double max_logit = -std::numeric_limits<double>::infinity();
+  bool any_nan = false;
+  for (int32_t j = begin; j < end; ++j) {
+    const int32_t id = p.cluster_ids[j];
+    if (p.count[item][id] <= 0) continue;
+    double dot = 0.0;
+    for (int d = 0; d < dim; ++d) {
+      dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
+    }
+    const double logit = static_cast<double>(p.softmax_scale) * dot;
+    any_nan |= std::isnan(logit);
+    max_logit = std::max(max_logit, logit);
+    logits.push_back(logit);
+    ids.push_back(id);
+  }
+  float* out = p.out + row * dim;
+  if (any_nan) {
+    std::fill(out, out + dim, std::numeric_limits<float>::quiet_NaN());
+    p.lse[row] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  if (ids.empty()) {
+    std::fill(out, out + dim, 0.0f);
+    p.lse[row] = -std::numeric_limits<float>::infinity();
+    return;
+  }
+  std::vector<double> numerator(dim, 0.0);
+  double denominator = 0.0;
+  for (size_t c = 0; c < ids.size(); ++c) {
+    const double weight = std::exp(logits[c] - max_logit);
+    denominator += weight * p.count[item][ids[c]];
+    const float* s = p.value_sum[item] + static_cast<size_t>(ids[c]) * dim;
+    for (int d = 0; d < dim; ++d) numerator[d] += weight * s[d];
+  }
+  for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(numerator[d] / denominator);
+  p.lse[row] = static_cast<float>(max_logit + std::log(denominator));
+}
+
+}  // namespace
+
+namespace internal {
+
+absl::Status ValidateEstimationShape(const EstimationParams& p) {
+  if (p.dtype != DType::kBF16 && p.dtype != DType::kFP16) {
+    return Invalid("dtype is ", DTypeName(p.dtype), "; expected bf16 or fp16");
+  }
+  if (p.head_dim != 64 && p.head_dim != 128 && p.head_dim != 256) {
+    return Invalid("head_dim is ", p.head_dim, "; expected 64, 128 or 256");
+  }
+  if (p.group_size < 1) return Invalid("group_size is ", p.group_size, "; expected >= 1");
+  if (!std::isfinite(p.softmax_scale)) {
+    return Invalid("softmax_scale is ", p.softmax_scale, "; expected finite");
+  }
+  if (p.num_items < 0) return Invalid("num_items is ", p.num_items, "; expected >= 0");
+  if (p.num_items == 0) return absl::OkStatus();
+  if (p.q == nullptr) return Invalid("q is null");
+  if (p.cluster_offsets == nullptr) return Invalid("cluster_offsets is null");
+  if (p.cluster_ids == nullptr) return Invalid("cluster_ids is null");
+  if (p.key_mean == nullptr) return Invalid("key_mean is null");
+  if (p.value_sum == nullptr) return Invalid("value_sum is null");
+  if (p.count == nullptr) return Invalid("count is null");
+  if (p.out == nullptr) return Invalid("out is null");
+  if (p.lse == nullptr) return Invalid("lse is null");
+  return absl::OkStatus();
+}
+
+}  // namespace internal
+
+absl::Status ReferenceEstimation(const EstimationParams& params) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateEstimationShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(ValidateItems(params));
+  const int64_t rows = static_cast<int64_t>(params.num_items) * params.group_size;
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, rows), [&](const auto& range) {
+    for (int64_t r = range.begin(); r < range.end(); ++r) {
+      EstimateRow(params, static_cast<int>(r / params.group_size),
+                  static_cast<int>(r % params.group_size));
+    }
+  });
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

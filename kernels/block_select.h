@@ -1,0 +1,244 @@
+// Block scoring and selection: for each work item (sequence x KV head) score every candidate
+// block summary (block_summary.h) against the item's G query heads and keep either the top k
+// blocks or the fewest blocks that hold a target share of the estimated attention mass.
+// One call covers the whole batch: the CUDA launcher issues a scoring kernel (grid over items
+// x block chunks) and a selection kernel (one thread block per item), both on `stream`, with
+// no host synchronisation (CUDA-graph capturable).
+//
+// Scores (every value fp32, evaluated in the order written in internal:: below, so the
+// kernel and the host twin produce bit-identical scores and therefore identical selections):
+//  - kPageBounds: score_b = sum over the G heads h and channels i of
+//    q_hi * (q_hi >= 0 ? max_bi : min_bi), which is sum_h sum_i max(q_hi max_bi, q_hi min_bi)
+//    (Quest's upper bound of q_h.k over the page, the G heads' bounds summed). Top k only: a
+//    bound is not a mass.
+//  - kCentroid: logit_hb = scale * (q_h . c_b); per head the softmax over the item's
+//    candidate blocks weighted by their token counts, mass_hb = n_b e^{logit_hb} /
+//    sum_b' n_b' e^{logit_hb'}; score_b = sum_h mass_hb (in [0, G]: the G heads' estimated
+//    attention masses summed). Blocks with count <= 0 have mass 0.
+//
+// Selection: blocks are ranked by score, descending; equal scores rank by block index,
+// ascending (lower index wins). A NaN score ranks above +inf (a NaN summary or query is
+// selected, so it shows in attention instead of hiding); -0 equals +0.
+//  - kTopK: the first min(k, candidates) blocks of the ranking.
+//  - kMassTarget (kCentroid only): the shortest prefix of the ranking whose summed mass
+//    reaches mass_target * G (the mean over the G heads of the captured share of the
+//    candidates' estimated mass), capped at k blocks. Masses are summed in fixed point
+//    (round(mass * 2^44) as uint64; NaN counts 0) so the sum does not depend on order.
+// Output per item: the selected block indices (positions in the item's summary arrays),
+// ascending, and their count.
+//
+// Rounding: scores are fp32 with one rounding per operation, so two blocks whose exact scores
+// differ by less than a few ulps may rank either way compared with exact arithmetic; the
+// kernel and the twin round identically (fused multiply-adds are explicit, exp is
+// internal::CanonicalExp on both sides), so they never disagree with each other. The host
+// side relies on IEEE single precision without excess precision (x86-64 SSE, aarch64) and on
+// compilers not contracting the plain multiplies and adds (the default in ISO C++ mode).
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "runtime/core/dtype.h"
+
+#ifdef KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace kvtier {
+
+enum class BlockScoreKind : uint8_t { kPageBounds, kCentroid };
+enum class BlockSelectMode : uint8_t { kTopK, kMassTarget };
+
+// The largest budget and item size the kernels are built for.
+inline constexpr int kMaxSelectK = 4096;
+inline constexpr int kMaxSelectBlocks = 65536;
+inline constexpr int kMaxSelectGroup = 16;
+
+struct BlockSelectParams {
+  BlockScoreKind kind = BlockScoreKind::kPageBounds;
+  BlockSelectMode mode = BlockSelectMode::kTopK;
+  DType dtype = DType::kBF16;  // of q and of the dtype-typed summaries: bf16 or fp16
+  int head_dim = 0;            // D: 64, 128 or 256
+  int group_size = 0;          // G: query heads per item, 1 to 16
+  float softmax_scale = 0.0f;  // kCentroid: logits are scale * q.c; finite
+  int num_items = 0;           // >= 0; 0 launches nothing
+  // Upper bound of every item's block_end: sizes the workspace and the scoring grid; in
+  // [1, kMaxSelectBlocks].
+  int max_blocks = 0;
+  int k = 0;                 // budget in blocks, [1, kMaxSelectK]; the cap in kMassTarget
+  float mass_target = 0.0f;  // kMassTarget: share of the mass to reach, in (0, 1]
+
+  const void* q = nullptr;  // [num_items, G, D] of dtype, contiguous
+  // Candidates of item i are its blocks [block_begin[i], block_end[i]), with
+  // 0 <= block_begin[i] <= block_end[i] <= max_blocks; blocks outside (e.g. hot-set pages)
+  // are neither scored nor selected. An empty range selects nothing.
+  const int32_t* block_begin = nullptr;  // [num_items]
+  const int32_t* block_end = nullptr;    // [num_items]
+  // Summaries, one pointer per item to the item's arrays (layouts in block_summary.h),
+  // indexed by block. Only the candidate blocks are read.
+  const void* const* bounds = nullptr;    // kPageBounds: -> [blocks, 2, D] of dtype
+  const void* const* key_mean = nullptr;  // kCentroid: -> [blocks, D] of dtype
+  const int32_t* const* count = nullptr;  // kCentroid: -> [blocks] token counts
+
+  // [num_items, k]: row i holds item i's selected blocks ascending, then -1 up to k.
+  int32_t* selected = nullptr;
+  int32_t* num_selected = nullptr;  // [num_items]
+
+  // Scratch of BlockSelectWorkspaceBytes(params) bytes (device memory for the kernels,
+  // 256-byte aligned), allocated once by the caller; its contents need no initialisation
+  // and are garbage afterwards. Calls running concurrently need separate workspaces.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+// Bytes of scratch a call with these kind, group_size, num_items and max_blocks needs:
+// max_blocks floats per item (kPageBounds) or G * max_blocks floats per item (kCentroid).
+// 0 for invalid sizes (the launch then reports what is wrong).
+size_t BlockSelectWorkspaceBytes(const BlockSelectParams& params);
+
+namespace internal {
+// Checks of everything the host can check without reading the per-item arrays, shared by
+// launcher and twin. InvalidArgument naming the field.
+absl::Status ValidateBlockSelectShape(const BlockSelectParams& params);
+}  // namespace internal
+
+// Host twin: the same scores (bit for bit) and the same selection, computed with plain loops
+// (oneTBB-parallel over items). Additionally checks every per-item entry (ranges, non-null
+// summary pointers) before writing anything; the workspace is not used.
+absl::Status ReferenceBlockSelect(const BlockSelectParams& params);
+
+// The twin's per-block ranking scores (bounds sum or centroid mass, see above) of item
+// `item`: scores[b - block_begin] for its candidates. For tests and diagnostics.
+absl::Status ReferenceBlockScores(const BlockSelectParams& params, int item, float* scores);
+
+#ifdef KVTIER_WITH_CUDA
+// Scores and selects for the whole batch on `stream`. InvalidArgument for bad sizes or a
+// workspace that is missing or too small; Unimplemented for an unsupported dtype, head_dim or
+// kind/mode pair. Per-item entries are device data and not read on the host: a range outside
+// [0, max_blocks] is clamped into it on the device.
+absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream);
+#endif
+
+// ---- The canonical arithmetic both sides share -------------------------------------------
+#if defined(__CUDACC__)
+#define KVTIER_SELECT_HD __host__ __device__ __forceinline__
+#else
+#define KVTIER_SELECT_HD inline
+#endif
+
+namespace internal {
+
+// Lanes that reduce one block's dot products: lane l holds channels [8l, 8l + 8).
+inline constexpr int kChannelsPerLane = 8;
+// Lanes of the per-head softmax denominator sum (the selection kernel's thread count).
+inline constexpr int kSelectThreads = 512;
+// Fixed-point scale of masses.
+inline constexpr double kMassScale = 0x1p44;
+
+// Single-precision operations with one rounding each, never contracted.
+KVTIER_SELECT_HD float Fma(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+KVTIER_SELECT_HD float Add(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+KVTIER_SELECT_HD float Mul(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+KVTIER_SELECT_HD float Div(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+KVTIER_SELECT_HD uint32_t FloatBits(float x) {
+#ifdef __CUDA_ARCH__
+  return __float_as_uint(x);
+#else
+  return std::bit_cast<uint32_t>(x);
+#endif
+}
+KVTIER_SELECT_HD float BitsFloat(uint32_t x) {
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(x);
+#else
+  return std::bit_cast<float>(x);
+#endif
+}
+KVTIER_SELECT_HD float Rint(float x) {
+#ifdef __CUDA_ARCH__
+  return rintf(x);
+#else
+  return std::nearbyint(x);  // round to nearest even in the default mode
+#endif
+}
+
+// e^x from fused multiply-adds only, identical on host and device (about 2 ulp). NaN stays
+// NaN; overflow gives +inf, underflow 0.
+KVTIER_SELECT_HD float CanonicalExp(float x) {
+  if (x != x) return x;
+  if (x > 88.72283f) return INFINITY;
+  if (x < -103.97208f) return 0.0f;
+  const float k = Rint(Mul(x, 1.44269504f));  // x = k ln2 + r, |r| <= ln2 / 2
+  float r = Fma(k, -0.693145752f, x);         // ln2, high bits (exact product)
+  r = Fma(k, -1.42860677e-6f, r);             // ln2, low bits
+  float e = 1.98412698e-4f;                   // Taylor series of e^r to degree 7
+  e = Fma(e, r, 1.38888889e-3f);
+  e = Fma(e, r, 8.33333333e-3f);
+  e = Fma(e, r, 4.16666667e-2f);
+  e = Fma(e, r, 1.66666667e-1f);
+  e = Fma(e, r, 0.5f);
+  e = Fma(e, r, 1.0f);
+  e = Fma(e, r, 1.0f);
+  // e * 2^k in two steps so that k in [-150, 128] never leaves the exponent range.
+  const int ki = static_cast<int>(k);
+  const int k1 = ki / 2;
+  const int k2 = ki - k1;
+  const float s1 = BitsFloat(static_cast<uint32_t>(k1 + 127) << 23);
+  const float s2 = BitsFloat(static_cast<uint32_t>(k2 + 127) << 23);
+  return Mul(Mul(e, s1), s2);
+}
+
+// Ranking key of a score: larger score, larger key; NaN the largest; -0 as +0.
+KVTIER_SELECT_HD uint32_t ScoreKey(float score) {
+  if (score != score) return 0xFFFFFFFFu;
+  if (score == 0.0f) score = 0.0f;
+  const uint32_t bits = FloatBits(score);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+}
+
+// A mass in fixed point: round(mass * 2^44); NaN and negative masses count 0.
+KVTIER_SELECT_HD uint64_t FixedMass(float mass) {
+  if (!(mass > 0.0f)) return 0;
+  if (mass > 65536.0f) mass = 65536.0f;  // beyond any G (keeps sums far from overflow)
+#ifdef __CUDA_ARCH__
+  return __double2ull_rn(static_cast<double>(mass) * kMassScale);
+#else
+  return static_cast<uint64_t>(std::nearbyint(static_cast<double>(mass) * kMassScale));
+#endif
+}
+
+// The mass a kMassTarget selection must reach: round(mass_target * G * 2^44).
+inline uint64_t FixedMassTarget(float mass_target, int group_size) {
+  return static_cast<uint64_t>(
+      std::nearbyint(static_cast<double>(mass_target) * group_size * kMassScale));
+}
+
+}  // namespace internal
+}  // namespace kvtier

@@ -1,0 +1,63 @@
+// Estimation: partial attention over cluster summaries (the clustered index's estimation
+// zone). A cluster with mean key c, value sum s and token count n stands for n tokens whose
+// keys all equal c: it adds n e^{scale q.c} to the softmax denominator and e^{scale q.c} s to
+// the numerator, without its pages being read. The result is a partial attention result,
+// (out, lse), that merges exactly with PagedDecodeParams' results (decode_attention.h) over
+// disjoint token sets: for every query row
+//   lse = log(sum_c n_c e^{l_c}),  out = sum_c e^{l_c} s_c / sum_c n_c e^{l_c},  l_c = scale q.c
+// so that a cluster of one token (n = 1, c = its key, s = its value) contributes exactly what
+// attention over that token does.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "runtime/core/dtype.h"
+
+#ifdef KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace kvtier {
+
+struct EstimationParams {
+  DType dtype = DType::kBF16;  // of q and key_mean: bf16 or fp16
+  int head_dim = 0;            // D: 64, 128 or 256
+  int group_size = 0;          // G: query heads per item, >= 1
+  float softmax_scale = 0.0f;  // logits are scale * q.c; finite
+  int num_items = 0;           // >= 0; 0 launches nothing
+
+  const void* q = nullptr;  // [num_items, G, D] of dtype, contiguous
+  // The clusters item i estimates: cluster_ids[cluster_offsets[i] .. cluster_offsets[i + 1])
+  // index item i's summary arrays (layout of block_summary.h's centroid). A cluster listed
+  // twice counts twice. Clusters with count <= 0 contribute nothing.
+  const int32_t* cluster_offsets = nullptr;  // [num_items + 1], non-decreasing, [0] == 0
+  const int32_t* cluster_ids = nullptr;      // [cluster_offsets[num_items]], each >= 0
+  const void* const* key_mean = nullptr;     // [num_items] -> [clusters, D] of dtype
+  const float* const* value_sum = nullptr;   // [num_items] -> [clusters, D]
+  const int32_t* const* count = nullptr;     // [num_items] -> [clusters]
+
+  float* out = nullptr;  // [num_items, G, D]; 0 for a row without contributing clusters
+  float* lse = nullptr;  // [num_items, G]; -inf for a row without contributing clusters
+};
+
+namespace internal {
+// Checks of sizes and pointers that need no per-item data, shared by launcher and twin.
+absl::Status ValidateEstimationShape(const EstimationParams& params);
+}  // namespace internal
+
+// Host twin, in double precision (results rounded to float once). Checks cluster_offsets
+// (first 0, non-decreasing), cluster ids (>= 0) and the per-item pointers of items with
+// clusters before writing anything: InvalidArgument naming the field. NaN in q, a mean key or
+// a value sum propagates to the row (or column) it touches.
+absl::Status ReferenceEstimation(const EstimationParams& params);
+
+#ifdef KVTIER_WITH_CUDA
+// One launch for the batch on `stream`: a thread block per query row, its warps each fold a
+// share of the item's clusters with an online softmax, merged at the end. Per-item data is
+// not read on the host. InvalidArgument on bad sizes; Unimplemented for an unsupported dtype
+// or head_dim.
+absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t stream);
+#endif
+
+}  // namespace kvtier
