@@ -13,18 +13,6 @@
 
 namespace kvtier {
 
-const char* CachePolicyName(CachePolicy policy) {
-  switch (policy) {
-    case CachePolicy::kLeastRecentlyUsed:
-      return "least recently used";
-    case CachePolicy::kLowestScore:
-      return "lowest score";
-    case CachePolicy::kLastSelection:
-      return "last selection";
-  }
-  return "unknown";
-}
-
 uint32_t ScoreOrderKey(float score) {
   const uint32_t bits = std::bit_cast<uint32_t>(score);
   return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;

@@ -40,15 +40,13 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "runtime/core/cache_policy.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>
 #endif
 
 namespace kvtier {
-
-enum class CachePolicy : uint8_t { kLeastRecentlyUsed, kLowestScore, kLastSelection };
-const char* CachePolicyName(CachePolicy policy);
 
 // Limits of one work item (the kernel keeps an item's selection in shared memory).
 inline constexpr int32_t kMaxCacheSlots = 65536;

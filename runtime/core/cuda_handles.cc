@@ -12,8 +12,8 @@ absl::StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes) {
   const cudaError_t error = cudaMalloc(&data, bytes);
   if (error != cudaSuccess) {
     (void)cudaGetLastError();  // an allocation failure is not sticky: clear it
-    return CudaErrorToStatus(error, absl::StrCat("cudaMalloc(", bytes, " bytes)").c_str(),
-                             __FILE__, __LINE__);
+    return CudaErrorToStatus(error, absl::StrCat("cudaMalloc(", bytes, " bytes)").c_str(), __FILE__,
+                             __LINE__);
   }
   buffer.data_ = static_cast<std::byte*>(data);
   buffer.size_ = bytes;

@@ -102,13 +102,13 @@ absl::Status ValidateOptions(const Options& o) {
           "must be >= 1: the cache must hold one step's whole selection");
   }
   switch (o.cache_policy) {
-    case CachePolicy::kLru:
-    case CachePolicy::kLruWithMass:
-    case CachePolicy::kLastStepSelection:
+    case CachePolicy::kLeastRecentlyUsed:
+    case CachePolicy::kLowestScore:
+    case CachePolicy::kLastSelection:
       break;
     default:
       p.Add("cache_policy", static_cast<int>(o.cache_policy),
-            "allowed kLru, kLruWithMass or kLastStepSelection");
+            "allowed kLeastRecentlyUsed, kLowestScore or kLastSelection");
   }
   if (o.host_memory_bytes <= 0) {
     p.Add("host_memory_bytes", o.host_memory_bytes, "must be > 0");

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "runtime/core/cache_policy.h"
 #include "runtime/core/dtype.h"
 
 namespace kvtier {
@@ -33,12 +34,6 @@ struct SelectionBudget {
   double mass_target = 0.0;
 };
 
-enum class CachePolicy : uint8_t {
-  kLru,                // evict the least recently used slot
-  kLruWithMass,        // evict by recency and accumulated attention mass
-  kLastStepSelection,  // the cache holds exactly the previous step's selection (baseline)
-};
-
 enum class Backend : uint8_t {
   kCuda,  // the product: kernels on the GPU
   kHost,  // the kernels' host twins; runs without a GPU
@@ -52,7 +47,7 @@ struct Options {
   SelectionBudget budget;
   // GPU page-cache slots per (sequence, layer, KV head), as a multiple of budget.max_pages.
   double cache_slots_per_budget = 4.0;
-  CachePolicy cache_policy = CachePolicy::kLruWithMass;
+  CachePolicy cache_policy = CachePolicy::kLowestScore;
   int64_t host_memory_bytes = int64_t{16} << 30;  // pinned host store
   int64_t gpu_memory_bytes = int64_t{8} << 30;    // hot set, page cache, summaries, workspaces
   int max_sequences = 256;                        // sequences stored at once

@@ -98,9 +98,9 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"MassTarget1", [](Options& o) { o.budget.mass_target = 1.0; }, {}},
         Case{"MassTargetHalf", [](Options& o) { o.budget.mass_target = 0.5; }, {}},
         Case{"CacheSlotsExactlyOneBudget", [](Options& o) { o.cache_slots_per_budget = 1.0; }, {}},
-        Case{"LruPolicy", [](Options& o) { o.cache_policy = CachePolicy::kLru; }, {}},
+        Case{"LruPolicy", [](Options& o) { o.cache_policy = CachePolicy::kLeastRecentlyUsed; }, {}},
         Case{"LastStepSelectionPolicy",
-             [](Options& o) { o.cache_policy = CachePolicy::kLastStepSelection; },
+             [](Options& o) { o.cache_policy = CachePolicy::kLastSelection; },
              {}},
         Case{"BatchEqualsMaxSequences",
              [](Options& o) {
