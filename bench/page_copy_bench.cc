@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/miss_load.h"
 #include "kernels/page_copy.h"
 #include "offload/pinned_buffer.h"
 #include "runtime/core/cuda_check.h"
@@ -224,6 +225,107 @@ void BM_PinnedHostToDeviceMemcpy(benchmark::State& state) {
   state.counters["vs_pinned_h2d"] = gbps / s.pinned_h2d_gbps;
 }
 BENCHMARK(BM_PinnedHostToDeviceMemcpy)->UseManualTime()->Unit(benchmark::kMillisecond);
+
+// A decode step's miss load (LaunchMissLoad) at Llama-3-8B shape: 32 sequences x 8 KV heads
+// = 256 caches, 4 KiB K and V pages, a selection of 128 pages of which `misses` miss (26:
+// an 80% hit rate; 128: the cache off). Each cache's 512 host pages and 512 slots span the
+// 1 GiB pinned source and the 1 GiB device buffer; 16 random miss lists rotate so no launch
+// re-reads what an earlier one left in L2. Counts live in device memory, as after a resolve.
+void BM_MissLoad(benchmark::State& state) {
+  absl::StatusOr<DeviceState*> device = GetDeviceState();
+  if (!device.ok()) {
+    state.SkipWithError(std::string(device.status().message()).c_str());
+    return;
+  }
+  DeviceState& s = **device;
+  constexpr int32_t kItems = 256, kMaxMisses = 128, kPagesPerItem = 512, kVariants = 16;
+  constexpr int64_t kPageBytes = 4096;
+  const int32_t misses = static_cast<int32_t>(state.range(0));
+  std::mt19937 rng(7);
+  std::vector<const void*> k_table, v_table;
+  std::vector<int64_t> offsets;
+  std::vector<void*> k_base, v_base;
+  const int64_t pool_bytes = int64_t{kPagesPerItem} * kPageBytes;
+  for (int32_t i = 0; i < kItems; ++i) {
+    offsets.push_back(int64_t{i} * kPagesPerItem);
+    for (int32_t p = 0; p < kPagesPerItem; ++p) {
+      const int64_t frame = int64_t{i} * kPagesPerItem + p;
+      k_table.push_back(s.source.device_data() + 2 * frame * kPageBytes);
+      v_table.push_back(s.source.device_data() + (2 * frame + 1) * kPageBytes);
+    }
+    k_base.push_back(s.device_buffer.data() + i * pool_bytes);
+    v_base.push_back(s.device_buffer.data() + kDeviceBytes / 2 + i * pool_bytes);
+  }
+  std::vector<int32_t> pages(int64_t{kVariants} * kItems * kMaxMisses, -1), slots(pages.size(), -1);
+  std::vector<int32_t> ids(kPagesPerItem);
+  std::iota(ids.begin(), ids.end(), 0);
+  for (int64_t row = 0; row < int64_t{kVariants} * kItems; ++row) {
+    std::shuffle(ids.begin(), ids.end(), rng);
+    for (int32_t m = 0; m < misses; ++m) pages[row * kMaxMisses + m] = ids[m];
+    std::shuffle(ids.begin(), ids.end(), rng);
+    for (int32_t m = 0; m < misses; ++m) slots[row * kMaxMisses + m] = ids[m];
+  }
+  const std::vector<int32_t> counts(kItems, misses);
+  auto upload = [](const auto& host) -> absl::StatusOr<DeviceBuffer> {
+    KVTIER_ASSIGN_OR_RETURN(DeviceBuffer buffer,
+                            DeviceBuffer::Allocate(host.size() * sizeof(host[0])));
+    KVTIER_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(buffer.data(), host.data(), buffer.size(), cudaMemcpyHostToDevice));
+    return buffer;
+  };
+  auto k_table_d = upload(k_table), v_table_d = upload(v_table), offsets_d = upload(offsets);
+  auto k_base_d = upload(k_base), v_base_d = upload(v_base), pages_d = upload(pages);
+  auto slots_d = upload(slots), counts_d = upload(counts);
+  for (const auto* b :
+       {&k_table_d, &v_table_d, &offsets_d, &k_base_d, &v_base_d, &pages_d, &slots_d, &counts_d}) {
+    if (!b->ok()) {
+      state.SkipWithError(std::string(b->status().message()).c_str());
+      return;
+    }
+  }
+  MissLoadParams params;
+  params.num_items = kItems;
+  params.max_misses = kMaxMisses;
+  params.page_bytes = kPageBytes;
+  params.miss_count = counts_d->as<int32_t>();
+  params.host_k_pages = k_table_d->as<const void*>();
+  params.host_v_pages = v_table_d->as<const void*>();
+  params.page_table_offset = offsets_d->as<int64_t>();
+  params.slot_k_base = k_base_d->as<void*>();
+  params.slot_v_base = v_base_d->as<void*>();
+  int variant = 0;
+  double total_seconds = 0;
+  for (auto _ : state) {
+    params.miss_pages = pages_d->as<int32_t>() + int64_t{variant} * kItems * kMaxMisses;
+    params.miss_slots = slots_d->as<int32_t>() + int64_t{variant} * kItems * kMaxMisses;
+    variant = (variant + 1) % kVariants;
+    absl::Status status = [&]() -> absl::Status {
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
+      KVTIER_RETURN_IF_ERROR(LaunchMissLoad(params, s.stream.get()));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
+      return absl::OkStatus();
+    }();
+    absl::StatusOr<double> seconds =
+        status.ok() ? ElapsedSeconds(s) : absl::StatusOr<double>(status);
+    if (!seconds.ok()) {
+      state.SkipWithError(std::string(seconds.status().message()).c_str());
+      return;
+    }
+    state.SetIterationTime(*seconds);
+    total_seconds += *seconds;
+  }
+  const double bytes = static_cast<double>(state.iterations()) * kItems * misses * 2 * kPageBytes;
+  const double gbps = total_seconds > 0 ? bytes / total_seconds * 1e-9 : 0;
+  state.counters["GB/s"] = gbps;
+  state.counters["vs_pinned_h2d"] = gbps / s.pinned_h2d_gbps;
+  state.counters["MB/step"] = static_cast<double>(kItems) * misses * 2 * kPageBytes * 1e-6;
+}
+BENCHMARK(BM_MissLoad)
+    ->ArgName("misses_of_128")
+    ->Arg(26)
+    ->Arg(128)
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace kvtier
