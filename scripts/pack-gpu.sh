@@ -8,8 +8,12 @@ rm -rf "$KVTIER_ROOT/.gpu"
 mkdir -p "$KVTIER_ROOT/.gpu"
 for bin in tests/gpu_test tests/kernels_reference_test tests/offload_test tests/runtime_core_test \
            tests/index_test tools/probe/kvtier-probe tools/demo/kvtier-demo \
-           bench/kvtier_bench_page_copy bench/kvtier_bench_reference_attention; do
+           bench/kvtier_bench_page_copy bench/kvtier_bench_reference_attention \
+           bench/kvtier_bench_decode_attention bench/kvtier_bench_block_select \
+           bench/kvtier_bench_cache_resolve; do
   cp "$KVTIER_ROOT/build-gpu/$bin" "$KVTIER_ROOT/.gpu/"
 done
-"$KVTIER_ROOT/../shared/tools/bundle-libs" "$KVTIER_ROOT/.gpu/libs.tar.xz" "$KVTIER_ROOT"/.gpu/*
+cp "$KVTIER_ROOT/bench/sdpa_baseline.py" "$KVTIER_ROOT/.gpu/"
+"$KVTIER_ROOT/../shared/tools/bundle-libs" "$KVTIER_ROOT/.gpu/libs.tar.xz" \
+  $(find "$KVTIER_ROOT/.gpu" -maxdepth 1 -type f -perm -u+x)
 du -sh "$KVTIER_ROOT/.gpu"
