@@ -27,6 +27,10 @@ constexpr int64_t kChunkTokens = 4096;
 
 constexpr int kMaxHeadDim = 256;  // the largest head_dim that validation accepts
 
+bool IsOutputDType(DType dtype) {
+  return dtype == DType::kFP32 || dtype == DType::kBF16 || dtype == DType::kFP16;
+}
+
 absl::Status Invalid(const std::string& message) {
   return absl::InvalidArgumentError(absl::StrCat("PagedDecodeParams: ", message));
 }
@@ -49,6 +53,10 @@ absl::Status ValidateAttention(const PagedDecodeParams& p) {
   }
   if (!std::isfinite(p.softmax_scale)) {
     return Invalid(absl::StrCat("softmax_scale is ", p.softmax_scale, "; expected finite"));
+  }
+  if (!IsOutputDType(p.out_dtype)) {
+    return Invalid(absl::StrCat("out_dtype is ", static_cast<int>(p.out_dtype),
+                                "; expected fp32, bf16 or fp16"));
   }
   if (p.num_items == 0) return absl::OkStatus();  // nothing is read or written
 
@@ -187,11 +195,10 @@ double AttendPages(const PagedDecodeParams& p, int item, const double* q, int64_
 void AttendRow(const PagedDecodeParams& p, int item, int head) {
   const int64_t dim = p.head_dim;
   const int64_t row = static_cast<int64_t>(item) * p.group_size + head;
-  float* out = p.out + row * dim;
   const int64_t page_begin = p.page_offsets[item];
   const int64_t page_end = p.page_offsets[item + 1];
   if (page_begin == page_end) {
-    std::fill(out, out + dim, 0.0f);
+    for (int64_t d = 0; d < dim; ++d) StoreFromFloat(p.out_dtype, 0.0f, p.out, row * dim + d);
     p.lse[row] = -std::numeric_limits<float>::infinity();
     return;
   }
@@ -220,7 +227,10 @@ void AttendRow(const PagedDecodeParams& p, int item, int head) {
         static_cast<int>(num_chunks), p.head_dim, [&](int c) { return chunk_lse[c]; },
         [&](int c) { return chunk_out.data() + static_cast<int64_t>(c) * dim; }, result.data());
   }
-  for (int64_t d = 0; d < dim; ++d) out[d] = static_cast<float>(result[d]);
+  // Rounded to float once, then (bf16 / fp16 outputs) to the output dtype.
+  for (int64_t d = 0; d < dim; ++d) {
+    StoreFromFloat(p.out_dtype, static_cast<float>(result[d]), p.out, row * dim + d);
+  }
   p.lse[row] = static_cast<float>(lse);
 }
 
@@ -237,28 +247,37 @@ absl::Status ValidateMerge(const MergeParams& p) {
   if (p.part_lse == nullptr) return invalid("part_lse is null");
   if (p.out == nullptr) return invalid("out is null");
   if (p.lse == nullptr) return invalid("lse is null");
-  // Outputs and inputs are address ranges; std::less orders pointers into different arrays.
+  if (!IsOutputDType(p.out_dtype)) {
+    return invalid(absl::StrCat("out_dtype is ", static_cast<int>(p.out_dtype),
+                                "; expected fp32, bf16 or fp16"));
+  }
+  // Outputs and inputs are byte ranges; std::less orders pointers into different arrays.
   struct Range {
     const char* name;
     int j;  // part index, or -1 for an output
-    const float* begin;
-    int64_t size;
+    const char* begin;
+    int64_t bytes;
   };
   auto overlap = [](const Range& a, const Range& b) {
-    const std::less<const float*> less;
-    return less(a.begin, b.begin + b.size) && less(b.begin, a.begin + a.size);
+    const std::less<const char*> less;
+    return less(a.begin, b.begin + b.bytes) && less(b.begin, a.begin + a.bytes);
   };
+  auto bytes_of = [](const void* pointer) { return static_cast<const char*>(pointer); };
   auto describe = [](const Range& r) {
     return r.j < 0 ? std::string(r.name) : absl::StrCat(r.name, "[", r.j, "]");
   };
   const int64_t row_values = static_cast<int64_t>(p.num_rows) * p.head_dim;
-  const Range outputs[] = {{"out", -1, p.out, row_values}, {"lse", -1, p.lse, p.num_rows}};
+  const int64_t out_bytes = row_values * static_cast<int64_t>(DTypeSize(p.out_dtype));
+  const int64_t lse_bytes = static_cast<int64_t>(p.num_rows) * sizeof(float);
+  const Range outputs[] = {{"out", -1, bytes_of(p.out), out_bytes},
+                           {"lse", -1, bytes_of(p.lse), lse_bytes}};
   if (overlap(outputs[0], outputs[1])) return invalid("out and lse overlap");
   for (int j = 0; j < p.num_parts; ++j) {
     if (p.part_out[j] == nullptr) return invalid(absl::StrCat("part_out[", j, "] is null"));
     if (p.part_lse[j] == nullptr) return invalid(absl::StrCat("part_lse[", j, "] is null"));
-    const Range inputs[] = {{"part_out", j, p.part_out[j], row_values},
-                            {"part_lse", j, p.part_lse[j], p.num_rows}};
+    const Range inputs[] = {
+        {"part_out", j, bytes_of(p.part_out[j]), row_values * static_cast<int64_t>(sizeof(float))},
+        {"part_lse", j, bytes_of(p.part_lse[j]), lse_bytes}};
     for (const Range& output : outputs) {
       for (const Range& input : inputs) {
         if (overlap(output, input)) {
@@ -295,7 +314,9 @@ absl::Status ReferenceMergePartials(const MergeParams& params) {
           params.num_parts, params.head_dim,
           [&](int j) { return static_cast<double>(params.part_lse[j][row]); },
           [&](int j) { return params.part_out[j] + row * dim; }, merged.data());
-      for (int64_t d = 0; d < dim; ++d) params.out[row * dim + d] = static_cast<float>(merged[d]);
+      for (int64_t d = 0; d < dim; ++d) {
+        StoreFromFloat(params.out_dtype, static_cast<float>(merged[d]), params.out, row * dim + d);
+      }
       params.lse[row] = static_cast<float>(lse);
     }
   });

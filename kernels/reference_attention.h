@@ -12,21 +12,24 @@
 namespace kvtier {
 
 // Exact attention for every item and query head of `params`: logits scale * q.k and the
-// softmax in double, out and lse rounded to float once at the end. An item without pages gets
-// out 0 and lse -inf. NaN in q, K or V propagates (a NaN key makes its item's rows NaN, a NaN
-// value element its column); it never becomes a finite number.
+// softmax in double, out and lse rounded to float once at the end (out then rounded to
+// out_dtype when that is bf16 or fp16). An item without pages gets out 0 and lse -inf. NaN in
+// q, K or V propagates (a NaN key makes its item's rows NaN, a NaN value element its column);
+// it never becomes a finite number.
 // InvalidArgument, with the field and its value in the message and nothing written, when
 // the parameters are inconsistent: dtype not bf16/fp16, head_dim not 64/128/256, page_size
-// or group_size < 1, num_items < 0, softmax_scale not finite, a needed pointer null (every
-// entry of k_pages / v_pages in use is checked), page_offsets[0] != 0 or decreasing,
-// last_page_tokens out of [1, P] for an item with pages. num_items == 0 reads no pointer.
+// or group_size < 1, num_items < 0, softmax_scale not finite, out_dtype not fp32/bf16/fp16,
+// a needed pointer null (every entry of k_pages / v_pages in use is checked), page_offsets[0]
+// != 0 or decreasing, last_page_tokens out of [1, P] for an item with pages. num_items == 0
+// reads no pointer.
 absl::Status ReferencePagedDecodeAttention(const PagedDecodeParams& params);
 
-// Exact merge of partial results (see MergeParams), in double. A part with lse = -inf
-// contributes nothing and its out row is not read; a row whose parts are all -inf gets out 0
-// and lse -inf. A NaN lse makes its row NaN, a NaN out element (of a part that contributes)
-// its element. InvalidArgument (nothing written) on null pointers, non-positive sizes, or
-// out / lse overlapping an input or each other; head_dim may be any positive value.
+// Exact merge of partial results (see MergeParams), in double, rounded to float and then to
+// out_dtype. A part with lse = -inf contributes nothing and its out row is not read; a row
+// whose parts are all -inf gets out 0 and lse -inf. A NaN lse makes its row NaN, a NaN out
+// element (of a part that contributes) its element. InvalidArgument (nothing written) on null
+// pointers, non-positive sizes, an unknown out_dtype, or out / lse overlapping an input or
+// each other; head_dim may be any positive value.
 absl::Status ReferenceMergePartials(const MergeParams& params);
 
 }  // namespace kvtier

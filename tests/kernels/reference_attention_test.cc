@@ -422,6 +422,35 @@ TEST(ReferenceAttentionTest, PropagatesNaN) {
 // Every invalid parameter gives InvalidArgument naming the field, and nothing is written. The
 // bad entry of an array sits at its last item, so a function that wrote early items before
 // checking later ones would show.
+// A bf16 or fp16 output is the fp32 result rounded once more (an item without pages: +0).
+TEST(ReferenceAttentionTest, OutputDTypesRoundTheFloatResult) {
+  BatchSpec spec;
+  spec.dtype = DType::kFP16;
+  spec.head_dim = 64;
+  spec.lengths = {1, 0, 300, 5000};
+  spec.seed = 900;
+  Batch batch(spec);
+  ASSERT_TRUE(ReferencePagedDecodeAttention(batch.Params()).ok());
+  const std::vector<float> want_out = batch.out;
+  const std::vector<float> want_lse = batch.lse;
+  for (DType out_dtype : {DType::kBF16, DType::kFP16}) {
+    SCOPED_TRACE(DTypeName(out_dtype));
+    PagedDecodeParams params = batch.Params();
+    std::vector<uint16_t> out(want_out.size(), 0xFFFF);
+    params.out_dtype = out_dtype;
+    params.out = out.data();
+    ASSERT_TRUE(ReferencePagedDecodeAttention(params).ok());
+    for (size_t e = 0; e < out.size(); ++e) {
+      const uint16_t want =
+          out_dtype == DType::kBF16 ? FloatToBF16(want_out[e]) : FloatToFP16(want_out[e]);
+      ASSERT_EQ(out[e], want) << "element " << e;
+    }
+    for (size_t r = 0; r < want_lse.size(); ++r) {
+      ASSERT_EQ(std::bit_cast<uint32_t>(batch.lse[r]), std::bit_cast<uint32_t>(want_lse[r]));
+    }
+  }
+}
+
 TEST(ReferenceAttentionTest, RejectsInvalidParameters) {
   struct Case {
     std::string expected;  // substring of the message
@@ -455,6 +484,7 @@ TEST(ReferenceAttentionTest, RejectsInvalidParameters) {
        [](Batch& b, PagedDecodeParams&) { b.last_page_tokens[2] = 17; }},
       {"out is null", [](Batch&, PagedDecodeParams& p) { p.out = nullptr; }},
       {"lse is null", [](Batch&, PagedDecodeParams& p) { p.lse = nullptr; }},
+      {"out_dtype is 7", [](Batch&, PagedDecodeParams& p) { p.out_dtype = static_cast<DType>(7); }},
   };
   BatchSpec spec;
   spec.head_dim = 64;
@@ -672,6 +702,25 @@ TEST(ReferenceMergeTest, PropagatesNaN) {
   for (int d = 0; d < kDim; ++d) EXPECT_TRUE(std::isfinite(out[4 * kDim + d])) << d;
 }
 
+// A bf16 or fp16 merged output is the fp32 merge rounded once more.
+TEST(ReferenceMergeTest, OutputDTypesRoundTheFloatResult) {
+  Partials partials(3, 5, 16);
+  ASSERT_TRUE(ReferenceMergePartials(partials.Params()).ok());
+  const std::vector<float> want = partials.merged_out;
+  for (DType out_dtype : {DType::kBF16, DType::kFP16}) {
+    SCOPED_TRACE(DTypeName(out_dtype));
+    MergeParams params = partials.Params();
+    std::vector<uint16_t> out(want.size(), 0xFFFF);
+    params.out_dtype = out_dtype;
+    params.out = out.data();
+    ASSERT_TRUE(ReferenceMergePartials(params).ok());
+    for (size_t e = 0; e < out.size(); ++e) {
+      EXPECT_EQ(out[e], out_dtype == DType::kBF16 ? FloatToBF16(want[e]) : FloatToFP16(want[e]))
+          << "element " << e;
+    }
+  }
+}
+
 TEST(ReferenceMergeTest, RejectsInvalidParameters) {
   struct Case {
     std::string expected;  // substring of the message
@@ -687,6 +736,7 @@ TEST(ReferenceMergeTest, RejectsInvalidParameters) {
       {"part_lse[2] is null", [](Partials& s, MergeParams&) { s.part_lse[2] = nullptr; }},
       {"out is null", [](Partials&, MergeParams& p) { p.out = nullptr; }},
       {"lse is null", [](Partials&, MergeParams& p) { p.lse = nullptr; }},
+      {"out_dtype is 7", [](Partials&, MergeParams& p) { p.out_dtype = static_cast<DType>(7); }},
       {"out and lse overlap", [](Partials& s, MergeParams& p) { p.lse = s.merged_out.data() + 3; }},
       {"out overlaps part_out[1]",
        [](Partials& s, MergeParams& p) { s.part_out[1] = s.merged_out.data() + 5; }},
