@@ -13,12 +13,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/bench_util.h"
 #include "kernels/block_select.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/cuda_device.h"
@@ -34,7 +36,6 @@ constexpr size_t kPatternBytes = size_t{16} << 20;
 constexpr int kMaxItems = 256;
 constexpr int kHeadDim = 128;
 constexpr int kGroup = 4;
-constexpr int kCopyRepetitions = 5;
 
 struct DeviceState {
   DeviceBuffer pool;      // summaries: bounds or key_mean rows, random bf16
@@ -48,20 +49,11 @@ struct DeviceState {
   DeviceBuffer workspace;
   CudaStream stream;
   CudaEvent start, stop;
-  double hbm_copy_gbps = 0;  // (read + written) bytes per second, median
+  double hbm_copy_gbps = 0;  // (read + written) bytes per second, median (MeasureHbmCopyGbps)
 };
 
-absl::StatusOr<double> TimedMs(DeviceState& s, const auto& enqueue) {
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-  KVTIER_RETURN_IF_ERROR(enqueue());
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-  KVTIER_ASSIGN_OR_RETURN(const float ms, ElapsedMilliseconds(s.start, s.stop));
-  return ms;
-}
-
 absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
-  if (CudaDeviceCount() == 0) return absl::UnavailableError("no CUDA device");
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  KVTIER_RETURN_IF_ERROR(UseFirstDevice());
   auto s = std::make_unique<DeviceState>();
   KVTIER_ASSIGN_OR_RETURN(s->pool, DeviceBuffer::Allocate(kPoolBytes));
   KVTIER_ASSIGN_OR_RETURN(s->copy_dst, DeviceBuffer::Allocate(kPoolBytes));
@@ -100,35 +92,17 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaMemcpy(s->q.data(), q.data(), s->q.size(), cudaMemcpyHostToDevice));
 
-  std::vector<double> rates;
-  for (int rep = 0; rep <= kCopyRepetitions; ++rep) {  // rep 0 warms up
-    KVTIER_ASSIGN_OR_RETURN(const double ms, TimedMs(*s, [&]() -> absl::Status {
-                              KVTIER_CUDA_RETURN_IF_ERROR(
-                                  cudaMemcpyAsync(s->copy_dst.data(), s->pool.data(), kPoolBytes,
-                                                  cudaMemcpyDeviceToDevice, s->stream.get()));
-                              return absl::OkStatus();
-                            }));
-    if (rep > 0) rates.push_back(2.0 * kPoolBytes / (ms * 1e-3) * 1e-9);
-  }
-  std::sort(rates.begin(), rates.end());
-  s->hbm_copy_gbps = rates[rates.size() / 2];
+  KVTIER_ASSIGN_OR_RETURN(s->hbm_copy_gbps,
+                          MeasureHbmCopyGbps(s->copy_dst.data(), s->pool.data(), kPoolBytes,
+                                             s->stream.get(), s->start, s->stop));
   return s;
-}
-
-absl::StatusOr<DeviceState*> GetDeviceState() {
-  static absl::StatusOr<std::unique_ptr<DeviceState>> state = CreateDeviceState();
-  if (!state.ok()) return state.status();
-  return state->get();
 }
 
 // Args: kind (0 page bounds, 1 centroid), items, blocks per item, k, mass target in percent
 // (0: top k).
 void BM_BlockSelect(benchmark::State& state) {
-  absl::StatusOr<DeviceState*> device = GetDeviceState();
-  if (!device.ok()) {
-    state.SkipWithError(std::string(device.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
+  if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
   const auto kind = state.range(0) == 0 ? BlockScoreKind::kPageBounds : BlockScoreKind::kCentroid;
   const int items = static_cast<int>(state.range(1));
@@ -168,10 +142,7 @@ void BM_BlockSelect(benchmark::State& state) {
         cudaMemcpy(s.pointers.data(), pointers.data(), s.pointers.size(), cudaMemcpyHostToDevice));
     return absl::OkStatus();
   }();
-  if (!status.ok()) {
-    state.SkipWithError(std::string(status.message()).c_str());
-    return;
-  }
+  if (!status.ok()) return SkipWithError(state, status);
   p.q = s.q.data();
   p.block_begin = s.ranges.as<int32_t>();
   p.block_end = s.ranges.as<int32_t>() + kMaxItems;
@@ -183,17 +154,11 @@ void BM_BlockSelect(benchmark::State& state) {
   p.workspace = s.workspace.data();
   p.workspace_bytes = s.workspace.size();
 
-  double total_ms = 0;
-  for (auto _ : state) {
-    absl::StatusOr<double> ms = TimedMs(s, [&] { return LaunchBlockSelect(p, s.stream.get()); });
-    if (!ms.ok()) {
-      state.SkipWithError(std::string(ms.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*ms * 1e-3);
-    total_ms += *ms;
-  }
-  const double mean_s = total_ms * 1e-3 / std::max<int64_t>(1, state.iterations());
+  const std::optional<double> total_seconds =
+      TimeIterations(state, s.stream.get(), s.start, s.stop, /*per_interval=*/1,
+                     [&] { return LaunchBlockSelect(p, s.stream.get()); });
+  if (!total_seconds) return;
+  const double mean_s = *total_seconds / std::max<int64_t>(1, state.iterations());
   const double read_s = summary_bytes / (s.hbm_copy_gbps * 1e9);
   state.counters["summary_MB"] = summary_bytes * 1e-6;
   state.counters["GB/s"] = summary_bytes / mean_s * 1e-9;

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -30,6 +31,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/bench_util.h"
 #include "kernels/append.h"
 #include "kernels/cache_resolve.h"
 #include "offload/pinned_buffer.h"
@@ -51,28 +53,6 @@ constexpr int32_t kSteps = 1024;    // pre-generated selections, replayed cyclic
 constexpr int32_t kWarmSteps = 64;  // fills the cache (4x the selection) and then some
 constexpr double kKeep = 0.8;
 
-// Times `launches` back-to-back calls of `launch` on `stream`; the iteration time is the
-// events' interval over `launches`.
-template <typename Launch>
-void TimeLaunches(benchmark::State& state, cudaStream_t stream, const CudaEvent& start,
-                  const CudaEvent& stop, int launches, Launch&& launch) {
-  for (auto _ : state) {
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(start.get(), stream));
-      for (int k = 0; k < launches; ++k) KVTIER_RETURN_IF_ERROR(launch());
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(stop.get(), stream));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<float> ms =
-        status.ok() ? ElapsedMilliseconds(start, stop) : absl::StatusOr<float>(status);
-    if (!ms.ok()) {
-      state.SkipWithError(std::string(ms.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*ms * 1e-3 / launches);
-  }
-}
-
 // A CUDA graph of what `enqueue` launches on `stream`, instantiated. Owns both handles.
 struct Graph {
   Graph() = default;
@@ -81,6 +61,10 @@ struct Graph {
   ~Graph() {
     if (exec != nullptr) (void)cudaGraphExecDestroy(exec);
     if (graph != nullptr) (void)cudaGraphDestroy(graph);
+  }
+  absl::Status Launch(cudaStream_t stream) const {
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(exec, stream));
+    return absl::OkStatus();
   }
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
@@ -105,8 +89,7 @@ struct ResolveState {
 };
 
 absl::StatusOr<std::unique_ptr<ResolveState>> CreateResolveState() {
-  if (CudaDeviceCount() == 0) return absl::UnavailableError("no CUDA device");
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  KVTIER_RETURN_IF_ERROR(UseFirstDevice());
   auto s = std::make_unique<ResolveState>();
   const size_t slot_bytes = sizeof(int32_t) * kItems * kSlots;
   const size_t sel_bytes = sizeof(int32_t) * kItems * kSelected;
@@ -216,12 +199,6 @@ absl::Status ResetAndWarm(ResolveState& s, CachePolicy policy) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ResolveState*> GetResolveState() {
-  static absl::StatusOr<std::unique_ptr<ResolveState>> state = CreateResolveState();
-  if (!state.ok()) return state.status();
-  return state->get();
-}
-
 // Sum of hit_count and miss_count over the batch (after the stream is idle).
 absl::StatusOr<std::pair<int64_t, int64_t>> Counts(ResolveState& s) {
   std::vector<int32_t> hits(kItems), misses(kItems);
@@ -236,33 +213,24 @@ absl::StatusOr<std::pair<int64_t, int64_t>> Counts(ResolveState& s) {
 void BM_CacheResolve(benchmark::State& state) {
   const auto policy = static_cast<CachePolicy>(state.range(0));
   const int64_t launches = state.range(1);
-  absl::StatusOr<ResolveState*> resolve = GetResolveState();
+  absl::StatusOr<ResolveState*> resolve = SharedState<CreateResolveState>();
   absl::Status warm = resolve.ok() ? ResetAndWarm(**resolve, policy) : resolve.status();
-  if (!warm.ok()) {
-    state.SkipWithError(std::string(warm.message()).c_str());
-    return;
-  }
+  if (!warm.ok()) return SkipWithError(state, warm);
   ResolveState& s = **resolve;
   int64_t hits = 0, misses = 0;
   double total_seconds = 0;
   for (auto _ : state) {
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-      for (int64_t k = 0; k < launches; ++k) {
-        KVTIER_RETURN_IF_ERROR(
-            LaunchCacheResolve(ResolveParams(s, policy, s.next_step++), s.stream.get()));
-      }
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<float> ms =
-        status.ok() ? ElapsedMilliseconds(s.start, s.stop) : absl::StatusOr<float>(status);
-    if (!ms.ok()) {
-      state.SkipWithError(std::string(ms.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*ms * 1e-3 / launches);
-    total_seconds += *ms * 1e-3;
+    absl::StatusOr<double> seconds =
+        TimedSeconds(s.stream.get(), s.start, s.stop, [&]() -> absl::Status {
+          for (int64_t k = 0; k < launches; ++k) {
+            KVTIER_RETURN_IF_ERROR(
+                LaunchCacheResolve(ResolveParams(s, policy, s.next_step++), s.stream.get()));
+          }
+          return absl::OkStatus();
+        });
+    if (!seconds.ok()) return SkipWithError(state, seconds.status());
+    state.SetIterationTime(*seconds / launches);
+    total_seconds += *seconds;
     // Counting and the score update stay outside the timed interval.
     state.PauseTiming();
     absl::StatusOr<std::pair<int64_t, int64_t>> counts = Counts(s);
@@ -312,11 +280,8 @@ BENCHMARK(BM_CacheResolve)
 void BM_CacheResolveGraph(benchmark::State& state) {
   constexpr int32_t kGraphSteps = 256;
   const auto policy = static_cast<CachePolicy>(state.range(0));
-  absl::StatusOr<ResolveState*> resolve = GetResolveState();
-  if (!resolve.ok()) {
-    state.SkipWithError(std::string(resolve.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<ResolveState*> resolve = SharedState<CreateResolveState>();
+  if (!resolve.ok()) return SkipWithError(state, resolve.status());
   ResolveState& s = **resolve;
   Graph graph;
   absl::Status captured = CaptureGraph(s.stream.get(), graph, [&]() -> absl::Status {
@@ -326,28 +291,12 @@ void BM_CacheResolveGraph(benchmark::State& state) {
     }
     return absl::OkStatus();
   });
-  if (!captured.ok()) {
-    state.SkipWithError(std::string(captured.message()).c_str());
-    return;
-  }
-  double total_seconds = 0;
-  for (auto _ : state) {
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_RETURN_IF_ERROR(ResetAndWarm(s, policy));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(graph.exec, s.stream.get()));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<float> ms =
-        status.ok() ? ElapsedMilliseconds(s.start, s.stop) : absl::StatusOr<float>(status);
-    if (!ms.ok()) {
-      state.SkipWithError(std::string(ms.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*ms * 1e-3 / kGraphSteps);
-    total_seconds += *ms * 1e-3;
-  }
+  if (!captured.ok()) return SkipWithError(state, captured);
+  const std::optional<double> timed = TimeIterations(
+      state, s.stream.get(), s.start, s.stop, kGraphSteps, [&] { return ResetAndWarm(s, policy); },
+      [&] { return graph.Launch(s.stream.get()); });
+  if (!timed) return;
+  const double total_seconds = *timed;
   absl::StatusOr<std::pair<int64_t, int64_t>> counts = Counts(s);
   if (counts.ok() && counts->first + counts->second > 0) {
     state.counters["hit_rate_last_step"] =
@@ -368,16 +317,18 @@ BENCHMARK(BM_CacheResolveGraph)
     ->Unit(benchmark::kMicrosecond);
 
 void BM_CacheScoreUpdate(benchmark::State& state) {
-  absl::StatusOr<ResolveState*> resolve = GetResolveState();
+  absl::StatusOr<ResolveState*> resolve = SharedState<CreateResolveState>();
   absl::Status warm =
       resolve.ok() ? ResetAndWarm(**resolve, CachePolicy::kLowestScore) : resolve.status();
-  if (!warm.ok()) {
-    state.SkipWithError(std::string(warm.message()).c_str());
-    return;
-  }
+  if (!warm.ok()) return SkipWithError(state, warm);
   ResolveState& s = **resolve;
-  TimeLaunches(state, s.stream.get(), s.start, s.stop, /*launches=*/16,
-               [&] { return LaunchCacheScoreUpdate(ScoreParams(s), s.stream.get()); });
+  constexpr int kLaunches = 16;
+  TimeIterations(state, s.stream.get(), s.start, s.stop, kLaunches, [&]() -> absl::Status {
+    for (int k = 0; k < kLaunches; ++k) {
+      KVTIER_RETURN_IF_ERROR(LaunchCacheScoreUpdate(ScoreParams(s), s.stream.get()));
+    }
+    return absl::OkStatus();
+  });
 }
 BENCHMARK(BM_CacheScoreUpdate)->Iterations(2000)->UseManualTime()->Unit(benchmark::kMicrosecond);
 
@@ -401,8 +352,7 @@ struct AppendState {
 };
 
 absl::StatusOr<std::unique_ptr<AppendState>> CreateAppendState() {
-  if (CudaDeviceCount() == 0) return absl::UnavailableError("no CUDA device");
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  KVTIER_RETURN_IF_ERROR(UseFirstDevice());
   auto s = std::make_unique<AppendState>();
   KVTIER_ASSIGN_OR_RETURN(s->window, DeviceBuffer::Allocate(2 * kItems * kPageBytes));
   KVTIER_ASSIGN_OR_RETURN(s->tokens, DeviceBuffer::Allocate(2 * kItems * kHeadDim * 2));
@@ -444,24 +394,10 @@ absl::StatusOr<std::unique_ptr<AppendState>> CreateAppendState() {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s->lists.data(), lists.data(), s->lists.size(),
                                               cudaMemcpyHostToDevice, stream));
   // Reference: pinned device-to-host copy of the whole arena, median of 5.
-  std::vector<double> gbps;
-  for (int rep = 0; rep <= 5; ++rep) {
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s->start.get(), stream));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s->frames.data(), s->copy_target.data(),
-                                                kArenaBytes, cudaMemcpyDeviceToHost, stream));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s->stop.get(), stream));
-    KVTIER_ASSIGN_OR_RETURN(const float ms, ElapsedMilliseconds(s->start, s->stop));
-    if (rep > 0) gbps.push_back(kArenaBytes / (ms * 1e-3) * 1e-9);
-  }
-  std::sort(gbps.begin(), gbps.end());
-  s->pinned_d2h_gbps = gbps[gbps.size() / 2];
+  KVTIER_ASSIGN_OR_RETURN(s->pinned_d2h_gbps,
+                          MeasureCopyGbps(s->frames.data(), s->copy_target.data(), kArenaBytes,
+                                          cudaMemcpyDeviceToHost, stream, s->start, s->stop));
   return s;
-}
-
-absl::StatusOr<AppendState*> GetAppendState() {
-  static absl::StatusOr<std::unique_ptr<AppendState>> state = CreateAppendState();
-  if (!state.ok()) return state.status();
-  return state->get();
 }
 
 AppendParams MakeAppend(AppendState& s) {
@@ -502,17 +438,11 @@ void BM_AppendWriteBack(benchmark::State& state) {
   const int32_t listed = static_cast<int32_t>(state.range(1));
   const int64_t launches = state.range(2);
   const bool use_graph = state.range(3) != 0;
-  absl::StatusOr<AppendState*> append = GetAppendState();
-  if (!append.ok()) {
-    state.SkipWithError(std::string(append.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<AppendState*> append = SharedState<CreateAppendState>();
+  if (!append.ok()) return SkipWithError(state, append.status());
   AppendState& s = **append;
   absl::StatusOr<WriteBackParams> write_back = MakeWriteBack(s, listed);
-  if (!write_back.ok()) {
-    state.SkipWithError(std::string(write_back.status().message()).c_str());
-    return;
-  }
+  if (!write_back.ok()) return SkipWithError(state, write_back.status());
   const AppendParams params = MakeAppend(s);
   auto enqueue = [&]() -> absl::Status {
     for (int64_t k = 0; k < launches; ++k) {
@@ -524,32 +454,13 @@ void BM_AppendWriteBack(benchmark::State& state) {
   Graph graph;
   if (use_graph) {
     absl::Status captured = CaptureGraph(s.stream.get(), graph, enqueue);
-    if (!captured.ok()) {
-      state.SkipWithError(std::string(captured.message()).c_str());
-      return;
-    }
+    if (!captured.ok()) return SkipWithError(state, captured);
   }
-  double total_seconds = 0;
-  for (auto _ : state) {
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-      if (use_graph) {
-        KVTIER_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(graph.exec, s.stream.get()));
-      } else {
-        KVTIER_RETURN_IF_ERROR(enqueue());
-      }
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<float> ms =
-        status.ok() ? ElapsedMilliseconds(s.start, s.stop) : absl::StatusOr<float>(status);
-    if (!ms.ok()) {
-      state.SkipWithError(std::string(ms.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*ms * 1e-3 / launches);
-    total_seconds += *ms * 1e-3;
-  }
+  const std::optional<double> timed =
+      TimeIterations(state, s.stream.get(), s.start, s.stop, launches,
+                     [&] { return use_graph ? graph.Launch(s.stream.get()) : enqueue(); });
+  if (!timed) return;
+  const double total_seconds = *timed;
   const double iterations = static_cast<double>(state.iterations()) * launches;
   state.counters["us_per_step"] = iterations > 0 ? total_seconds / iterations * 1e6 : 0;
   if (what != 0) {

@@ -13,15 +13,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/bench_util.h"
 #include "kernels/decode_attention.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/cuda_device.h"
@@ -40,7 +41,6 @@ constexpr int64_t kPageBytes = int64_t{kPageSize} * kHeadDim * 2;
 // Both shapes hold 8M tokens of K (and of V): 32 x 8 x 32K = 8 x 8 x 128K.
 constexpr int64_t kPoolPages = int64_t{32} * kKvHeads * 32768 / kPageSize;
 constexpr size_t kCopyBytes = size_t{1} << 30;
-constexpr int kCopyRepetitions = 5;
 constexpr int kMaxItems = 64 * kKvHeads;  // the largest batch benchmarked, 64 sequences
 constexpr int kMaxSplits = 64;
 
@@ -52,16 +52,8 @@ struct DeviceState {
   DeviceBuffer page_offsets, last_page_tokens, q, out, lse, workspace;
   size_t workspace_bytes = 0;
   DeviceBuffer copy_src, copy_dst;
-  double hbm_copy_gbps = 0;  // median of kCopyRepetitions 1 GiB copies, read + written
+  double hbm_copy_gbps = 0;  // median of 5 1 GiB copies, read + written (MeasureHbmCopyGbps)
 };
-
-absl::StatusOr<double> TimedSeconds(DeviceState& s, const std::function<absl::Status()>& work) {
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-  KVTIER_RETURN_IF_ERROR(work());
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-  KVTIER_ASSIGN_OR_RETURN(const float ms, ElapsedMilliseconds(s.start, s.stop));
-  return ms * 1e-3;
-}
 
 absl::Status CopyOnce(DeviceState& s) {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.copy_dst.data(), s.copy_src.data(), kCopyBytes,
@@ -85,8 +77,7 @@ absl::Status FillRandom(DeviceBuffer& pool, uint64_t seed) {
 }
 
 absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
-  if (CudaDeviceCount() == 0) return absl::UnavailableError("no CUDA device");
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  KVTIER_RETURN_IF_ERROR(UseFirstDevice());
   auto s = std::make_unique<DeviceState>();
   KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());
   KVTIER_ASSIGN_OR_RETURN(s->start, CudaEvent::Create());
@@ -114,20 +105,10 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   KVTIER_ASSIGN_OR_RETURN(s->copy_src, DeviceBuffer::Allocate(kCopyBytes));
   KVTIER_ASSIGN_OR_RETURN(s->copy_dst, DeviceBuffer::Allocate(kCopyBytes));
   KVTIER_CUDA_RETURN_IF_ERROR(cudaMemset(s->copy_src.data(), 0x3C, kCopyBytes));
-  std::vector<double> gbps;
-  for (int rep = 0; rep <= kCopyRepetitions; ++rep) {  // rep 0 warms up
-    KVTIER_ASSIGN_OR_RETURN(const double seconds, TimedSeconds(*s, [&] { return CopyOnce(*s); }));
-    if (rep > 0) gbps.push_back(2.0 * kCopyBytes / seconds * 1e-9);
-  }
-  std::sort(gbps.begin(), gbps.end());
-  s->hbm_copy_gbps = gbps[gbps.size() / 2];
+  KVTIER_ASSIGN_OR_RETURN(s->hbm_copy_gbps,
+                          MeasureHbmCopyGbps(s->copy_dst.data(), s->copy_src.data(), kCopyBytes,
+                                             s->stream.get(), s->start, s->stop));
   return s;
-}
-
-absl::StatusOr<DeviceState*> GetDeviceState() {
-  static absl::StatusOr<std::unique_ptr<DeviceState>> state = CreateDeviceState();
-  if (!state.ok()) return state.status();
-  return state->get();
 }
 
 // Page tables for `items` items of `pages_per_item` full pages: item i's page j is pool page
@@ -166,11 +147,8 @@ absl::Status UploadPageTables(DeviceState& s, int items, int64_t pages_per_item,
 // (1: the time of one call, host launch overhead included, as a decode step sees it when the
 // stream is idle; more: back-to-back launches, the kernels' own rate).
 void BM_PagedDecodeAttention(benchmark::State& state) {
-  absl::StatusOr<DeviceState*> device = GetDeviceState();
-  if (!device.ok()) {
-    state.SkipWithError(std::string(device.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
+  if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
   const int batch = static_cast<int>(state.range(0));
   const int64_t context = state.range(1);
@@ -184,8 +162,7 @@ void BM_PagedDecodeAttention(benchmark::State& state) {
     return;
   }
   if (absl::Status status = UploadPageTables(s, items, pages_per_item, scattered); !status.ok()) {
-    state.SkipWithError(std::string(status.message()).c_str());
-    return;
+    return SkipWithError(state, status);
   }
   PagedDecodeParams p;
   p.dtype = DType::kBF16;
@@ -204,10 +181,7 @@ void BM_PagedDecodeAttention(benchmark::State& state) {
   p.lse = s.lse.as<float>();
   absl::StatusOr<int> splits = forced_splits > 0 ? absl::StatusOr<int>(forced_splits)
                                                  : ChoosePagedDecodeSplits(p, context, kMaxSplits);
-  if (!splits.ok()) {
-    state.SkipWithError(std::string(splits.status().message()).c_str());
-    return;
-  }
+  if (!splits.ok()) return SkipWithError(state, splits.status());
   auto launch = [&] {
     return LaunchPagedDecodeAttention(p, *splits, s.workspace.data(), s.workspace_bytes,
                                       s.stream.get());
@@ -216,20 +190,13 @@ void BM_PagedDecodeAttention(benchmark::State& state) {
     for (int i = 0; i < launches; ++i) KVTIER_RETURN_IF_ERROR(launch());
     return absl::OkStatus();
   };
-  if (absl::Status status = launch(); !status.ok()) {  // warm-up
-    state.SkipWithError(std::string(status.message()).c_str());
-    return;
-  }
-  double total_seconds = 0;
-  for (auto _ : state) {
-    absl::StatusOr<double> seconds = TimedSeconds(s, launch_all);
-    if (!seconds.ok()) {
-      state.SkipWithError(std::string(seconds.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*seconds);
-    total_seconds += *seconds;
-  }
+  // Warm-up.
+  if (absl::Status status = launch(); !status.ok()) return SkipWithError(state, status);
+  // The iteration time is the whole interval, all `launches` calls.
+  const std::optional<double> timed =
+      TimeIterations(state, s.stream.get(), s.start, s.stop, /*per_interval=*/1, launch_all);
+  if (!timed) return;
+  const double total_seconds = *timed;
   const double kv_bytes = 2.0 * items * context * kHeadDim * 2;
   const double tbps =
       total_seconds > 0
@@ -273,22 +240,13 @@ BENCHMARK(BM_PagedDecodeAttention)
 // The ceiling as a row of its own: 1 GiB device-to-device cudaMemcpyAsync, bytes read +
 // written per second.
 void BM_HbmCopy(benchmark::State& state) {
-  absl::StatusOr<DeviceState*> device = GetDeviceState();
-  if (!device.ok()) {
-    state.SkipWithError(std::string(device.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
+  if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
-  double total_seconds = 0;
-  for (auto _ : state) {
-    absl::StatusOr<double> seconds = TimedSeconds(s, [&] { return CopyOnce(s); });
-    if (!seconds.ok()) {
-      state.SkipWithError(std::string(seconds.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*seconds);
-    total_seconds += *seconds;
-  }
+  const std::optional<double> timed = TimeIterations(
+      state, s.stream.get(), s.start, s.stop, /*per_interval=*/1, [&] { return CopyOnce(s); });
+  if (!timed) return;
+  const double total_seconds = *timed;
   const double tbps =
       total_seconds > 0
           ? 2.0 * kCopyBytes * static_cast<double>(state.iterations()) / total_seconds * 1e-12

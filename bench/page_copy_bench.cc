@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -20,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "bench/bench_util.h"
 #include "kernels/miss_load.h"
 #include "kernels/page_copy.h"
 #include "offload/pinned_buffer.h"
@@ -33,7 +35,6 @@ namespace {
 
 constexpr size_t kSourceBytes = size_t{1} << 30;  // random pages come from all of it
 constexpr size_t kDeviceBytes = size_t{1} << 30;  // the H2D reference copy's destination
-constexpr int kReferenceRepetitions = 5;
 
 // What every benchmark of the process shares; members release in reverse order (at process
 // exit CUDA may already be unloading: the handles ignore errors there).
@@ -45,34 +46,18 @@ struct DeviceState {
   CudaStream stream;
   CudaEvent start;
   CudaEvent stop;
-  double pinned_h2d_gbps = 0;  // median of kReferenceRepetitions 1 GiB copies
+  double pinned_h2d_gbps = 0;  // median of 5 1 GiB copies (MeasurePinnedH2DGbps)
 };
 
-// Seconds between `start` and `stop` after `stop` completed.
-absl::StatusOr<double> ElapsedSeconds(const DeviceState& s) {
-  KVTIER_ASSIGN_OR_RETURN(const float ms, ElapsedMilliseconds(s.start, s.stop));
-  return ms * 1e-3;
-}
-
-absl::Status MeasurePinnedHostToDevice(DeviceState& s) {
-  std::vector<double> gbps;
-  for (int rep = 0; rep <= kReferenceRepetitions; ++rep) {  // rep 0 warms up
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer.data(), s.source.data(),
-                                                kSourceBytes, cudaMemcpyHostToDevice,
-                                                s.stream.get()));
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-    KVTIER_ASSIGN_OR_RETURN(const double seconds, ElapsedSeconds(s));
-    if (rep > 0) gbps.push_back(kSourceBytes / seconds * 1e-9);
-  }
-  std::sort(gbps.begin(), gbps.end());
-  s.pinned_h2d_gbps = gbps[gbps.size() / 2];
+// The reference copy of every rate: 1 GiB of the pinned source into device memory.
+absl::Status CopySourceToDevice(const DeviceState& s) {
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer.data(), s.source.data(), kSourceBytes,
+                                              cudaMemcpyHostToDevice, s.stream.get()));
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
-  if (CudaDeviceCount() == 0) return absl::UnavailableError("no CUDA device");
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(0));
+  KVTIER_RETURN_IF_ERROR(UseFirstDevice());
   auto s = std::make_unique<DeviceState>();
   KVTIER_ASSIGN_OR_RETURN(s->source,
                           PinnedBuffer::Allocate({.bytes = kSourceBytes, .device_id = 0}));
@@ -86,15 +71,10 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());
   KVTIER_ASSIGN_OR_RETURN(s->start, CudaEvent::Create());
   KVTIER_ASSIGN_OR_RETURN(s->stop, CudaEvent::Create());
-  KVTIER_RETURN_IF_ERROR(MeasurePinnedHostToDevice(*s));
+  KVTIER_ASSIGN_OR_RETURN(s->pinned_h2d_gbps,
+                          MeasurePinnedH2DGbps(s->device_buffer.data(), s->source.data(),
+                                               kSourceBytes, s->stream.get(), s->start, s->stop));
   return s;
-}
-
-// Created on first use and shared by every benchmark of the process.
-absl::StatusOr<DeviceState*> GetDeviceState() {
-  static absl::StatusOr<std::unique_ptr<DeviceState>> state = CreateDeviceState();
-  if (!state.ok()) return state.status();
-  return state->get();
 }
 
 // Uploads page pointers for every page of the source in random order, cut into batches of
@@ -133,44 +113,29 @@ absl::StatusOr<int64_t> UploadRandomBatches(DeviceState& s, int64_t page_bytes,
 
 // Args: page bytes, bytes per launch (KiB).
 void BM_ZeroCopyPageLoad(benchmark::State& state) {
-  absl::StatusOr<DeviceState*> device = GetDeviceState();
-  if (!device.ok()) {
-    state.SkipWithError(std::string(device.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
+  if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
   const int64_t page_bytes = state.range(0);
   const int64_t batch_pages = state.range(1) * 1024 / page_bytes;
   absl::StatusOr<int64_t> num_batches = UploadRandomBatches(s, page_bytes, batch_pages);
-  if (!num_batches.ok()) {
-    state.SkipWithError(std::string(num_batches.status().message()).c_str());
-    return;
-  }
+  if (!num_batches.ok()) return SkipWithError(state, num_batches.status());
 
   PageCopyParams params;
   params.num_pages = batch_pages;
   params.page_bytes = page_bytes;
   int64_t batch = 0;
-  double total_seconds = 0;
-  for (auto _ : state) {
+  auto next_batch = [&] {
     params.src = s.src_array.as<const void*>() + batch * batch_pages;
     params.dst = s.dst_array.as<void*>() + batch * batch_pages;
     batch = (batch + 1) % *num_batches;
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-      KVTIER_RETURN_IF_ERROR(LaunchPageCopy(params, s.stream.get()));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<double> seconds =
-        status.ok() ? ElapsedSeconds(s) : absl::StatusOr<double>(status);
-    if (!seconds.ok()) {
-      state.SkipWithError(std::string(seconds.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*seconds);
-    total_seconds += *seconds;
-  }
+    return absl::OkStatus();
+  };
+  const std::optional<double> timed =
+      TimeIterations(state, s.stream.get(), s.start, s.stop, /*per_interval=*/1, next_batch,
+                     [&] { return LaunchPageCopy(params, s.stream.get()); });
+  if (!timed) return;
+  const double total_seconds = *timed;
   const double bytes = static_cast<double>(state.iterations()) * batch_pages * page_bytes;
   const double gbps = total_seconds > 0 ? bytes / total_seconds * 1e-9 : 0;
   state.counters["GB/s"] = gbps;
@@ -193,31 +158,14 @@ BENCHMARK(BM_ZeroCopyPageLoad)
 
 // The reference itself, as a row of its own: 1 GiB pinned cudaMemcpyAsync host to device.
 void BM_PinnedHostToDeviceMemcpy(benchmark::State& state) {
-  absl::StatusOr<DeviceState*> device = GetDeviceState();
-  if (!device.ok()) {
-    state.SkipWithError(std::string(device.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
+  if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
-  double total_seconds = 0;
-  for (auto _ : state) {
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device_buffer.data(), s.source.data(),
-                                                  kSourceBytes, cudaMemcpyHostToDevice,
-                                                  s.stream.get()));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<double> seconds =
-        status.ok() ? ElapsedSeconds(s) : absl::StatusOr<double>(status);
-    if (!seconds.ok()) {
-      state.SkipWithError(std::string(seconds.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*seconds);
-    total_seconds += *seconds;
-  }
+  const std::optional<double> timed =
+      TimeIterations(state, s.stream.get(), s.start, s.stop, /*per_interval=*/1,
+                     [&] { return CopySourceToDevice(s); });
+  if (!timed) return;
+  const double total_seconds = *timed;
   const double gbps = total_seconds > 0 ? static_cast<double>(state.iterations()) * kSourceBytes /
                                               total_seconds * 1e-9
                                         : 0;
@@ -232,11 +180,8 @@ BENCHMARK(BM_PinnedHostToDeviceMemcpy)->UseManualTime()->Unit(benchmark::kMillis
 // 1 GiB pinned source and the 1 GiB device buffer; 16 random miss lists rotate so no launch
 // re-reads what an earlier one left in L2. Counts live in device memory, as after a resolve.
 void BM_MissLoad(benchmark::State& state) {
-  absl::StatusOr<DeviceState*> device = GetDeviceState();
-  if (!device.ok()) {
-    state.SkipWithError(std::string(device.status().message()).c_str());
-    return;
-  }
+  absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
+  if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
   constexpr int32_t kItems = 256, kMaxMisses = 128, kPagesPerItem = 512, kVariants = 16;
   constexpr int64_t kPageBytes = 4096;
@@ -278,10 +223,7 @@ void BM_MissLoad(benchmark::State& state) {
   auto slots_d = upload(slots), counts_d = upload(counts);
   for (const auto* b :
        {&k_table_d, &v_table_d, &offsets_d, &k_base_d, &v_base_d, &pages_d, &slots_d, &counts_d}) {
-    if (!b->ok()) {
-      state.SkipWithError(std::string(b->status().message()).c_str());
-      return;
-    }
+    if (!b->ok()) return SkipWithError(state, b->status());
   }
   MissLoadParams params;
   params.num_items = kItems;
@@ -294,26 +236,17 @@ void BM_MissLoad(benchmark::State& state) {
   params.slot_k_base = k_base_d->as<void*>();
   params.slot_v_base = v_base_d->as<void*>();
   int variant = 0;
-  double total_seconds = 0;
-  for (auto _ : state) {
+  auto next_variant = [&] {
     params.miss_pages = pages_d->as<int32_t>() + int64_t{variant} * kItems * kMaxMisses;
     params.miss_slots = slots_d->as<int32_t>() + int64_t{variant} * kItems * kMaxMisses;
     variant = (variant + 1) % kVariants;
-    absl::Status status = [&]() -> absl::Status {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.start.get(), s.stream.get()));
-      KVTIER_RETURN_IF_ERROR(LaunchMissLoad(params, s.stream.get()));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.stop.get(), s.stream.get()));
-      return absl::OkStatus();
-    }();
-    absl::StatusOr<double> seconds =
-        status.ok() ? ElapsedSeconds(s) : absl::StatusOr<double>(status);
-    if (!seconds.ok()) {
-      state.SkipWithError(std::string(seconds.status().message()).c_str());
-      return;
-    }
-    state.SetIterationTime(*seconds);
-    total_seconds += *seconds;
-  }
+    return absl::OkStatus();
+  };
+  const std::optional<double> timed =
+      TimeIterations(state, s.stream.get(), s.start, s.stop, /*per_interval=*/1, next_variant,
+                     [&] { return LaunchMissLoad(params, s.stream.get()); });
+  if (!timed) return;
+  const double total_seconds = *timed;
   const double bytes = static_cast<double>(state.iterations()) * kItems * misses * 2 * kPageBytes;
   const double gbps = total_seconds > 0 ? bytes / total_seconds * 1e-9 : 0;
   state.counters["GB/s"] = gbps;

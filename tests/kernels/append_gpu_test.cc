@@ -18,34 +18,14 @@
 #include "gtest/gtest.h"
 #include "kernels/append.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
+#include "tests/testing/aligned_bytes.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
 constexpr uint8_t kPoison = 0xFF;
-
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
-
-// 16-byte aligned host bytes.
-class AlignedBytes {
- public:
-  explicit AlignedBytes(size_t bytes) : chunks_((bytes + 15) / 16), size_(bytes) {}
-  std::byte* data() { return reinterpret_cast<std::byte*>(chunks_.data()); }
-  size_t size() const { return size_; }
-
- private:
-  struct alignas(16) Chunk {
-    std::byte b[16];
-  };
-  std::vector<Chunk> chunks_;
-  size_t size_;
-};
 
 // Random 16-bit elements that are finite, non-zero bf16/fp16 values.
 void FillRandom(std::byte* data, size_t bytes, std::mt19937_64& rng) {
@@ -65,16 +45,9 @@ void FillRandom(std::byte* data, size_t bytes, std::mt19937_64& rng) {
          << static_cast<int>(gpu[i]) << ", twin " << static_cast<int>(twin[i]);
 }
 
-class AppendGpuTest : public ::testing::Test {
+class AppendGpuTest : public GpuStreamTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU append tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-    auto stream = CudaStream::Create();
-    ASSERT_TRUE(stream.ok()) << stream.status();
-    stream_ = std::move(*stream);
-  }
-  CudaStream stream_;
+  AppendGpuTest() : GpuStreamTest("GPU append tests") {}
 };
 
 void CheckAppend(cudaStream_t stream, DType dtype, int32_t batch, int32_t heads, int32_t head_dim,

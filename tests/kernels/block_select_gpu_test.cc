@@ -20,24 +20,12 @@
 #include "gtest/gtest.h"
 #include "kernels/block_select.h"
 #include "kernels/block_summary.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
 #include "runtime/core/dtype.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
-
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const absl::Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << #expr << ": " << status_; \
-  } while (false)
-
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
 
 constexpr uint8_t kPoisonByte = 0x7E;  // int32 0x7E7E7E7E: no valid index or count
 
@@ -46,27 +34,6 @@ uint16_t ToBits(DType dtype, float x) {
 }
 float FromBits(DType dtype, uint16_t b) {
   return dtype == DType::kBF16 ? BF16ToFloat(b) : FP16ToFloat(b);
-}
-
-// Device copy of a host vector (test setup: synchronous).
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer::Allocate(std::max<size_t>(1, host.size() * sizeof(T)));
-  EXPECT_TRUE(buffer.ok()) << buffer.status();
-  if (!host.empty()) {
-    EXPECT_EQ(
-        cudaMemcpy(buffer->data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-        cudaSuccess);
-  }
-  return std::move(*buffer);
-}
-
-template <typename T>
-std::vector<T> Download(const DeviceBuffer& buffer, size_t n) {
-  std::vector<T> host(n);
-  EXPECT_EQ(cudaMemcpy(host.data(), buffer.data(), n * sizeof(T), cudaMemcpyDeviceToHost),
-            cudaSuccess);
-  return host;
 }
 
 struct ItemSpec {
@@ -222,12 +189,9 @@ std::vector<ItemSpec> MixedItems() {
           {64, 10, 10},    {700, 3, 600},    {129, 0, 129}, {4500, 0, 4500}};
 }
 
-class BlockSelectGpuTest : public ::testing::Test {
+class BlockSelectGpuTest : public GpuTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU block select tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-  }
+  BlockSelectGpuTest() : GpuTest("GPU block select tests") {}
 };
 
 TEST_F(BlockSelectGpuTest, BoundsTopKEqualsTwin) {

@@ -17,20 +17,14 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/cache_resolve.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
 constexpr uint8_t kPoisonByte = 0xAB;
 constexpr int32_t kPoison = static_cast<int32_t>(0xABABABABu);
-
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
 
 // Per item a selection that keeps about `keep` of its pages each step and refills to a
 // random count with pages near kept ones and pages anywhere (strictly ascending).
@@ -116,16 +110,12 @@ struct Shape {
   bool with_map;
 };
 
-class CacheResolveGpuTest : public ::testing::TestWithParam<std::tuple<CachePolicy, Shape>> {
+constexpr char kSubject[] = "GPU cache resolve tests";
+
+class CacheResolveGpuTest
+    : public GpuStreamTestBase<::testing::TestWithParam<std::tuple<CachePolicy, Shape>>> {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU cache resolve tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-    auto stream = CudaStream::Create();
-    ASSERT_TRUE(stream.ok()) << stream.status();
-    stream_ = std::move(*stream);
-  }
-  CudaStream stream_;
+  CacheResolveGpuTest() : GpuStreamTestBase(kSubject) {}
 };
 
 // Device buffers for every array of `h`.
@@ -363,16 +353,9 @@ INSTANTIATE_TEST_SUITE_P(PoliciesAndShapes, CacheResolveGpuTest,
 // A decode step captured once in a CUDA graph (resolve, then score update) and replayed
 // every step: the launchers neither allocate nor synchronise, and the step number comes from
 // device memory (step_ptr), so replays advance time. Equal to the twin at every replay.
-class CacheResolveGraphGpuTest : public ::testing::TestWithParam<CachePolicy> {
+class CacheResolveGraphGpuTest : public GpuStreamTestBase<::testing::TestWithParam<CachePolicy>> {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU cache resolve tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-    auto stream = CudaStream::Create();
-    ASSERT_TRUE(stream.ok()) << stream.status();
-    stream_ = std::move(*stream);
-  }
-  CudaStream stream_;
+  CacheResolveGraphGpuTest() : GpuStreamTestBase(kSubject) {}
 };
 
 TEST_P(CacheResolveGraphGpuTest, GraphReplayedStepsMatchTwin) {
@@ -480,11 +463,9 @@ INSTANTIATE_TEST_SUITE_P(AllPolicies, CacheResolveGraphGpuTest,
                                            CachePolicy::kLowestScore, CachePolicy::kLastSelection));
 
 // Shapes the kernel cannot run are rejected before anything is launched.
-class CacheResolveGpuValidationTest : public ::testing::Test {
+class CacheResolveGpuValidationTest : public GpuTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU cache resolve tests skipped";
-  }
+  CacheResolveGpuValidationTest() : GpuTest(kSubject) {}
 };
 
 TEST_F(CacheResolveGpuValidationTest, SelectionLargerThanCacheIsInvalidArgument) {

@@ -36,28 +36,16 @@
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
 #include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/status.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kLseTolerance = 2e-4;
-
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const absl::Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << #expr << ": " << status_; \
-  } while (false)
-
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
 
 double Roundoff(DType dtype) {
   switch (dtype) {
@@ -338,19 +326,9 @@ void ExpectMatches(const Batch& b, const std::vector<float>& got_out,
   }
 }
 
-class DecodeAttentionGpuTest : public ::testing::Test {
+class DecodeAttentionGpuTest : public GpuStreamTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) {
-      GTEST_SKIP() << "no CUDA device: paged decode attention GPU tests skipped";
-    }
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-    absl::StatusOr<CudaStream> stream = CudaStream::Create();
-    ASSERT_TRUE(stream.ok()) << stream.status();
-    stream_ = std::move(*stream);
-  }
-
-  cudaStream_t stream() const { return stream_.get(); }
+  DecodeAttentionGpuTest() : GpuStreamTest("paged decode attention GPU tests") {}
 
   // Runs the kernel on `b` with poisoned outputs and workspace; returns out (as float) and lse.
   void Run(const Batch& b, DType out_dtype, int num_splits, std::vector<float>* out,
@@ -391,9 +369,6 @@ class DecodeAttentionGpuTest : public ::testing::Test {
       }
     }
   }
-
- private:
-  CudaStream stream_;
 };
 
 // ---- Shapes --------------------------------------------------------------------------------

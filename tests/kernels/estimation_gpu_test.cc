@@ -21,45 +21,18 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/estimation.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
 #include "runtime/core/dtype.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const absl::Status status_ = (expr);                   \
-    ASSERT_TRUE(status_.ok()) << #expr << ": " << status_; \
-  } while (false)
-
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
-
 constexpr double kTolerance = 1e-4;
 
-template <typename T>
-DeviceBuffer Upload(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer::Allocate(std::max<size_t>(1, host.size() * sizeof(T)));
-  EXPECT_TRUE(buffer.ok()) << buffer.status();
-  if (!host.empty()) {
-    EXPECT_EQ(
-        cudaMemcpy(buffer->data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-        cudaSuccess);
-  }
-  return std::move(*buffer);
-}
-
-class EstimationGpuTest : public ::testing::Test {
+class EstimationGpuTest : public GpuTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU estimation tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-  }
+  EstimationGpuTest() : GpuTest("GPU estimation tests") {}
 };
 
 // Items with `clusters[i]` summaries each, and `listed[i]` cluster ids drawn from them.

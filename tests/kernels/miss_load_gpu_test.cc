@@ -11,33 +11,15 @@
 #include "gtest/gtest.h"
 #include "kernels/miss_load.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
-#define ASSERT_CUDA(call) ASSERT_EQ((call), cudaSuccess) << #call
-
-template <typename T>
-DeviceBuffer ToDevice(const std::vector<T>& host) {
-  auto buffer = DeviceBuffer::Allocate(host.size() * sizeof(T));
-  EXPECT_TRUE(buffer.ok()) << buffer.status();
-  EXPECT_EQ(
-      cudaMemcpy(buffer->data(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-      cudaSuccess);
-  return std::move(buffer).value();
-}
-
-class MissLoadGpuTest : public ::testing::Test {
+class MissLoadGpuTest : public GpuStreamTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU miss-load tests skipped";
-    auto stream = CudaStream::Create();
-    ASSERT_TRUE(stream.ok()) << stream.status();
-    stream_ = std::move(stream).value();
-  }
-  CudaStream stream_;
+  MissLoadGpuTest() : GpuStreamTest("GPU miss-load tests") {}
 };
 
 // One random batch: `items` caches of `pages` host pages and `slots` slots each.
@@ -91,24 +73,24 @@ struct Batch {
 void CheckAgainstTwin(cudaStream_t stream, Batch& b, bool through_graph) {
   const int64_t pool_bytes = int64_t{b.slots} * b.page_bytes;
   // Device side.
-  DeviceBuffer k_table = ToDevice(b.Table(b.host.device_data(), 0));
-  DeviceBuffer v_table = ToDevice(b.Table(b.host.device_data(), 1));
-  DeviceBuffer offsets = ToDevice(b.table_offset);
-  DeviceBuffer pages = ToDevice(b.miss_pages);
-  DeviceBuffer slots = ToDevice(b.miss_slots);
+  DeviceBuffer k_table = Upload(b.Table(b.host.device_data(), 0));
+  DeviceBuffer v_table = Upload(b.Table(b.host.device_data(), 1));
+  DeviceBuffer offsets = Upload(b.table_offset);
+  DeviceBuffer pages = Upload(b.miss_pages);
+  DeviceBuffer slots = Upload(b.miss_slots);
   std::vector<int32_t> captured_count(b.items, 0);  // what the graph is captured with
-  DeviceBuffer counts = ToDevice(through_graph ? captured_count : b.miss_count);
+  DeviceBuffer counts = Upload(through_graph ? captured_count : b.miss_count);
   auto k_pool = DeviceBuffer::Allocate(pool_bytes * b.items);
   auto v_pool = DeviceBuffer::Allocate(pool_bytes * b.items);
   ASSERT_TRUE(k_pool.ok() && v_pool.ok());
-  ASSERT_CUDA(cudaMemset(k_pool->data(), 0xFF, pool_bytes * b.items));
-  ASSERT_CUDA(cudaMemset(v_pool->data(), 0xFF, pool_bytes * b.items));
+  ASSERT_CUDA_OK(cudaMemset(k_pool->data(), 0xFF, pool_bytes * b.items));
+  ASSERT_CUDA_OK(cudaMemset(v_pool->data(), 0xFF, pool_bytes * b.items));
   std::vector<void*> k_base, v_base;
   for (int32_t i = 0; i < b.items; ++i) {
     k_base.push_back(k_pool->data() + i * pool_bytes);
     v_base.push_back(v_pool->data() + i * pool_bytes);
   }
-  DeviceBuffer k_base_d = ToDevice(k_base), v_base_d = ToDevice(v_base);
+  DeviceBuffer k_base_d = Upload(k_base), v_base_d = Upload(v_base);
   MissLoadParams p;
   p.num_items = b.items;
   p.max_misses = b.max_misses;
@@ -124,27 +106,27 @@ void CheckAgainstTwin(cudaStream_t stream, Batch& b, bool through_graph) {
   if (through_graph) {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
-    ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    ASSERT_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     const absl::Status launched = LaunchMissLoad(p, stream);
-    ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+    ASSERT_CUDA_OK(cudaStreamEndCapture(stream, &graph));
     ASSERT_TRUE(launched.ok()) << launched;
-    ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    ASSERT_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
     // The real counts arrive after capture, as a decode step's resolve would write them.
-    ASSERT_CUDA(cudaMemcpyAsync(counts.data(), b.miss_count.data(),
-                                b.miss_count.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                stream));
-    ASSERT_CUDA(cudaGraphLaunch(exec, stream));
-    ASSERT_CUDA(cudaStreamSynchronize(stream));
-    ASSERT_CUDA(cudaGraphExecDestroy(exec));
-    ASSERT_CUDA(cudaGraphDestroy(graph));
+    ASSERT_CUDA_OK(cudaMemcpyAsync(counts.data(), b.miss_count.data(),
+                                   b.miss_count.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                   stream));
+    ASSERT_CUDA_OK(cudaGraphLaunch(exec, stream));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+    ASSERT_CUDA_OK(cudaGraphExecDestroy(exec));
+    ASSERT_CUDA_OK(cudaGraphDestroy(graph));
   } else {
     const absl::Status launched = LaunchMissLoad(p, stream);
     ASSERT_TRUE(launched.ok()) << launched;
-    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
   }
   std::vector<std::byte> k_got(pool_bytes * b.items), v_got(pool_bytes * b.items);
-  ASSERT_CUDA(cudaMemcpy(k_got.data(), k_pool->data(), k_got.size(), cudaMemcpyDeviceToHost));
-  ASSERT_CUDA(cudaMemcpy(v_got.data(), v_pool->data(), v_got.size(), cudaMemcpyDeviceToHost));
+  ASSERT_CUDA_OK(cudaMemcpy(k_got.data(), k_pool->data(), k_got.size(), cudaMemcpyDeviceToHost));
+  ASSERT_CUDA_OK(cudaMemcpy(v_got.data(), v_pool->data(), v_got.size(), cudaMemcpyDeviceToHost));
 
   // Host twin over host addresses.
   std::vector<std::byte> k_want(k_got.size(), std::byte{0xFF}),

@@ -19,53 +19,19 @@
 #include "gtest/gtest.h"
 #include "kernels/page_copy.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/cuda_handles.h"
 #include "runtime/core/status.h"
+#include "tests/testing/aligned_bytes.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
 constexpr uint8_t kPoison = 0xFF;
 
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
-
-// `ASSERT_OK_AND_ASSIGN(DeviceBuffer b, DeviceBuffer::Allocate(n));`: the StatusOr's value
-// into `lhs`, or a fatal failure of the calling test with its status.
-#define ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
-  ASSERT_OK_AND_ASSIGN_IMPL(KVTIER_INTERNAL_CONCAT(status_or_, __COUNTER__), lhs, rexpr)
-#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, rexpr) \
-  auto tmp = (rexpr);                              \
-  ASSERT_TRUE(tmp.ok()) << tmp.status();           \
-  lhs = *std::move(tmp)
-
-// 16-byte aligned host bytes for the twin's destination.
-struct AlignedHostBytes {
-  explicit AlignedHostBytes(size_t bytes) : chunks((bytes + 15) / 16), size(bytes) {}
-  std::byte* data() { return reinterpret_cast<std::byte*>(chunks.data()); }
-  struct alignas(16) Chunk {
-    std::byte b[16];
-  };
-  std::vector<Chunk> chunks;
-  size_t size;
-};
-
-class PageCopyGpuTest : public ::testing::Test {
+class PageCopyGpuTest : public GpuStreamTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: GPU page copy tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
-    ASSERT_OK_AND_ASSIGN(stream_, CudaStream::Create());
-  }
-
-  cudaStream_t stream() const { return stream_.get(); }
-
- private:
-  CudaStream stream_;
+  PageCopyGpuTest() : GpuStreamTest("GPU page copy tests") {}
 };
 
 // Copies `num_pages` distinct random pages of a `num_source_pages`-page source into distinct
@@ -108,7 +74,7 @@ void CheckRandomBatch(cudaStream_t stream, int64_t page_bytes, int64_t num_sourc
 
   ASSERT_OK_AND_ASSIGN(DeviceBuffer arena, DeviceBuffer::Allocate(arena_bytes));
   ASSERT_CUDA_OK(cudaMemsetAsync(arena.data(), kPoison, arena_bytes, stream));
-  AlignedHostBytes expected(arena_bytes);
+  AlignedBytes expected(arena_bytes);
   std::memset(expected.data(), kPoison, arena_bytes);
 
   std::vector<const void*> device_src(num_pages), host_src(num_pages);

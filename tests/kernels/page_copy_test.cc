@@ -12,26 +12,12 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/page_copy.h"
+#include "tests/testing/aligned_bytes.h"
 
 namespace kvtier {
 namespace {
 
 constexpr uint8_t kPoison = 0xFF;
-
-// 16-byte aligned bytes (pages must be 16-byte aligned).
-class AlignedBytes {
- public:
-  explicit AlignedBytes(size_t bytes) : chunks_((bytes + 15) / 16), bytes_(bytes) {}
-  std::byte* data() { return reinterpret_cast<std::byte*>(chunks_.data()); }
-  size_t size() const { return bytes_; }
-
- private:
-  struct alignas(16) Chunk {
-    std::byte b[16];
-  };
-  std::vector<Chunk> chunks_;
-  size_t bytes_;
-};
 
 // A batch: `num_pages` distinct random pages of a source arena of random bytes go to
 // distinct random slots of a poisoned destination arena that has more slots than the batch,

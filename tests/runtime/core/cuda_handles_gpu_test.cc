@@ -19,34 +19,21 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
-#include "runtime/core/cuda_device.h"
 #include "runtime/core/status.h"
+#include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
-#define ASSERT_CUDA_OK(call)                                                       \
-  do {                                                                             \
-    const cudaError_t error_ = (call);                                             \
-    ASSERT_EQ(error_, cudaSuccess) << #call << ": " << cudaGetErrorString(error_); \
-  } while (false)
-
-// `ASSERT_OK_AND_ASSIGN(DeviceBuffer b, DeviceBuffer::Allocate(n));`: the StatusOr's value
-// into `lhs`, or a fatal failure of the calling test with its status.
-#define ASSERT_OK_AND_ASSIGN(lhs, rexpr) \
-  ASSERT_OK_AND_ASSIGN_IMPL(KVTIER_INTERNAL_CONCAT(status_or_, __COUNTER__), lhs, rexpr)
-#define ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, rexpr) \
-  auto tmp = (rexpr);                              \
-  ASSERT_TRUE(tmp.ok()) << tmp.status();           \
-  lhs = *std::move(tmp)
-
 constexpr size_t kMiB = size_t{1} << 20;
 
-class CudaHandlesGpuTest : public ::testing::Test {
+class CudaHandlesGpuTest : public GpuTest {
  protected:
+  CudaHandlesGpuTest() : GpuTest("CUDA handle tests") {}
+
   void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device: CUDA handle tests skipped";
-    ASSERT_CUDA_OK(cudaSetDevice(0));
+    GpuTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     ASSERT_CUDA_OK(cudaGetLastError());  // start clean: later checks blame this test only
   }
 
