@@ -129,109 +129,141 @@ double MergeRow(int num_parts, int head_dim, LseOf lse_of, OutOf out_of, double*
   return max_lse + std::log(weight_sum);
 }
 
-// Token t of a K or V page as float, one row at a time so the dtype is resolved per row.
-void LoadRow(DType dtype, const void* page, int64_t t, int dim, float* row) {
-  for (int d = 0; d < dim; ++d) row[d] = LoadAsFloat(dtype, page, t * dim + d);
+// Token t of a K or V page, widened to double (exactly: bf16 and fp16 fit in float, float in
+// double). The dtype is resolved once per row so the element loop stays a plain conversion.
+void LoadRow(DType dtype, const void* page, int64_t t, int dim, double* row) {
+  const size_t first = static_cast<size_t>(t) * dim;
+  switch (dtype) {
+    case DType::kBF16: {
+      const uint16_t* bits = static_cast<const uint16_t*>(page) + first;
+      for (int d = 0; d < dim; ++d) row[d] = BF16ToFloat(bits[d]);
+      return;
+    }
+    case DType::kFP16: {
+      const uint16_t* bits = static_cast<const uint16_t*>(page) + first;
+      for (int d = 0; d < dim; ++d) row[d] = FP16ToFloat(bits[d]);
+      return;
+    }
+    case DType::kFP32:
+      break;  // not a K/V dtype: validation rejects it
+  }
+  for (int d = 0; d < dim; ++d) row[d] = LoadAsFloat(dtype, page, first + d);
 }
 
 // q . k in double. Four partial sums (dim is a multiple of 4) let the additions overlap
 // instead of waiting on one chain; any order is exact enough for a result rounded to float.
-double Dot(const double* q, const float* k, int dim) {
+double Dot(const double* q, const double* k, int dim) {
   double partial[4] = {0.0, 0.0, 0.0, 0.0};
   for (int d = 0; d < dim; d += 4) {
-    for (int lane = 0; lane < 4; ++lane) {
-      partial[lane] += q[d + lane] * static_cast<double>(k[d + lane]);
-    }
+    for (int lane = 0; lane < 4; ++lane) partial[lane] += q[d + lane] * k[d + lane];
   }
   return (partial[0] + partial[1]) + (partial[2] + partial[3]);
 }
 
-// Exact attention of one query row `q` (head_dim values, in double) over the tokens of pages
-// [page_begin, page_end) (global indexes into k_pages / v_pages) of `item`, in double: writes
-// the softmax-weighted sum of V to out[0, head_dim) and returns the log-sum-exp of the
-// logits. The range must hold at least one page. Two plain passes: logits and their maximum,
-// then the max-subtracted exponentials.
-double AttendPages(const PagedDecodeParams& p, int item, const double* q, int64_t page_begin,
-                   int64_t page_end, double* out) {
+// Exact attention of the G query rows of `item` (q: G x head_dim values, in double) over the
+// tokens of pages [page_begin, page_end) (global indexes into k_pages / v_pages), in double:
+// writes each head's softmax-weighted sum of V to out[g * head_dim, (g + 1) * head_dim) and
+// its log-sum-exp of the logits to lse[g]. The range must hold at least one page. Each K and
+// V row is widened once and used by all G heads. Two plain passes: the G logits of every
+// token and each head's maximum, then the max-subtracted exponentials.
+void AttendPages(const PagedDecodeParams& p, int item, const double* q, int64_t page_begin,
+                 int64_t page_end, double* out, double* lse) {
   const int64_t dim = p.head_dim;
+  const int64_t group = p.group_size;
   const int64_t item_last_page = p.page_offsets[item + 1] - 1;
   auto tokens_in = [&](int64_t page) -> int64_t {
     return page == item_last_page ? p.last_page_tokens[item] : p.page_size;
   };
   const double scale = p.softmax_scale;
 
-  float row[kMaxHeadDim];
-  std::vector<double> logits;
-  logits.reserve((page_end - page_begin) * p.page_size);
-  double max_logit = -kInf;
+  double row[kMaxHeadDim];
+  std::vector<double> logits;  // [token][g]
+  logits.reserve((page_end - page_begin) * p.page_size * group);
+  std::vector<double> max_logit(group, -kInf);
   for (int64_t page = page_begin; page < page_end; ++page) {
     const void* k = p.k_pages[page];
     for (int64_t t = 0; t < tokens_in(page); ++t) {
       LoadRow(p.dtype, k, t, p.head_dim, row);
-      logits.push_back(scale * Dot(q, row, p.head_dim));
-      if (logits.back() > max_logit) max_logit = logits.back();
+      for (int64_t g = 0; g < group; ++g) {
+        const double logit = scale * Dot(q + g * dim, row, p.head_dim);
+        logits.push_back(logit);
+        if (logit > max_logit[g]) max_logit[g] = logit;
+      }
     }
   }
 
-  std::fill(out, out + dim, 0.0);
-  double sum = 0.0;
+  std::fill(out, out + group * dim, 0.0);
+  std::vector<double> sum(group, 0.0);
   size_t index = 0;
   for (int64_t page = page_begin; page < page_end; ++page) {
     const void* v = p.v_pages[page];
     for (int64_t t = 0; t < tokens_in(page); ++t) {
-      // A NaN logit is never the maximum but makes its exponential, and so the sums, NaN.
-      const double weight = std::exp(logits[index++] - max_logit);
-      sum += weight;
       LoadRow(p.dtype, v, t, p.head_dim, row);
-      for (int64_t d = 0; d < dim; ++d) out[d] += weight * static_cast<double>(row[d]);
+      for (int64_t g = 0; g < group; ++g) {
+        // A NaN logit is never the maximum but makes its exponential, and so the sums, NaN.
+        const double weight = std::exp(logits[index++] - max_logit[g]);
+        sum[g] += weight;
+        double* head_out = out + g * dim;
+        for (int64_t d = 0; d < dim; ++d) head_out[d] += weight * row[d];
+      }
     }
   }
-  for (int64_t d = 0; d < dim; ++d) out[d] /= sum;
-  return max_logit + std::log(sum);
+  for (int64_t g = 0; g < group; ++g) {
+    double* head_out = out + g * dim;
+    for (int64_t d = 0; d < dim; ++d) head_out[d] /= sum[g];
+    lse[g] = max_logit[g] + std::log(sum[g]);
+  }
 }
 
-// Attention of query head `head` of `item`, written to params.out / params.lse. Long items
+// Attention of all G query heads of `item`, written to params.out / params.lse. Long items
 // are split into page-aligned chunks computed in parallel and merged in chunk order.
-void AttendRow(const PagedDecodeParams& p, int item, int head) {
+void AttendItem(const PagedDecodeParams& p, int item) {
   const int64_t dim = p.head_dim;
-  const int64_t row = static_cast<int64_t>(item) * p.group_size + head;
+  const int64_t group = p.group_size;
+  const int64_t first_row = static_cast<int64_t>(item) * group;
   const int64_t page_begin = p.page_offsets[item];
   const int64_t page_end = p.page_offsets[item + 1];
   if (page_begin == page_end) {
-    for (int64_t d = 0; d < dim; ++d) StoreFromFloat(p.out_dtype, 0.0f, p.out, row * dim + d);
-    p.lse[row] = -std::numeric_limits<float>::infinity();
+    for (int64_t e = 0; e < group * dim; ++e) {
+      StoreFromFloat(p.out_dtype, 0.0f, p.out, first_row * dim + e);
+    }
+    std::fill(p.lse + first_row, p.lse + first_row + group,
+              -std::numeric_limits<float>::infinity());
     return;
   }
 
-  std::vector<double> q(dim);
-  for (int64_t d = 0; d < dim; ++d) q[d] = LoadAsFloat(p.dtype, p.q, row * dim + d);
+  std::vector<double> q(group * dim);
+  for (int64_t e = 0; e < group * dim; ++e) q[e] = LoadAsFloat(p.dtype, p.q, first_row * dim + e);
 
   const int64_t num_pages = page_end - page_begin;
   const int64_t num_tokens = (num_pages - 1) * p.page_size + p.last_page_tokens[item];
   const int64_t chunk_pages = std::max<int64_t>(1, kChunkTokens / p.page_size);
   const int64_t num_chunks =
       num_tokens > kChunkTokens ? (num_pages + chunk_pages - 1) / chunk_pages : 1;
-  std::vector<double> result(dim);
-  double lse;
+  std::vector<double> result(group * dim);  // [g][d]
+  std::vector<double> lse(group);
   if (num_chunks == 1) {
-    lse = AttendPages(p, item, q.data(), page_begin, page_end, result.data());
+    AttendPages(p, item, q.data(), page_begin, page_end, result.data(), lse.data());
   } else {
-    std::vector<double> chunk_out(num_chunks * dim);
-    std::vector<double> chunk_lse(num_chunks);
+    std::vector<double> chunk_out(num_chunks * group * dim);  // [chunk][g][d]
+    std::vector<double> chunk_lse(num_chunks * group);        // [chunk][g]
     tbb::parallel_for(int64_t{0}, num_chunks, [&](int64_t c) {
       const int64_t first = page_begin + c * chunk_pages;
       const int64_t last = std::min(page_end, first + chunk_pages);
-      chunk_lse[c] = AttendPages(p, item, q.data(), first, last, chunk_out.data() + c * dim);
+      AttendPages(p, item, q.data(), first, last, chunk_out.data() + c * group * dim,
+                  chunk_lse.data() + c * group);
     });
-    lse = MergeRow(
-        static_cast<int>(num_chunks), p.head_dim, [&](int c) { return chunk_lse[c]; },
-        [&](int c) { return chunk_out.data() + static_cast<int64_t>(c) * dim; }, result.data());
+    for (int64_t g = 0; g < group; ++g) {
+      lse[g] = MergeRow(
+          static_cast<int>(num_chunks), p.head_dim, [&](int c) { return chunk_lse[c * group + g]; },
+          [&](int c) { return chunk_out.data() + (c * group + g) * dim; }, result.data() + g * dim);
+    }
   }
   // Rounded to float once, then (bf16 / fp16 outputs) to the output dtype.
-  for (int64_t d = 0; d < dim; ++d) {
-    StoreFromFloat(p.out_dtype, static_cast<float>(result[d]), p.out, row * dim + d);
+  for (int64_t e = 0; e < group * dim; ++e) {
+    StoreFromFloat(p.out_dtype, static_cast<float>(result[e]), p.out, first_row * dim + e);
   }
-  p.lse[row] = static_cast<float>(lse);
+  for (int64_t g = 0; g < group; ++g) p.lse[first_row + g] = static_cast<float>(lse[g]);
 }
 
 absl::Status ValidateMerge(const MergeParams& p) {
@@ -294,12 +326,8 @@ absl::Status ValidateMerge(const MergeParams& p) {
 
 absl::Status ReferencePagedDecodeAttention(const PagedDecodeParams& params) {
   KVTIER_RETURN_IF_ERROR(ValidateAttention(params));
-  const int64_t num_rows = static_cast<int64_t>(params.num_items) * params.group_size;
-  tbb::parallel_for(tbb::blocked_range<int64_t>(0, num_rows), [&](const auto& rows) {
-    for (int64_t row = rows.begin(); row < rows.end(); ++row) {
-      AttendRow(params, static_cast<int>(row / params.group_size),
-                static_cast<int>(row % params.group_size));
-    }
+  tbb::parallel_for(tbb::blocked_range<int>(0, params.num_items), [&](const auto& items) {
+    for (int item = items.begin(); item < items.end(); ++item) AttendItem(params, item);
   });
   return absl::OkStatus();
 }

@@ -1,9 +1,9 @@
 // Host twins of the attention kernels: exact paged decode attention and merge, accumulated
 // in double precision. They are the oracle every GPU test compares against and the host
-// backend's implementation. Parallel over items, heads and (for items of more than 4096
-// tokens) page-aligned token chunks with oneTBB, on the caller's arena (tbb::global_control
-// limits apply). The chunking depends only on the parameters, so results are bit-identical
-// for any thread count. Calls on disjoint outputs may run concurrently.
+// backend's implementation. Parallel over items (all G heads of an item together) and (for
+// items of more than 4096 tokens) page-aligned token chunks with oneTBB, on the caller's
+// arena (tbb::global_control limits apply). The chunking depends only on the parameters, so
+// results are bit-identical for any thread count. Calls on disjoint outputs may run concurrently.
 #pragma once
 
 #include "absl/status/status.h"
