@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cache_resolve.h"
 #include "runtime/core/cuda_handles.h"
+#include "tests/testing/drifting_selections.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
@@ -26,50 +27,7 @@ namespace {
 constexpr uint8_t kPoisonByte = 0xAB;
 constexpr int32_t kPoison = static_cast<int32_t>(0xABABABABu);
 
-// Per item a selection that keeps about `keep` of its pages each step and refills to a
-// random count with pages near kept ones and pages anywhere (strictly ascending).
-class DriftingSelections {
- public:
-  DriftingSelections(int32_t items, int32_t max_pages, int32_t max_selected, double keep,
-                     uint64_t seed)
-      : max_pages_(max_pages),
-        max_selected_(max_selected),
-        keep_(keep),
-        rng_(seed),
-        current_(items) {}
-
-  const std::vector<int32_t>& Next(int32_t item) {
-    std::set<int32_t> next;
-    std::bernoulli_distribution kept(keep_);
-    for (int32_t page : current_[item]) {
-      if (kept(rng_)) next.insert(page);
-    }
-    const int32_t target = std::uniform_int_distribution<int32_t>(
-        std::max(1, max_selected_ * 3 / 4), max_selected_)(rng_);
-    std::uniform_int_distribution<int32_t> any(0, max_pages_ - 1), near(-3, 3);
-    const std::vector<int32_t> kept_pages(next.begin(), next.end());
-    while (static_cast<int32_t>(next.size()) < target) {
-      int32_t page = any(rng_);
-      if (!kept_pages.empty() && rng_() % 2 == 0) {
-        page = std::clamp(kept_pages[rng_() % kept_pages.size()] + near(rng_), 0, max_pages_ - 1);
-      }
-      next.insert(page);
-    }
-    current_[item].assign(next.begin(), next.end());
-    if (static_cast<int32_t>(current_[item].size()) > target) {
-      std::shuffle(current_[item].begin(), current_[item].end(), rng_);
-      current_[item].resize(target);
-      std::sort(current_[item].begin(), current_[item].end());
-    }
-    return current_[item];
-  }
-
- private:
-  int32_t max_pages_, max_selected_;
-  double keep_;
-  std::mt19937_64 rng_;
-  std::vector<std::vector<int32_t>> current_;
-};
+using testing_util::DriftingSelections;
 
 // Host arrays of a batch; the device mirror has the same layout.
 struct HostArrays {
@@ -232,7 +190,8 @@ TEST_P(CacheResolveGpuTest, MatchesTwinOverDriftingSteps) {
   Upload(twin.last_use, d.last_use, stream);
   Upload(twin.score, d.score, stream);
   if (s.with_map) Upload(twin.page_slot, d.page_slot, stream);
-  DriftingSelections selections(s.items, s.pages, s.selected, /*keep=*/0.8, seed + 1);
+  DriftingSelections selections(s.items, s.pages, s.selected * 3 / 4, s.selected,
+                                /*keep=*/0.8, seed + 1);
   std::uniform_real_distribution<float> uniform_mass(0.001f, 1.0f);
   int64_t hits = 0, misses = 0;
   for (int32_t step = 0; step < s.steps; ++step) {
@@ -402,7 +361,8 @@ TEST_P(CacheResolveGraphGpuTest, GraphReplayedStepsMatchTwin) {
   cudaGraphExec_t exec = nullptr;
   ASSERT_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
 
-  DriftingSelections selections(s.items, s.pages, s.selected, /*keep=*/0.8, seed + 1);
+  DriftingSelections selections(s.items, s.pages, s.selected * 3 / 4, s.selected,
+                                /*keep=*/0.8, seed + 1);
   std::uniform_real_distribution<float> uniform_mass(0.001f, 1.0f);
   std::vector<int32_t> step_value(1);
   for (int32_t step = 0; step < s.steps; ++step) {

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/cache_resolve.h"
+#include "tests/testing/drifting_selections.h"
 
 namespace kvtier {
 namespace {
@@ -152,51 +153,7 @@ ModelResult ModelResolve(ModelCache& c, const std::vector<int32_t>& sel, int32_t
   return r;
 }
 
-// Per item a selection that drifts: each step keeps about `keep` of its pages, then refills
-// to a random count with pages near the kept ones and pages anywhere.
-class DriftingSelections {
- public:
-  DriftingSelections(int32_t items, int32_t max_pages, int32_t max_selected, double keep,
-                     uint64_t seed)
-      : max_pages_(max_pages),
-        max_selected_(max_selected),
-        keep_(keep),
-        rng_(seed),
-        current_(items) {}
-
-  const std::vector<int32_t>& Next(int32_t item) {
-    std::set<int32_t> next;
-    std::bernoulli_distribution kept(keep_);
-    for (int32_t page : current_[item]) {
-      if (kept(rng_)) next.insert(page);
-    }
-    const int32_t target =
-        std::uniform_int_distribution<int32_t>(std::max(1, max_selected_ / 2), max_selected_)(rng_);
-    std::uniform_int_distribution<int32_t> any(0, max_pages_ - 1), near(-3, 3);
-    while (static_cast<int32_t>(next.size()) < target) {
-      int32_t page = any(rng_);
-      if (!next.empty() && rng_() % 2 == 0) {
-        auto it = next.begin();
-        std::advance(it, rng_() % next.size());
-        page = std::clamp(*it + near(rng_), 0, max_pages_ - 1);
-      }
-      next.insert(page);
-    }
-    while (static_cast<int32_t>(next.size()) > target) {
-      auto it = next.begin();
-      std::advance(it, rng_() % next.size());
-      next.erase(it);
-    }
-    current_[item].assign(next.begin(), next.end());
-    return current_[item];
-  }
-
- private:
-  int32_t max_pages_, max_selected_;
-  double keep_;
-  std::mt19937_64 rng_;
-  std::vector<std::vector<int32_t>> current_;
-};
+using testing_util::DriftingSelections;
 
 // The directory invariants after a resolve of `s` (selections in s.selected).
 void ExpectConsistent(const ResolveState& s, CachePolicy policy) {
@@ -250,7 +207,7 @@ TEST_P(CacheResolvePolicyTest, TwinMatchesModelOverDriftingSteps) {
   SCOPED_TRACE(testing::Message() << CachePolicyName(policy) << ", seed " << seed);
   std::mt19937_64 rng(seed);
   ResolveState state(kItems, kSlots, kPages, kSelected, /*with_map=*/true);
-  DriftingSelections selections(kItems, kPages, kSelected, /*keep=*/0.8, seed + 1);
+  DriftingSelections selections(kItems, kPages, kSelected / 2, kSelected, /*keep=*/0.8, seed + 1);
   std::vector<ModelCache> model(kItems, ModelCache(kSlots));
   int64_t total_hits = 0, total_misses = 0;
   for (int32_t step = 0; step < kSteps; ++step) {
