@@ -5,6 +5,8 @@
 // ratio to the device-to-device copy rate (bytes read + written) measured in the same process
 // ("vs_hbm_copy"): decode attention reads every K/V byte once, so the copy rate is its
 // ceiling. bench/sdpa_baseline.py measures PyTorch's SDPA on the same shapes.
+// BM_PagedDecodeAttentionChunkLse runs the same shapes with the per-chunk log-sum-exps
+// (PagedDecodeParams::chunk_lse) written as well, for the cost of that option.
 //
 //   kvtier_bench_decode_attention [--benchmark_filter=...] [--benchmark_format=json]
 #include <benchmark/benchmark.h>
@@ -50,6 +52,7 @@ struct DeviceState {
   DeviceBuffer k_pool, v_pool;    // kPoolPages pages each
   DeviceBuffer k_pages, v_pages;  // room for kPoolPages pointers each
   DeviceBuffer page_offsets, last_page_tokens, q, out, lse, workspace;
+  DeviceBuffer chunk_lse;  // [kPoolPages * (kPageSize / 16), kGroup]
   size_t workspace_bytes = 0;
   DeviceBuffer copy_src, copy_dst;
   double hbm_copy_gbps = 0;  // median of 5 1 GiB copies, read + written (MeasureHbmCopyGbps)
@@ -99,6 +102,8 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
       cudaMemcpy(s->q.data(), q.data(), q.size() * 2, cudaMemcpyHostToDevice));
   KVTIER_ASSIGN_OR_RETURN(s->out, DeviceBuffer::Allocate(q.size() * 2));
   KVTIER_ASSIGN_OR_RETURN(s->lse, DeviceBuffer::Allocate(kMaxItems * kGroup * 4));
+  KVTIER_ASSIGN_OR_RETURN(s->chunk_lse,
+                          DeviceBuffer::Allocate(kPoolPages * (kPageSize / 16) * kGroup * 4));
   s->workspace_bytes = PagedDecodeWorkspaceBytes(kMaxItems, kGroup, kHeadDim, kMaxSplits);
   KVTIER_ASSIGN_OR_RETURN(s->workspace, DeviceBuffer::Allocate(s->workspace_bytes));
 
@@ -146,7 +151,7 @@ absl::Status UploadPageTables(DeviceState& s, int items, int64_t pages_per_item,
 // as ChoosePagedDecodeSplits says), launches between the two events of one timed iteration
 // (1: the time of one call, host launch overhead included, as a decode step sees it when the
 // stream is idle; more: back-to-back launches, the kernels' own rate).
-void BM_PagedDecodeAttention(benchmark::State& state) {
+void RunPagedDecodeAttention(benchmark::State& state, bool with_chunk_lse) {
   absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
   if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
@@ -179,6 +184,7 @@ void BM_PagedDecodeAttention(benchmark::State& state) {
   p.out_dtype = DType::kBF16;
   p.out = s.out.data();
   p.lse = s.lse.as<float>();
+  if (with_chunk_lse) p.chunk_lse = s.chunk_lse.as<float>();
   absl::StatusOr<int> splits = forced_splits > 0 ? absl::StatusOr<int>(forced_splits)
                                                  : ChoosePagedDecodeSplits(p, context, kMaxSplits);
   if (!splits.ok()) return SkipWithError(state, splits.status());
@@ -211,6 +217,11 @@ void BM_PagedDecodeAttention(benchmark::State& state) {
       total_seconds / (static_cast<double>(state.iterations()) * launches) * 1e6;
 }
 
+void BM_PagedDecodeAttention(benchmark::State& state) { RunPagedDecodeAttention(state, false); }
+void BM_PagedDecodeAttentionChunkLse(benchmark::State& state) {
+  RunPagedDecodeAttention(state, true);
+}
+
 BENCHMARK(BM_PagedDecodeAttention)
     ->ArgNames({"batch", "context", "scattered", "splits", "launches"})
     // The targets: Llama-3-8B, batch 32 x 32K and 8 x 128K, contiguous and scattered pages.
@@ -233,6 +244,20 @@ BENCHMARK(BM_PagedDecodeAttention)
     ->Args({1, 131072, 1, 0, 1})
     ->Args({1, 131072, 1, 0, 10})
     ->Args({64, 4096, 1, 0, 1})
+    ->Args({64, 4096, 1, 0, 10})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+
+// The targets and the back-to-back rows again, with chunk_lse written.
+BENCHMARK(BM_PagedDecodeAttentionChunkLse)
+    ->ArgNames({"batch", "context", "scattered", "splits", "launches"})
+    ->Args({32, 32768, 0, 0, 1})
+    ->Args({32, 32768, 1, 0, 1})
+    ->Args({8, 131072, 0, 0, 1})
+    ->Args({8, 131072, 1, 0, 1})
+    ->Args({32, 32768, 1, 0, 10})
+    ->Args({8, 131072, 1, 0, 10})
+    ->Args({1, 131072, 1, 0, 10})
     ->Args({64, 4096, 1, 0, 10})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cache_resolve.h"
+#include "runtime/core/status.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 
@@ -53,6 +56,38 @@ absl::Status Invalid(const char* field, int64_t value, absl::string_view expecte
       absl::StrCat("cache resolve: ", field, " is ", value, ", expected ", expected));
 }
 
+// Directory row of `item`.
+int64_t RowOf(const int32_t* item_rows, int32_t item) {
+  return item_rows != nullptr ? item_rows[item] : item;
+}
+
+// item_rows of `num_items` items: each in [0, num_rows) (num_rows <= 0: only >= 0) and no two
+// equal. InvalidArgument naming the item(s), prefixed by `who`.
+absl::Status ValidateItemRows(absl::string_view who, const int32_t* item_rows, int32_t num_items,
+                              int32_t num_rows) {
+  if (item_rows == nullptr) return absl::OkStatus();
+  std::vector<std::pair<int32_t, int32_t>> rows;  // (row, item)
+  rows.reserve(num_items);
+  for (int32_t item = 0; item < num_items; ++item) {
+    const int32_t row = item_rows[item];
+    if (row < 0 || (num_rows > 0 && row >= num_rows)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": item_rows[", item, "] is ", row, ", expected a row in [0, ",
+          num_rows > 0 ? absl::StrCat(num_rows, ") (num_rows)") : std::string("inf)")));
+    }
+    rows.emplace_back(row, item);
+  }
+  std::sort(rows.begin(), rows.end());
+  for (size_t i = 1; i < rows.size(); ++i) {
+    if (rows[i].first == rows[i - 1].first) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          who, ": item_rows[", rows[i - 1].second, "] and item_rows[", rows[i].second,
+          "] are both ", rows[i].first, ", expected distinct rows"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // Checks one item's array contents; InvalidArgument naming the item and what is wrong.
 absl::Status ValidateItemContents(const CacheResolveParams& p, int32_t item) {
   const PageCacheDirectory& d = p.directory;
@@ -70,7 +105,7 @@ absl::Status ValidateItemContents(const CacheResolveParams& p, int32_t item) {
           ", expected strictly ascending pages in [0, ", d.max_pages, ")"));
     }
   }
-  const int32_t* slot_page = d.slot_page + int64_t{item} * d.num_slots;
+  const int32_t* slot_page = d.slot_page + RowOf(p.item_rows, item) * d.num_slots;
   std::vector<int32_t> held;
   for (int32_t s = 0; s < d.num_slots; ++s) {
     if (slot_page[s] < -1 || slot_page[s] >= d.max_pages) {
@@ -92,12 +127,13 @@ absl::Status ValidateItemContents(const CacheResolveParams& p, int32_t item) {
 // Resolves one item; its contents were validated.
 void ResolveItem(const CacheResolveParams& p, const CacheEvictionPolicy& policy, int32_t item) {
   const PageCacheDirectory& d = p.directory;
-  const int64_t slot_base = int64_t{item} * d.num_slots;
+  const int64_t row = RowOf(p.item_rows, item);
+  const int64_t slot_base = row * d.num_slots;
   const int64_t sel_base = int64_t{item} * p.max_selected;
   int32_t* slot_page = d.slot_page + slot_base;
   int32_t* last_use = d.slot_last_use + slot_base;
   float* score = d.slot_score + slot_base;
-  int32_t* page_slot = d.page_slot != nullptr ? d.page_slot + int64_t{item} * d.max_pages : nullptr;
+  int32_t* page_slot = d.page_slot != nullptr ? d.page_slot + row * d.max_pages : nullptr;
   const int32_t* selected = p.selected_pages + sel_base;
   const int32_t n = p.num_selected[item];
   const int32_t step = p.step_ptr != nullptr ? *p.step_ptr : p.step;
@@ -195,6 +231,7 @@ const CacheEvictionPolicy& StandardCachePolicy(CachePolicy policy) {
     case CachePolicy::kLastSelection:
       return *last_selection;
     case CachePolicy::kLeastRecentlyUsed:
+    case CachePolicy::kNone:  // no cache, so no resolve: ValidateCacheResolveShape rejects it
       break;
   }
   return *lru;
@@ -207,6 +244,19 @@ absl::Status ValidateCacheResolveShape(const CacheResolveParams& p) {
   if (d.num_items < 0) return Invalid("num_items", d.num_items, ">= 0");
   if (d.num_slots < 1 || d.num_slots > kMaxCacheSlots) {
     return Invalid("num_slots", d.num_slots, absl::StrCat("1..", kMaxCacheSlots));
+  }
+  if (p.item_rows != nullptr) {
+    if (d.num_rows < 1) {
+      return Invalid("directory.num_rows", d.num_rows, ">= 1 with item_rows");
+    }
+    if (d.num_items > d.num_rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cache resolve: num_items (", d.num_items, ") exceeds directory.num_rows (", d.num_rows,
+          "): item_rows must name distinct rows"));
+    }
+  } else if (d.num_rows != 0 && d.num_rows != d.num_items) {
+    return Invalid("directory.num_rows", d.num_rows,
+                   absl::StrCat("0 or num_items (", d.num_items, ") without item_rows"));
   }
   if (d.max_pages < 1) return Invalid("max_pages", d.max_pages, ">= 1");
   if (p.max_selected < 0 || p.max_selected > kMaxCacheSelected) {
@@ -265,6 +315,13 @@ absl::Status ValidateCacheScoreUpdateShape(const CacheScoreUpdateParams& p) {
     return invalid("max_selected", p.max_selected, "0..num_slots");
   }
   if (!(p.decay > 0.0f && p.decay <= 1.0f)) return invalid("decay", p.decay, "in (0, 1]");
+  if (p.num_rows < 0) return invalid("num_rows", p.num_rows, ">= 0");
+  if (p.item_rows == nullptr && p.num_rows != 0 && p.num_rows != p.num_items) {
+    return invalid("num_rows", p.num_rows, "0 or num_items without item_rows");
+  }
+  if (p.item_rows != nullptr && p.num_rows > 0 && p.num_items > p.num_rows) {
+    return invalid("num_items", p.num_items, "<= num_rows: item_rows must name distinct rows");
+  }
   if (p.num_items == 0) return absl::OkStatus();
   if (p.slot_score == nullptr || p.num_selected == nullptr ||
       (p.max_selected > 0 && (p.selected_slots == nullptr || p.mass == nullptr))) {
@@ -287,6 +344,8 @@ absl::Status ReferenceCacheResolve(const CacheResolveParams& params,
     return status;
   }
   // Every item's contents first, so bad input changes nothing.
+  KVTIER_RETURN_IF_ERROR(ValidateItemRows("cache resolve", params.item_rows,
+                                          params.directory.num_items, params.directory.num_rows));
   for (int32_t item = 0; item < params.directory.num_items; ++item) {
     if (absl::Status status = ValidateItemContents(params, item); !status.ok()) return status;
   }
@@ -298,6 +357,8 @@ absl::Status ReferenceCacheScoreUpdate(const CacheScoreUpdateParams& p) {
   if (absl::Status status = internal::ValidateCacheScoreUpdateShape(p); !status.ok()) {
     return status;
   }
+  KVTIER_RETURN_IF_ERROR(
+      ValidateItemRows("cache score update", p.item_rows, p.num_items, p.num_rows));
   for (int32_t item = 0; item < p.num_items; ++item) {
     const int32_t n = p.num_selected[item];
     if (n < 0 || n > p.max_selected) {
@@ -314,7 +375,7 @@ absl::Status ReferenceCacheScoreUpdate(const CacheScoreUpdateParams& p) {
     }
   }
   ForEachItem(p.num_items, [&](int32_t item) {
-    float* score = p.slot_score + int64_t{item} * p.num_slots;
+    float* score = p.slot_score + RowOf(p.item_rows, item) * p.num_slots;
     if (p.decay != 1.0f) {
       for (int32_t s = 0; s < p.num_slots; ++s) score[s] = score[s] * p.decay;
     }

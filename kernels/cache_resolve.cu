@@ -59,18 +59,25 @@ __global__ void __launch_bounds__(kResolveThreads) CacheResolveKernel(CacheResol
 
   const PageCacheDirectory& d = p.directory;
   const int32_t item = blockIdx.x;
+  // The item's directory row; one outside the directory is a contract violation: the block
+  // writes nothing (uniform across the block, so no barrier is skipped by part of it).
+  int64_t row = item;
+  if (p.item_rows != nullptr) {
+    row = p.item_rows[item];
+    if (row < 0 || row >= d.num_rows) return;
+  }
   const int32_t num_slots = d.num_slots;
   const int32_t max_selected = p.max_selected;
   int32_t* selection = shared;               // [max_selected]
   int32_t* victims = shared + max_selected;  // [max_selected] victim slots, ascending
   auto* used = reinterpret_cast<uint32_t*>(shared + 2 * max_selected);  // slot bitmap
 
-  const int64_t slot_base = int64_t{item} * num_slots;
+  const int64_t slot_base = row * num_slots;
   const int64_t sel_base = int64_t{item} * max_selected;
   int32_t* slot_page = d.slot_page + slot_base;
   int32_t* slot_last_use = d.slot_last_use + slot_base;
   float* slot_score = d.slot_score + slot_base;
-  int32_t* page_slot = d.page_slot != nullptr ? d.page_slot + int64_t{item} * d.max_pages : nullptr;
+  int32_t* page_slot = d.page_slot != nullptr ? d.page_slot + row * d.max_pages : nullptr;
   int32_t* selected_slots = p.selected_slots + sel_base;
   const int32_t n = min(max(p.num_selected[item], 0), max_selected);
   const CachePolicy policy = p.policy;
@@ -263,7 +270,12 @@ __global__ void __launch_bounds__(kResolveThreads) CacheResolveKernel(CacheResol
 __global__ void __launch_bounds__(kResolveThreads)
     CacheScoreUpdateKernel(CacheScoreUpdateParams p) {
   const int32_t item = blockIdx.x;
-  float* score = p.slot_score + int64_t{item} * p.num_slots;
+  int64_t row = item;
+  if (p.item_rows != nullptr) {
+    row = p.item_rows[item];
+    if (row < 0 || (p.num_rows > 0 && row >= p.num_rows)) return;  // contract violation
+  }
+  float* score = p.slot_score + row * p.num_slots;
   if (p.decay != 1.0f) {
     for (int32_t s = threadIdx.x; s < p.num_slots; s += kResolveThreads) {
       score[s] = __fmul_rn(score[s], p.decay);

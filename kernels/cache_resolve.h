@@ -35,6 +35,12 @@
 // Time is injected: the step number is the caller's (`step`, or `*step_ptr` for CUDA graph
 // replay), stamped into `last_use`; steps must not decrease from one resolve of a cache to
 // the next.
+//
+// Directory rows. By default item i is directory row i. With `item_rows` a launch serves any
+// subset of a larger directory (e.g. the caches of this step's sequences among all the
+// sequences' caches): item i reads and writes directory row item_rows[i] only (its slots in
+// slot_page / slot_last_use / slot_score, its pages in page_slot); every array indexed by item
+// (selection, counts, outputs, mass) keeps item indexing, and the other rows are not touched.
 #pragma once
 
 #include <cstdint>
@@ -52,23 +58,27 @@ namespace kvtier {
 inline constexpr int32_t kMaxCacheSlots = 65536;
 inline constexpr int32_t kMaxCacheSelected = 4096;
 
-// The directory of `num_items` caches. All arrays row-major with the item outermost; for
+// The directory of the caches a launch resolves: `rows` below is num_items, or num_rows with
+// item_rows (see "Directory rows" above). All arrays row-major with the row outermost; for
 // the kernel in device memory, for the host twin in host memory.
 struct PageCacheDirectory {
-  // [num_items, num_slots] page index held by each slot, -1 when the slot is empty. No page
-  // is held by two slots of one item. Start with all -1.
+  // [rows, num_slots] page index held by each slot, -1 when the slot is empty. No page is
+  // held by two slots of one row. Start with all -1.
   int32_t* slot_page = nullptr;
-  // [num_items, num_slots] step at which the slot's page was last selected (hit or loaded).
+  // [rows, num_slots] step at which the slot's page was last selected (hit or loaded).
   // Meaningless for empty slots.
   int32_t* slot_last_use = nullptr;
-  // [num_items, num_slots] accumulated query-agnostic score of the slot's page.
+  // [rows, num_slots] accumulated query-agnostic score of the slot's page.
   float* slot_score = nullptr;
-  // Optional [num_items, max_pages] slot of each resident page, -1 for pages not resident;
+  // Optional [rows, max_pages] slot of each resident page, -1 for pages not resident;
   // nullptr to not keep one. Start with all -1 when used.
   int32_t* page_slot = nullptr;
-  int32_t num_items = 0;
-  int32_t num_slots = 0;  // slots per item, 1..kMaxCacheSlots
-  int32_t max_pages = 0;  // pages per item: page indexes lie in [0, max_pages)
+  int32_t num_items = 0;  // caches resolved by the launch
+  int32_t num_slots = 0;  // slots per row, 1..kMaxCacheSlots
+  int32_t max_pages = 0;  // pages per row: page indexes lie in [0, max_pages)
+  // Rows of the arrays above. With CacheResolveParams::item_rows: >= 1 (and >= num_items).
+  // Without: ignored unless non-zero, then it must equal num_items (rows are the items).
+  int32_t num_rows = 0;
 };
 
 struct CacheResolveParams {
@@ -85,6 +95,9 @@ struct CacheResolveParams {
   // (or the host, between replays) advances.
   const int32_t* step_ptr = nullptr;
   CachePolicy policy = CachePolicy::kLeastRecentlyUsed;
+  // Optional [num_items] directory row of each item: distinct rows in [0, directory.num_rows)
+  // (device memory for the kernel, host memory for the twin). nullptr: item i is row i.
+  const int32_t* item_rows = nullptr;
 
   // Outputs, [num_items, max_selected] each; entries at or beyond the item's count are not
   // written.
@@ -128,9 +141,11 @@ uint32_t ScoreOrderKey(float score);
 
 // Adds attention mass to the slots used in a step (after attention), optionally decaying
 // every slot's score first: score = score * decay for all slots of the item, then
-// score += mass[i] for each selected entry i (two roundings, no fused multiply-add).
+// score += mass[i] for each selected entry i (two roundings, no fused multiply-add). With
+// item_rows, item i updates score row item_rows[i]; selected_slots, num_selected and mass
+// keep item indexing.
 struct CacheScoreUpdateParams {
-  float* slot_score = nullptr;  // [num_items, num_slots]
+  float* slot_score = nullptr;  // [num_items, num_slots], or [num_rows, num_slots] with item_rows
   // [num_items, max_selected] from the resolve: distinct slots within an item.
   const int32_t* selected_slots = nullptr;
   const int32_t* num_selected = nullptr;  // [num_items]
@@ -139,6 +154,12 @@ struct CacheScoreUpdateParams {
   int32_t num_slots = 0;
   int32_t max_selected = 0;
   float decay = 1.0f;  // in (0, 1]; 1 skips the decay pass
+  // Optional [num_items] score row of each item, as CacheResolveParams::item_rows (the same
+  // array serves both): distinct rows >= 0. nullptr: item i is row i.
+  const int32_t* item_rows = nullptr;
+  // Optional with item_rows: the rows of slot_score. When > 0 the twin checks rows against it
+  // (and the kernel skips an item whose row is outside it); 0 leaves rows unchecked above.
+  int32_t num_rows = 0;
 };
 
 namespace internal {
@@ -149,8 +170,9 @@ absl::Status ValidateCacheScoreUpdateShape(const CacheScoreUpdateParams& params)
 }  // namespace internal
 
 // Host twins (host memory). They also check what lives in the arrays (counts in range,
-// selections ascending and in range, slot entries in range and unique per item) and return
-// InvalidArgument, naming the item, before writing anything. Items run in parallel.
+// selections ascending and in range, slot entries in range and unique per item, item_rows in
+// range and distinct) and return InvalidArgument, naming the item, before writing anything.
+// Only the items' rows are read: other rows may hold anything. Items run in parallel.
 absl::Status ReferenceCacheResolve(const CacheResolveParams& params);
 // The same with any policy; params.policy is ignored.
 absl::Status ReferenceCacheResolve(const CacheResolveParams& params,
@@ -161,7 +183,9 @@ absl::Status ReferenceCacheScoreUpdate(const CacheScoreUpdateParams& params);
 // One thread block per item, no allocation, no host synchronisation (capturable in a CUDA
 // graph). Array contents are the caller's contract and are not read on the host; the kernel
 // only guards its own memory accesses (counts are clamped to [0, max_selected], out-of-range
-// pages are not written to page_slot). InvalidArgument for bad shapes.
+// pages are not written to page_slot, an item whose row is outside [0, num_rows) writes
+// nothing at all). Duplicate item_rows are a race, not detected. InvalidArgument for bad
+// shapes.
 absl::Status LaunchCacheResolve(const CacheResolveParams& params, cudaStream_t stream);
 absl::Status LaunchCacheScoreUpdate(const CacheScoreUpdateParams& params, cudaStream_t stream);
 #endif

@@ -11,8 +11,9 @@
 // the final output (one split) or an fp32 partial that the split-K merge reduces.
 //
 // Page size is a runtime value (16, 32 or 64): a 16-token chunk never straddles a page, so
-// only the chunk's page pointer and row offset depend on it. Only dtype x head_dim are
-// template parameters (6 instantiations).
+// only the chunk's page pointer and row offset depend on it. dtype x head_dim are template
+// parameters, and whether per-chunk log-sum-exps are written (chunk_lse): 12 instantiations,
+// so the kernel without chunk_lse is the same code as before the option existed.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -84,6 +85,8 @@ struct KernelParams {
   // Several splits: [num_splits, num_items * G, D] and [num_splits, num_items * G].
   float* partial_out;
   float* partial_lse;
+  // [page_offsets[num_items] << chunk_shift, G], or null (the kernel then never reads it).
+  float* chunk_lse;
 };
 
 // ---- PTX wrappers ------------------------------------------------------------------------
@@ -177,7 +180,7 @@ __device__ __forceinline__ uint32_t SwizzledOffset(int row, int v) {
 
 // ---- The attention kernel ----------------------------------------------------------------
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kChunkLse>
 __global__ void __launch_bounds__(kThreads, Config<kHeadDim>::kMinBlocksPerSm)
     PagedDecodeKernel(const KernelParams p) {
   using C = Config<kHeadDim>;
@@ -226,6 +229,20 @@ __global__ void __launch_bounds__(kThreads, Config<kHeadDim>::kMinBlocksPerSm)
   const int my_chunks =
       chunk_end - chunk_begin > warp ? (chunk_end - chunk_begin - warp + kWarps - 1) / kWarps : 0;
   const int chunks_per_page_mask = (1 << p.chunk_shift) - 1;
+  // chunk_lse row of the item's chunk 0: chunks never straddle pages, so the item's chunk c
+  // is chunk c % (P / 16) of its page c / (P / 16).
+  [[maybe_unused]] const int64_t chunk_lse_base = static_cast<int64_t>(page_begin)
+                                                  << p.chunk_shift;
+  if constexpr (kChunkLse) {
+    // The chunks of the last page past the last token are in no split's run: split 0 marks
+    // them empty.
+    if (split == 0) {
+      const int empty = (num_pages << p.chunk_shift) - chunks;
+      for (int idx = threadIdx.x; idx < empty * group; idx += kThreads) {
+        p.chunk_lse[(chunk_lse_base + chunks) * group + idx] = -INFINITY;
+      }
+    }
+  }
 
   unsigned char* const pipe = smem + C::kQBytes + warp * C::kWarpBytes;
   const uint32_t pipe_address = SharedAddress(pipe);
@@ -316,8 +333,11 @@ __global__ void __launch_bounds__(kThreads, Config<kHeadDim>::kMinBlocksPerSm)
       Mma<T>(s[1], a, b[2], b[3]);
     }
 
-    // Online softmax over the chunk, base 2.
+    // Online softmax over the chunk, base 2. With chunk_lse the chunk's own maximum is kept
+    // too (the reduction starts from -inf, m joins after it): its log-sum-exp is formed
+    // relative to it, so it stays exact however far below the running maximum it lies.
     float chunk_max[2] = {m[0], m[1]};
+    if constexpr (kChunkLse) chunk_max[0] = chunk_max[1] = -INFINITY;
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
 #pragma unroll
@@ -329,17 +349,50 @@ __global__ void __launch_bounds__(kThreads, Config<kHeadDim>::kMinBlocksPerSm)
       }
     }
     float alpha[2];
+    [[maybe_unused]] float own_max[2];  // kChunkLse: the chunk's maximum logit per row
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       chunk_max[r] = fmaxf(chunk_max[r], __shfl_xor_sync(0xffffffffu, chunk_max[r], 1));
       chunk_max[r] = fmaxf(chunk_max[r], __shfl_xor_sync(0xffffffffu, chunk_max[r], 2));
+      if constexpr (kChunkLse) {
+        own_max[r] = chunk_max[r];
+        chunk_max[r] = fmaxf(chunk_max[r], m[r]);
+      }
       alpha[r] = exp2f(m[r] - chunk_max[r]);
       m[r] = chunk_max[r];
     }
+    if constexpr (kChunkLse) {
+      // p = 2^(x - own) 2^(own - m): the chunk's sum of 2^(x - own) (>= 1: its largest term is
+      // 1) gives its log-sum-exp, the same exponentials scaled give the softmax numerators.
+      float rescale[2];
+      float own_sum[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int t = 0; t < 2; ++t) {
+      for (int r = 0; r < 2; ++r) rescale[r] = exp2f(own_max[r] - m[r]);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[t][e] = exp2f(s[t][e] - m[e >> 1]);
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float x = exp2f(s[t][e] - own_max[e >> 1]);
+          own_sum[e >> 1] += x;
+          s[t][e] = x * rescale[e >> 1];
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        own_sum[r] += __shfl_xor_sync(0xffffffffu, own_sum[r], 1);
+        own_sum[r] += __shfl_xor_sync(0xffffffffu, own_sum[r], 2);
+        const int row = lane / 4 + 8 * r;
+        if (quad == 0 && row < group) {
+          p.chunk_lse[(chunk_lse_base + chunk) * group + row] =
+              (own_max[r] + log2f(own_sum[r])) * kLn2;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[t][e] = exp2f(s[t][e] - m[e >> 1]);
+      }
     }
     l[0] = l[0] * alpha[0] + (s[0][0] + s[0][1]) + (s[1][0] + s[1][1]);
     l[1] = l[1] * alpha[1] + (s[0][2] + s[0][3]) + (s[1][2] + s[1][3]);
@@ -444,7 +497,7 @@ struct Occupancy {
 
 // Allows the kernel its shared memory on the current device; done once per device and
 // instantiation (the attribute stays set for the process).
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kChunkLse>
 absl::Status PrepareKernel() {
   constexpr int kMaxCachedDevices = 64;
   static std::atomic<bool> prepared[kMaxCachedDevices] = {};
@@ -452,7 +505,7 @@ absl::Status PrepareKernel() {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   const bool cacheable = device >= 0 && device < kMaxCachedDevices;
   if (cacheable && prepared[device].load(std::memory_order_acquire)) return absl::OkStatus();
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PagedDecodeKernel<T, kHeadDim>,
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PagedDecodeKernel<T, kHeadDim, kChunkLse>,
                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    Config<kHeadDim>::kSmemBytes));
   if (cacheable) prepared[device].store(true, std::memory_order_release);
@@ -474,9 +527,10 @@ absl::StatusOr<Occupancy> QueryOccupancy() {
   Occupancy o;
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&o.sm_count, cudaDevAttrMultiProcessorCount, device));
-  KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim>()));
+  KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim, false>()));
   KVTIER_CUDA_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &o.blocks_per_sm, PagedDecodeKernel<T, kHeadDim>, kThreads, Config<kHeadDim>::kSmemBytes));
+      &o.blocks_per_sm, PagedDecodeKernel<T, kHeadDim, false>, kThreads,
+      Config<kHeadDim>::kSmemBytes));
   o.sm_count = std::max(1, o.sm_count);
   o.blocks_per_sm = std::max(1, o.blocks_per_sm);
   if (cacheable) {
@@ -618,9 +672,17 @@ absl::Status LaunchPagedDecodeAttention(const PagedDecodeParams& params, int num
           (static_cast<size_t>(rows) * num_splits * kHeadDim * 4 + 255) / 256 * 256;
       k.partial_lse = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + out_bytes);
     }
-    KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim>()));
+    k.chunk_lse = params.chunk_lse;
     const dim3 grid(params.num_items, num_splits);
-    PagedDecodeKernel<T, kHeadDim><<<grid, kThreads, Config<kHeadDim>::kSmemBytes, stream>>>(k);
+    if (params.chunk_lse != nullptr) {
+      KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim, true>()));
+      PagedDecodeKernel<T, kHeadDim, true>
+          <<<grid, kThreads, Config<kHeadDim>::kSmemBytes, stream>>>(k);
+    } else {
+      KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim, false>()));
+      PagedDecodeKernel<T, kHeadDim, false>
+          <<<grid, kThreads, Config<kHeadDim>::kSmemBytes, stream>>>(k);
+    }
     KVTIER_RETURN_IF_LAUNCH_FAILED("PagedDecodeKernel", stream);
     if (num_splits == 1) return absl::OkStatus();
     return internal::LaunchMergeStridedPartials(k.partial_out, k.partial_lse, num_splits,

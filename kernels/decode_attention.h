@@ -46,6 +46,16 @@ struct PagedDecodeParams {
   DType out_dtype = DType::kFP32;  // of out: fp32, bf16 or fp16
   void* out = nullptr;             // [num_items, G, D]: softmax-weighted sum of V; 0 for no tokens
   float* lse = nullptr;  // [num_items, G]: natural log of sum_t exp(logit_t); -inf for no tokens
+
+  // Optional (nullptr: not written): the log-sum-exp of every 16-token chunk of every page
+  // entry, [page_offsets[num_items] * (P / 16), G] fp32; P must be a multiple of 16 (the
+  // kernel's 16, 32, 64 are). Chunk c in [0, P / 16) of page entry e (a global index into
+  // k_pages) covers rows [16 c, 16 c + 16) of that page; row e * (P / 16) + c holds, per query
+  // head g, the natural log of sum over the chunk's tokens of exp(logit); -inf for a chunk
+  // without tokens (past the last token of its item's last page). Every chunk of every page
+  // entry of every item is written, whatever the split count. exp(chunk_lse - lse) is the
+  // attention mass of the chunk; the rows of one page entry merge (log-sum-exp) to the page's.
+  float* chunk_lse = nullptr;
 };
 
 // Combines partial attention results over disjoint token sets of the same query rows into
@@ -105,8 +115,10 @@ absl::StatusOr<int> ChoosePagedDecodeSplits(const PagedDecodeParams& params,
 // memory of at least PagedDecodeWorkspaceBytes(num_items, group_size, head_dim, num_splits)
 // bytes, 16-byte aligned, not used by anything else until the launch completes (it may be
 // null for one split). Allocates nothing and never synchronises.
-// The pointer arrays, q, out and lse are device memory; their contents are the caller's
-// contract (page_offsets non-decreasing, last_page_tokens in [1, P]) and are not checked.
+// The pointer arrays, q, out, lse and chunk_lse are device memory; their contents are the
+// caller's contract (page_offsets non-decreasing, last_page_tokens in [1, P]) and are not
+// checked. With chunk_lse set the kernel costs a few extra instructions per chunk and G
+// floats written per chunk; without it, it runs the code it ran before chunk_lse existed.
 // OK: launched. InvalidArgument (nothing launched): a host-visible field is out of range or
 // a needed pointer is null, or the workspace is too small. Unimplemented: a head_dim, page
 // size, group size or dtype the kernel does not support (see PagedDecodeParams).

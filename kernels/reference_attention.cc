@@ -26,6 +26,7 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 constexpr int64_t kChunkTokens = 4096;
 
 constexpr int kMaxHeadDim = 256;  // the largest head_dim that validation accepts
+constexpr int kLseChunk = 16;     // tokens per chunk_lse row
 
 bool IsOutputDType(DType dtype) {
   return dtype == DType::kFP32 || dtype == DType::kBF16 || dtype == DType::kFP16;
@@ -57,6 +58,10 @@ absl::Status ValidateAttention(const PagedDecodeParams& p) {
   if (!IsOutputDType(p.out_dtype)) {
     return Invalid(absl::StrCat("out_dtype is ", static_cast<int>(p.out_dtype),
                                 "; expected fp32, bf16 or fp16"));
+  }
+  if (p.chunk_lse != nullptr && p.page_size % kLseChunk != 0) {
+    return Invalid(absl::StrCat("page_size is ", p.page_size, "; chunk_lse needs a multiple of ",
+                                kLseChunk));
   }
   if (p.num_items == 0) return absl::OkStatus();  // nothing is read or written
 
@@ -165,7 +170,8 @@ double Dot(const double* q, const double* k, int dim) {
 // writes each head's softmax-weighted sum of V to out[g * head_dim, (g + 1) * head_dim) and
 // its log-sum-exp of the logits to lse[g]. The range must hold at least one page. Each K and
 // V row is widened once and used by all G heads. Two plain passes: the G logits of every
-// token and each head's maximum, then the max-subtracted exponentials.
+// token and each head's maximum, then the max-subtracted exponentials. With chunk_lse, also
+// the log-sum-exp of each 16-token chunk of these pages (-inf for chunks without tokens).
 void AttendPages(const PagedDecodeParams& p, int item, const double* q, int64_t page_begin,
                  int64_t page_end, double* out, double* lse) {
   const int64_t dim = p.head_dim;
@@ -189,6 +195,33 @@ void AttendPages(const PagedDecodeParams& p, int item, const double* q, int64_t 
         logits.push_back(logit);
         if (logit > max_logit[g]) max_logit[g] = logit;
       }
+    }
+  }
+
+  if (p.chunk_lse != nullptr) {
+    const int64_t chunks_per_page = p.page_size / kLseChunk;
+    size_t first = 0;  // logits index of the page's first token
+    for (int64_t page = page_begin; page < page_end; ++page) {
+      const int64_t tokens = tokens_in(page);
+      for (int64_t c = 0; c < chunks_per_page; ++c) {
+        float* row = p.chunk_lse + (page * chunks_per_page + c) * group;
+        const int64_t begin = std::min(tokens, c * kLseChunk);
+        const int64_t end = std::min(tokens, begin + kLseChunk);
+        for (int64_t g = 0; g < group; ++g) {
+          // Max-subtracted like the item's lse; a NaN logit makes the chunk's sum NaN.
+          double max_logit = -kInf;
+          for (int64_t t = begin; t < end; ++t) {
+            max_logit = std::max(max_logit, logits[first + t * group + g]);
+          }
+          double chunk_sum = 0.0;
+          for (int64_t t = begin; t < end; ++t) {
+            chunk_sum += std::exp(logits[first + t * group + g] - max_logit);
+          }
+          row[g] = begin == end ? -std::numeric_limits<float>::infinity()
+                                : static_cast<float>(max_logit + std::log(chunk_sum));
+        }
+      }
+      first += static_cast<size_t>(tokens * group);
     }
   }
 

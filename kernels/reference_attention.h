@@ -15,10 +15,12 @@ namespace kvtier {
 // softmax in double, out and lse rounded to float once at the end (out then rounded to
 // out_dtype when that is bf16 or fp16). An item without pages gets out 0 and lse -inf. NaN in
 // q, K or V propagates (a NaN key makes its item's rows NaN, a NaN value element its column);
-// it never becomes a finite number.
+// it never becomes a finite number. With chunk_lse set, also the log-sum-exp of every
+// 16-token chunk (see PagedDecodeParams), in double from the same logits, rounded to float.
 // InvalidArgument, with the field and its value in the message and nothing written, when
 // the parameters are inconsistent: dtype not bf16/fp16, head_dim not 64/128/256, page_size
-// or group_size < 1, num_items < 0, softmax_scale not finite, out_dtype not fp32/bf16/fp16,
+// or group_size < 1, page_size not a multiple of 16 with chunk_lse set, num_items < 0,
+// softmax_scale not finite, out_dtype not fp32/bf16/fp16,
 // a needed pointer null (every entry of k_pages / v_pages in use is checked), page_offsets[0]
 // != 0 or decreasing, last_page_tokens out of [1, P] for an item with pages. num_items == 0
 // reads no pointer.

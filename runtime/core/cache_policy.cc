@@ -10,6 +10,8 @@ const char* CachePolicyName(CachePolicy policy) {
       return "lowest score";
     case CachePolicy::kLastSelection:
       return "last selection";
+    case CachePolicy::kNone:
+      return "none";
   }
   return "unknown";
 }

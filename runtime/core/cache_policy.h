@@ -10,9 +10,12 @@ enum class CachePolicy : uint8_t {
   kLeastRecentlyUsed,  // evict the slot used longest ago
   kLowestScore,        // evict the lowest accumulated attention mass, ties least recent
   kLastSelection,      // keep exactly the previous step's selection (the NOSA/ShadowKV baseline)
+  // No page cache: every selected page is loaded every step (the baseline that shows what the
+  // cache saves). A runtime setting only; the resolve kernel never sees it.
+  kNone,
 };
 
-// "least recently used", "lowest score", "last selection"; "unknown" otherwise.
+// "least recently used", "lowest score", "last selection", "none"; "unknown" otherwise.
 const char* CachePolicyName(CachePolicy policy);
 
 }  // namespace kvtier

@@ -14,6 +14,8 @@ namespace {
 // Group sizes the CUDA kernels are specialised for.
 constexpr int kMaxGroupSize = 16;
 constexpr int kMaxSelectedPages = 4096;
+// Pages the index scores per (sequence, layer, KV head): block_select.h's kMaxSelectBlocks.
+constexpr int kMaxPagesPerSequence = 65536;
 
 class Problems {
  public:
@@ -105,10 +107,11 @@ absl::Status ValidateOptions(const Options& o) {
     case CachePolicy::kLeastRecentlyUsed:
     case CachePolicy::kLowestScore:
     case CachePolicy::kLastSelection:
+    case CachePolicy::kNone:
       break;
     default:
       p.Add("cache_policy", static_cast<int>(o.cache_policy),
-            "allowed kLeastRecentlyUsed, kLowestScore or kLastSelection");
+            "allowed kLeastRecentlyUsed, kLowestScore, kLastSelection or kNone");
   }
   if (o.host_memory_bytes <= 0) {
     p.Add("host_memory_bytes", o.host_memory_bytes, "must be > 0");
@@ -120,6 +123,28 @@ absl::Status ValidateOptions(const Options& o) {
   } else if (o.max_sequences >= 1 && o.max_batch_size > o.max_sequences) {
     p.Add("max_batch_size", o.max_batch_size,
           absl::StrCat("must be <= max_sequences (", o.max_sequences, ")"));
+  }
+  if (o.max_sequence_tokens < 1) {
+    p.Add("max_sequence_tokens", o.max_sequence_tokens, "must be >= 1");
+  } else if (page_ok && o.max_sequence_tokens / o.page_size > kMaxPagesPerSequence) {
+    p.Add("max_sequence_tokens", o.max_sequence_tokens,
+          absl::StrCat("must be at most ", kMaxPagesPerSequence, " pages of page_size (",
+                       int64_t{kMaxPagesPerSequence} * o.page_size, " tokens)"));
+  }
+  if (o.max_prefill_chunk_tokens < 1) {
+    p.Add("max_prefill_chunk_tokens", o.max_prefill_chunk_tokens, "must be >= 1 page");
+  } else if (page_ok && o.max_prefill_chunk_tokens % o.page_size != 0) {
+    p.Add("max_prefill_chunk_tokens", o.max_prefill_chunk_tokens,
+          absl::StrCat("must be a multiple of page_size (", o.page_size, ")"));
+  }
+  if (!(o.score_decay > 0.0f && o.score_decay <= 1.0f)) {
+    p.Add("score_decay", o.score_decay, "must be in (0, 1]");
+  }
+  if (!(o.hbm_bytes_per_second > 0 && std::isfinite(o.hbm_bytes_per_second))) {
+    p.Add("hbm_bytes_per_second", o.hbm_bytes_per_second, "must be finite and > 0");
+  }
+  if (!(o.pcie_bytes_per_second > 0 && std::isfinite(o.pcie_bytes_per_second))) {
+    p.Add("pcie_bytes_per_second", o.pcie_bytes_per_second, "must be finite and > 0");
   }
   if (!(o.softmax_scale >= 0.0f && std::isfinite(o.softmax_scale))) {
     p.Add("softmax_scale", o.softmax_scale, "must be finite and >= 0 (0: 1/sqrt(head_dim))");

@@ -50,11 +50,25 @@ struct Options {
   CachePolicy cache_policy = CachePolicy::kLowestScore;
   int64_t host_memory_bytes = int64_t{16} << 30;  // pinned host store
   int64_t gpu_memory_bytes = int64_t{8} << 30;    // hot set, page cache, summaries, workspaces
-  int max_sequences = 256;                        // sequences stored at once
-  int max_batch_size = 64;                        // sequences in one decode call
-  float softmax_scale = 0.0f;                     // 0 means 1 / sqrt(head_dim)
+  int max_sequences = 32;                         // sequences stored at once
+  int max_batch_size = 32;                        // sequences in one decode call
+  int64_t max_sequence_tokens = 32768;            // tokens one sequence may hold
+  // Prefill copies at most this many tokens of one layer through its staging buffers at a
+  // time (a longer prompt is processed in pieces); a multiple of page_size.
+  int max_prefill_chunk_tokens = 4096;
+  // kLowestScore: a slot's accumulated attention mass is multiplied by this before each
+  // step's mass is added, in (0, 1] (1: plain sum).
+  float score_decay = 0.99f;
+  float softmax_scale = 0.0f;  // 0 means 1 / sqrt(head_dim)
   Backend backend = Backend::kCuda;
   int device_id = 0;
+  // Time each decode phase with CUDA events (host backend: wall clock) into Stats.
+  bool collect_timings = false;
+  // Rates of the performance model's bound in Stats (defaults: the H100 machine's measured
+  // HBM copy and pinned host-to-device rates, ../shared/GPU.md); kvtier-replay passes what
+  // kvtier-probe measures.
+  double hbm_bytes_per_second = 3.0e12;
+  double pcie_bytes_per_second = 55.3e9;
 
   float EffectiveSoftmaxScale() const;
 };

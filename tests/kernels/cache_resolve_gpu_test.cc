@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <set>
 #include <string>
@@ -419,6 +420,164 @@ TEST_P(CacheResolveGraphGpuTest, GraphReplayedStepsMatchTwin) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllPolicies, CacheResolveGraphGpuTest,
+                         ::testing::Values(CachePolicy::kLeastRecentlyUsed,
+                                           CachePolicy::kLowestScore, CachePolicy::kLastSelection));
+
+// Directory indirection: 24 items mapped (in random order) to scattered rows of a 100-row
+// directory whose other rows hold random junk. Every step GPU and twin resolve and update
+// scores through item_rows; every array, the untouched rows and the unused output entries
+// included, must match bit for bit, and the untouched rows must keep their junk.
+class CacheResolveItemRowsGpuTest
+    : public GpuStreamTestBase<::testing::TestWithParam<CachePolicy>> {
+ protected:
+  CacheResolveItemRowsGpuTest() : GpuStreamTestBase(kSubject) {}
+};
+
+TEST_P(CacheResolveItemRowsGpuTest, ScatteredRowsOfALargerDirectoryMatchTwin) {
+  const CachePolicy policy = GetParam();
+  constexpr int32_t kItems = 24;
+  const Shape s{/*items=*/100, /*slots=*/200, /*pages=*/3000, /*selected=*/64, /*steps=*/60,
+                /*with_map=*/true};  // items here: directory rows
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(testing::Message() << CachePolicyName(policy) << ", seed " << seed);
+  std::mt19937_64 rng(seed);
+  const cudaStream_t stream = stream_.get();
+  std::vector<int32_t> all_rows(s.items);
+  std::iota(all_rows.begin(), all_rows.end(), 0);
+  std::shuffle(all_rows.begin(), all_rows.end(), rng);
+  const std::vector<int32_t> rows(all_rows.begin(), all_rows.begin() + kItems);
+  std::vector<bool> mapped(s.items, false);
+  for (int32_t r : rows) mapped[r] = true;
+
+  HostArrays twin(s.items, s.slots, s.pages, s.selected, s.with_map);
+  std::uniform_int_distribution<int32_t> junk(-1000, 1000000);
+  for (int32_t r = 0; r < s.items; ++r) {
+    if (mapped[r]) continue;
+    for (int32_t slot = 0; slot < s.slots; ++slot) {
+      const int64_t i = int64_t{r} * s.slots + slot;
+      twin.slot_page[i] = junk(rng);
+      twin.last_use[i] = junk(rng);
+      twin.score[i] = static_cast<float>(junk(rng)) * 0.5f;
+    }
+    for (int32_t page = 0; page < s.pages; ++page) {
+      twin.page_slot[int64_t{r} * s.pages + page] = junk(rng);
+    }
+  }
+  const HostArrays initial = twin;
+  HostArrays gpu = twin;
+  DeviceArrays d;
+  ASSERT_TRUE(d.Allocate(twin).ok());
+  DeviceBuffer d_rows = kvtier::Upload(rows);
+  Upload(twin.slot_page, d.slot_page, stream);
+  Upload(twin.last_use, d.last_use, stream);
+  Upload(twin.score, d.score, stream);
+  Upload(twin.page_slot, d.page_slot, stream);
+
+  DriftingSelections selections(kItems, s.pages, s.selected * 3 / 4, s.selected, /*keep=*/0.8,
+                                seed + 1);
+  std::uniform_real_distribution<float> uniform_mass(0.001f, 1.0f);
+  int64_t hits = 0, misses = 0;
+  for (int32_t step = 0; step < s.steps; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    for (int32_t item = 0; item < kItems; ++item) {
+      const std::vector<int32_t>& sel = selections.Next(item);
+      std::copy(sel.begin(), sel.end(), twin.selected.begin() + int64_t{item} * s.selected);
+      twin.num_selected[item] = static_cast<int32_t>(sel.size());
+    }
+    for (float& m : twin.mass) m = uniform_mass(rng);
+    twin.PoisonOutputs();
+    Upload(twin.selected, d.selected, stream);
+    Upload(twin.num_selected, d.num_selected, stream);
+    Upload(twin.mass, d.mass, stream);
+    for (const DeviceBuffer* out :
+         {&d.selected_slots, &d.miss_pages, &d.miss_slots, &d.hit_count, &d.miss_count}) {
+      ASSERT_CUDA_OK(cudaMemsetAsync(out->data(), kPoisonByte, out->size(), stream));
+    }
+    CacheResolveParams device_params = MakeParams(
+        s, policy, step, d.slot_page.as<int32_t>(), d.last_use.as<int32_t>(), d.score.as<float>(),
+        d.page_slot.as<int32_t>(), d.selected.as<int32_t>(), d.num_selected.as<int32_t>(),
+        d.selected_slots.as<int32_t>(), d.miss_pages.as<int32_t>(), d.miss_slots.as<int32_t>(),
+        d.hit_count.as<int32_t>(), d.miss_count.as<int32_t>());
+    device_params.directory.num_items = kItems;
+    device_params.directory.num_rows = s.items;
+    device_params.item_rows = d_rows.as<int32_t>();
+    ASSERT_OK(LaunchCacheResolve(device_params, stream));
+    CacheScoreUpdateParams update;
+    update.num_items = kItems;
+    update.num_slots = s.slots;
+    update.max_selected = s.selected;
+    update.decay = step % 2 == 0 ? 0.9f : 1.0f;
+    update.item_rows = d_rows.as<int32_t>();
+    update.num_rows = s.items;
+    update.slot_score = d.score.as<float>();
+    update.selected_slots = d.selected_slots.as<int32_t>();
+    update.num_selected = d.num_selected.as<int32_t>();
+    update.mass = d.mass.as<float>();
+    ASSERT_OK(LaunchCacheScoreUpdate(update, stream));
+    gpu.selected = twin.selected;
+    gpu.num_selected = twin.num_selected;
+    Download(d.selected_slots, gpu.selected_slots, stream);
+    Download(d.miss_pages, gpu.miss_pages, stream);
+    Download(d.miss_slots, gpu.miss_slots, stream);
+    Download(d.hit_count, gpu.hit_count, stream);
+    Download(d.miss_count, gpu.miss_count, stream);
+    Download(d.slot_page, gpu.slot_page, stream);
+    Download(d.last_use, gpu.last_use, stream);
+    Download(d.page_slot, gpu.page_slot, stream);
+    Download(d.score, gpu.score, stream);
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+
+    CacheResolveParams host_params =
+        MakeParams(s, policy, step, twin.slot_page.data(), twin.last_use.data(), twin.score.data(),
+                   twin.page_slot.data(), twin.selected.data(), twin.num_selected.data(),
+                   twin.selected_slots.data(), twin.miss_pages.data(), twin.miss_slots.data(),
+                   twin.hit_count.data(), twin.miss_count.data());
+    host_params.directory.num_items = kItems;
+    host_params.directory.num_rows = s.items;
+    host_params.item_rows = rows.data();
+    ASSERT_OK(ReferenceCacheResolve(host_params));
+    update.item_rows = rows.data();
+    update.slot_score = twin.score.data();
+    update.selected_slots = twin.selected_slots.data();
+    update.num_selected = twin.num_selected.data();
+    update.mass = twin.mass.data();
+    ASSERT_OK(ReferenceCacheScoreUpdate(update));
+    ASSERT_TRUE(SameBits("selected_slots", gpu.selected_slots, twin.selected_slots));
+    ASSERT_TRUE(SameBits("miss_pages", gpu.miss_pages, twin.miss_pages));
+    ASSERT_TRUE(SameBits("miss_slots", gpu.miss_slots, twin.miss_slots));
+    ASSERT_TRUE(SameBits("hit_count", gpu.hit_count, twin.hit_count));
+    ASSERT_TRUE(SameBits("miss_count", gpu.miss_count, twin.miss_count));
+    ASSERT_TRUE(SameBits("slot_page", gpu.slot_page, twin.slot_page));
+    ASSERT_TRUE(SameBits("slot_last_use", gpu.last_use, twin.last_use));
+    ASSERT_TRUE(SameBits("page_slot", gpu.page_slot, twin.page_slot));
+    ASSERT_TRUE(SameBits("slot_score", gpu.score, twin.score));
+    for (int32_t r = 0; r < s.items; ++r) {
+      if (mapped[r]) continue;
+      const int64_t slots = int64_t{r} * s.slots, pages = int64_t{r} * s.pages;
+      ASSERT_TRUE(std::equal(gpu.slot_page.begin() + slots, gpu.slot_page.begin() + slots + s.slots,
+                             initial.slot_page.begin() + slots))
+          << "row " << r;
+      ASSERT_TRUE(std::equal(gpu.last_use.begin() + slots, gpu.last_use.begin() + slots + s.slots,
+                             initial.last_use.begin() + slots))
+          << "row " << r;
+      ASSERT_EQ(std::memcmp(gpu.score.data() + slots, initial.score.data() + slots,
+                            s.slots * sizeof(float)),
+                0)
+          << "row " << r;
+      ASSERT_TRUE(std::equal(gpu.page_slot.begin() + pages, gpu.page_slot.begin() + pages + s.pages,
+                             initial.page_slot.begin() + pages))
+          << "row " << r;
+    }
+    for (int32_t item = 0; item < kItems; ++item) {
+      hits += gpu.hit_count[item];
+      misses += gpu.miss_count[item];
+    }
+  }
+  EXPECT_GT(hits, 0);
+  EXPECT_GT(misses, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllPolicies, CacheResolveItemRowsGpuTest,
                          ::testing::Values(CachePolicy::kLeastRecentlyUsed,
                                            CachePolicy::kLowestScore, CachePolicy::kLastSelection));
 

@@ -3,6 +3,7 @@
 // over long runs of drifting, overlapping selections; hand-made cases for the first step,
 // misses beyond the free slots and tie-breaking; the score update; validation.
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <random>
 #include <set>
@@ -281,6 +282,8 @@ INSTANTIATE_TEST_SUITE_P(AllPolicies, CacheResolvePolicyTest,
                                return std::string("LowestScore");
                              case CachePolicy::kLastSelection:
                                return std::string("LastSelection");
+                             case CachePolicy::kNone:
+                               break;
                            }
                            return std::string("Unknown");
                          });
@@ -429,6 +432,8 @@ TEST(CacheResolveTest, InvalidInputIsRejectedAndChangesNothing) {
   p = good;
   p.policy = static_cast<CachePolicy>(9);
   expect_invalid(p, "policy");
+  p.policy = CachePolicy::kNone;  // a runtime setting (no cache): nothing to resolve
+  expect_invalid(p, "policy");
   p = good;
   p.miss_slots = nullptr;
   expect_invalid(p, "miss_slots");
@@ -449,6 +454,214 @@ TEST(CacheResolveTest, InvalidInputIsRejectedAndChangesNothing) {
   state.slot_page[8 + 2] = -1;
   state.slot_page[8 + 5] = -1;
   EXPECT_TRUE(ReferenceCacheResolve(good).ok());
+}
+
+// Directory indirection: items mapped to scattered rows of a larger directory (out of order,
+// the first and last row among them) behave exactly like a compact directory of those items,
+// step after step, outputs kept in item order; the other rows hold junk that would fail
+// validation (a page in two slots, pages out of range) and stay byte-identical.
+TEST_P(CacheResolvePolicyTest, ItemRowsActLikeACompactDirectory) {
+  const CachePolicy policy = GetParam();
+  constexpr int32_t kItems = 5, kRows = 13, kSlots = 40, kPages = 200, kSelected = 12;
+  constexpr int32_t kSteps = 300;
+  const std::vector<int32_t> rows = {11, 0, 7, 3, 12};
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(testing::Message() << CachePolicyName(policy) << ", seed " << seed);
+  std::mt19937_64 rng(seed);
+  ResolveState compact(kItems, kSlots, kPages, kSelected, /*with_map=*/true);
+  // Directory arrays of kRows rows; selection and outputs use the first kItems items.
+  ResolveState wide(kRows, kSlots, kPages, kSelected, /*with_map=*/true);
+  std::uniform_int_distribution<int32_t> junk(-5, kPages + 5);
+  for (int32_t r = 0; r < kRows; ++r) {
+    if (std::find(rows.begin(), rows.end(), r) != rows.end()) continue;
+    for (int32_t s = 0; s < kSlots; ++s) {
+      wide.slot_page[r * kSlots + s] = s < 2 ? 9 : junk(rng);  // page 9 in slots 0 and 1
+      wide.last_use[r * kSlots + s] = junk(rng);
+      wide.score[r * kSlots + s] = static_cast<float>(junk(rng)) * 0.25f;
+    }
+    for (int32_t page = 0; page < kPages; ++page) wide.page_slot[r * kPages + page] = junk(rng);
+  }
+  const ResolveState initial = wide;
+  auto other_rows_unchanged = [&] {
+    for (int32_t r = 0; r < kRows; ++r) {
+      if (std::find(rows.begin(), rows.end(), r) != rows.end()) continue;
+      for (int32_t s = 0; s < kSlots; ++s) {
+        const int64_t i = int64_t{r} * kSlots + s;
+        if (wide.slot_page[i] != initial.slot_page[i] || wide.last_use[i] != initial.last_use[i] ||
+            std::bit_cast<uint32_t>(wide.score[i]) != std::bit_cast<uint32_t>(initial.score[i])) {
+          return testing::AssertionFailure() << "row " << r << " slot " << s << " changed";
+        }
+      }
+      for (int32_t page = 0; page < kPages; ++page) {
+        const int64_t i = int64_t{r} * kPages + page;
+        if (wide.page_slot[i] != initial.page_slot[i]) {
+          return testing::AssertionFailure() << "page_slot of row " << r << " changed";
+        }
+      }
+    }
+    return testing::AssertionSuccess();
+  };
+  DriftingSelections selections(kItems, kPages, kSelected / 2, kSelected, /*keep=*/0.8, seed + 1);
+  std::uniform_real_distribution<float> uniform(0.001f, 1.0f);
+  for (int32_t step = 0; step < kSteps; ++step) {
+    SCOPED_TRACE(testing::Message() << "step " << step);
+    compact.PoisonOutputs();
+    wide.PoisonOutputs();
+    for (int32_t item = 0; item < kItems; ++item) {
+      const std::vector<int32_t>& sel = selections.Next(item);
+      compact.SetSelection(item, sel);
+      wide.SetSelection(item, sel);
+    }
+    ASSERT_TRUE(ReferenceCacheResolve(compact.Params(policy, step)).ok());
+    CacheResolveParams p = wide.Params(policy, step);
+    p.directory.num_items = kItems;
+    p.directory.num_rows = kRows;
+    p.item_rows = rows.data();
+    const absl::Status status = ReferenceCacheResolve(p);
+    ASSERT_TRUE(status.ok()) << status;
+    for (int32_t item = 0; item < kItems; ++item) {
+      SCOPED_TRACE(testing::Message() << "item " << item << " row " << rows[item]);
+      ASSERT_EQ(wide.hit_count[item], compact.hit_count[item]);
+      ASSERT_EQ(wide.miss_count[item], compact.miss_count[item]);
+      for (int32_t i = 0; i < kSelected; ++i) {
+        const int32_t at = item * kSelected + i;
+        ASSERT_EQ(wide.selected_slots[at], compact.selected_slots[at]) << i;
+        ASSERT_EQ(wide.miss_pages[at], compact.miss_pages[at]) << i;
+        ASSERT_EQ(wide.miss_slots[at], compact.miss_slots[at]) << i;
+      }
+      for (int32_t s = 0; s < kSlots; ++s) {
+        const int32_t w = rows[item] * kSlots + s, c = item * kSlots + s;
+        ASSERT_EQ(wide.slot_page[w], compact.slot_page[c]) << "slot " << s;
+        ASSERT_EQ(wide.last_use[w], compact.last_use[c]) << "slot " << s;
+        ASSERT_EQ(wide.score[w], compact.score[c]) << "slot " << s;
+      }
+      for (int32_t page = 0; page < kPages; ++page) {
+        ASSERT_EQ(wide.page_slot[rows[item] * kPages + page], compact.page_slot[item * kPages + page]);
+      }
+    }
+    // Outputs of items past num_items are not written.
+    for (int32_t item = kItems; item < kRows; ++item) {
+      ASSERT_EQ(wide.hit_count[item], kPoison);
+      ASSERT_EQ(wide.selected_slots[item * kSelected], kPoison);
+    }
+    ASSERT_TRUE(other_rows_unchanged());
+
+    // The score update with the same rows equals the compact one.
+    std::vector<float> mass(kItems * kSelected);
+    for (float& m : mass) m = uniform(rng);
+    CacheScoreUpdateParams update;
+    update.slot_score = compact.score.data();
+    update.selected_slots = compact.selected_slots.data();
+    update.num_selected = compact.num_selected.data();
+    update.mass = mass.data();
+    update.num_items = kItems;
+    update.num_slots = kSlots;
+    update.max_selected = kSelected;
+    update.decay = step % 2 == 0 ? 0.9f : 1.0f;
+    ASSERT_TRUE(ReferenceCacheScoreUpdate(update).ok());
+    update.slot_score = wide.score.data();
+    update.selected_slots = wide.selected_slots.data();
+    update.num_selected = wide.num_selected.data();
+    update.item_rows = rows.data();
+    update.num_rows = step % 3 == 0 ? 0 : kRows;  // optional
+    ASSERT_TRUE(ReferenceCacheScoreUpdate(update).ok());
+    for (int32_t item = 0; item < kItems; ++item) {
+      for (int32_t s = 0; s < kSlots; ++s) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(wide.score[rows[item] * kSlots + s]),
+                  std::bit_cast<uint32_t>(compact.score[item * kSlots + s]));
+      }
+    }
+    ASSERT_TRUE(other_rows_unchanged());
+  }
+}
+
+// Bad item_rows and num_rows: InvalidArgument naming the field, nothing written.
+TEST(CacheResolveTest, InvalidItemRowsAreRejectedAndChangeNothing) {
+  ResolveState state(6, 8, 100, 4, /*with_map=*/true);  // 6 directory rows
+  state.SetSelection(0, {1, 2, 3});
+  state.SetSelection(1, {4, 5});
+  state.SetSelection(2, {6});
+  std::vector<int32_t> rows = {5, 1, 3};
+  auto expect_invalid = [&](const CacheResolveParams& p, const std::string& needle) {
+    const ResolveState before = state;
+    const absl::Status status = ReferenceCacheResolve(p);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << needle << ": " << status;
+    EXPECT_NE(std::string(status.message()).find(needle), std::string::npos) << status;
+    EXPECT_EQ(state.slot_page, before.slot_page);
+    EXPECT_EQ(state.last_use, before.last_use);
+    EXPECT_EQ(state.page_slot, before.page_slot);
+    EXPECT_EQ(state.selected_slots, before.selected_slots);
+    EXPECT_EQ(state.hit_count, before.hit_count);
+  };
+  CacheResolveParams good = state.Params(CachePolicy::kLeastRecentlyUsed, 0);
+  good.directory.num_items = 3;
+  good.directory.num_rows = 6;
+  good.item_rows = rows.data();
+  CacheResolveParams p = good;
+  p.directory.num_rows = 0;
+  expect_invalid(p, "directory.num_rows is 0");
+  p = good;
+  p.directory.num_rows = 2;  // fewer rows than items
+  expect_invalid(p, "exceeds directory.num_rows");
+  p = good;
+  p.item_rows = nullptr;  // rows are the items: num_rows must be 0 or num_items
+  expect_invalid(p, "directory.num_rows is 6");
+  rows = {5, 1, 6};
+  expect_invalid(good, "item_rows[2] is 6");
+  rows = {5, -1, 3};
+  expect_invalid(good, "item_rows[1] is -1");
+  rows = {3, 1, 3};
+  expect_invalid(good, "item_rows[0] and item_rows[2] are both 3");
+  rows = {5, 1, 3};
+  // Row 5's contents are validated: a page in two slots.
+  state.slot_page[5 * 8 + 0] = 7;
+  state.slot_page[5 * 8 + 4] = 7;
+  expect_invalid(good, "item 0 holds page 7 in two slots");
+  // ...but rows no item maps to are neither validated nor touched.
+  state.slot_page[5 * 8 + 4] = -1;
+  state.slot_page[4 * 8 + 0] = 7;
+  state.slot_page[4 * 8 + 1] = 7;
+  const std::vector<int32_t> row4(state.slot_page.begin() + 32, state.slot_page.begin() + 40);
+  ASSERT_TRUE(ReferenceCacheResolve(good).ok());
+  EXPECT_EQ(std::vector<int32_t>(state.slot_page.begin() + 32, state.slot_page.begin() + 40),
+            row4);
+  // Without item_rows, num_rows == num_items is accepted.
+  state.slot_page[4 * 8 + 1] = -1;
+  p = state.Params(CachePolicy::kLeastRecentlyUsed, 1);
+  p.directory.num_rows = 6;
+  EXPECT_TRUE(ReferenceCacheResolve(p).ok());
+
+  // The score update's rows.
+  std::vector<float> score(6 * 8, 1.0f);
+  std::vector<int32_t> slots = {1, 2, 3, 0}, count = {2, 2};
+  std::vector<float> mass = {1.0f, 2.0f, 3.0f, 4.0f};
+  std::vector<int32_t> score_rows = {4, 4};
+  CacheScoreUpdateParams u;
+  u.slot_score = score.data();
+  u.selected_slots = slots.data();
+  u.num_selected = count.data();
+  u.mass = mass.data();
+  u.num_items = 2;
+  u.num_slots = 8;
+  u.max_selected = 2;
+  u.item_rows = score_rows.data();
+  const std::vector<float> unchanged = score;
+  absl::Status status = ReferenceCacheScoreUpdate(u);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(std::string(status.message()).find("are both 4"), std::string::npos) << status;
+  score_rows = {4, -2};
+  EXPECT_EQ(ReferenceCacheScoreUpdate(u).code(), absl::StatusCode::kInvalidArgument);
+  score_rows = {4, 6};
+  u.num_rows = 6;
+  EXPECT_EQ(ReferenceCacheScoreUpdate(u).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(score, unchanged);
+  score_rows = {4, 0};
+  ASSERT_TRUE(ReferenceCacheScoreUpdate(u).ok());
+  EXPECT_EQ(score[4 * 8 + 1], 2.0f);
+  EXPECT_EQ(score[4 * 8 + 2], 3.0f);
+  EXPECT_EQ(score[0 * 8 + 3], 4.0f);
+  EXPECT_EQ(score[0 * 8 + 0], 5.0f);
+  EXPECT_EQ(score[1 * 8 + 1], 1.0f);  // row 1: no item
 }
 
 TEST(CacheResolveTest, ScoreUpdateValidation) {

@@ -215,6 +215,11 @@ class Batch {
     p.out_dtype = DType::kFP32;
     p.out = want_out_.data();
     p.lse = want_lse_.data();
+    want_chunk_lse_.clear();
+    if (spec.page_size % 16 == 0) {  // the per-chunk log-sum-exps as well
+      want_chunk_lse_.assign(num_chunk_lse_rows() * spec.group_size, NAN);
+      p.chunk_lse = want_chunk_lse_.data();
+    }
     ASSERT_OK(ReferencePagedDecodeAttention(p));
   }
 
@@ -236,6 +241,11 @@ class Batch {
     return spec_.lengths.empty() ? 0
                                  : *std::max_element(spec_.lengths.begin(), spec_.lengths.end());
   }
+  // Rows of the chunk_lse array: 16-token chunks of every page entry.
+  int64_t num_chunk_lse_rows() const {
+    return static_cast<int64_t>(page_offsets_.back()) * (spec_.page_size / 16);
+  }
+  const std::vector<float>& want_chunk_lse() const { return want_chunk_lse_; }
   const std::vector<float>& want_out() const { return want_out_; }
   const std::vector<float>& want_lse() const { return want_lse_; }
   const std::vector<int32_t>& page_offsets() const { return page_offsets_; }
@@ -268,7 +278,7 @@ class Batch {
   std::vector<int64_t> k_slot_, v_slot_;
   std::vector<int32_t> page_offsets_, last_page_tokens_;
   std::vector<const void*> host_k_ptrs_, host_v_ptrs_;
-  std::vector<float> want_out_, want_lse_;
+  std::vector<float> want_out_, want_lse_, want_chunk_lse_;
   DeviceBuffer d_q_, d_k_pool_, d_v_pool_, d_k_ptrs_, d_v_ptrs_, d_offsets_, d_last_;
 };
 
@@ -606,6 +616,143 @@ TEST_F(DecodeAttentionGpuTest, PartsMergedByLaunchMergePartialsEqualUnsplit) {
     }
   }
   stats.Print("3 parts merged by LaunchMergePartials");
+}
+
+// ---- Per-chunk log-sum-exp (chunk_lse) -----------------------------------------------------
+
+// Poisoned floats past the end of the chunk_lse array: a kernel that writes them fails.
+constexpr int64_t kChunkLseTail = 64;
+
+// Runs `b` with chunk_lse (fp32 out); out, lse and chunk_lse (with its tail) poisoned first.
+void RunWithChunkLse(const Batch& b, int num_splits, cudaStream_t stream, std::vector<float>* out,
+                     std::vector<float>* lse, std::vector<float>* chunk_lse) {
+  const size_t rows = b.num_rows();
+  const int dim = b.spec().head_dim;
+  const size_t chunk_values = b.num_chunk_lse_rows() * b.spec().group_size + kChunkLseTail;
+  absl::StatusOr<DeviceBuffer> d_out = Poisoned(rows * dim * sizeof(float));
+  absl::StatusOr<DeviceBuffer> d_lse = Poisoned(rows * sizeof(float));
+  absl::StatusOr<DeviceBuffer> d_chunk = Poisoned(chunk_values * sizeof(float));
+  const size_t workspace_bytes =
+      PagedDecodeWorkspaceBytes(b.num_items(), b.spec().group_size, dim, num_splits);
+  absl::StatusOr<DeviceBuffer> workspace = Poisoned(workspace_bytes);
+  ASSERT_TRUE(d_out.ok() && d_lse.ok() && d_chunk.ok() && workspace.ok());
+  PagedDecodeParams p = b.DeviceParams();
+  p.out_dtype = DType::kFP32;
+  p.out = d_out->data();
+  p.lse = d_lse->as<float>();
+  p.chunk_lse = d_chunk->as<float>();
+  ASSERT_OK(LaunchPagedDecodeAttention(p, num_splits, workspace->data(), workspace_bytes, stream));
+  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+  absl::StatusOr<std::vector<float>> o = Download(d_out->data(), DType::kFP32, rows * dim);
+  absl::StatusOr<std::vector<float>> l = Download(d_lse->data(), DType::kFP32, rows);
+  absl::StatusOr<std::vector<float>> c = Download(d_chunk->data(), DType::kFP32, chunk_values);
+  ASSERT_TRUE(o.ok() && l.ok() && c.ok());
+  *out = std::move(*o);
+  *lse = std::move(*l);
+  *chunk_lse = std::move(*c);
+}
+
+// chunk_lse against the twin's: -inf exactly where the twin has -inf (chunks without tokens),
+// elsewhere within the lse bound; the tail past the array untouched. Reports at most 10.
+void ExpectChunkLseMatches(const Batch& b, const std::vector<float>& got, const std::string& what,
+                           double* max_error) {
+  const std::vector<float>& want = b.want_chunk_lse();
+  const int group = b.spec().group_size;
+  ASSERT_EQ(got.size(), want.size() + kChunkLseTail);
+  int bad = 0;
+  for (size_t i = 0; i < want.size() && bad < 10; ++i) {
+    const int64_t row = static_cast<int64_t>(i) / group;
+    const auto where = [&] {
+      return absl::StrCat(what, ", chunk_lse row ", row, " (page entry ",
+                          row / (b.spec().page_size / 16), ") head ", i % group);
+    };
+    if (want[i] == -kInf) {
+      if (got[i] != -kInf) {
+        ADD_FAILURE() << where() << ": " << got[i] << ", want -inf (no tokens)";
+        ++bad;
+      }
+      continue;
+    }
+    const double error = std::abs(got[i] - want[i]) / std::max(std::abs(double{want[i]}), 1.0);
+    if (!(error <= kLseTolerance)) {  // NaN (unwritten) fails
+      ADD_FAILURE() << where() << ": " << got[i] << ", want " << want[i];
+      ++bad;
+      continue;
+    }
+    *max_error = std::max(*max_error, error);
+  }
+  for (int64_t k = 0; k < kChunkLseTail; ++k) {
+    if (!std::isnan(got[want.size() + k])) {
+      ADD_FAILURE() << what << ": chunk_lse written " << k << " floats past its end";
+      break;
+    }
+  }
+}
+
+// Every chunk of every page entry, whatever the split count: page sizes 16, 32, 64 (up to 3
+// empty chunks after the last token), G 1 to 16, all head dims and both dtypes; items of 1
+// token, partial chunks, exactly a page, one token into a page, no pages, thousands of tokens;
+// unsplit and split in 3 and 16 (more splits than some items have chunks). out and lse must
+// match as they do without chunk_lse.
+TEST_F(DecodeAttentionGpuTest, ChunkLseMatchesTwin) {
+  const int head_dims[] = {64, 128, 256};
+  int config = 0;
+  for (int page : {16, 32, 64}) {
+    for (int group : {1, 4, 8, 16}) {
+      BatchSpec spec;
+      spec.dtype = config % 2 == 0 ? DType::kBF16 : DType::kFP16;
+      spec.head_dim = head_dims[config % 3];
+      spec.page_size = page;
+      spec.group_size = group;
+      spec.lengths = {1, 15, 16, 17, page - 1, page, page + 1, 0, 5 * page + 3, 1000, 4099};
+      spec.seed = std::random_device{}();
+      ++config;
+      Batch b;
+      ASSERT_NO_FATAL_FAILURE(b.Build(spec));
+      const std::string what =
+          absl::StrCat(DTypeName(spec.dtype), " D ", spec.head_dim, " P ", page, " G ", group,
+                       " seed ", spec.seed);
+      ErrorStats stats;
+      double chunk_error = 0;
+      for (int splits : {1, 3, 16}) {
+        std::vector<float> out, lse, chunk_lse;
+        ASSERT_NO_FATAL_FAILURE(RunWithChunkLse(b, splits, stream(), &out, &lse, &chunk_lse));
+        const std::string run = absl::StrCat(what, ", ", splits, " splits");
+        ExpectMatches(b, out, lse, Roundoff(spec.dtype) + Roundoff(DType::kFP32), run, &stats);
+        ExpectChunkLseMatches(b, chunk_lse, run, &chunk_error);
+      }
+      stats.Print(what);
+      std::cout << "[ errors   ] " << what << ": max chunk_lse error " << chunk_error << "\n";
+    }
+  }
+}
+
+// Long items split as the chooser says and in 64, with a sharp softmax (scale 1: logits spread
+// over ~10) so that many chunks lie far below their warp's running maximum.
+TEST_F(DecodeAttentionGpuTest, ChunkLseLongContextSplitSharpSoftmax) {
+  BatchSpec spec;
+  spec.page_size = 32;
+  spec.group_size = 8;
+  spec.softmax_scale = 1.0f;
+  spec.lengths = {40000, 7, 0, 20017};
+  spec.seed = std::random_device{}();
+  Batch b;
+  ASSERT_NO_FATAL_FAILURE(b.Build(spec));
+  absl::StatusOr<int> chosen = ChoosePagedDecodeSplits(b.DeviceParams(), b.max_tokens(), 64);
+  ASSERT_TRUE(chosen.ok()) << chosen.status();
+  const std::string what = absl::StrCat("40K P 32 G 8 scale 1, seed ", spec.seed);
+  ErrorStats stats;
+  double chunk_error = 0;
+  for (int splits : {1, *chosen, 64}) {
+    std::vector<float> out, lse, chunk_lse;
+    ASSERT_NO_FATAL_FAILURE(RunWithChunkLse(b, splits, stream(), &out, &lse, &chunk_lse));
+    const std::string run = absl::StrCat(what, ", ", splits, " splits");
+    ExpectMatches(b, out, lse, Roundoff(spec.dtype) + Roundoff(DType::kFP32), run, &stats);
+    ExpectChunkLseMatches(b, chunk_lse, run, &chunk_error);
+  }
+  stats.Print(what);
+  std::cout << "[ errors   ] " << what << ": max chunk_lse error " << chunk_error
+            << ", chosen splits " << *chosen << "\n";
 }
 
 // A decode step captured in a CUDA graph: the launch reads no device data on the host.

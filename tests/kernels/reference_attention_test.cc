@@ -502,6 +502,135 @@ TEST(ReferenceAttentionTest, RejectsInvalidParameters) {
   }
 }
 
+// ---- Per-chunk log-sum-exp -----------------------------------------------------------------
+
+constexpr int kLseChunk = 16;
+
+// Brute-force log-sum-exp of the logits of tokens [begin, end) of item i, head h, in double;
+// -inf for an empty range.
+double BruteForceChunkLse(const Batch& b, int i, int h, int64_t begin, int64_t end) {
+  const int dim = b.spec.head_dim;
+  const float* q = &b.q[(static_cast<int64_t>(i) * b.spec.group_size + h) * dim];
+  std::vector<double> logits;
+  for (int64_t t = begin; t < end; ++t) {
+    double dot = 0.0;
+    for (int d = 0; d < dim; ++d) dot += double{q[d]} * double{b.k[i][t * dim + d]};
+    logits.push_back(double{b.scale} * dot);
+  }
+  if (logits.empty()) return -kInf;
+  const double max_logit = *std::max_element(logits.begin(), logits.end());
+  double sum = 0.0;
+  for (double logit : logits) sum += std::exp(logit - max_logit);
+  return max_logit + std::log(sum);
+}
+
+// Runs the twin with chunk_lse on `b` (poisoned first) and checks every row of it against the
+// brute force: chunk c of page entry e covers the item's tokens [16 (c + (e - first) P / 16),
+// + 16), -inf past the last token. Also checks that the chunks of an item merge to its lse.
+void ExpectChunkLseMatchesBruteForce(Batch& b) {
+  const int64_t chunks_per_page = b.spec.page_size / kLseChunk;
+  const int group = b.spec.group_size;
+  std::vector<float> chunk_lse(b.page_offsets.back() * chunks_per_page * group, kPoison);
+  PagedDecodeParams params = b.Params();
+  params.chunk_lse = chunk_lse.data();
+  ASSERT_TRUE(ReferencePagedDecodeAttention(params).ok());
+  ExpectMatchesBruteForce(b);  // out and lse are as without chunk_lse
+  for (int i = 0; i < b.num_items(); ++i) {
+    const int64_t n = b.spec.lengths[i];
+    for (int64_t e = b.page_offsets[i]; e < b.page_offsets[i + 1]; ++e) {
+      for (int64_t c = 0; c < chunks_per_page; ++c) {
+        const int64_t begin = std::min(n, ((e - b.page_offsets[i]) * chunks_per_page + c) * 16);
+        const int64_t end = std::min(n, begin + kLseChunk);
+        for (int h = 0; h < group; ++h) {
+          const float got = chunk_lse[(e * chunks_per_page + c) * group + h];
+          const double want = BruteForceChunkLse(b, i, h, begin, end);
+          const std::string where = absl::StrCat("item ", i, " (", n, " tokens) page entry ", e,
+                                                 " chunk ", c, " head ", h);
+          ASSERT_FALSE(std::isnan(got)) << where;
+          if (want == -kInf) {
+            ASSERT_EQ(got, -kInf) << where;
+          } else {
+            ASSERT_TRUE(Near(got, want, kAttentionRelTol, kAttentionAbsTol))
+                << where << ": " << got << " want " << want;
+          }
+        }
+      }
+    }
+    // The chunks of an item merge to its log-sum-exp.
+    for (int h = 0; h < group && n > 0; ++h) {
+      const int64_t first = b.page_offsets[i] * chunks_per_page;
+      const int64_t last = b.page_offsets[i + 1] * chunks_per_page;
+      double max_lse = -kInf;
+      for (int64_t row = first; row < last; ++row) {
+        max_lse = std::max(max_lse, double{chunk_lse[row * group + h]});
+      }
+      double sum = 0.0;
+      for (int64_t row = first; row < last; ++row) {
+        sum += std::exp(chunk_lse[row * group + h] - max_lse);
+      }
+      const double merged = max_lse + std::log(sum);
+      EXPECT_NEAR(merged, b.lse[static_cast<int64_t>(i) * group + h],
+                  1e-5 * std::max(1.0, std::abs(merged)))
+          << "item " << i << " head " << h;
+    }
+  }
+}
+
+// Page sizes 16 to 64 (and 48: the twin takes any multiple of 16), G 1 to 16; items of 1
+// token, a partial first chunk, exactly one page, one token into a page, partial last pages
+// with empty trailing chunks, an item without pages, and an item long enough for the twin's
+// parallel chunked path.
+TEST(ReferenceAttentionTest, ChunkLseMatchesBruteForce) {
+  uint32_t seed = 1100;
+  for (int page_size : {16, 32, 48, 64}) {
+    for (int group_size : {1, 4, 8, 16}) {
+      SCOPED_TRACE(absl::StrCat("page_size ", page_size, " G ", group_size));
+      BatchSpec spec;
+      spec.dtype = group_size % 8 == 0 ? DType::kFP16 : DType::kBF16;
+      spec.head_dim = page_size == 64 ? 128 : 64;
+      spec.group_size = group_size;
+      spec.page_size = page_size;
+      spec.lengths = {1, 7, page_size, page_size + 1, 0, 3 * page_size + 17, 5000 + 9};
+      spec.seed = seed++;
+      Batch batch(spec);
+      ASSERT_NO_FATAL_FAILURE(ExpectChunkLseMatchesBruteForce(batch));
+    }
+  }
+}
+
+// Large logits (scale 30): chunks far below the item's maximum still get their own exact
+// log-sum-exp, not -inf.
+TEST(ReferenceAttentionTest, ChunkLseWithSharpSoftmax) {
+  BatchSpec spec;
+  spec.head_dim = 128;
+  spec.group_size = 4;
+  spec.page_size = 32;
+  spec.lengths = {1000, 45};
+  spec.softmax_scale = 30.0f;
+  spec.seed = 1200;
+  Batch batch(spec);
+  ASSERT_NO_FATAL_FAILURE(ExpectChunkLseMatchesBruteForce(batch));
+}
+
+// chunk_lse needs whole 16-token chunks per page: another page size is InvalidArgument and
+// nothing is written.
+TEST(ReferenceAttentionTest, ChunkLseRejectsPageSizeNotMultipleOf16) {
+  BatchSpec spec;
+  spec.head_dim = 64;
+  spec.page_size = 24;
+  spec.lengths = {50, 3};
+  Batch batch(spec);
+  std::vector<float> chunk_lse(64, kPoison);
+  PagedDecodeParams params = batch.Params();
+  params.chunk_lse = chunk_lse.data();
+  const absl::Status status = ReferencePagedDecodeAttention(params);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("page_size is 24"), absl::string_view::npos) << status;
+  EXPECT_TRUE(AllPoison(chunk_lse));
+  EXPECT_TRUE(AllPoison(batch.out));
+  EXPECT_TRUE(AllPoison(batch.lse));
+}
+
 // ---- Merge --------------------------------------------------------------------------------
 
 // Partial results of one part of a split batch, and the page lists they were computed from.

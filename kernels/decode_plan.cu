@@ -1,0 +1,314 @@
+// Decode-step planning on the GPU.
+//
+// The two list builders (DecodePlan's hot page list, BuildSelectedPages' selected page list)
+// need an exclusive prefix sum over items, and the lists are too long to write from one block
+// (16K items x ~20 pages x 2 pointers is ~5 MB). Each block takes a tile of consecutive
+// items and computes the sum of everything before its tile itself, by a block reduction over
+// the counts of the earlier items: DecodePlan's counts are a function of one batch entry's
+// token count, so that is a pass over at most `batch` entries; BuildSelectedPages reads the
+// earlier num_selected (16K ints at most, 16 coalesced loads a thread). That repeats O(items)
+// reads per block but needs no workspace, no inter-block ordering and one launch, and it is
+// cheaper than a single-block scan followed by a second kernel. Within the tile a block scan
+// gives each item's offset; the tile's pointers are then written by all threads in output
+// order (a binary search over the tile's offsets in shared memory maps an output entry to its
+// item), so the stores are coalesced.
+//
+// Entries that break the contract are not checked on the host (device data). DecodePlan
+// writes such an entry (seq_slot < 0, tokens_before < 1 or > max_pages * P - 1) as an empty
+// item so that no later kernel reads or writes through it: no hot pages, append_row -1 and
+// null append pages (append skips it), null write-back destinations (skipped), summary
+// tokens 0 and a null bounds pointer, an empty select range [0, 0), item_row -1,
+// page_table_offset 0, null slot bases, hot_last_page_tokens 0. BuildSelectedPages and
+// ComputePageMass clamp counts to [0, max_selected].
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+
+#include "absl/status/status.h"
+#include "kernels/decode_plan.h"
+#include "runtime/core/cuda_check.h"
+#include "runtime/core/status.h"
+
+namespace kvtier {
+namespace {
+
+constexpr int kPlanThreads = 128;      // items per DecodePlan block
+constexpr int kSelectedThreads = 128;  // items per BuildSelectedPages block
+constexpr int kMassThreads = 256;
+
+// The t in [0, kTile) with begin[t] <= k < begin[t + 1], for 0 <= k < begin[kTile]: the item
+// of a tile's output entry k (items without entries share their successor's begin).
+template <int kTile>
+__device__ __forceinline__ int TileItemOf(const int32_t* begin, int32_t k) {
+  int lo = 0, hi = kTile - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (begin[mid + 1] <= k) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+__device__ __forceinline__ bool ValidEntry(int32_t slot, int32_t tokens, int64_t max_tokens) {
+  return slot >= 0 && tokens >= 1 && tokens + int64_t{1} <= max_tokens;
+}
+
+// Hot pages of a sequence of `tokens` + 1 tokens: sinks [0, min(S, n)), window
+// [max(S, n - W), n) with n = tokens / P + 1.
+__device__ __forceinline__ int32_t HotPageCount(int32_t tokens, int32_t page_size, int32_t sinks,
+                                                int32_t window) {
+  const int32_t n = tokens / page_size + 1;
+  return min(sinks, n) + max(n - max(sinks, n - window), 0);
+}
+
+__global__ void __launch_bounds__(kPlanThreads) DecodePlanKernel(DecodePlanParams p) {
+  using Reduce = cub::BlockReduce<int32_t, kPlanThreads>;
+  using Scan = cub::BlockScan<int32_t, kPlanThreads>;
+  __shared__ union {
+    typename Reduce::TempStorage reduce;
+    typename Scan::TempStorage scan;
+  } temp;
+  __shared__ int32_t tile_begin[kPlanThreads + 1];  // item's first hot entry in the tile
+  __shared__ int32_t sinks_end[kPlanThreads];
+  __shared__ int32_t window_begin[kPlanThreads];
+  __shared__ int64_t hot_row[kPlanThreads];  // first hot page of the item's row
+  __shared__ int32_t tile_base;              // hot entries of all earlier tiles
+
+  const ItemStorage& s = p.storage;
+  const int32_t P = s.page_size;
+  const int32_t S = s.sink_pages;
+  const int32_t W = s.window_pages;
+  const int32_t hk = p.num_kv_heads;
+  const int32_t items = p.batch * hk;
+  const int64_t max_tokens = int64_t{s.max_pages} * P;
+  const int32_t first = blockIdx.x * kPlanThreads;
+  const int32_t tid = threadIdx.x;
+  auto count_of = [&](int32_t b) {
+    const int32_t tokens = p.tokens_before[b];
+    return ValidEntry(p.seq_slot[b], tokens, max_tokens) ? HotPageCount(tokens, P, S, W) : 0;
+  };
+
+  // Hot entries before this tile: Hk per earlier batch entry, plus the tile's first entry's
+  // heads before the tile.
+  const int32_t first_entry = first / hk;
+  int32_t before = 0;
+#pragma unroll 4
+  for (int32_t b = tid; b < first_entry; b += kPlanThreads) before += count_of(b);
+  before = Reduce(temp.reduce).Sum(before);
+  if (tid == 0) tile_base = before * hk + (first - first_entry * hk) * count_of(first_entry);
+  __syncthreads();
+
+  const int32_t i = first + tid;
+  int32_t count = 0;
+  if (i < items) {
+    const int32_t b = i / hk;
+    const int32_t h = i - b * hk;
+    const int32_t slot = p.seq_slot[b];
+    const int32_t tokens = p.tokens_before[b];
+    if (ValidEntry(slot, tokens, max_tokens)) {
+      const int32_t append_page = tokens / P;
+      const int32_t row = tokens - append_page * P;
+      const int32_t n = append_page + 1;
+      const int64_t r = (int64_t{slot} * p.num_layers + p.layer) * hk + h;
+      const int64_t row_pages = r * (int64_t{S} + s.ring_pages);
+      const int64_t append_hot =
+          append_page < S ? append_page : S + (append_page - S) % s.ring_pages;
+      const int64_t append_offset = (row_pages + append_hot) * s.page_bytes;
+      const int64_t table_row = r * s.max_pages;
+      const bool completes = row == P - 1;
+      count = HotPageCount(tokens, P, S, W);
+      sinks_end[tid] = min(S, n);
+      window_begin[tid] = max(S, n - W);
+      hot_row[tid] = row_pages;
+
+      p.append_k[i] = s.hot_k + append_offset;
+      p.append_v[i] = s.hot_v + append_offset;
+      if (h == 0) p.append_row[b] = row;
+      p.writeback_k_dst[i] =
+          completes ? const_cast<void*>(s.host_k_table[table_row + append_page]) : nullptr;
+      p.writeback_v_dst[i] =
+          completes ? const_cast<void*>(s.host_v_table[table_row + append_page]) : nullptr;
+      p.summary_tokens[i] = row + 1;
+      p.summary_bounds[i] = s.bounds + (table_row + append_page) * s.bounds_bytes;
+      p.select_begin[i] = S;
+      p.select_end[i] = max(S, n - W);
+      p.select_bounds[i] = s.bounds + table_row * s.bounds_bytes;
+      p.item_row[i] = static_cast<int32_t>(r);
+      p.page_table_offset[i] = table_row;
+      p.slot_k_base[i] = s.slot_k + r * s.cache_slots * s.page_bytes;
+      p.slot_v_base[i] = s.slot_v + r * s.cache_slots * s.page_bytes;
+      p.hot_last_page_tokens[i] = row + 1;
+    } else {
+      // Contract violation: an empty item (see the top of this file).
+      p.append_k[i] = nullptr;
+      p.append_v[i] = nullptr;
+      if (h == 0) p.append_row[b] = -1;
+      p.writeback_k_dst[i] = nullptr;
+      p.writeback_v_dst[i] = nullptr;
+      p.summary_tokens[i] = 0;
+      p.summary_bounds[i] = nullptr;
+      p.select_begin[i] = 0;
+      p.select_end[i] = 0;
+      p.select_bounds[i] = nullptr;
+      p.item_row[i] = -1;
+      p.page_table_offset[i] = 0;
+      p.slot_k_base[i] = nullptr;
+      p.slot_v_base[i] = nullptr;
+      p.hot_last_page_tokens[i] = 0;
+    }
+  }
+
+  int32_t local = 0, tile_total = 0;
+  Scan(temp.scan).ExclusiveSum(count, local, tile_total);
+  tile_begin[tid] = local;
+  if (tid == kPlanThreads - 1) tile_begin[kPlanThreads] = local + count;
+  if (i < items) p.hot_page_offsets[i + 1] = tile_base + local + count;
+  if (i == 0) p.hot_page_offsets[0] = 0;
+  __syncthreads();
+
+  // The tile's hot page list, in output order.
+  for (int32_t k = tid; k < tile_total; k += kPlanThreads) {
+    const int t = TileItemOf<kPlanThreads>(tile_begin, k);
+    const int32_t q = k - tile_begin[t];
+    const int32_t page = q < sinks_end[t] ? q : window_begin[t] + (q - sinks_end[t]);
+    const int64_t hot = page < S ? page : S + (page - S) % s.ring_pages;
+    const int64_t offset = (hot_row[t] + hot) * s.page_bytes;
+    p.hot_k_pages[tile_base + k] = s.hot_k + offset;
+    p.hot_v_pages[tile_base + k] = s.hot_v + offset;
+  }
+}
+
+__global__ void __launch_bounds__(kSelectedThreads) SelectedPagesKernel(SelectedPagesParams p) {
+  using Reduce = cub::BlockReduce<int32_t, kSelectedThreads>;
+  using Reduce64 = cub::BlockReduce<unsigned long long, kSelectedThreads>;
+  using Scan = cub::BlockScan<int32_t, kSelectedThreads>;
+  __shared__ union {
+    typename Reduce::TempStorage reduce;
+    typename Reduce64::TempStorage reduce64;
+    typename Scan::TempStorage scan;
+  } temp;
+  __shared__ int32_t tile_begin[kSelectedThreads + 1];
+  __shared__ const std::byte* k_base[kSelectedThreads];
+  __shared__ const std::byte* v_base[kSelectedThreads];
+  __shared__ int32_t tile_base;
+
+  const int32_t items = p.num_items;
+  const int32_t max_selected = p.max_selected;
+  const int32_t first = blockIdx.x * kSelectedThreads;
+  const int32_t tid = threadIdx.x;
+  auto count_of = [&](int32_t j) { return min(max(p.num_selected[j], 0), max_selected); };
+
+  int32_t before = 0;
+#pragma unroll 8
+  for (int32_t j = tid; j < first; j += kSelectedThreads) before += count_of(j);
+  before = Reduce(temp.reduce).Sum(before);
+  if (tid == 0) tile_base = before;
+  __syncthreads();
+
+  const int32_t i = first + tid;
+  int32_t count = 0;
+  if (i < items) {
+    count = count_of(i);
+    k_base[tid] = static_cast<const std::byte*>(p.slot_k_base[i]);
+    v_base[tid] = static_cast<const std::byte*>(p.slot_v_base[i]);
+    p.last_page_tokens[i] = p.page_size;
+  }
+  int32_t local = 0, tile_total = 0;
+  Scan(temp.scan).ExclusiveSum(count, local, tile_total);
+  tile_begin[tid] = local;
+  if (tid == kSelectedThreads - 1) tile_begin[kSelectedThreads] = local + count;
+  if (i < items) p.page_offsets[i + 1] = tile_base + local + count;
+  if (i == 0) p.page_offsets[0] = 0;
+  __syncthreads();
+
+  for (int32_t k = tid; k < tile_total; k += kSelectedThreads) {
+    const int t = TileItemOf<kSelectedThreads>(tile_begin, k);
+    const int32_t e = k - tile_begin[t];
+    const int64_t slot = p.selected_slots[int64_t{first + t} * max_selected + e];
+    const int64_t offset = slot * p.page_bytes;
+    p.k_pages[tile_base + k] = k_base[t] + offset;
+    p.v_pages[tile_base + k] = v_base[t] + offset;
+  }
+
+  if (p.counters != nullptr) {  // uniform across the grid
+    unsigned long long hits = 0, misses = 0;
+    if (i < items) {
+      hits = static_cast<unsigned long long>(max(p.hit_count[i], 0));
+      misses = static_cast<unsigned long long>(max(p.miss_count[i], 0));
+    }
+    // The scan's storage is free again after the __syncthreads above.
+    const unsigned long long tile_hits = Reduce64(temp.reduce64).Sum(hits);
+    __syncthreads();
+    const unsigned long long tile_misses = Reduce64(temp.reduce64).Sum(misses);
+    if (tid == 0) {
+      if (tile_total > 0) atomicAdd(&p.counters[0], static_cast<unsigned long long>(tile_total));
+      if (tile_hits > 0) atomicAdd(&p.counters[1], tile_hits);
+      if (tile_misses > 0) atomicAdd(&p.counters[2], tile_misses);
+    }
+  }
+}
+
+// One thread per (item, selection entry).
+__global__ void __launch_bounds__(kMassThreads) PageMassKernel(PageMassParams p) {
+  const int64_t index = int64_t{blockIdx.x} * kMassThreads + threadIdx.x;
+  if (index >= int64_t{p.num_items} * p.max_selected) return;
+  const int32_t item = static_cast<int32_t>(index / p.max_selected);
+  const int32_t e = static_cast<int32_t>(index - int64_t{item} * p.max_selected);
+  const int32_t n = min(max(p.num_selected[item], 0), p.max_selected);
+  if (e >= n) return;
+  const float neg_inf = -__int_as_float(0x7f800000);
+  const int32_t g = p.group_size;
+  const int32_t chunks_per_page = p.page_size / 16;
+  // The page's chunks x G heads are contiguous in chunk_lse.
+  const float* chunk = p.chunk_lse + (int64_t{p.page_offsets[item]} + e) * chunks_per_page * g;
+  const float* total = p.lse + int64_t{item} * g;
+  float mass = 0.0f;
+  for (int32_t h = 0; h < g; ++h) {
+    const float lse = total[h];
+    if (lse == neg_inf) continue;  // no tokens: no share
+    for (int32_t c = 0; c < chunks_per_page; ++c) {
+      const float value = chunk[c * g + h];
+      if (value != neg_inf) mass += expf(value - lse);
+    }
+  }
+  p.mass[index] = mass;
+}
+
+}  // namespace
+
+absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateDecodePlanShape(params));
+  const int32_t items = params.batch * params.num_kv_heads;  // validated to fit
+  if (items == 0) return absl::OkStatus();
+  const int32_t blocks = (items + kPlanThreads - 1) / kPlanThreads;
+  DecodePlanKernel<<<blocks, kPlanThreads, 0, stream>>>(params);
+  KVTIER_RETURN_IF_LAUNCH_FAILED("DecodePlanKernel", stream);
+  return absl::OkStatus();
+}
+
+absl::Status LaunchBuildSelectedPages(const SelectedPagesParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateSelectedPagesShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  const int32_t blocks = (params.num_items + kSelectedThreads - 1) / kSelectedThreads;
+  SelectedPagesKernel<<<blocks, kSelectedThreads, 0, stream>>>(params);
+  KVTIER_RETURN_IF_LAUNCH_FAILED("SelectedPagesKernel", stream);
+  return absl::OkStatus();
+}
+
+absl::Status LaunchComputePageMass(const PageMassParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidatePageMassShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  const int64_t threads = int64_t{params.num_items} * params.max_selected;  // <= INT32_MAX
+  const int64_t blocks = (threads + kMassThreads - 1) / kMassThreads;
+  PageMassKernel<<<static_cast<unsigned>(blocks), kMassThreads, 0, stream>>>(params);
+  KVTIER_RETURN_IF_LAUNCH_FAILED("PageMassKernel", stream);
+  return absl::OkStatus();
+}
+
+}  // namespace kvtier

@@ -1,0 +1,187 @@
+// Decode-step planning on the device: from each batch entry's sequence slot and token count,
+// the per-item arrays that the step's kernels (append, write-back, page summary, block select,
+// cache resolve, miss load, paged attention) take. Planning on the device keeps the host out
+// of the step: the host uploads two integers per sequence, and everything else is derived
+// where it is used. After the resolve, BuildSelectedPages turns the resolved slots into the
+// attention page list of the selected pages; after attention, ComputePageMass turns the
+// attention's per-chunk log-sum-exps into the attention mass each selected page received
+// (the query-agnostic score the cache policy accumulates).
+//
+// Storage of one item (one (sequence slot, layer, KV head)), "item row" r =
+// (seq_slot * num_layers + layer) * num_kv_heads + kv_head, page size P, head_dim D:
+//  - hot pages: S sink pages and R >= W + 1 ring pages (W window pages, one spare so that the
+//    page leaving the window is not the page being written). Page j of the sequence lives at
+//    hot index j when j < S, else at hot index S + (j - S) % R.
+//  - cache slots: C page slots (the page cache, cache_resolve.h).
+//  - bounds summaries: max_pages x 2D elements, page j's at index j (block_summary.h).
+//  - host page table: max_pages device-readable addresses of the host-store K and V pages;
+//    page j's at [r * max_pages + j].
+// After the step's append a sequence of T + 1 tokens has n = T / P + 1 pages. Its hot pages
+// are the sink pages [0, min(S, n)) and the window pages [max(S, n - W), n); its cold pages,
+// the index's candidates, are [S, max(S, n - W)). The last page holds T + 1 - (n - 1) P
+// tokens; every other page is full.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+#ifdef KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace kvtier {
+
+// Where the items' storage lives: pools indexed by item row. Device memory for the kernels,
+// host memory for the twins.
+struct ItemStorage {
+  int32_t page_size = 0;        // P: 16, 32 or 64
+  int32_t sink_pages = 0;       // S >= 0
+  int32_t window_pages = 0;     // W >= 1
+  int32_t ring_pages = 0;       // R >= W + 1
+  int32_t max_pages = 0;        // pages per item, >= 1
+  int32_t cache_slots = 0;      // C >= 1
+  int64_t page_bytes = 0;       // of one K or one V page: P * D * dtype size (multiple of 16)
+  int64_t bounds_bytes = 0;     // of one page's bounds summary: 2 * D * dtype size
+  std::byte* hot_k = nullptr;   // [rows, S + R] pages
+  std::byte* hot_v = nullptr;   // [rows, S + R] pages
+  std::byte* slot_k = nullptr;  // [rows, C] pages
+  std::byte* slot_v = nullptr;  // [rows, C] pages
+  std::byte* bounds = nullptr;  // [rows, max_pages] summaries
+  // [rows, max_pages] host-store page addresses readable by the executing side (for the
+  // kernels: PinnedBuffer::device_data() addresses); entries of pages not yet allocated are
+  // null and never read.
+  const void* const* host_k_table = nullptr;
+  const void* const* host_v_table = nullptr;
+};
+
+// Inputs and outputs of DecodePlan. Items are (batch entry b, KV head h) at index
+// i = b * num_kv_heads + h; every output array below has one entry per item unless stated.
+struct DecodePlanParams {
+  ItemStorage storage;
+  int32_t num_layers = 0;
+  int32_t num_kv_heads = 0;
+  int32_t layer = 0;  // in [0, num_layers)
+  int32_t batch = 0;  // >= 0; 0 writes nothing
+
+  // [batch] inputs: the sequence slot of entry b and its token count before this step's
+  // append (T >= 1: the sequence was prefilled; T + 1 <= max_pages * P).
+  const int32_t* seq_slot = nullptr;
+  const int32_t* tokens_before = nullptr;
+
+  // Append (append.h): the page receiving token T (the hot page of page T / P) and its row.
+  void** append_k = nullptr;
+  void** append_v = nullptr;
+  int32_t* append_row = nullptr;  // [batch]: T % P
+
+  // Write-back (append.h): source = the append page; destinations = the host page of page
+  // T / P when this token completes it (T % P == P - 1), else null (the entry is skipped).
+  void** writeback_k_dst = nullptr;
+  void** writeback_v_dst = nullptr;
+
+  // Page summary (block_summary.h) of the append page, over its tokens after the append:
+  // k_pages = append_k, tokens = T % P + 1, bounds = the summary of page T / P.
+  int32_t* summary_tokens = nullptr;  // T % P + 1
+  void** summary_bounds = nullptr;
+
+  // Block select (block_select.h): the cold pages [S, max(S, n - W)) and the item's bounds.
+  int32_t* select_begin = nullptr;
+  int32_t* select_end = nullptr;
+  const void** select_bounds = nullptr;
+
+  // Cache resolve and miss load: the item's row (its directory row and page-table row), the
+  // page-table offset row * max_pages, and its slot pools.
+  int32_t* item_row = nullptr;
+  int64_t* page_table_offset = nullptr;
+  void** slot_k_base = nullptr;
+  void** slot_v_base = nullptr;
+
+  // Hot-set attention (decode_attention.h): [batch * num_kv_heads + 1] page offsets, page
+  // pointer arrays of capacity batch * num_kv_heads * (S + W) (item i's pages from
+  // hot_page_offsets[i], ascending page order: sinks, then window), and the tokens in each
+  // item's last hot page (every hot page but the sequence's last page is full): T % P + 1.
+  // Entries from hot_page_offsets[batch * num_kv_heads] on are not written.
+  int32_t* hot_page_offsets = nullptr;
+  const void** hot_k_pages = nullptr;
+  const void** hot_v_pages = nullptr;
+  int32_t* hot_last_page_tokens = nullptr;
+};
+
+// Inputs and outputs of BuildSelectedPages: the attention page list of the selected pages,
+// and counters of the step.
+struct SelectedPagesParams {
+  int32_t num_items = 0;     // >= 0; 0 writes nothing
+  int32_t max_selected = 0;  // row stride of selected_slots, >= 1
+  int32_t page_size = 0;     // P: every selected page is full
+  int64_t page_bytes = 0;
+  // From DecodePlan and the resolve.
+  void* const* slot_k_base = nullptr;       // [num_items]
+  void* const* slot_v_base = nullptr;       // [num_items]
+  const int32_t* selected_slots = nullptr;  // [num_items, max_selected]
+  const int32_t* num_selected = nullptr;    // [num_items], each in [0, max_selected]
+  const int32_t* hit_count = nullptr;       // [num_items] (may be null with counters null)
+  const int32_t* miss_count = nullptr;      // [num_items] (may be null with counters null)
+  // Outputs: [num_items + 1] offsets, [num_items * max_selected] page pointers (item i's
+  // from page_offsets[i], in selection order: slot_base + selected_slots[e] * page_bytes;
+  // entries from page_offsets[num_items] on are not written), [num_items] last-page tokens
+  // (P for every item; attention ignores it for an item without pages).
+  int32_t* page_offsets = nullptr;
+  const void** k_pages = nullptr;
+  const void** v_pages = nullptr;
+  int32_t* last_page_tokens = nullptr;
+  // Optional [3]: adds the step's total selected pages, hits and misses (64-bit, atomic on
+  // the device) to counters[0], [1], [2].
+  unsigned long long* counters = nullptr;
+};
+
+// Inputs and outputs of ComputePageMass: the share of the final attention of each selected
+// page, summed over the item's G query heads:
+//   mass[i * max_selected + e] = sum_h sum_{chunks c of page e} exp(chunk_lse[c, h] - lse[i, h])
+// where page e of item i is entry page_offsets[i] + e of the selected attention's page list
+// and its chunks are entries (page_offsets[i] + e) * (P / 16) + [0, P / 16) of chunk_lse
+// (PagedDecodeParams::chunk_lse). A -inf chunk lse adds 0; a -inf total lse (no tokens) gives
+// mass 0. Entries at or beyond num_selected[i] are not written.
+struct PageMassParams {
+  int32_t num_items = 0;
+  int32_t group_size = 0;                 // G
+  int32_t max_selected = 0;               // row stride of mass
+  int32_t page_size = 0;                  // P: 16, 32 or 64
+  const int32_t* page_offsets = nullptr;  // [num_items + 1] of the selected attention
+  const int32_t* num_selected = nullptr;  // [num_items]
+  const float* chunk_lse = nullptr;       // [page_offsets[num_items] * P / 16, G]
+  const float* lse = nullptr;             // [num_items, G] the final (merged) log-sum-exp
+  float* mass = nullptr;                  // [num_items, max_selected]
+};
+
+namespace internal {
+// Sizes, limits and the presence of every array; InvalidArgument naming the field.
+absl::Status ValidateDecodePlanShape(const DecodePlanParams& params);
+absl::Status ValidateSelectedPagesShape(const SelectedPagesParams& params);
+absl::Status ValidatePageMassShape(const PageMassParams& params);
+}  // namespace internal
+
+// Host twins (host memory). They also check the per-entry inputs and write nothing when one is
+// bad (InvalidArgument): DecodePlan: seq_slot >= 0 with item rows that fit int32, 1 <= T <=
+// max_pages * P - 1, and a non-null host page table entry (K and V) for a page this step
+// completes; BuildSelectedPages: num_selected in [0, max_selected], selected slots >= 0,
+// non-null slot bases for items with pages, hit and miss counts >= 0 (with counters);
+// ComputePageMass: num_selected in [0, max_selected] and within the item's pages
+// (page_offsets[0] >= 0, num_selected[i] <= page_offsets[i + 1] - page_offsets[i]).
+absl::Status ReferenceDecodePlan(const DecodePlanParams& params);
+absl::Status ReferenceBuildSelectedPages(const SelectedPagesParams& params);
+absl::Status ReferenceComputePageMass(const PageMassParams& params);
+
+#ifdef KVTIER_WITH_CUDA
+// One launch each, no allocation, no host synchronisation (CUDA-graph capturable). Entries are
+// device data and not read on the host. A DecodePlan batch entry that breaks the contract
+// (seq_slot < 0, T outside [1, max_pages * P - 1]) is written as an empty item that later
+// kernels skip: no hot pages, append_row -1, null append, write-back, bounds and slot
+// pointers, summary tokens 0, select range [0, 0), item_row -1, page_table_offset 0, last
+// page tokens 0. The other two clamp counts to [0, max_selected].
+absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t stream);
+absl::Status LaunchBuildSelectedPages(const SelectedPagesParams& params, cudaStream_t stream);
+absl::Status LaunchComputePageMass(const PageMassParams& params, cudaStream_t stream);
+#endif
+
+}  // namespace kvtier

@@ -1,0 +1,181 @@
+// kvtier-replay: drives a KvCache like an inference engine on a synthetic LLM-like workload
+// (prefill, then decode steps of every layer) and reports decode throughput of the attention
+// part, page-cache hit rate, PCIe bytes per step, step time next to its performance-model
+// bound, and sampled accuracy against exact attention. Uses the GPU when there is one
+// (--backend=auto), the host backend otherwise.
+//
+//   kvtier-replay                                       # llama-3-8b shape, 4 x 4096 tokens
+//   kvtier-replay --model=qwen2.5-7b --context=16384 --batch=8 --budget=128 --policy=lru
+//   kvtier-replay --json > replay.json
+#include <unistd.h>
+
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "tools/replay/replay_config.h"
+#include "tools/replay/replay_report.h"
+#include "tools/replay/replay_run.h"
+
+namespace {
+const kvtier::replay::ReplayFlags kDefaults;
+}  // namespace
+
+ABSL_FLAG(std::string, model, kDefaults.model,
+          "model shape preset: llama-3-8b (32 layers, 32 query heads, 8 KV heads, D 128), "
+          "qwen2.5-7b (28, 28, 4, 128), or custom (give --layers, --query_heads, --kv_heads, "
+          "--head_dim)");
+ABSL_FLAG(int32_t, layers, 0, "layers (0: from --model)");
+ABSL_FLAG(int32_t, query_heads, 0, "query heads (0: from --model)");
+ABSL_FLAG(int32_t, kv_heads, 0, "KV heads (0: from --model)");
+ABSL_FLAG(int32_t, head_dim, 0, "head dim: 64, 128 or 256 (0: from --model)");
+ABSL_FLAG(std::string, dtype, kDefaults.dtype, "K/V/query dtype: bf16 or fp16");
+ABSL_FLAG(int64_t, context, kDefaults.context, "prompt tokens per sequence");
+ABSL_FLAG(int32_t, batch, kDefaults.batch, "sequences, decoded together");
+ABSL_FLAG(int32_t, steps, kDefaults.steps,
+          "timed decode steps (0: 32 on the host backend, 128 on CUDA)");
+ABSL_FLAG(int32_t, warmup_steps, kDefaults.warmup_steps,
+          "decode steps before the timed ones (untimed, not in the statistics)");
+ABSL_FLAG(int32_t, budget, kDefaults.budget,
+          "pages the index selects per (sequence, layer, KV head) and step");
+ABSL_FLAG(double, mass_target, kDefaults.mass_target,
+          "0: select --budget pages; in (0, 1]: the fewest pages holding this estimated share "
+          "of the attention mass, at most --budget");
+ABSL_FLAG(std::string, policy, kDefaults.policy,
+          "page-cache policy: lru, score (lowest accumulated attention mass), last (cache = "
+          "last step's selection) or off (no cache)");
+ABSL_FLAG(double, cache_slots, kDefaults.cache_slots,
+          "page-cache slots per (sequence, layer, KV head), as a multiple of --budget");
+ABSL_FLAG(double, score_decay, kDefaults.score_decay, "per-step decay of the score policy");
+ABSL_FLAG(int32_t, sink, kDefaults.sink, "first tokens of the hot set (a multiple of --page_size)");
+ABSL_FLAG(int32_t, window, kDefaults.window,
+          "last tokens of the hot set (a multiple of --page_size)");
+ABSL_FLAG(int32_t, page_size, kDefaults.page_size, "tokens per page: 16, 32 or 64");
+ABSL_FLAG(std::string, backend, kDefaults.backend,
+          "auto (CUDA when a device is present, else host), cuda or host");
+ABSL_FLAG(int32_t, device, kDefaults.device, "CUDA device");
+ABSL_FLAG(uint64_t, seed, kDefaults.seed, "workload seed");
+ABSL_FLAG(double, gpu_memory_gib, kDefaults.gpu_memory_gib,
+          "device memory kvtier may plan (0: 90% of the device's free memory; host backend: "
+          "64)");
+ABSL_FLAG(double, hbm_gbps, kDefaults.hbm_gbps,
+          "HBM rate of the bound, GB/s (0: the H100 default; pass kvtier-probe's hbm copy)");
+ABSL_FLAG(double, pcie_gbps, kDefaults.pcie_gbps,
+          "pinned host-to-device rate of the bound, GB/s (0: the H100 default; pass "
+          "kvtier-probe's)");
+ABSL_FLAG(int32_t, accuracy_samples, kDefaults.accuracy_samples,
+          "(sequence, layer, KV head) triples checked against exact attention (0: none)");
+ABSL_FLAG(int32_t, accuracy_steps, kDefaults.accuracy_steps,
+          "timed steps at which they are checked, spread evenly, the last included (0: none)");
+ABSL_FLAG(bool, phase_timings, kDefaults.phase_timings,
+          "time each decode phase (plan, select, resolve, load, attend)");
+ABSL_FLAG(bool, json, false, "print JSON instead of a table");
+ABSL_FLAG(std::string, json_out, "", "also write the JSON report to this file");
+ABSL_FLAG(bool, samples, false, "table: one line per accuracy sample");
+ABSL_FLAG(bool, progress, true, "draw a progress bar on stderr when it is a terminal");
+
+namespace kvtier::replay {
+namespace {
+
+ReplayFlags ReadFlags() {
+  ReplayFlags f;
+  f.model = absl::GetFlag(FLAGS_model);
+  f.layers = absl::GetFlag(FLAGS_layers);
+  f.query_heads = absl::GetFlag(FLAGS_query_heads);
+  f.kv_heads = absl::GetFlag(FLAGS_kv_heads);
+  f.head_dim = absl::GetFlag(FLAGS_head_dim);
+  f.dtype = absl::GetFlag(FLAGS_dtype);
+  f.context = absl::GetFlag(FLAGS_context);
+  f.batch = absl::GetFlag(FLAGS_batch);
+  f.steps = absl::GetFlag(FLAGS_steps);
+  f.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  f.budget = absl::GetFlag(FLAGS_budget);
+  f.mass_target = absl::GetFlag(FLAGS_mass_target);
+  f.policy = absl::GetFlag(FLAGS_policy);
+  f.cache_slots = absl::GetFlag(FLAGS_cache_slots);
+  f.score_decay = absl::GetFlag(FLAGS_score_decay);
+  f.sink = absl::GetFlag(FLAGS_sink);
+  f.window = absl::GetFlag(FLAGS_window);
+  f.page_size = absl::GetFlag(FLAGS_page_size);
+  f.backend = absl::GetFlag(FLAGS_backend);
+  f.device = absl::GetFlag(FLAGS_device);
+  f.seed = absl::GetFlag(FLAGS_seed);
+  f.gpu_memory_gib = absl::GetFlag(FLAGS_gpu_memory_gib);
+  f.hbm_gbps = absl::GetFlag(FLAGS_hbm_gbps);
+  f.pcie_gbps = absl::GetFlag(FLAGS_pcie_gbps);
+  f.accuracy_samples = absl::GetFlag(FLAGS_accuracy_samples);
+  f.accuracy_steps = absl::GetFlag(FLAGS_accuracy_steps);
+  f.phase_timings = absl::GetFlag(FLAGS_phase_timings);
+  return f;
+}
+
+int Run(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "Replays an engine's prefill and decode steps on a kvtier KvCache with a synthetic "
+      "LLM-like workload and reports throughput, hit rate, PCIe traffic, step time against its "
+      "bound and accuracy against exact attention.\n"
+      "Usage: kvtier-replay [--model=llama-3-8b] [--context=N] [--batch=N] [--steps=N] "
+      "[--budget=PAGES] [--policy=lru|score|last|off] [--backend=auto|cuda|host] [--json]");
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) {
+    return absl::StrContains(file, "replay_main");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  const std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::cerr << "kvtier-replay: unexpected argument '" << positional[1] << "' (see --help)\n";
+    return 2;
+  }
+
+  const ReplayFlags flags = ReadFlags();
+  absl::StatusOr<ReplayConfig> config = MakeReplayConfig(flags, QueryDeviceFacts(flags.device));
+  if (!config.ok()) {
+    std::cerr << "kvtier-replay: " << config.status().message() << "\n";
+    return 2;
+  }
+
+  const bool json = absl::GetFlag(FLAGS_json);
+  const bool bar = absl::GetFlag(FLAGS_progress) && isatty(STDERR_FILENO) == 1;
+  ProgressFn progress;
+  if (bar) {
+    progress = [](absl::string_view phase, int64_t done, int64_t total) {
+      std::cerr << "\r" << FormatProgress(phase, done, total) << std::flush;
+    };
+  }
+  absl::StatusOr<ReplayResult> result = RunReplay(*config, progress);
+  if (bar) std::cerr << "\r" << std::string(60, ' ') << "\r" << std::flush;
+  if (!result.ok()) {
+    std::cerr << "kvtier-replay: error: " << result.status() << "\n";
+    return 1;
+  }
+
+  if (json) {
+    PrintJson(*result, std::cout);
+  } else {
+    PrintTable(*result, std::cout, absl::GetFlag(FLAGS_samples));
+  }
+  std::cout.flush();
+  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
+    std::ofstream file(path);
+    PrintJson(*result, file);
+    if (!file.good()) {
+      std::cerr << "kvtier-replay: cannot write " << path << "\n";
+      return 1;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvtier::replay
+
+int main(int argc, char** argv) { return kvtier::replay::Run(argc, argv); }

@@ -1,0 +1,485 @@
+#include "tools/replay/replay_run.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "runtime/core/cuda_device.h"
+#include "runtime/core/status.h"
+#include "runtime/kv_cache.h"
+#include "tbb/parallel_for.h"
+#include "tbb/task_arena.h"
+#include "tools/workload/synthetic_kv.h"
+
+#ifdef KVTIER_WITH_CUDA
+#include <cuda_runtime_api.h>
+
+#include "runtime/core/cuda_check.h"
+#include "runtime/core/cuda_handles.h"
+#endif
+
+namespace kvtier::replay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// A sampled (sequence, layer, KV head).
+struct Triple {
+  int sequence;
+  int layer;
+  int kv_head;
+};
+
+// The `count` triples checked for accuracy, distinct, drawn from the seed, in (sequence,
+// layer, KV head) order.
+std::vector<Triple> DrawTriples(const ReplayConfig& c) {
+  const int heads = c.shape.num_kv_heads;
+  const int64_t total = int64_t{c.batch} * c.shape.num_layers * heads;
+  std::vector<int64_t> ids(static_cast<size_t>(total));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::mt19937_64 rng(c.seed * 0x9E3779B97F4A7C15ull + 0x5EEDull);
+  const int count = static_cast<int>(std::min<int64_t>(c.accuracy_samples, total));
+  for (int i = 0; i < count; ++i) {
+    std::uniform_int_distribution<int64_t> pick(i, total - 1);
+    std::swap(ids[i], ids[pick(rng)]);
+  }
+  ids.resize(count);
+  std::sort(ids.begin(), ids.end());
+  std::vector<Triple> triples;
+  for (int64_t id : ids) {
+    triples.push_back({static_cast<int>(id / (int64_t{c.shape.num_layers} * heads)),
+                       static_cast<int>(id / heads % c.shape.num_layers),
+                       static_cast<int>(id % heads)});
+  }
+  return triples;
+}
+
+// Host copies of every token's K and V of the sampled (sequence, layer) pairs, kept as they
+// are generated (prefill and decode) so exact attention needs no regeneration.
+class Shadows {
+ public:
+  Shadows(const ReplayConfig& c, const std::vector<Triple>& triples)
+      : row_elems_(int64_t{c.shape.num_kv_heads} * c.shape.head_dim),
+        layers_(c.shape.num_layers),
+        index_(static_cast<size_t>(c.batch) * c.shape.num_layers, -1) {
+    for (const Triple& t : triples) {
+      int& slot = index_[static_cast<size_t>(t.sequence) * layers_ + t.layer];
+      if (slot >= 0) continue;
+      slot = static_cast<int>(k_.size());
+      k_.emplace_back(static_cast<size_t>(c.final_tokens() * row_elems_));
+      v_.emplace_back(static_cast<size_t>(c.final_tokens() * row_elems_));
+    }
+  }
+
+  // Copies tokens [first, first + count) of (sequence, layer) if that pair is sampled.
+  void Keep(int sequence, int layer, int64_t first, int64_t count, const uint16_t* k,
+            const uint16_t* v) {
+    const int slot = index_[static_cast<size_t>(sequence) * layers_ + layer];
+    if (slot < 0) return;
+    std::copy_n(k, count * row_elems_, k_[slot].data() + first * row_elems_);
+    std::copy_n(v, count * row_elems_, v_[slot].data() + first * row_elems_);
+  }
+  const uint16_t* K(int sequence, int layer) const { return k_[Slot(sequence, layer)].data(); }
+  const uint16_t* V(int sequence, int layer) const { return v_[Slot(sequence, layer)].data(); }
+
+ private:
+  int Slot(int sequence, int layer) const {
+    return index_[static_cast<size_t>(sequence) * layers_ + layer];
+  }
+  int64_t row_elems_;
+  int layers_;
+  std::vector<int> index_;  // [sequence * layers + layer] -> slot, -1 when not sampled
+  std::vector<std::vector<uint16_t>> k_, v_;
+};
+
+// Runs fn(i) for i in [0, n) on oneTBB and returns the first error, if any.
+template <typename Fn>
+absl::Status ParallelFor(int n, Fn fn) {
+  std::vector<absl::Status> status(static_cast<size_t>(n));
+  tbb::parallel_for(0, n, [&](int i) { status[i] = fn(i); });
+  for (absl::Status& s : status) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// The decode step's inputs and outputs for every layer, on the host, and on the device
+// for the CUDA backend.
+class StepBuffers {
+ public:
+  static absl::StatusOr<StepBuffers> Create(const ReplayConfig& c) {
+    StepBuffers b;
+    b.shape_ = c.shape;
+    b.batch_ = c.batch;
+    b.device_ = c.backend == Backend::kCuda;
+    const size_t layers = c.shape.num_layers;
+    b.q_elems_ = int64_t{c.batch} * c.shape.num_query_heads * c.shape.head_dim;
+    b.kv_elems_ = int64_t{c.batch} * c.shape.num_kv_heads * c.shape.head_dim;
+    b.q_.resize(layers * b.q_elems_);
+    b.k_.resize(layers * b.kv_elems_);
+    b.v_.resize(layers * b.kv_elems_);
+    b.out_.resize(layers * b.q_elems_);
+#ifdef KVTIER_WITH_CUDA
+    if (b.device_) {
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(c.device_id));
+      KVTIER_ASSIGN_OR_RETURN(b.stream_, CudaStream::Create());
+      KVTIER_ASSIGN_OR_RETURN(b.q_dev_, DeviceBuffer::Allocate(b.q_.size() * sizeof(uint16_t)));
+      KVTIER_ASSIGN_OR_RETURN(b.k_dev_, DeviceBuffer::Allocate(b.k_.size() * sizeof(uint16_t)));
+      KVTIER_ASSIGN_OR_RETURN(b.v_dev_, DeviceBuffer::Allocate(b.v_.size() * sizeof(uint16_t)));
+      KVTIER_ASSIGN_OR_RETURN(b.out_dev_, DeviceBuffer::Allocate(b.out_.size() * sizeof(float)));
+    }
+#else
+    if (b.device_) {
+      return absl::FailedPreconditionError("the CUDA backend needs a build with KVTIER_WITH_CUDA");
+    }
+#endif
+    return b;
+  }
+
+  uint16_t* q(int layer) { return q_.data() + layer * q_elems_; }
+  uint16_t* k(int layer) { return k_.data() + layer * kv_elems_; }
+  uint16_t* v(int layer) { return v_.data() + layer * kv_elems_; }
+  const float* out(int layer) const { return out_.data() + layer * q_elems_; }
+
+  cudaStream_t stream() const {
+#ifdef KVTIER_WITH_CUDA
+    return stream_.get();
+#else
+    return nullptr;
+#endif
+  }
+
+  // Moves the step's inputs to where Decode reads them and poisons `out` (NaN) so an
+  // element Decode does not write shows; returns when that is done, so none of it is timed.
+  absl::Status Stage() {
+#ifdef KVTIER_WITH_CUDA
+    if (device_) {
+      cudaStream_t s = stream_.get();
+      KVTIER_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(q_dev_.data(), q_.data(), q_dev_.size(), cudaMemcpyHostToDevice, s));
+      KVTIER_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(k_dev_.data(), k_.data(), k_dev_.size(), cudaMemcpyHostToDevice, s));
+      KVTIER_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(v_dev_.data(), v_.data(), v_dev_.size(), cudaMemcpyHostToDevice, s));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out_dev_.data(), 0xFF, out_dev_.size(), s));
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+      return absl::OkStatus();
+    }
+#endif
+    std::fill(out_.begin(), out_.end(), std::numeric_limits<float>::quiet_NaN());
+    return absl::OkStatus();
+  }
+
+  ConstTensor QTensor(int layer) const {
+    return Tensor(Pick(q_dev_ptr(), q_.data(), layer * q_elems_), shape_.num_query_heads);
+  }
+  ConstTensor KTensor(int layer) const {
+    return Tensor(Pick(k_dev_ptr(), k_.data(), layer * kv_elems_), shape_.num_kv_heads);
+  }
+  ConstTensor VTensor(int layer) const {
+    return Tensor(Pick(v_dev_ptr(), v_.data(), layer * kv_elems_), shape_.num_kv_heads);
+  }
+  MutableTensor OutTensor(int layer) {
+    float* base = device_ ? static_cast<float*>(out_dev_ptr()) : out_.data();
+    return MakeMutableTensor(base + layer * q_elems_, DType::kFP32,
+                             {batch_, shape_.num_query_heads, shape_.head_dim}, Space());
+  }
+
+  // Waits for the step's work on the caller's stream.
+  absl::Status Synchronize() {
+#ifdef KVTIER_WITH_CUDA
+    if (device_) KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
+#endif
+    return absl::OkStatus();
+  }
+
+  // Brings `out` of every layer to the host (after Synchronize).
+  absl::Status FetchOut() {
+#ifdef KVTIER_WITH_CUDA
+    if (device_) {
+      KVTIER_CUDA_RETURN_IF_ERROR(
+          cudaMemcpy(out_.data(), out_dev_.data(), out_dev_.size(), cudaMemcpyDeviceToHost));
+    }
+#endif
+    return absl::OkStatus();
+  }
+
+ private:
+  MemorySpace Space() const { return device_ ? MemorySpace::kDevice : MemorySpace::kHost; }
+  const void* Pick(const void* device, const uint16_t* host, int64_t offset) const {
+    return device_ ? static_cast<const uint16_t*>(device) + offset : host + offset;
+  }
+  ConstTensor Tensor(const void* data, int heads) const {
+    return MakeConstTensor(data, shape_.dtype, {batch_, heads, shape_.head_dim}, Space());
+  }
+#ifdef KVTIER_WITH_CUDA
+  void* q_dev_ptr() const { return q_dev_.data(); }
+  void* k_dev_ptr() const { return k_dev_.data(); }
+  void* v_dev_ptr() const { return v_dev_.data(); }
+  void* out_dev_ptr() const { return out_dev_.data(); }
+  CudaStream stream_;
+  DeviceBuffer q_dev_, k_dev_, v_dev_, out_dev_;
+#else
+  void* q_dev_ptr() const { return nullptr; }
+  void* k_dev_ptr() const { return nullptr; }
+  void* v_dev_ptr() const { return nullptr; }
+  void* out_dev_ptr() const { return nullptr; }
+#endif
+  ModelShape shape_;
+  int64_t batch_ = 0;
+  bool device_ = false;
+  int64_t q_elems_ = 0;   // per layer: [batch, Hq, D]
+  int64_t kv_elems_ = 0;  // per layer: [batch, Hk, D]
+  std::vector<uint16_t> q_, k_, v_;
+  std::vector<float> out_;
+};
+
+std::string DescribeDevice(const ReplayConfig& c) {
+  if (c.backend == Backend::kCuda) {
+    if (absl::StatusOr<GpuInfo> gpu = QueryGpu(c.device_id); gpu.ok()) return gpu->name;
+    return absl::StrCat("CUDA device ", c.device_id);
+  }
+  return absl::StrCat("host (", tbb::this_task_arena::max_concurrency(), " threads)");
+}
+
+// Whether the token at `t` of a sequence of `tokens` is in the hot set. The runtime keeps it
+// in whole pages: the first sink_tokens / P pages and the last window_tokens / P pages, the
+// partly filled last page counting as one (kv_cache_impl.cc: cold pages are [S, max(S, n - W))
+// of n pages).
+bool IsHot(const Options& o, int64_t t, int64_t tokens) {
+  const int64_t p = o.page_size;
+  const int64_t sink_pages = o.sink_tokens / p;
+  const int64_t pages = (tokens + p - 1) / p;
+  const int64_t cold_end = std::max(sink_pages, pages - o.window_tokens / p);
+  const int64_t page = t / p;
+  return page < sink_pages || page >= cold_end;
+}
+
+absl::Status Prefill(const ReplayConfig& c, const workload::SyntheticWorkload& workload,
+                     KvCache& cache, const std::vector<SeqId>& seqs, cudaStream_t stream,
+                     Shadows& shadows, const ProgressFn& progress) {
+  const int layers = c.shape.num_layers;
+  const int64_t chunk = PrefillChunkTokens(c);
+  const int64_t row = int64_t{c.shape.num_kv_heads} * c.shape.head_dim;
+  const int64_t chunks = (c.context_tokens + chunk - 1) / chunk;
+  std::vector<std::vector<uint16_t>> k(layers), v(layers);
+  for (int l = 0; l < layers; ++l) {
+    k[l].resize(static_cast<size_t>(chunk * row));
+    v[l].resize(static_cast<size_t>(chunk * row));
+  }
+  for (int s = 0; s < c.batch; ++s) {
+    for (int64_t i = 0; i < chunks; ++i) {
+      const int64_t first = i * chunk;
+      const int64_t count = std::min(chunk, c.context_tokens - first);
+      KVTIER_RETURN_IF_ERROR(ParallelFor(layers, [&](int l) -> absl::Status {
+        KVTIER_RETURN_IF_ERROR(workload.Kv(seqs[s], l, first, count, k[l].data(), v[l].data()));
+        shadows.Keep(s, l, first, count, k[l].data(), v[l].data());
+        return absl::OkStatus();
+      }));
+      for (int l = 0; l < layers; ++l) {
+        const ConstTensor kt = MakeConstTensor(k[l].data(), c.shape.dtype,
+                                               {count, c.shape.num_kv_heads, c.shape.head_dim});
+        const ConstTensor vt = MakeConstTensor(v[l].data(), c.shape.dtype,
+                                               {count, c.shape.num_kv_heads, c.shape.head_dim});
+        KVTIER_RETURN_IF_ERROR(cache.Prefill(seqs[s], l, kt, vt, ConstTensor{}, stream));
+      }
+      if (progress) progress("prefill", s * chunks + i + 1, c.batch * chunks);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_scale, const void* q,
+                     const void* k, const void* v, int64_t tokens, int64_t kv_row_stride,
+                     const float* out, const std::vector<bool>& captured, AccuracySample* sample) {
+  const int64_t d = head_dim;
+  std::vector<double> logits(static_cast<size_t>(tokens));
+  std::vector<double> exact(d), restricted(d), qf(d);
+  sample->tokens = tokens;
+  sample->captured_tokens = std::count(captured.begin(), captured.begin() + tokens, true);
+  sample->mass_captured = 0;
+  sample->min_mass_captured = 1;
+  sample->output_error = 0;
+  sample->restricted_error = 0;
+  const auto rel_error = [d](const float* got, const std::vector<double>& want) {
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < d; ++i) {
+      diff += (got[i] - want[i]) * (got[i] - want[i]);
+      norm += want[i] * want[i];
+    }
+    // NaN (an unwritten output) stays NaN; an all-zero reference compares absolutely.
+    return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  };
+  for (int g = 0; g < group_size; ++g) {
+    for (int64_t i = 0; i < d; ++i) qf[i] = LoadAsFloat(dtype, q, g * d + i);
+    double max_logit = -std::numeric_limits<double>::infinity();
+    for (int64_t t = 0; t < tokens; ++t) {
+      double dot = 0;
+      for (int64_t i = 0; i < d; ++i) dot += qf[i] * LoadAsFloat(dtype, k, t * kv_row_stride + i);
+      logits[t] = dot * softmax_scale;
+      max_logit = std::max(max_logit, logits[t]);
+    }
+    double total = 0, kept = 0;
+    std::fill(exact.begin(), exact.end(), 0.0);
+    std::fill(restricted.begin(), restricted.end(), 0.0);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const double w = std::exp(logits[t] - max_logit);
+      total += w;
+      if (captured[t]) kept += w;
+      for (int64_t i = 0; i < d; ++i) {
+        const double wv = w * LoadAsFloat(dtype, v, t * kv_row_stride + i);
+        exact[i] += wv;
+        if (captured[t]) restricted[i] += wv;
+      }
+    }
+    for (int64_t i = 0; i < d; ++i) {
+      exact[i] /= total;
+      restricted[i] = kept > 0 ? restricted[i] / kept : 0.0;
+    }
+    const double mass = kept / total;
+    sample->mass_captured += mass / group_size;
+    sample->min_mass_captured = std::min(sample->min_mass_captured, mass);
+    const float* o = out + g * d;
+    // std::max drops a NaN second argument: keep NaN visible.
+    const double err = rel_error(o, exact), rerr = rel_error(o, restricted);
+    sample->output_error = std::isnan(err) ? err : std::max(sample->output_error, err);
+    sample->restricted_error = std::isnan(rerr) ? rerr : std::max(sample->restricted_error, rerr);
+    if (std::isnan(err)) break;
+  }
+}
+
+absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& progress) {
+  ReplayResult result;
+  result.config = c;
+  KVTIER_ASSIGN_OR_RETURN(result.options, MakeOptions(c));
+  const Options& o = result.options;
+  result.device = DescribeDevice(c);
+  if (c.backend_auto && c.backend == Backend::kHost) {
+    result.notes.push_back("--backend=auto: no CUDA device, so the host backend ran");
+  }
+
+  workload::SyntheticOptions wo;
+  wo.shape = c.shape;
+  wo.seed = c.seed;
+  wo.softmax_scale = o.softmax_scale;
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<workload::SyntheticWorkload> workload,
+                          workload::SyntheticWorkload::Create(wo));
+
+  // Device buffers and the stream come before the cache so the cache's device is current.
+  KVTIER_ASSIGN_OR_RETURN(StepBuffers buffers, StepBuffers::Create(c));
+  const cudaStream_t stream = buffers.stream();
+
+  Clock::time_point start = Clock::now();
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(o));
+  result.create_seconds = SecondsSince(start);
+
+  std::vector<SeqId> seqs;
+  for (int s = 0; s < c.batch; ++s) {
+    seqs.push_back(SeqId{1000} + s);
+    KVTIER_RETURN_IF_ERROR(cache->AddSequence(seqs.back()));
+  }
+  const std::vector<Triple> triples = DrawTriples(c);
+  Shadows shadows(c, triples);
+
+  start = Clock::now();
+  KVTIER_RETURN_IF_ERROR(Prefill(c, *workload, *cache, seqs, stream, shadows, progress));
+  KVTIER_RETURN_IF_ERROR(buffers.Synchronize());
+  const Stats prefill_stats = cache->GetStats();  // waits for the device
+  result.prefill_seconds = SecondsSince(start);
+  const LayerStats prefill_total = prefill_stats.Total();
+  result.prefill_tokens = prefill_total.prefill_tokens;
+  result.prefill_bytes_stored = prefill_total.prefill_bytes_stored;
+
+  const std::vector<int> accuracy_steps = AccuracySteps(c);
+  const int total_steps = c.warmup_steps + c.steps;
+  const int layers = c.shape.num_layers;
+  const int g = c.shape.group_size();
+  const int64_t d = c.shape.head_dim;
+  const int64_t kv_row = int64_t{c.shape.num_kv_heads} * d;
+  const float scale = o.EffectiveSoftmaxScale();
+  std::vector<bool> captured;
+  for (int step = 0; step < total_steps; ++step) {
+    if (step == c.warmup_steps) cache->ResetStats();
+    const int timed_step = step - c.warmup_steps;
+    const int64_t position = c.context_tokens + step;
+    // This step's queries and new K/V, generated off the clock.
+    KVTIER_RETURN_IF_ERROR(ParallelFor(layers * c.batch, [&](int i) -> absl::Status {
+      const int l = i / c.batch, s = i % c.batch;
+      uint16_t* k = buffers.k(l) + s * kv_row;
+      uint16_t* v = buffers.v(l) + s * kv_row;
+      KVTIER_RETURN_IF_ERROR(
+          workload->Query(seqs[s], l, position, buffers.q(l) + s * c.shape.num_query_heads * d));
+      KVTIER_RETURN_IF_ERROR(workload->DecodeKv(seqs[s], l, position, k, v));
+      shadows.Keep(s, l, position, 1, k, v);
+      return absl::OkStatus();
+    }));
+    KVTIER_RETURN_IF_ERROR(buffers.Stage());
+
+    start = Clock::now();
+    for (int l = 0; l < layers; ++l) {
+      KVTIER_RETURN_IF_ERROR(cache->Decode(l, seqs, buffers.QTensor(l), buffers.KTensor(l),
+                                           buffers.VTensor(l), buffers.OutTensor(l), stream));
+    }
+    KVTIER_RETURN_IF_ERROR(buffers.Synchronize());
+    const double ms = SecondsSince(start) * 1e3;
+    if (timed_step >= 0) result.step_ms.push_back(ms);
+
+    if (timed_step >= 0 &&
+        std::binary_search(accuracy_steps.begin(), accuracy_steps.end(), timed_step)) {
+      KVTIER_RETURN_IF_ERROR(buffers.FetchOut());
+      const int64_t tokens = position + 1;
+      for (const Triple& t : triples) {
+        KVTIER_ASSIGN_OR_RETURN(KvCache::CacheInspection inspection,
+                                cache->Inspect(seqs[t.sequence], t.layer, t.kv_head));
+        captured.assign(static_cast<size_t>(tokens), false);
+        for (int64_t i = 0; i < tokens; ++i) captured[i] = IsHot(o, i, tokens);
+        for (int32_t page : inspection.selected_pages) {
+          const int64_t end = std::min<int64_t>(tokens, (int64_t{page} + 1) * c.page_size);
+          for (int64_t i = int64_t{page} * c.page_size; i < end; ++i) captured[i] = true;
+        }
+        AccuracySample sample;
+        sample.step = timed_step;
+        sample.sequence = t.sequence;
+        sample.layer = t.layer;
+        sample.kv_head = t.kv_head;
+        sample.selected_pages = static_cast<int>(inspection.selected_pages.size());
+        sample.hits = inspection.hits;
+        sample.misses = inspection.misses;
+        const int64_t q_offset =
+            (int64_t{t.sequence} * c.shape.num_query_heads + t.kv_head * g) * d;
+        MeasureAccuracy(c.shape.dtype, g, c.shape.head_dim, scale, buffers.q(t.layer) + q_offset,
+                        shadows.K(t.sequence, t.layer) + t.kv_head * d,
+                        shadows.V(t.sequence, t.layer) + t.kv_head * d, tokens, kv_row,
+                        buffers.out(t.layer) + q_offset, captured, &sample);
+        result.samples.push_back(sample);
+      }
+    }
+    if (progress) progress("decode", step + 1, total_steps);
+  }
+
+  const Stats stats = cache->GetStats();
+  result.decode = stats.Total();
+  result.decode_bound_ms = stats.DecodeBoundMs();
+  result.gpu_bytes_reserved = stats.gpu_bytes_reserved;
+  result.host_pages_used = stats.host_pages_used;
+  result.host_pages_capacity = stats.host_pages_capacity;
+  for (SeqId seq : seqs) KVTIER_RETURN_IF_ERROR(cache->RemoveSequence(seq));
+  return result;
+}
+
+}  // namespace kvtier::replay
