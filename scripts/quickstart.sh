@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sets everything up (packages, build) and runs the main job on its built-in default:
-# kvtier-probe (hardware ceilings), then a small decode demo on the reference attention.
+# kvtier-probe (hardware ceilings), then kvtier-replay: prefill and decode of a Llama-3-8B
+# shaped synthetic workload through KvCache (on the GPU when there is one, else on the host
+# backend, in about a minute).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 kvtier_install_packages
 kvtier_build "$KVTIER_ROOT/build"
 "$KVTIER_ROOT/build/tools/probe/kvtier-probe"
 echo
-"$KVTIER_ROOT/build/tools/demo/kvtier-demo"
+"$KVTIER_ROOT/build/tools/replay/kvtier-replay"

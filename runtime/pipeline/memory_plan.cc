@@ -51,6 +51,11 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
         kMaxCacheSlots, " are supported"));
   }
   m.cache_slots = static_cast<int32_t>(slots);
+  if (m.sink_pages > m.max_pages) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sink_tokens = ", o.sink_tokens, ": more than max_sequence_tokens = ",
+        o.max_sequence_tokens, " (the sink must fit in a sequence)"));
+  }
   m.page_bytes = PageBytes(shape, o.page_size);
   m.bounds_bytes = 2 * d * dsize;
   m.rows = int64_t{o.max_sequences} * shape.num_layers * hk;

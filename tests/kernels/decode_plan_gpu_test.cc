@@ -515,11 +515,15 @@ struct SelectedHarness {
   Mirror<unsigned long long> counters;
 };
 
+// `shift` > 0 places the device num_selected `shift` ints past a 16-byte boundary (the
+// kernel reads earlier tiles' counts with 16-byte loads between a scalar head and tail).
 void CheckSelectedPages(cudaStream_t stream, int32_t num_items, int32_t max_selected,
-                        int32_t cache_slots, int32_t page_size, bool with_counters) {
+                        int32_t cache_slots, int32_t page_size, bool with_counters,
+                        int32_t shift = 0) {
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE(testing::Message() << num_items << " items, max " << max_selected
-                                  << (with_counters ? "" : ", no counters") << ", seed " << seed);
+                                  << (with_counters ? "" : ", no counters") << ", shift " << shift
+                                  << ", seed " << seed);
   std::mt19937_64 rng(seed);
   constexpr int64_t kPageBytes = 256;
   ASSERT_OK_AND_ASSIGN(DeviceBuffer k_pool,
@@ -529,8 +533,16 @@ void CheckSelectedPages(cudaStream_t stream, int32_t num_items, int32_t max_sele
   SelectedHarness h(num_items, max_selected, cache_slots, page_size, kPageBytes);
   h.Randomize(rng, k_pool.data(), v_pool.data());
   h.SetCounters(rng);
+  SelectedPagesParams device_params = h.Params(true, with_counters);
+  ASSERT_OK_AND_ASSIGN(DeviceBuffer shifted,
+                       DeviceBuffer::Allocate((num_items + shift) * sizeof(int32_t)));
+  if (shift > 0) {
+    ASSERT_CUDA_OK(cudaMemcpy(shifted.as<int32_t>() + shift, h.num_selected.host(),
+                              num_items * sizeof(int32_t), cudaMemcpyHostToDevice));
+    device_params.num_selected = shifted.as<int32_t>() + shift;
+  }
   ASSERT_CUDA_OK(cudaDeviceSynchronize());
-  ASSERT_OK(LaunchBuildSelectedPages(h.Params(true, with_counters), stream));
+  ASSERT_OK(LaunchBuildSelectedPages(device_params, stream));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
   ASSERT_OK(ReferenceBuildSelectedPages(h.Params(false, with_counters)));
   h.ExpectSame();
@@ -547,6 +559,10 @@ TEST_F(DecodePlanGpuTest, SelectedPagesOneItemMatchesTwin) {
 }
 TEST_F(DecodePlanGpuTest, SelectedPages16KItemsMatchesTwin) {
   CheckSelectedPages(stream(), 16000, 24, 24, 16, true);
+}
+TEST_F(DecodePlanGpuTest, SelectedPagesUnalignedCountsMatchesTwin) {
+  for (int32_t shift : {1, 2, 3}) CheckSelectedPages(stream(), 3001, 12, 16, 32, true, shift);
+  CheckSelectedPages(stream(), 16003, 8, 8, 16, false, 1);
 }
 
 // ---- ComputePageMass ---------------------------------------------------------------------

@@ -637,7 +637,9 @@ struct MassWorld {
         lse.push_back(rng() % 17 == 0 ? kNegInf : total_lse(rng));
       }
     }
-    chunk_lse.resize(static_cast<size_t>(offsets.back()) * chunks * c.group_size);
+    // At least one element: the array must be present even when no page is listed.
+    chunk_lse.resize(
+        std::max<size_t>(1, static_cast<size_t>(offsets.back()) * chunks * c.group_size));
     for (int32_t i = 0; i < c.num_items; ++i) {
       for (int64_t page = offsets[i]; page < offsets[i + 1]; ++page) {
         for (int32_t k = 0; k < chunks; ++k) {
