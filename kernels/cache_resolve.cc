@@ -80,9 +80,9 @@ absl::Status ValidateItemRows(absl::string_view who, const int32_t* item_rows, i
   std::sort(rows.begin(), rows.end());
   for (size_t i = 1; i < rows.size(); ++i) {
     if (rows[i].first == rows[i - 1].first) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          who, ": item_rows[", rows[i - 1].second, "] and item_rows[", rows[i].second,
-          "] are both ", rows[i].first, ", expected distinct rows"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": item_rows[", rows[i - 1].second, "] and item_rows[", rows[i].second,
+                       "] are both ", rows[i].first, ", expected distinct rows"));
     }
   }
   return absl::OkStatus();
@@ -250,9 +250,9 @@ absl::Status ValidateCacheResolveShape(const CacheResolveParams& p) {
       return Invalid("directory.num_rows", d.num_rows, ">= 1 with item_rows");
     }
     if (d.num_items > d.num_rows) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "cache resolve: num_items (", d.num_items, ") exceeds directory.num_rows (", d.num_rows,
-          "): item_rows must name distinct rows"));
+      return absl::InvalidArgumentError(absl::StrCat("cache resolve: num_items (", d.num_items,
+                                                     ") exceeds directory.num_rows (", d.num_rows,
+                                                     "): item_rows must name distinct rows"));
     }
   } else if (d.num_rows != 0 && d.num_rows != d.num_items) {
     return Invalid("directory.num_rows", d.num_rows,

@@ -231,8 +231,7 @@ __global__ void __launch_bounds__(kThreads, Config<kHeadDim>::kMinBlocksPerSm)
   const int chunks_per_page_mask = (1 << p.chunk_shift) - 1;
   // chunk_lse row of the item's chunk 0: chunks never straddle pages, so the item's chunk c
   // is chunk c % (P / 16) of its page c / (P / 16).
-  [[maybe_unused]] const int64_t chunk_lse_base = static_cast<int64_t>(page_begin)
-                                                  << p.chunk_shift;
+  [[maybe_unused]] const int64_t chunk_lse_base = static_cast<int64_t>(page_begin) << p.chunk_shift;
   if constexpr (kChunkLse) {
     // The chunks of the last page past the last token are in no split's run: split 0 marks
     // them empty.

@@ -60,8 +60,8 @@ absl::Status ValidateAttention(const PagedDecodeParams& p) {
                                 "; expected fp32, bf16 or fp16"));
   }
   if (p.chunk_lse != nullptr && p.page_size % kLseChunk != 0) {
-    return Invalid(absl::StrCat("page_size is ", p.page_size, "; chunk_lse needs a multiple of ",
-                                kLseChunk));
+    return Invalid(
+        absl::StrCat("page_size is ", p.page_size, "; chunk_lse needs a multiple of ", kLseChunk));
   }
   if (p.num_items == 0) return absl::OkStatus();  // nothing is read or written
 

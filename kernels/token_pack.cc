@@ -72,9 +72,9 @@ absl::Status ReferenceTokenPack(const TokenPackParams& p) {
   for (int64_t e = 0; e < entries; ++e) {
     for (const auto& [pages, name] : {std::pair{p.k_pages, "k_pages"}, {p.v_pages, "v_pages"}}) {
       if (pages[e] == nullptr || !Aligned16(pages[e])) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "token pack: ", name, "[", e, "] (page ", e / heads, ", KV head ", e % heads,
-            ") is ", pages[e] == nullptr ? "null" : "not 16-byte aligned"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("token pack: ", name, "[", e, "] (page ", e / heads, ", KV head ",
+                         e % heads, ") is ", pages[e] == nullptr ? "null" : "not 16-byte aligned"));
       }
     }
   }

@@ -105,7 +105,7 @@ __global__ void __launch_bounds__(kThreads) TokenPackKernel(const PackLaunch a) 
 template <int kRowVectors>
 absl::Status LaunchTyped(const TokenPackParams& p, cudaStream_t stream) {
   const int64_t heads = p.num_kv_heads;
-  const int64_t row_vectors = heads * kRowVectors;  // per token
+  const int64_t row_vectors = heads * kRowVectors;                    // per token
   const int64_t tokens_per_launch = kMaxLaunchVectors / row_vectors;  // >= 1 by the limits
   const int64_t first_page = p.first_position / p.page_size;
   const FastDivisor head_divisor = MakeFastDivisor(static_cast<uint32_t>(heads));

@@ -26,9 +26,9 @@ struct TokenPackParams {
   // D: the kernel supports 64, 128 and 256 (dispatch.cuh); the twin any D whose rows are a
   // multiple of 16 bytes.
   int32_t head_dim = 0;
-  int32_t page_size = 0;        // P: tokens per page, >= 1 (any value)
-  int32_t num_tokens = 0;       // >= 0; 0 writes nothing and reads no pointer
-  int64_t first_position = 0;   // sequence position of token 0, >= 0
+  int32_t page_size = 0;       // P: tokens per page, >= 1 (any value)
+  int32_t num_tokens = 0;      // >= 0; 0 writes nothing and reads no pointer
+  int64_t first_position = 0;  // sequence position of token 0, >= 0
   // [num_tokens, num_kv_heads, head_dim] of dtype, contiguous, 16-byte aligned (for the
   // kernel in device memory).
   const void* k = nullptr;

@@ -11,7 +11,8 @@ tar -xJf .gpu/libs.tar.xz -C /tmp/kvlibs
 export LD_LIBRARY_PATH=/tmp/kvlibs OPENBLAS_NUM_THREADS=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 status=0
-for t in gpu_test runtime_core_test offload_test kernels_reference_test index_test; do
+for t in gpu_test runtime_core_test offload_test kernels_reference_test index_test runtime_test \
+         replay_test workload_test; do
   .gpu/$t > "$OUT/$t.log" 2>&1 || status=1
   echo "$t: $(grep -E '^\[  (PASSED|FAILED)  \]|SKIPPED \]' "$OUT/$t.log" | head -3 | tr '\n' ' ')"
 done

@@ -436,8 +436,8 @@ class CacheResolveItemRowsGpuTest
 TEST_P(CacheResolveItemRowsGpuTest, ScatteredRowsOfALargerDirectoryMatchTwin) {
   const CachePolicy policy = GetParam();
   constexpr int32_t kItems = 24;
-  const Shape s{/*items=*/100, /*slots=*/200, /*pages=*/3000, /*selected=*/64, /*steps=*/60,
-                /*with_map=*/true};  // items here: directory rows
+  // 100 directory rows (Shape's items) of 200 slots, 3000 pages, 64 selected, 60 steps.
+  const Shape s{100, 200, 3000, 64, 60, true};
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE(testing::Message() << CachePolicyName(policy) << ", seed " << seed);
   std::mt19937_64 rng(seed);

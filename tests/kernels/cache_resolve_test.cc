@@ -536,7 +536,8 @@ TEST_P(CacheResolvePolicyTest, ItemRowsActLikeACompactDirectory) {
         ASSERT_EQ(wide.score[w], compact.score[c]) << "slot " << s;
       }
       for (int32_t page = 0; page < kPages; ++page) {
-        ASSERT_EQ(wide.page_slot[rows[item] * kPages + page], compact.page_slot[item * kPages + page]);
+        ASSERT_EQ(wide.page_slot[rows[item] * kPages + page],
+                  compact.page_slot[item * kPages + page]);
       }
     }
     // Outputs of items past num_items are not written.
@@ -623,8 +624,7 @@ TEST(CacheResolveTest, InvalidItemRowsAreRejectedAndChangeNothing) {
   state.slot_page[4 * 8 + 1] = 7;
   const std::vector<int32_t> row4(state.slot_page.begin() + 32, state.slot_page.begin() + 40);
   ASSERT_TRUE(ReferenceCacheResolve(good).ok());
-  EXPECT_EQ(std::vector<int32_t>(state.slot_page.begin() + 32, state.slot_page.begin() + 40),
-            row4);
+  EXPECT_EQ(std::vector<int32_t>(state.slot_page.begin() + 32, state.slot_page.begin() + 40), row4);
   // Without item_rows, num_rows == num_items is accepted.
   state.slot_page[4 * 8 + 1] = -1;
   p = state.Params(CachePolicy::kLeastRecentlyUsed, 1);

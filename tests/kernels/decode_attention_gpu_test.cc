@@ -709,9 +709,8 @@ TEST_F(DecodeAttentionGpuTest, ChunkLseMatchesTwin) {
       ++config;
       Batch b;
       ASSERT_NO_FATAL_FAILURE(b.Build(spec));
-      const std::string what =
-          absl::StrCat(DTypeName(spec.dtype), " D ", spec.head_dim, " P ", page, " G ", group,
-                       " seed ", spec.seed);
+      const std::string what = absl::StrCat(DTypeName(spec.dtype), " D ", spec.head_dim, " P ",
+                                            page, " G ", group, " seed ", spec.seed);
       ErrorStats stats;
       double chunk_error = 0;
       for (int splits : {1, 3, 16}) {

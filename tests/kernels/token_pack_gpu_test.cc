@@ -128,16 +128,15 @@ class PackRun {
 };
 
 // Byte equality of the two pools; names the first differing 16-byte vector.
-::testing::AssertionResult SamePool(const std::vector<uint4>& gpu,
-                                    const std::vector<uint4>& twin) {
+::testing::AssertionResult SamePool(const std::vector<uint4>& gpu, const std::vector<uint4>& twin) {
   if (gpu.size() == twin.size() &&
       std::memcmp(gpu.data(), twin.data(), gpu.size() * sizeof(uint4)) == 0) {
     return ::testing::AssertionSuccess();
   }
   size_t i = 0;
   while (i < gpu.size() && std::memcmp(&gpu[i], &twin[i], sizeof(uint4)) == 0) ++i;
-  return ::testing::AssertionFailure() << "pools differ first at vector " << i << " of "
-                                       << twin.size();
+  return ::testing::AssertionFailure()
+         << "pools differ first at vector " << i << " of " << twin.size();
 }
 
 class TokenPackGpuTest : public GpuStreamTest {
@@ -165,7 +164,7 @@ TEST_F(TokenPackGpuTest, MatchesTwinByteForByte) {
       {DType::kFP16, 1, 64, 1, 37, 5},      // one token a page
       {DType::kBF16, 3, 256, 7, 50, 12},    // odd page size and head count
       {DType::kFP16, 5, 128, 17, 300, 1000},
-      {DType::kBF16, 2, 64, 64, 128, 64},   // exactly two pages
+      {DType::kBF16, 2, 64, 64, 128, 64},  // exactly two pages
       {DType::kBF16, 8, 128, 16, 4096 + 7, 16 * 1000 + 9},
       {DType::kFP16, 2, 64, 16, 40, (int64_t{1} << 40) + 13},  // positions beyond 32 bits
       {DType::kBF16, 1, 256, 64, 3000, 65},

@@ -139,14 +139,14 @@ TEST(TokenPackTest, PagesOfARun) {
 
 TEST(TokenPackTest, TwinMatchesPlainLoop) {
   std::vector<PackCase> cases = {
-      {DType::kBF16, 8, 128, 16, 1000, 0},         // whole pages, last one partial
-      {DType::kBF16, 8, 128, 16, 1, 0},            // one token
-      {DType::kFP16, 2, 128, 16, 5, 3},            // inside one page, both ends partial
-      {DType::kBF16, 4, 64, 32, 2, 31},            // two tokens across a page boundary
-      {DType::kFP16, 1, 64, 1, 37, 5},             // one token a page
-      {DType::kBF16, 3, 256, 7, 50, 12},           // odd page size and head count
-      {DType::kFP16, 5, 96, 17, 300, 1000},        // D 96: the twin's rows of 192 bytes
-      {DType::kBF16, 2, 64, 64, 128, 64},          // exactly two pages, page-aligned start
+      {DType::kBF16, 8, 128, 16, 1000, 0},   // whole pages, last one partial
+      {DType::kBF16, 8, 128, 16, 1, 0},      // one token
+      {DType::kFP16, 2, 128, 16, 5, 3},      // inside one page, both ends partial
+      {DType::kBF16, 4, 64, 32, 2, 31},      // two tokens across a page boundary
+      {DType::kFP16, 1, 64, 1, 37, 5},       // one token a page
+      {DType::kBF16, 3, 256, 7, 50, 12},     // odd page size and head count
+      {DType::kFP16, 5, 96, 17, 300, 1000},  // D 96: the twin's rows of 192 bytes
+      {DType::kBF16, 2, 64, 64, 128, 64},    // exactly two pages, page-aligned start
       {DType::kBF16, 8, 128, 16, 4096 + 7, 16 * 1000 + 9},
       {DType::kFP16, 2, 64, 16, 40, (int64_t{1} << 40) + 13},  // positions beyond 32 bits
   };
@@ -216,10 +216,8 @@ TEST(TokenPackTest, RejectsInvalidParametersAndWritesNothing) {
       {"v is null", [](PackSetup&, TokenPackParams& p) { p.v = nullptr; }},
       {"k_pages is null", [](PackSetup&, TokenPackParams& p) { p.k_pages = nullptr; }},
       {"v_pages is null", [](PackSetup&, TokenPackParams& p) { p.v_pages = nullptr; }},
-      {"16-byte aligned",
-       [](PackSetup& s, TokenPackParams& p) { p.k = s.K() + 1; }},
-      {"16-byte aligned",
-       [](PackSetup& s, TokenPackParams& p) { p.v = s.V() + 4; }},
+      {"16-byte aligned", [](PackSetup& s, TokenPackParams& p) { p.k = s.K() + 1; }},
+      {"16-byte aligned", [](PackSetup& s, TokenPackParams& p) { p.v = s.V() + 4; }},
       {"v_pages[11] (page 3, KV head 2) is null",
        [](PackSetup& s, TokenPackParams&) { s.v_pages.back() = nullptr; }},
       {"k_pages[11] (page 3, KV head 2) is not 16-byte aligned",
