@@ -111,9 +111,9 @@ class KvCache {
   // Diagnostics for tests and tools: the page cache of (seq, layer, kv_head) and what the
   // last Decode of `layer` did for it. Waits for the device. NotFound, InvalidArgument.
   struct CacheInspection {
-    // The last Decode of `layer` that included `seq` (all empty / 0 before the first one):
-    // the pages the index selected (page j holds tokens [j P, (j + 1) P)), ascending, and
-    // how many of them were cache hits and misses.
+    // The last Decode of `layer`, when it included `seq` (else all empty / 0: the step
+    // arrays hold one batch per layer): the pages the index selected (page j holds tokens
+    // [j P, (j + 1) P)), ascending, and how many of them were cache hits and misses.
     std::vector<int32_t> selected_pages;
     int32_t hits = 0;
     int32_t misses = 0;

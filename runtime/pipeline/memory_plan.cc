@@ -51,6 +51,13 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
         kMaxCacheSlots, " are supported"));
   }
   m.cache_slots = static_cast<int32_t>(slots);
+  if (o.budget.mass_target > 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget.mass_target = ", o.budget.mass_target,
+        ": the page-bounds index ranks pages by an upper bound of q.k, which is not an "
+        "attention mass; select by count (mass_target = 0) until a centroid index is "
+        "available"));
+  }
   if (m.sink_pages > m.max_pages) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sink_tokens = ", o.sink_tokens, ": more than max_sequence_tokens = ",

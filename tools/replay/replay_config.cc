@@ -17,7 +17,7 @@ constexpr ModelPreset kPresets[] = {
     {"qwen2.5-7b", 28, 28, 4, 128},
 };
 
-constexpr int kDefaultHostSteps = 32;
+constexpr int kDefaultHostSteps = 16;
 constexpr int kDefaultCudaSteps = 128;
 constexpr int64_t kGiB = int64_t{1} << 30;
 constexpr int64_t kMiB = int64_t{1} << 20;

@@ -53,7 +53,7 @@ struct ReplayFlags {
   std::string dtype = "bf16";  // bf16 or fp16
   int64_t context = 4096;      // prompt tokens per sequence
   int batch = 4;               // sequences, all decoded together
-  int steps = 0;               // timed decode steps; 0: 32 on the host backend, 128 on CUDA
+  int steps = 0;               // timed decode steps; 0: 16 on the host backend, 128 on CUDA
   int warmup_steps = 1;        // decode steps run first, untimed and left out of the stats
   int budget = 64;             // pages the index selects per (sequence, layer, KV head)
   double mass_target = 0;      // 0: select `budget` pages; in (0, 1]: the fewest reaching it

@@ -41,7 +41,7 @@ ABSL_FLAG(std::string, dtype, kDefaults.dtype, "K/V/query dtype: bf16 or fp16");
 ABSL_FLAG(int64_t, context, kDefaults.context, "prompt tokens per sequence");
 ABSL_FLAG(int32_t, batch, kDefaults.batch, "sequences, decoded together");
 ABSL_FLAG(int32_t, steps, kDefaults.steps,
-          "timed decode steps (0: 32 on the host backend, 128 on CUDA)");
+          "timed decode steps (0: 16 on the host backend, 128 on CUDA)");
 ABSL_FLAG(int32_t, warmup_steps, kDefaults.warmup_steps,
           "decode steps before the timed ones (untimed, not in the statistics)");
 ABSL_FLAG(int32_t, budget, kDefaults.budget,

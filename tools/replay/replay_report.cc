@@ -86,6 +86,11 @@ std::string Sig(double value) {
   return absl::StrFormat("%.2e", value);
 }
 
+// A share near 1 with the digits that tell 0.9990 from 0.9999.
+std::string Share(double share) {
+  return std::isfinite(share) ? absl::StrFormat("%.4f", share) : "nan";
+}
+
 std::string Percent(double share) { return absl::StrFormat("%.1f %%", 100 * share); }
 
 const char* BackendName(Backend backend) { return backend == Backend::kCuda ? "cuda" : "host"; }
@@ -222,7 +227,7 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
         << " (sequence, layer, KV head) x " << s.accuracy_samples / std::max(1, c.accuracy_samples)
         << " steps)\n";
     row("attention mass captured",
-        absl::StrCat(Sig(s.mean_mass_captured), " mean, ", Sig(s.min_mass_captured),
+        absl::StrCat(Share(s.mean_mass_captured), " mean, ", Share(s.min_mass_captured),
                      " min (hot set + selected pages)"));
     row("output error", absl::StrCat(Sig(s.mean_output_error), " mean, ", Sig(s.max_output_error),
                                      " max (relative L2 per query head)"));
@@ -234,10 +239,11 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
                              "layer", "head", "tokens", "captured", "pages", "hits", "mass",
                              "min mass", "error", "err|sel");
       for (const AccuracySample& a : r.samples) {
-        out << absl::StrFormat(
-            "  %5d %4d %5d %4d %7d %8d %5d %5d %8s %8s %9s %9s\n", a.step, a.sequence, a.layer,
-            a.kv_head, a.tokens, a.captured_tokens, a.selected_pages, a.hits, Sig(a.mass_captured),
-            Sig(a.min_mass_captured), Sig(a.output_error), Sig(a.restricted_error));
+        out << absl::StrFormat("  %5d %4d %5d %4d %7d %8d %5d %5d %8s %8s %9s %9s\n", a.step,
+                               a.sequence, a.layer, a.kv_head, a.tokens, a.captured_tokens,
+                               a.selected_pages, a.hits, Share(a.mass_captured),
+                               Share(a.min_mass_captured), Sig(a.output_error),
+                               Sig(a.restricted_error));
       }
     }
   }

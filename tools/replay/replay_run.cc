@@ -372,6 +372,11 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
   if (c.backend_auto && c.backend == Backend::kHost) {
     result.notes.push_back("--backend=auto: no CUDA device, so the host backend ran");
   }
+  if (c.backend == Backend::kHost) {
+    result.notes.push_back(
+        "host backend: step times are the kernels' host twins on the CPU; the bound is what the "
+        "GPU rates give (--hbm_gbps, --pcie_gbps) and says nothing about this machine");
+  }
 
   workload::SyntheticOptions wo;
   wo.shape = c.shape;

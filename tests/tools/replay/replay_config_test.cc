@@ -62,12 +62,12 @@ TEST(ReplayConfigTest, DefaultsAreLlama3OnTheHostWithoutAGpu) {
   EXPECT_EQ(c.shape.dtype, DType::kBF16);
   EXPECT_EQ(c.backend, Backend::kHost);
   EXPECT_TRUE(c.backend_auto);
-  EXPECT_EQ(c.steps, 32);
+  EXPECT_EQ(c.steps, 16);
   EXPECT_EQ(c.warmup_steps, 1);
   EXPECT_EQ(c.policy, PolicyChoice::kScore);
   EXPECT_EQ(c.context_tokens, 4096);
   EXPECT_EQ(c.batch, 4);
-  EXPECT_EQ(c.final_tokens(), 4096 + 1 + 32);
+  EXPECT_EQ(c.final_tokens(), 4096 + 1 + 16);
   const Options defaults;
   EXPECT_EQ(c.hbm_bytes_per_second, defaults.hbm_bytes_per_second);
   EXPECT_EQ(c.pcie_bytes_per_second, defaults.pcie_bytes_per_second);
@@ -544,7 +544,7 @@ TEST(ReplayReportTest, TableShowsEveryHeadline) {
         "budget 64 pages of 16 tokens", "score (lowest score, decay 0.99), 4 x budget slots",
         "16.0 tokens/s", "250 ms mean, 250 median (100 to 400)", "0.500 ms/step", "measured 500x",
         "75.0 % of 1000 pages selected/step", "PCIe / step", "1.5 MiB", "phases ms/step",
-        "select 2.00", "0.800 mean, 0.600 min", "0.100 mean, 0.150 max", "3.00e-06 max",
+        "select 2.00", "0.8000 mean, 0.6000 min", "0.100 mean, 0.150 max", "3.00e-06 max",
         "note: a \"quoted\" note"}) {
     EXPECT_THAT(text, HasSubstr(expected));
   }
