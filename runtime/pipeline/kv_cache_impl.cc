@@ -658,7 +658,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     const int64_t t = sequence->tokens[layer];
     const int64_t n = t / p + 1;
     const int64_t cold_end = std::max<int64_t>(s, n - w);
-    const int64_t hot_pages = std::min<int64_t>(s, n) + (n - cold_end);
+    const int64_t hot_pages = std::min<int64_t>(s, n) + std::max<int64_t>(0, n - cold_end);
     const int64_t hot_tokens = (hot_pages - 1) * p + (t + 1 - (n - 1) * p);
     max_hot_tokens = std::max(max_hot_tokens, hot_tokens);
     a.stats.hot_bytes_read += hot_tokens * hk * row_bytes_kv;

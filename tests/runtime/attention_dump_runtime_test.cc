@@ -26,9 +26,12 @@
 //    figures by far less than the 0.02 tolerance.
 //  - Captured mass of a query head: its exact softmax mass (double, scale 1/sqrt(64)) on the
 //    hot tokens plus the selected pages' tokens; averaged over the 4 heads of each KV head,
-//    both KV heads and the 32 queries. The output error is the relative L2 error of Decode's
-//    fp32 output against exact full attention, averaged the same way (the README's definition
-//    of its output-error columns, given there for the centroid index only).
+//    both KV heads and the 32 queries. The output error (printed, not asserted: the README
+//    gives it for the centroid index only) is the relative L2 error of Decode's fp32 output
+//    against exact full attention, per (query, KV head) over its 4 heads' outputs together,
+//    averaged over the 64 of them: the reading that reproduces the README's centroid
+//    output-error column (within 0.7 points, with the centroid selection as its README row
+//    describes it), where averaging per-head errors gives up to twice its diffuse figures.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -120,8 +123,8 @@ struct RunConfig {
 
 // One measured (sampled) decode step.
 struct Sample {
-  int query = 0;     // index into the dump's queries
-  int position = 0;  // its q_pos: the step appended this token
+  int query = 0;                               // index into the dump's queries
+  int position = 0;                            // its q_pos: the step appended this token
   std::vector<float> out;                      // [Hq, D] Decode's fp32 output
   std::vector<std::vector<int32_t>> selected;  // [Hk] Inspect's pages
 };
@@ -129,11 +132,14 @@ struct Sample {
 struct Figures {
   double hot = 0.0;       // mass on the hot set alone
   double captured = 0.0;  // hot set + selected pages
-  double output_error = 0.0;      // mean relative L2 error against full attention
-  double max_output_error = 0.0;  // the largest of those
-  double max_restricted_error = 0.0;  // largest against attention over hot + selected
-  double hit_rate = 0.0;              // page cache, over all decode steps
-  int gap_tokens = 0;                 // tokens decoded between non-consecutive queries
+  // Relative L2 errors of Decode's output: against full attention, per item (the G heads of a
+  // KV head together) averaged over the items, and the largest per query head; against
+  // attention over the hot and selected tokens, the largest per query head.
+  double output_error = 0.0;
+  double max_output_error = 0.0;
+  double max_restricted_error = 0.0;
+  double hit_rate = 0.0;  // page cache, over all decode steps
+  int gap_tokens = 0;     // tokens decoded between non-consecutive queries
   double seconds = 0.0;
 };
 
@@ -264,25 +270,24 @@ void DecodeDump(const AttentionDump& dump, const RunConfig& config, std::vector<
   KvCache& cache = **created;
   ASSERT_TRUE(cache.AddSequence(kSeq).ok());
 
-  // Prefill [0, q_pos[0]) in four chunks whose boundaries fall inside pages (the next chunk
-  // continues a partial page) and one of which exceeds max_prefill_chunk_tokens at 24K.
+  // Prefill [0, q_pos[0]) in four chunks whose boundaries fall inside pages (each chunk
+  // continues the previous one's partial page); at 24K tokens three of them are longer than
+  // max_prefill_chunk_tokens, which the runtime then stores in pieces.
   const int prompt = q_pos[0];
   ASSERT_GT(prompt, 0);
-  const std::vector<int> ends = {prompt * 3 / 20 + 5, prompt / 2 + 7, prompt * 4 / 5 + 11,
-                                 prompt};
+  const std::vector<int> ends = {prompt * 3 / 20 + 5, prompt / 2 + 7, prompt * 4 / 5 + 11, prompt};
   int done = 0;
   for (const int end : ends) {
     if (end <= done) continue;
     const std::vector<uint16_t> k = TokenRows(dump, /*keys=*/true, done, end);
     const std::vector<uint16_t> v = TokenRows(dump, /*keys=*/false, done, end);
-    const absl::Status status =
-        cache.Prefill(kSeq, 0, MakeConstTensor(k.data(), DType::kFP16, {end - done, hk, dim}),
-                      MakeConstTensor(v.data(), DType::kFP16, {end - done, hk, dim}),
-                      ConstTensor{}, nullptr);
+    const absl::Status status = cache.Prefill(
+        kSeq, 0, MakeConstTensor(k.data(), DType::kFP16, {end - done, hk, dim}),
+        MakeConstTensor(v.data(), DType::kFP16, {end - done, hk, dim}), ConstTensor{}, nullptr);
     ASSERT_TRUE(status.ok()) << status;
     done = end;
   }
-  ASSERT_EQ(*cache.NumTokens(kSeq, 0), prompt);
+  ASSERT_EQ(cache.NumTokens(kSeq, 0).value_or(-1), prompt);
 
   // Decode: step i appends token q_pos[i] and attends query i. The dumps' positions are the
   // last 256, consecutive; should a dump skip positions, the skipped tokens are decoded with
@@ -291,6 +296,7 @@ void DecodeDump(const AttentionDump& dump, const RunConfig& config, std::vector<
       v(static_cast<size_t>(hk) * dim);
   std::vector<float> out(static_cast<size_t>(hq) * dim);
   int stored = prompt;
+  int64_t expected_selected = 0;  // pages the index must select over all steps and KV heads
   for (int i = 0; i < dump.num_queries(); ++i) {
     SCOPED_TRACE(absl::StrCat("query ", i, " at position ", q_pos[i]));
     ASSERT_GE(q_pos[i], stored) << "query positions must increase";
@@ -312,8 +318,11 @@ void DecodeDump(const AttentionDump& dump, const RunConfig& config, std::vector<
       ASSERT_TRUE(status.ok()) << status;
       if (stored < q_pos[i]) ++figures->gap_tokens;
       ++stored;
+      const StepGeometry step = Geometry(stored);
+      expected_selected +=
+          int64_t{hk} * std::min(config.budget_pages, step.cold_end - step.cold_begin);
     }
-    ASSERT_EQ(*cache.NumTokens(kSeq, 0), q_pos[i] + 1);
+    ASSERT_EQ(cache.NumTokens(kSeq, 0).value_or(-1), q_pos[i] + 1);
     if (i % kSampleStride != 0) continue;
     Sample sample;
     sample.query = i;
@@ -342,6 +351,7 @@ void DecodeDump(const AttentionDump& dump, const RunConfig& config, std::vector<
   }
   const LayerStats total = cache.GetStats().Total();
   EXPECT_EQ(total.decode_steps, dump.num_queries() + figures->gap_tokens);
+  EXPECT_EQ(total.pages_selected, expected_selected);
   EXPECT_EQ(total.page_hits + total.page_misses, total.pages_selected);
   figures->hit_rate = total.hit_rate();
 }
@@ -356,7 +366,9 @@ Figures Measure(const AttentionDump& dump, const std::vector<Sample>& samples) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
 
   struct Row {
-    double hot = 0.0, captured = 0.0, error = 0.0, restricted_error = 0.0;
+    double hot = 0.0, captured = 0.0;
+    double squared_error = 0.0, squared_norm = 0.0;  // against full attention
+    double restricted_error = 0.0;  // relative, against attention over hot + selected
   };
   std::vector<Row> rows(samples.size() * hq);
   tbb::parallel_for(0, static_cast<int>(rows.size()), [&](int r) {
@@ -366,7 +378,9 @@ Figures Measure(const AttentionDump& dump, const std::vector<Sample>& samples) {
     const int n = s.position + 1;
     const StepGeometry geo = Geometry(n);
     std::vector<char> kept_page((n + kPageSize - 1) / kPageSize, 0);
-    for (const int32_t page : s.selected[kv_head]) kept_page[page] = 1;
+    for (const int32_t page : s.selected[kv_head]) {
+      if (page >= 0 && page < static_cast<int>(kept_page.size())) kept_page[page] = 1;
+    }
 
     std::vector<double> q(dim), logit(n);
     const uint16_t* qh = dump.query(head, s.query);
@@ -405,7 +419,8 @@ Figures Measure(const AttentionDump& dump, const std::vector<Sample>& samples) {
     }
     rows[r].hot = z_hot / z;
     rows[r].captured = z_kept / z;
-    rows[r].error = std::sqrt(err / norm);
+    rows[r].squared_error = err;
+    rows[r].squared_norm = norm;
     rows[r].restricted_error = std::sqrt(r_err / r_norm);
   });
 
@@ -418,14 +433,28 @@ Figures Measure(const AttentionDump& dump, const std::vector<Sample>& samples) {
   for (const Row& row : rows) {
     f.hot += row.hot;
     f.captured += row.captured;
-    f.output_error += row.error;
-    f.max_output_error = max_keep_nan(f.max_output_error, row.error);
+    f.max_output_error =
+        max_keep_nan(f.max_output_error, std::sqrt(row.squared_error / row.squared_norm));
     f.max_restricted_error = max_keep_nan(f.max_restricted_error, row.restricted_error);
   }
-  const double count = static_cast<double>(rows.size());
-  f.hot /= count;
-  f.captured /= count;
-  f.output_error /= count;
+  f.hot /= static_cast<double>(rows.size());
+  f.captured /= static_cast<double>(rows.size());
+  // The output error of an item (sampled query, KV head): the relative L2 error of its G heads'
+  // outputs taken together. Averaged over the items, this is the reading of the README's
+  // "output error" that reproduces its centroid columns (per-head errors averaged instead
+  // weigh heads with near-zero outputs heavily and come out up to twice as large).
+  const int group = dump.group_size();
+  const int items = static_cast<int>(rows.size()) / group;
+  for (int item = 0; item < items; ++item) {
+    double err = 0.0, norm = 0.0;
+    for (int g = 0; g < group; ++g) {
+      // Rows are (sample, query head); query heads of one KV head are consecutive.
+      err += rows[item * group + g].squared_error;
+      norm += rows[item * group + g].squared_norm;
+    }
+    f.output_error += std::sqrt(err / norm);
+  }
+  f.output_error /= items;
   return f;
 }
 
@@ -468,8 +497,8 @@ TEST(AttentionDumpRuntimeTest, PageBoundsBudgetMatchesReadme) {
   std::string why;
   if (!DumpsPresent(&why)) GTEST_SKIP() << why;
   constexpr double kMassTolerance = 0.02;
-  std::printf("%-16s %6s %7s %6s %6s %9s %9s %10s %6s %6s\n", "dump", "budget", "hot",
-              "mass", "[bnds]", "[oracle]", "out err", "exact err", "hits", "secs");
+  std::printf("%-16s %6s %7s %6s %6s %9s %9s %10s %6s %6s\n", "dump", "budget", "hot", "mass",
+              "[bnds]", "[oracle]", "out err", "exact err", "hits", "secs");
   for (const ReadmeRow& row : kReadme) {
     SCOPED_TRACE(row.dump);
     auto dump = AttentionDump::Load(DumpPath(row.dump));
