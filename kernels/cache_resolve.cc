@@ -178,6 +178,12 @@ void ResolveItem(const CacheResolveParams& p, const CacheEvictionPolicy& policy,
   std::sort(victims.begin(), victims.end());
 
   // Outputs and directory updates.
+  if (p.hit_slots != nullptr) {
+    int32_t next_hit = 0;
+    for (int32_t i = 0; i < n; ++i) {
+      if (slot_of[i] >= 0) p.hit_slots[sel_base + next_hit++] = slot_of[i];
+    }
+  }
   int32_t* selected_slots = p.selected_slots + sel_base;
   int32_t* miss_pages = p.miss_pages + sel_base;
   int32_t* miss_slots = p.miss_slots + sel_base;

@@ -126,6 +126,21 @@ __global__ void __launch_bounds__(kResolveThreads) CacheResolveKernel(CacheResol
   __syncthreads();  // also publishes the hit bitmap and selected_slots of hits
   const int32_t misses = n - num_hits;
 
+  // The hits' slots in selection order (selected_slots is still -1 for every miss).
+  if (p.hit_slots != nullptr) {
+    const int32_t hit_chunk = (n + kResolveThreads - 1) / kResolveThreads;
+    const int32_t hit_begin = min(static_cast<int32_t>(threadIdx.x) * hit_chunk, n);
+    const int32_t hit_end = min(hit_begin + hit_chunk, n);
+    int my_entries = 0;
+    for (int32_t i = hit_begin; i < hit_end; ++i) my_entries += selected_slots[i] >= 0;
+    int entries_before = 0, total_entries = 0;
+    Scan(scan_storage).ExclusiveSum(my_entries, entries_before, total_entries);
+    __syncthreads();
+    for (int32_t i = hit_begin; i < hit_end; ++i) {
+      if (selected_slots[i] >= 0) p.hit_slots[sel_base + entries_before++] = selected_slots[i];
+    }
+  }
+
   if (misses > 0) {
     // 2. Victims beyond the free slots: the `need` lowest keys among occupied slots that are
     // not selected in this step (never any with keep_only_last: all of those are free).

@@ -109,6 +109,10 @@ struct CacheResolveParams {
   int32_t* miss_slots = nullptr;
   int32_t* hit_count = nullptr;   // [num_items]
   int32_t* miss_count = nullptr;  // [num_items]; hit + miss = num_selected
+  // Optional [num_items, max_selected]: the item's hits' slots in selection order, entries
+  // [0, hit_count[item]) (with miss_slots, the two disjoint parts of selected_slots: a
+  // consumer can start on the resident part while the misses load).
+  int32_t* hit_slots = nullptr;
 };
 
 // The slot state a host-side policy ranks.

@@ -5,10 +5,12 @@
 //   caller stream:  [upload slots and token counts] -> wait(previous write-back of the layer)
 //                   -> plan -> append -> page summary -> (record appended)
 //   copy stream:    wait(appended) -> write-back of completed pages -> (record written_back)
-//   caller stream:  select -> resolve -> (record resolved) -> selected page list
+//   caller stream:  select -> resolve -> (record resolved) -> page lists of the hits and of
+//                   the misses
 //   load stream:    wait(resolved, written_back) -> miss load -> (record loaded)
-//   caller stream:  hot-set attention (overlaps the load) -> wait(loaded) -> selected-page
-//                   attention -> merge into out -> [page mass -> score update]
+//   caller stream:  attention over the hot set, then over the hits (both overlap the load)
+//                   -> wait(loaded) -> attention over the misses -> merge of the three parts
+//                   into out -> [page mass -> score update]
 // Nothing waits on the host: the token counts travel in one upload from pinned staging, and
 // everything else is derived on the device (kernels/decode_plan.h).
 //
@@ -153,10 +155,13 @@ absl::Status KvCacheImpl::Initialize() {
     a.num_selected = c.Take<int32_t>(bi);
     a.hit_count = c.Take<int32_t>(bi);
     a.miss_count = c.Take<int32_t>(bi);
-    a.sel_offsets = c.Take<int32_t>(bi + 1);
-    a.sel_k = c.Take<const void*>(bi * k);
-    a.sel_v = c.Take<const void*>(bi * k);
-    a.sel_last = c.Take<int32_t>(bi);
+    a.hit_slots = c.Take<int32_t>(bi * k);
+    for (PageList* list : {&a.hits, &a.misses}) {
+      list->offsets = c.Take<int32_t>(bi + 1);
+      list->k = c.Take<const void*>(bi * k);
+      list->v = c.Take<const void*>(bi * k);
+      list->last = c.Take<int32_t>(bi);
+    }
     a.counters = c.Take<unsigned long long>(3);
     a.staging = reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * l);
     for (EventHandle* e : {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded}) {
@@ -184,11 +189,13 @@ absl::Status KvCacheImpl::Initialize() {
     x.out = s.Bytes(bi * g * d * 4);
     x.hot_out = s.Take<float>(bi * g * d);
     x.hot_lse = s.Take<float>(bi * g);
-    x.sel_out = s.Take<float>(bi * g * d);
-    x.sel_lse = s.Take<float>(bi * g);
+    x.hit_out = s.Take<float>(bi * g * d);
+    x.hit_lse = s.Take<float>(bi * g);
+    x.miss_out = s.Take<float>(bi * g * d);
+    x.miss_lse = s.Take<float>(bi * g);
     x.lse = s.Take<float>(bi * g);
-    x.part_out = s.Take<const float*>(2);
-    x.part_lse = x.part_out + 2;  // the same 256-byte region holds all four pointers
+    x.part_out = s.Take<const float*>(3);
+    x.part_lse = x.part_out + 3;  // the same 256-byte region holds all six pointers
     x.attention_workspace_bytes = PagedDecodeWorkspaceBytes(
         plan_.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits);
     x.attention_workspace = x.attention_workspace_bytes > 0
@@ -201,14 +208,16 @@ absl::Status KvCacheImpl::Initialize() {
     p.max_blocks = plan_.max_pages;
     x.select_workspace_bytes = BlockSelectWorkspaceBytes(p);
     x.select_workspace = s.Bytes(static_cast<int64_t>(x.select_workspace_bytes));
-    x.chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
-    x.mass = s.Take<float>(bi * k);
+    x.hit_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
+    x.miss_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
+    x.hit_mass = s.Take<float>(bi * k);
+    x.miss_mass = s.Take<float>(bi * k);
     if (options_.cache_policy == CachePolicy::kNone) {
       x.empty_page = s.Take<int32_t>(bi * plan_.cache_slots);
       x.empty_last_use = s.Take<int32_t>(bi * plan_.cache_slots);
       x.empty_score = s.Take<float>(bi * plan_.cache_slots);
     }
-    const float* parts[4] = {x.hot_out, x.sel_out, x.hot_lse, x.sel_lse};
+    const float* parts[6] = {x.hot_out, x.hit_out, x.miss_out, x.hot_lse, x.hit_lse, x.miss_lse};
     KVTIER_RETURN_IF_ERROR(
         backend_->CopyToBackend(x.part_out, parts, sizeof(parts), backend_->copy_stream()));
   }
@@ -861,6 +870,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     resolve.miss_slots = a.miss_slots;
     resolve.hit_count = a.hit_count;
     resolve.miss_count = a.miss_count;
+    resolve.hit_slots = a.hit_slots;
     KVTIER_RETURN_IF_ERROR(backend_->CacheResolve(resolve, stream));
     if (a.t_resolve != nullptr) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_resolve, stream));
 
@@ -890,6 +900,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     }
     KVTIER_RETURN_IF_ERROR(backend_->Record(a.loaded, load_stream));
 
+    // The attention page lists of the hits and of the misses.
     SelectedPagesParams list;
     list.num_items = items;
     list.max_selected = plan_.max_selected;
@@ -897,18 +908,30 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     list.page_bytes = plan_.page_bytes;
     list.slot_k_base = a.slot_k_base;
     list.slot_v_base = a.slot_v_base;
-    list.selected_slots = a.selected_slots;
-    list.num_selected = a.num_selected;
+    list.selected_slots = a.hit_slots;
+    list.num_selected = a.hit_count;
     list.hit_count = a.hit_count;
     list.miss_count = a.miss_count;
-    list.page_offsets = a.sel_offsets;
-    list.k_pages = a.sel_k;
-    list.v_pages = a.sel_v;
-    list.last_page_tokens = a.sel_last;
+    list.page_offsets = a.hits.offsets;
+    list.k_pages = a.hits.k;
+    list.v_pages = a.hits.v;
+    list.last_page_tokens = a.hits.last;
     list.counters = a.counters;
     KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
+    list.selected_slots = a.miss_slots;
+    list.num_selected = a.miss_count;
+    list.hit_count = nullptr;
+    list.miss_count = nullptr;
+    list.page_offsets = a.misses.offsets;
+    list.k_pages = a.misses.k;
+    list.v_pages = a.misses.v;
+    list.last_page_tokens = a.misses.last;
+    list.counters = nullptr;
+    KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
 
-    // 5. Attend: the hot set while the misses load, then the selected pages, then merge.
+    // 5. Attend: the hot set and the hits while the misses load, then the misses, then merge.
+    const bool score_policy = options_.cache_policy == CachePolicy::kLowestScore;
+    const int64_t selected_tokens = int64_t{plan_.max_selected} * p;
     attend.k_pages = a.hot_k;
     attend.v_pages = a.hot_v;
     attend.page_offsets = a.hot_offsets;
@@ -919,21 +942,30 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
                                                scratch_.attention_workspace,
                                                scratch_.attention_workspace_bytes,
                                                kMaxAttentionSplits, stream));
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, a.loaded));
-    const bool score_policy = options_.cache_policy == CachePolicy::kLowestScore;
-    attend.k_pages = a.sel_k;
-    attend.v_pages = a.sel_v;
-    attend.page_offsets = a.sel_offsets;
-    attend.last_page_tokens = a.sel_last;
-    attend.out = scratch_.sel_out;
-    attend.lse = scratch_.sel_lse;
-    attend.chunk_lse = score_policy ? scratch_.chunk_lse : nullptr;
-    KVTIER_RETURN_IF_ERROR(backend_->Attention(
-        attend, int64_t{plan_.max_selected} * p, scratch_.attention_workspace,
-        scratch_.attention_workspace_bytes, kMaxAttentionSplits, stream));
+    const struct {
+      const PageList& list;
+      float* out;
+      float* lse;
+      float* chunk_lse;
+    } selected_parts[2] = {
+        {a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse},
+        {a.misses, scratch_.miss_out, scratch_.miss_lse, scratch_.miss_chunk_lse}};
+    for (int part = 0; part < 2; ++part) {
+      if (part == 1) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, a.loaded));
+      attend.k_pages = selected_parts[part].list.k;
+      attend.v_pages = selected_parts[part].list.v;
+      attend.page_offsets = selected_parts[part].list.offsets;
+      attend.last_page_tokens = selected_parts[part].list.last;
+      attend.out = selected_parts[part].out;
+      attend.lse = selected_parts[part].lse;
+      attend.chunk_lse = score_policy ? selected_parts[part].chunk_lse : nullptr;
+      KVTIER_RETURN_IF_ERROR(backend_->Attention(
+          attend, selected_tokens, scratch_.attention_workspace,
+          scratch_.attention_workspace_bytes, kMaxAttentionSplits, stream));
+    }
 
     MergeParams merge;
-    merge.num_parts = 2;
+    merge.num_parts = 3;
     merge.num_rows = items * g;
     merge.head_dim = shape.head_dim;
     merge.part_out = scratch_.part_out;
@@ -944,29 +976,44 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     KVTIER_RETURN_IF_ERROR(backend_->Merge(merge, stream));
 
     if (score_policy) {
-      PageMassParams mass;
-      mass.num_items = items;
-      mass.group_size = g;
-      mass.max_selected = plan_.max_selected;
-      mass.page_size = p;
-      mass.page_offsets = a.sel_offsets;
-      mass.num_selected = a.num_selected;
-      mass.chunk_lse = scratch_.chunk_lse;
-      mass.lse = scratch_.lse;
-      mass.mass = scratch_.mass;
-      KVTIER_RETURN_IF_ERROR(backend_->PageMass(mass, stream));
-      CacheScoreUpdateParams update;
-      update.slot_score = dir_score_;
-      update.selected_slots = a.selected_slots;
-      update.num_selected = a.num_selected;
-      update.mass = scratch_.mass;
-      update.num_items = items;
-      update.num_slots = plan_.cache_slots;
-      update.max_selected = plan_.max_selected;
-      update.decay = options_.score_decay;
-      update.item_rows = a.item_row;
-      update.num_rows = static_cast<int32_t>(plan_.rows);
-      KVTIER_RETURN_IF_ERROR(backend_->ScoreUpdate(update, stream));
+      // Each page's share of the final attention, added to its slot's score: the hits' update
+      // decays every score first, the misses' adds only.
+      const struct {
+        const PageList& list;
+        int32_t* slots;
+        int32_t* count;
+        float* chunk_lse;
+        float* mass;
+        float decay;
+      } updates[2] = {{a.hits, a.hit_slots, a.hit_count, scratch_.hit_chunk_lse,
+                       scratch_.hit_mass, options_.score_decay},
+                      {a.misses, a.miss_slots, a.miss_count, scratch_.miss_chunk_lse,
+                       scratch_.miss_mass, 1.0f}};
+      for (const auto& u : updates) {
+        PageMassParams mass;
+        mass.num_items = items;
+        mass.group_size = g;
+        mass.max_selected = plan_.max_selected;
+        mass.page_size = p;
+        mass.page_offsets = u.list.offsets;
+        mass.num_selected = u.count;
+        mass.chunk_lse = u.chunk_lse;
+        mass.lse = scratch_.lse;
+        mass.mass = u.mass;
+        KVTIER_RETURN_IF_ERROR(backend_->PageMass(mass, stream));
+        CacheScoreUpdateParams update;
+        update.slot_score = dir_score_;
+        update.selected_slots = u.slots;
+        update.num_selected = u.count;
+        update.mass = u.mass;
+        update.num_items = items;
+        update.num_slots = plan_.cache_slots;
+        update.max_selected = plan_.max_selected;
+        update.decay = u.decay;
+        update.item_rows = a.item_row;
+        update.num_rows = static_cast<int32_t>(plan_.rows);
+        KVTIER_RETURN_IF_ERROR(backend_->ScoreUpdate(update, stream));
+      }
     }
   }
   // The write-back rejoins the caller's stream (it finishes long before attention does), so
@@ -1029,10 +1076,13 @@ Stats KvCacheImpl::GetStats() const {
     unsigned long long counters[3] = {0, 0, 0};
     if (backend_->CopyToHost(counters, a.counters, sizeof(counters), nullptr).ok() &&
         backend_->Synchronize(nullptr).ok()) {
-      layer.pages_selected += static_cast<int64_t>(counters[0]);
-      layer.page_hits += static_cast<int64_t>(counters[1]);
-      layer.page_misses += static_cast<int64_t>(counters[2]);
-      layer.selected_bytes_read += static_cast<int64_t>(counters[0]) * kv_page;
+      // counters[0] counts the hit list's pages, the same as counters[1].
+      const int64_t hits = static_cast<int64_t>(counters[1]);
+      const int64_t misses = static_cast<int64_t>(counters[2]);
+      layer.pages_selected += hits + misses;
+      layer.page_hits += hits;
+      layer.page_misses += misses;
+      layer.selected_bytes_read += (hits + misses) * kv_page;
       layer.bytes_loaded += static_cast<int64_t>(counters[2]) * kv_page;
     }
     stats.layers.push_back(layer);

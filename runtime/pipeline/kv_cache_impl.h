@@ -18,6 +18,14 @@
 
 namespace kvtier::internal {
 
+// A page list of paged attention (decode_attention.h), in backend memory.
+struct PageList {
+  int32_t* offsets = nullptr;  // [items + 1]
+  const void** k = nullptr;    // [items * max_selected]
+  const void** v = nullptr;
+  int32_t* last = nullptr;  // [items]
+};
+
 // One layer's step arrays in backend memory (written by one Decode of the layer, read by the
 // next one and by Inspect), plus its events and host records.
 struct LayerArrays {
@@ -48,11 +56,12 @@ struct LayerArrays {
   int32_t* miss_slots = nullptr;
   int32_t* hit_count = nullptr;
   int32_t* miss_count = nullptr;
-  int32_t* sel_offsets = nullptr;
-  const void** sel_k = nullptr;
-  const void** sel_v = nullptr;
-  int32_t* sel_last = nullptr;
-  unsigned long long* counters = nullptr;  // [3] selected, hits, misses
+  int32_t* hit_slots = nullptr;
+  // Attention page lists of the selected pages: the hits (resident: attended while the misses
+  // load) and the misses (attended after the load).
+  PageList hits;
+  PageList misses;
+  unsigned long long* counters = nullptr;  // [3] hits listed, hits, misses
 
   int32_t* staging = nullptr;  // host: [2 * max_batch] seq_slot then tokens_before
 
@@ -81,17 +90,21 @@ struct DecodeScratch {
   void* out = nullptr;  // staging for host `out`
   float* hot_out = nullptr;
   float* hot_lse = nullptr;
-  float* sel_out = nullptr;
-  float* sel_lse = nullptr;
+  float* hit_out = nullptr;
+  float* hit_lse = nullptr;
+  float* miss_out = nullptr;
+  float* miss_lse = nullptr;
   float* lse = nullptr;
-  const float** part_out = nullptr;  // [2] hot_out, sel_out
-  const float** part_lse = nullptr;  // [2]
+  const float** part_out = nullptr;  // [3] hot, hits, misses
+  const float** part_lse = nullptr;  // [3]
   void* attention_workspace = nullptr;
   size_t attention_workspace_bytes = 0;
   void* select_workspace = nullptr;
   size_t select_workspace_bytes = 0;
-  float* chunk_lse = nullptr;
-  float* mass = nullptr;
+  float* hit_chunk_lse = nullptr;
+  float* miss_chunk_lse = nullptr;
+  float* hit_mass = nullptr;
+  float* miss_mass = nullptr;
   // CachePolicy::kNone: a directory of the batch's items, emptied before every resolve, so
   // every selected page misses and the sequences' own directories stay untouched.
   int32_t* empty_page = nullptr;

@@ -44,10 +44,12 @@ struct HostArrays {
         miss_slots(int64_t{items} * selected, kPoison),
         hit_count(items, kPoison),
         miss_count(items, kPoison),
+        hit_slots(int64_t{items} * selected, kPoison),
         mass(int64_t{items} * selected, 0.0f) {}
 
   void PoisonOutputs() {
-    for (auto* v : {&selected_slots, &miss_pages, &miss_slots, &hit_count, &miss_count}) {
+    for (auto* v :
+         {&selected_slots, &miss_pages, &miss_slots, &hit_count, &miss_count, &hit_slots}) {
       std::fill(v->begin(), v->end(), kPoison);
     }
   }
@@ -55,7 +57,7 @@ struct HostArrays {
   std::vector<int32_t> slot_page, last_use;
   std::vector<float> score;
   std::vector<int32_t> page_slot, selected, num_selected;
-  std::vector<int32_t> selected_slots, miss_pages, miss_slots, hit_count, miss_count;
+  std::vector<int32_t> selected_slots, miss_pages, miss_slots, hit_count, miss_count, hit_slots;
   std::vector<float> mass;
 };
 
@@ -90,7 +92,8 @@ struct DeviceArrays {
           Entry{&selected, Bytes(h.selected)}, Entry{&num_selected, Bytes(h.num_selected)},
           Entry{&selected_slots, Bytes(h.selected_slots)}, Entry{&miss_pages, Bytes(h.miss_pages)},
           Entry{&miss_slots, Bytes(h.miss_slots)}, Entry{&hit_count, Bytes(h.hit_count)},
-          Entry{&miss_count, Bytes(h.miss_count)}, Entry{&mass, Bytes(h.mass)}}) {
+          Entry{&miss_count, Bytes(h.miss_count)}, Entry{&hit_slots, Bytes(h.hit_slots)},
+          Entry{&mass, Bytes(h.mass)}}) {
       auto buffer = DeviceBuffer::Allocate(e.bytes);
       if (!buffer.ok()) return buffer.status();
       *e.buffer = std::move(*buffer);
@@ -98,7 +101,7 @@ struct DeviceArrays {
     return absl::OkStatus();
   }
   DeviceBuffer slot_page, last_use, score, page_slot, selected, num_selected, selected_slots,
-      miss_pages, miss_slots, hit_count, miss_count, mass;
+      miss_pages, miss_slots, hit_count, miss_count, hit_slots, mass;
 };
 
 CacheResolveParams MakeParams(const Shape& s, CachePolicy policy, int32_t step, int32_t* slot_page,
@@ -205,15 +208,16 @@ TEST_P(CacheResolveGpuTest, MatchesTwinOverDriftingSteps) {
     twin.PoisonOutputs();
     Upload(twin.selected, d.selected, stream);
     Upload(twin.num_selected, d.num_selected, stream);
-    for (const DeviceBuffer* out :
-         {&d.selected_slots, &d.miss_pages, &d.miss_slots, &d.hit_count, &d.miss_count}) {
+    for (const DeviceBuffer* out : {&d.selected_slots, &d.miss_pages, &d.miss_slots,
+                                    &d.hit_count, &d.miss_count, &d.hit_slots}) {
       ASSERT_CUDA_OK(cudaMemsetAsync(out->data(), kPoisonByte, out->size(), stream));
     }
-    const CacheResolveParams device_params = MakeParams(
+    CacheResolveParams device_params = MakeParams(
         s, policy, step, d.slot_page.as<int32_t>(), d.last_use.as<int32_t>(), d.score.as<float>(),
         d.page_slot.as<int32_t>(), d.selected.as<int32_t>(), d.num_selected.as<int32_t>(),
         d.selected_slots.as<int32_t>(), d.miss_pages.as<int32_t>(), d.miss_slots.as<int32_t>(),
         d.hit_count.as<int32_t>(), d.miss_count.as<int32_t>());
+    device_params.hit_slots = d.hit_slots.as<int32_t>();
     const absl::Status launched = LaunchCacheResolve(device_params, stream);
     ASSERT_TRUE(launched.ok()) << launched;
 
@@ -234,6 +238,7 @@ TEST_P(CacheResolveGpuTest, MatchesTwinOverDriftingSteps) {
     Download(d.miss_slots, gpu.miss_slots, stream);
     Download(d.hit_count, gpu.hit_count, stream);
     Download(d.miss_count, gpu.miss_count, stream);
+    Download(d.hit_slots, gpu.hit_slots, stream);
     Download(d.slot_page, gpu.slot_page, stream);
     Download(d.last_use, gpu.last_use, stream);
     if (s.with_map) Download(d.page_slot, gpu.page_slot, stream);
@@ -246,12 +251,15 @@ TEST_P(CacheResolveGpuTest, MatchesTwinOverDriftingSteps) {
     Download(d.score, gpu.score, stream);
     ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
 
-    const CacheResolveParams host_params =
+    CacheResolveParams host_params =
         MakeParams(s, policy, step, twin.slot_page.data(), twin.last_use.data(), twin.score.data(),
                    twin.page_slot.data(), twin.selected.data(), twin.num_selected.data(),
                    twin.selected_slots.data(), twin.miss_pages.data(), twin.miss_slots.data(),
                    twin.hit_count.data(), twin.miss_count.data());
+    host_params.hit_slots = twin.hit_slots.data();
     ASSERT_TRUE(ReferenceCacheResolve(host_params).ok());
+    // Entries past an item's hit count stay poisoned on both sides: compare everything.
+    ASSERT_TRUE(SameBits("hit_slots", gpu.hit_slots, twin.hit_slots));
     ASSERT_TRUE(SameBits("selected_slots", gpu.selected_slots, twin.selected_slots));
     ASSERT_TRUE(SameBits("miss_pages", gpu.miss_pages, twin.miss_pages));
     ASSERT_TRUE(SameBits("miss_slots", gpu.miss_slots, twin.miss_slots));

@@ -220,7 +220,9 @@ TEST_P(CacheResolvePolicyTest, TwinMatchesModelOverDriftingSteps) {
       state.SetSelection(item, sel);
       expected.push_back(ModelResolve(model[item], sel, step, policy));
     }
-    const CacheResolveParams params = state.Params(policy, step);
+    CacheResolveParams params = state.Params(policy, step);
+    std::vector<int32_t> hit_slots(int64_t{kItems} * kSelected, kPoison);
+    params.hit_slots = hit_slots.data();
     ASSERT_TRUE(ReferenceCacheResolve(params).ok());
     ExpectConsistent(state, policy);
     for (int32_t item = 0; item < kItems; ++item) {
@@ -231,6 +233,17 @@ TEST_P(CacheResolvePolicyTest, TwinMatchesModelOverDriftingSteps) {
       ASSERT_EQ(state.miss_count[item], static_cast<int32_t>(e.miss_pages.size()));
       total_hits += e.hits;
       total_misses += static_cast<int64_t>(e.miss_pages.size());
+      // The hits' slots: the selection's slots that are not loaded this step, in order.
+      std::vector<int32_t> expected_hit_slots;
+      for (int32_t i = 0; i < n; ++i) {
+        if (std::find(e.miss_slots.begin(), e.miss_slots.end(), e.slots[i]) == e.miss_slots.end()) {
+          expected_hit_slots.push_back(e.slots[i]);
+        }
+      }
+      ASSERT_EQ(static_cast<int32_t>(expected_hit_slots.size()), e.hits);
+      for (int32_t i = 0; i < kSelected; ++i) {
+        ASSERT_EQ(hit_slots[base + i], i < e.hits ? expected_hit_slots[i] : kPoison) << i;
+      }
       for (int32_t i = 0; i < kSelected; ++i) {
         ASSERT_EQ(state.selected_slots[base + i], i < n ? e.slots[i] : kPoison) << "entry " << i;
         const bool miss = i < static_cast<int32_t>(e.miss_pages.size());
