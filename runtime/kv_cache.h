@@ -20,7 +20,16 @@
 // copy and load streams, which join the caller's stream through events; a call returns
 // without waiting for the device (except where stated). Results in device memory are ready
 // when the caller's stream reaches that point; results in host memory are ready on return.
+// Calls may use different streams: each call's work starts after the previous call's (they
+// share kvtier's scratch buffers). Host-memory inputs: pageable memory may be reused as soon
+// as the call returns; pinned memory only once the stream has passed the call (it is read
+// asynchronously).
 // The host backend ignores streams and computes on the calling thread (oneTBB inside).
+//
+// CUDA graphs: a Decode with device-memory tensors may be captured (stream capture in any
+// mode). The graph holds that one step: launch it exactly once, before the next call that
+// touches the same layer, and synchronise it before RemoveSequence, GetStats or Inspect
+// (kvtier cannot see when a graph runs). Prefill cannot be captured.
 //
 // Errors: every call validates its arguments before changing anything. A call that returns an
 // error leaves every stored sequence exactly as it was (its tokens, pages and cache state):

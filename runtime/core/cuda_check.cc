@@ -5,6 +5,9 @@
 namespace kvtier {
 
 absl::Status CudaErrorToStatus(cudaError_t error, const char* call, const char* file, int line) {
+  // A failed runtime call also sets the thread's last error; clear it, so that the next
+  // kernel launch check does not report this failure as its own (a sticky error stays).
+  if (error != cudaSuccess) (void)cudaGetLastError();
   const std::string message = absl::StrCat(call, " failed with ", cudaGetErrorName(error), " (",
                                            cudaGetErrorString(error), ") at ", file, ":", line);
   switch (error) {

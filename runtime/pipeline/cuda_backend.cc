@@ -81,9 +81,15 @@ class CudaBackend final : public StepBackend {
     KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(static_cast<cudaEvent_t>(event), s));
     return absl::OkStatus();
   }
-  absl::Status StreamWait(cudaStream_t s, EventHandle event) override {
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, static_cast<cudaEvent_t>(event), 0));
+  absl::Status StreamWait(cudaStream_t s, EventHandle event, bool external) override {
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(s, static_cast<cudaEvent_t>(event),
+                                                    external ? cudaEventWaitExternal : 0));
     return absl::OkStatus();
+  }
+  absl::StatusOr<bool> IsCapturing(cudaStream_t s) override {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(s, &status));
+    return status == cudaStreamCaptureStatusActive;
   }
   absl::Status HostWait(EventHandle event) override {
     KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(static_cast<cudaEvent_t>(event)));

@@ -66,7 +66,8 @@ class HostBackend final : public StepBackend {
     *static_cast<Clock::time_point*>(event) = Clock::now();
     return absl::OkStatus();
   }
-  absl::Status StreamWait(cudaStream_t, EventHandle) override { return absl::OkStatus(); }
+  absl::Status StreamWait(cudaStream_t, EventHandle, bool) override { return absl::OkStatus(); }
+  absl::StatusOr<bool> IsCapturing(cudaStream_t) override { return false; }
   absl::Status HostWait(EventHandle) override { return absl::OkStatus(); }
   absl::StatusOr<float> Elapsed(EventHandle start, EventHandle stop) override {
     const auto d = *static_cast<Clock::time_point*>(stop) - *static_cast<Clock::time_point*>(start);

@@ -95,7 +95,7 @@ absl::Status KvCacheImpl::Initialize() {
   const int64_t b = options_.max_batch_size;
   KVTIER_ASSIGN_OR_RETURN(
       staging_,
-      PinnedBuffer::Allocate({static_cast<size_t>(AlignUp(2 * b * 4) * shape.num_layers),
+      PinnedBuffer::Allocate({static_cast<size_t>(2 * AlignUp(2 * b * 4) * shape.num_layers),
                               device_id}));
 
   // Pools.
@@ -163,8 +163,12 @@ absl::Status KvCacheImpl::Initialize() {
       list->last = c.Take<int32_t>(bi);
     }
     a.counters = c.Take<unsigned long long>(3);
-    a.staging = reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * l);
-    for (EventHandle* e : {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded}) {
+    a.staging = reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * 2 * l);
+    a.capture_staging =
+        reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * (2 * l + 1));
+    for (EventHandle* e : {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded,
+                           &a.cap_appended, &a.cap_written_back, &a.cap_resolved,
+                           &a.cap_loaded}) {
       KVTIER_ASSIGN_OR_RETURN(*e, backend_->CreateEvent(false));
     }
     if (options_.collect_timings) {
@@ -335,7 +339,7 @@ absl::Status KvCacheImpl::RemoveSequence(SeqId seq) {
   free_slots_.push_back(slot);
   for (LayerArrays& layer : layers_) {
     auto pos = std::find(layer.last_batch.begin(), layer.last_batch.end(), seq);
-    if (pos != layer.last_batch.end()) *pos = ~SeqId{0};  // no longer inspectable
+    if (pos != layer.last_batch.end()) layer.last_batch_live[pos - layer.last_batch.begin()] = false;
   }
   return absl::OkStatus();
 }
@@ -377,6 +381,11 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
   if (k.space != v.space) {
     return absl::InvalidArgumentError("Prefill: k and v must be in the same memory space");
   }
+  KVTIER_ASSIGN_OR_RETURN(const bool capturing, backend_->IsCapturing(stream));
+  if (capturing) {
+    return absl::FailedPreconditionError(
+        "Prefill: the stream is capturing a CUDA graph; prefill cannot be captured");
+  }
   Sequence& sequence = it->second;
   const int64_t before = sequence.tokens[layer];
   if (before + n > options_.max_sequence_tokens) {
@@ -396,6 +405,9 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
   const int64_t row_bytes = int64_t{shape.num_kv_heads} * shape.head_dim *
                             static_cast<int64_t>(DTypeSize(shape.dtype));
   const bool inputs_on_backend = backend_->on_device() == (k.space == MemorySpace::kDevice);
+  // Calls may come on different streams: each starts after the previous one's work, as the
+  // calls share scratch and staging buffers.
+  if (any_call_) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, last_call_done_));
   int64_t done = 0;
   while (done < n) {
     const int64_t position = before + done;
@@ -610,6 +622,12 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   KVTIER_RETURN_IF_ERROR(CheckSpace("Decode k_new", k_new.space));
   KVTIER_RETURN_IF_ERROR(CheckSpace("Decode v_new", v_new.space));
   KVTIER_RETURN_IF_ERROR(CheckSpace("Decode out", out.space));
+  KVTIER_ASSIGN_OR_RETURN(const bool capturing, backend_->IsCapturing(stream));
+  if (capturing && (q.space == MemorySpace::kHost || k_new.space == MemorySpace::kHost ||
+                    v_new.space == MemorySpace::kHost || out.space == MemorySpace::kHost)) {
+    return absl::InvalidArgumentError(
+        "Decode: a Decode captured in a CUDA graph takes device-memory q, k_new, v_new and out");
+  }
   if (batch == 0) return absl::OkStatus();
 
   // Sequences: known, distinct, prefilled, with room for one more token.
@@ -680,12 +698,24 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   }
   a.stats.decode_steps += 1;
   a.stats.decode_items += items;
-  if (options_.collect_timings) KVTIER_RETURN_IF_ERROR(HarvestTimings(a));
-  if (a.t_start != nullptr) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_start, stream));
+  // Inside a CUDA-graph capture: no host waits, waits on earlier work are external, the
+  // joins between kvtier's streams use their own events, and no timing.
+  const bool timed = options_.collect_timings && !capturing;
+  EventHandle appended = capturing ? a.cap_appended : a.appended;
+  EventHandle written_back = capturing ? a.cap_written_back : a.written_back;
+  EventHandle resolved = capturing ? a.cap_resolved : a.resolved;
+  EventHandle loaded = capturing ? a.cap_loaded : a.loaded;
+  if (timed) KVTIER_RETURN_IF_ERROR(HarvestTimings(a));
+  if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_start, stream));
+  // Calls may come on different streams: each starts after the previous one's work, as the
+  // calls share scratch and staging buffers.
+  if (any_call_) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, last_call_done_, capturing));
 
   // Upload the batch: slot and token count per sequence.
-  int32_t* staging = backend_->on_device() ? a.staging : a.seq_slot;
-  if (backend_->on_device()) KVTIER_RETURN_IF_ERROR(backend_->HostWait(a.uploaded));
+  int32_t* staging = !backend_->on_device() ? a.seq_slot
+                     : capturing            ? a.capture_staging
+                                            : a.staging;
+  if (backend_->on_device() && !capturing) KVTIER_RETURN_IF_ERROR(backend_->HostWait(a.uploaded));
   const int64_t b_max = options_.max_batch_size;
   for (int64_t b = 0; b < batch; ++b) {
     staging[b] = entries[b]->slot;
@@ -693,7 +723,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   }
   if (backend_->on_device()) {
     KVTIER_RETURN_IF_ERROR(backend_->CopyToBackend(a.seq_slot, staging, 2 * b_max * 4, stream));
-    KVTIER_RETURN_IF_ERROR(backend_->Record(a.uploaded, stream));
+    if (!capturing) KVTIER_RETURN_IF_ERROR(backend_->Record(a.uploaded, stream));
   }
 
   // Inputs into backend memory.
@@ -720,7 +750,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   void* out_target = out_staged ? scratch_.out : out.data;
 
   // 1. Plan, append, summary.
-  KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, a.written_back));
+  KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, a.written_back, capturing));
   DecodePlanParams plan;
   plan.storage = Storage();
   plan.num_layers = shape.num_layers;
@@ -771,12 +801,12 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   summary.tokens = a.summary_tokens;
   summary.bounds = a.summary_bounds;
   KVTIER_RETURN_IF_ERROR(backend_->PageSummaries(summary, stream));
-  if (a.t_plan != nullptr) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_plan, stream));
+  if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_plan, stream));
 
   if (any_writeback) {
     cudaStream_t copy_stream = backend_->copy_stream();
-    KVTIER_RETURN_IF_ERROR(backend_->Record(a.appended, stream));
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(copy_stream, a.appended));
+    KVTIER_RETURN_IF_ERROR(backend_->Record(appended, stream));
+    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(copy_stream, appended));
     WriteBackParams wb;
     wb.num_pages = items;
     wb.page_bytes = plan_.page_bytes;
@@ -785,7 +815,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     wb.k_dst = a.writeback_k_dst;
     wb.v_dst = a.writeback_v_dst;
     KVTIER_RETURN_IF_ERROR(backend_->WriteBack(wb, copy_stream));
-    KVTIER_RETURN_IF_ERROR(backend_->Record(a.written_back, copy_stream));
+    KVTIER_RETURN_IF_ERROR(backend_->Record(written_back, copy_stream));
   }
 
   // Attention parameters shared by the hot and the selected part.
@@ -801,6 +831,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
 
   a.selection_ran = any_candidates;
   a.last_batch.assign(seqs.begin(), seqs.end());
+  a.last_batch_live.assign(seqs.size(), true);
   if (!any_candidates) {
     // Every sequence is all hot: attention over the hot set is the whole answer.
     attend.k_pages = a.hot_k;
@@ -814,8 +845,10 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
                                                scratch_.attention_workspace,
                                                scratch_.attention_workspace_bytes,
                                                kMaxAttentionSplits, stream));
-    for (EventHandle e : {a.t_select, a.t_resolve, a.t_load_start, a.t_load_end}) {
-      if (e != nullptr) KVTIER_RETURN_IF_ERROR(backend_->Record(e, stream));
+    if (timed) {
+      for (EventHandle e : {a.t_select, a.t_resolve, a.t_load_start, a.t_load_end}) {
+        KVTIER_RETURN_IF_ERROR(backend_->Record(e, stream));
+      }
     }
   } else {
     // 2. Select.
@@ -838,7 +871,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     select.workspace = scratch_.select_workspace;
     select.workspace_bytes = scratch_.select_workspace_bytes;
     KVTIER_RETURN_IF_ERROR(backend_->BlockSelect(select, stream));
-    if (a.t_select != nullptr) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_select, stream));
+    if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_select, stream));
 
     // 3. Resolve.
     CacheResolveParams resolve;
@@ -872,16 +905,17 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     resolve.miss_count = a.miss_count;
     resolve.hit_slots = a.hit_slots;
     KVTIER_RETURN_IF_ERROR(backend_->CacheResolve(resolve, stream));
-    if (a.t_resolve != nullptr) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_resolve, stream));
+    if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_resolve, stream));
 
     // 4. Load the misses on the load stream.
     cudaStream_t load_stream = backend_->load_stream();
-    KVTIER_RETURN_IF_ERROR(backend_->Record(a.resolved, stream));
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, a.resolved));
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, a.written_back));
-    if (a.t_load_start != nullptr) {
-      KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_load_start, load_stream));
-    }
+    KVTIER_RETURN_IF_ERROR(backend_->Record(resolved, stream));
+    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, resolved));
+    // Pages that left the window are in the host store once the latest write-back is done.
+    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, any_writeback ? written_back
+                                                                           : a.written_back,
+                                                capturing && !any_writeback));
+    if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_load_start, load_stream));
     MissLoadParams load;
     load.num_items = items;
     load.max_misses = plan_.max_selected;
@@ -895,10 +929,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     load.slot_k_base = a.slot_k_base;
     load.slot_v_base = a.slot_v_base;
     KVTIER_RETURN_IF_ERROR(backend_->MissLoad(load, load_stream));
-    if (a.t_load_end != nullptr) {
-      KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_load_end, load_stream));
-    }
-    KVTIER_RETURN_IF_ERROR(backend_->Record(a.loaded, load_stream));
+    if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_load_end, load_stream));
+    KVTIER_RETURN_IF_ERROR(backend_->Record(loaded, load_stream));
 
     // The attention page lists of the hits and of the misses.
     SelectedPagesParams list;
@@ -951,7 +983,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
         {a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse},
         {a.misses, scratch_.miss_out, scratch_.miss_lse, scratch_.miss_chunk_lse}};
     for (int part = 0; part < 2; ++part) {
-      if (part == 1) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, a.loaded));
+      if (part == 1) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, loaded));
       attend.k_pages = selected_parts[part].list.k;
       attend.v_pages = selected_parts[part].list.v;
       attend.page_offsets = selected_parts[part].list.offsets;
@@ -1018,8 +1050,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   }
   // The write-back rejoins the caller's stream (it finishes long before attention does), so
   // that a captured step is one closed graph.
-  if (any_writeback) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, a.written_back));
-  if (a.t_end != nullptr) {
+  if (any_writeback) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, written_back));
+  if (timed) {
     KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_end, stream));
     a.timing_pending = true;
   }
@@ -1030,8 +1062,10 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
             static_cast<int64_t>(DTypeSize(out.dtype)),
         stream));
   }
-  KVTIER_RETURN_IF_ERROR(backend_->Record(last_call_done_, stream));
-  any_call_ = true;
+  if (!capturing) {
+    KVTIER_RETURN_IF_ERROR(backend_->Record(last_call_done_, stream));
+    any_call_ = true;
+  }
   if (out_staged) KVTIER_RETURN_IF_ERROR(backend_->HostWait(last_call_done_));
   for (Sequence* sequence : entries) sequence->tokens[layer] += 1;
   return absl::OkStatus();
@@ -1122,7 +1156,8 @@ absl::StatusOr<KvCache::CacheInspection> KvCacheImpl::Inspect(SeqId seq, int lay
   const LayerArrays& a = layers_[layer];
   const int hk = options_.shape.num_kv_heads;
   auto pos = std::find(a.last_batch.begin(), a.last_batch.end(), seq);
-  if (pos != a.last_batch.end() && a.selection_ran) {
+  if (pos != a.last_batch.end() && a.last_batch_live[pos - a.last_batch.begin()] &&
+      a.selection_ran) {
     const int64_t item = (pos - a.last_batch.begin()) * hk + kv_head;
     int32_t counts[3] = {0, 0, 0};
     KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(&counts[0], a.num_selected + item, 4, nullptr));

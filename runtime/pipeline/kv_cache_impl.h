@@ -64,12 +64,18 @@ struct LayerArrays {
   unsigned long long* counters = nullptr;  // [3] hits listed, hits, misses
 
   int32_t* staging = nullptr;  // host: [2 * max_batch] seq_slot then tokens_before
+  // The same for a Decode captured in a CUDA graph: the graph's copy reads it when it runs.
+  int32_t* capture_staging = nullptr;
 
   EventHandle uploaded = nullptr;     // the staging upload has been consumed
   EventHandle appended = nullptr;     // append + summary done (write-back may start)
   EventHandle written_back = nullptr; // this layer's latest write-back done
   EventHandle resolved = nullptr;     // resolve done (the load may start)
   EventHandle loaded = nullptr;       // miss load done
+  // Joins between streams inside a Decode captured in a CUDA graph (the events above keep
+  // describing the uncaptured work, which later calls wait on).
+  EventHandle cap_appended = nullptr, cap_written_back = nullptr, cap_resolved = nullptr,
+              cap_loaded = nullptr;
   // Timing (collect_timings): start, after plan/append/summary, after select, after resolve,
   // load start and end, end.
   EventHandle t_start = nullptr, t_plan = nullptr, t_select = nullptr, t_resolve = nullptr,
@@ -77,7 +83,8 @@ struct LayerArrays {
   bool timing_pending = false;
   bool selection_ran = false;  // the last Decode ran select/resolve (some item had candidates)
 
-  std::vector<SeqId> last_batch;  // the last Decode's sequences
+  std::vector<SeqId> last_batch;   // the last Decode's sequences
+  std::vector<bool> last_batch_live;  // false once that sequence was removed
   int32_t step = 0;               // resolve clock
   LayerStats stats;               // host-side counters (device counters added on read)
 };

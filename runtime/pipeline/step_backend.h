@@ -64,7 +64,12 @@ class StepBackend {
   // Events: created once, recorded on a stream, waited on by another stream or the host.
   virtual absl::StatusOr<EventHandle> CreateEvent(bool timing) = 0;
   virtual absl::Status Record(EventHandle event, cudaStream_t stream) = 0;
-  virtual absl::Status StreamWait(cudaStream_t stream, EventHandle event) = 0;
+  // `external`: the event was recorded outside the CUDA-graph capture that `stream` is in
+  // (cudaEventWaitExternal); false for an ordinary wait.
+  virtual absl::Status StreamWait(cudaStream_t stream, EventHandle event,
+                                  bool external = false) = 0;
+  // Whether `stream` is capturing a CUDA graph (never, on the host backend).
+  virtual absl::StatusOr<bool> IsCapturing(cudaStream_t stream) = 0;
   virtual absl::Status HostWait(EventHandle event) = 0;
   // Milliseconds between two recorded timing events (both complete: call HostWait first).
   virtual absl::StatusOr<float> Elapsed(EventHandle start, EventHandle stop) = 0;
