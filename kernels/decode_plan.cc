@@ -153,6 +153,16 @@ absl::Status ValidateSelectedPagesShape(const SelectedPagesParams& p) {
                                          {"v_pages", p.v_pages},
                                          {"last_page_tokens", p.last_page_tokens}},
                                         why));
+  const bool any_append = p.append_offsets != nullptr || p.append_k != nullptr ||
+                          p.append_v != nullptr || p.append_last != nullptr;
+  if (any_append) {
+    KVTIER_RETURN_IF_ERROR(RequireNonNull(kName,
+                                          {{"append_offsets", p.append_offsets},
+                                           {"append_k", p.append_k},
+                                           {"append_v", p.append_v},
+                                           {"append_last", p.append_last}},
+                                          "when any appended list field is set"));
+  }
   if (p.counters != nullptr) {
     KVTIER_RETURN_IF_ERROR(RequireNonNull(
         kName, {{"hit_count", p.hit_count}, {"miss_count", p.miss_count}}, "with counters set"));
@@ -315,6 +325,13 @@ absl::Status ReferenceBuildSelectedPages(const SelectedPagesParams& p) {
                                                        ", expected >= 0"));
       }
     }
+    if (p.append_offsets != nullptr &&
+        (p.append_offsets[i] < 0 || p.append_offsets[i + 1] < p.append_offsets[i] ||
+         (i == 0 && p.append_offsets[0] != 0))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "selected pages: append_offsets[", i, "..", i + 1, "] = ", p.append_offsets[i], ", ",
+          p.append_offsets[i + 1], ": expected non-decreasing from 0"));
+    }
     if (p.counters != nullptr && (p.hit_count[i] < 0 || p.miss_count[i] < 0)) {
       return absl::InvalidArgumentError(absl::StrCat("selected pages: item ", i, " has hit_count ",
                                                      p.hit_count[i], " and miss_count ",
@@ -335,9 +352,17 @@ absl::Status ReferenceBuildSelectedPages(const SelectedPagesParams& p) {
       p.v_pages[offset] = v_base + slot * p.page_bytes;
       ++offset;
     }
-    p.page_offsets[i + 1] = offset;
     p.last_page_tokens[i] = p.page_size;
-    selected += static_cast<uint64_t>(n);
+    if (p.append_offsets != nullptr) {
+      for (int32_t a = p.append_offsets[i]; a < p.append_offsets[i + 1]; ++a) {
+        p.k_pages[offset] = p.append_k[a];
+        p.v_pages[offset] = p.append_v[a];
+        ++offset;
+      }
+      if (p.append_offsets[i + 1] > p.append_offsets[i]) p.last_page_tokens[i] = p.append_last[i];
+    }
+    p.page_offsets[i + 1] = offset;
+    selected += static_cast<uint64_t>(p.page_offsets[i + 1] - p.page_offsets[i]);
     if (p.counters != nullptr) {
       hits += static_cast<uint64_t>(p.hit_count[i]);
       misses += static_cast<uint64_t>(p.miss_count[i]);

@@ -230,26 +230,40 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
   __shared__ int32_t tile_begin[kTile + 1];
   __shared__ const std::byte* k_base[kTile];
   __shared__ const std::byte* v_base[kTile];
+  __shared__ int32_t selected_count[kTile];
+  __shared__ int32_t append_begin[kTile];
   __shared__ int32_t tile_base;
 
   const int32_t items = p.num_items;
   const int32_t max_selected = p.max_selected;
   const int32_t first = blockIdx.x * kTile;
   const int32_t tid = threadIdx.x;
+  const bool appends = p.append_offsets != nullptr;  // uniform
 
   const int32_t before =
       Reduce(temp.reduce).Sum(PartialCountSum(p.num_selected, first, max_selected));
-  if (tid == 0) tile_base = before;
+  // The appended lists of earlier items are a prefix sum already.
+  if (tid == 0) tile_base = before + (appends ? p.append_offsets[first] : 0);
   __syncthreads();
 
   const int32_t i = first + tid;
   const bool owns_item = tid < kTile && i < items;
   int32_t count = 0;
   if (owns_item) {
-    count = ClampCount(p.num_selected[i], max_selected);
+    const int32_t selected = ClampCount(p.num_selected[i], max_selected);
+    count = selected;
+    selected_count[tid] = selected;
     k_base[tid] = static_cast<const std::byte*>(p.slot_k_base[i]);
     v_base[tid] = static_cast<const std::byte*>(p.slot_v_base[i]);
-    p.last_page_tokens[i] = p.page_size;
+    int32_t last = p.page_size;
+    if (appends) {
+      const int32_t begin = p.append_offsets[i];
+      const int32_t appended = max(p.append_offsets[i + 1] - begin, 0);
+      append_begin[tid] = begin;
+      count += appended;
+      if (appended > 0) last = p.append_last[i];
+    }
+    p.last_page_tokens[i] = last;
   }
   int32_t local = 0, tile_total = 0;
   Scan(temp.scan).ExclusiveSum(count, local, tile_total);
@@ -261,10 +275,16 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
   for (int32_t k = tid; k < tile_total; k += kListThreads) {
     const int t = TileItemOf(tile_begin, k);
     const int32_t e = k - tile_begin[t];
-    const int64_t slot = p.selected_slots[int64_t{first + t} * max_selected + e];
-    const int64_t offset = slot * p.page_bytes;
-    p.k_pages[tile_base + k] = k_base[t] + offset;
-    p.v_pages[tile_base + k] = v_base[t] + offset;
+    if (e < selected_count[t]) {
+      const int64_t slot = p.selected_slots[int64_t{first + t} * max_selected + e];
+      const int64_t offset = slot * p.page_bytes;
+      p.k_pages[tile_base + k] = k_base[t] + offset;
+      p.v_pages[tile_base + k] = v_base[t] + offset;
+    } else {
+      const int32_t a = append_begin[t] + (e - selected_count[t]);
+      p.k_pages[tile_base + k] = p.append_k[a];
+      p.v_pages[tile_base + k] = p.append_v[a];
+    }
   }
 
   if (p.counters != nullptr) {  // uniform across the grid

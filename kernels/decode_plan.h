@@ -130,9 +130,18 @@ struct SelectedPagesParams {
   const void** k_pages = nullptr;
   const void** v_pages = nullptr;
   int32_t* last_page_tokens = nullptr;
-  // Optional [3]: adds the step's total selected pages, hits and misses (64-bit, atomic on
-  // the device) to counters[0], [1], [2].
+  // Optional [3]: adds the step's listed pages (selected and appended), hits and misses
+  // (64-bit, atomic on the device) to counters[0], [1], [2].
   unsigned long long* counters = nullptr;
+  // Optional list appended to each item's selected pages (e.g. DecodePlan's hot pages, so one
+  // attention launch covers both): item i's entries continue with pages
+  // [append_offsets[i], append_offsets[i + 1]) of append_k / append_v, and its last-page
+  // tokens are append_last[i] when it has appended pages. All four set, or all null; the
+  // output arrays then hold num_items * max_selected + append_offsets[num_items] entries.
+  const int32_t* append_offsets = nullptr;  // [num_items + 1], append_offsets[0] == 0
+  const void* const* append_k = nullptr;
+  const void* const* append_v = nullptr;
+  const int32_t* append_last = nullptr;  // [num_items]
 };
 
 // Inputs and outputs of ComputePageMass: the share of the final attention of each selected

@@ -8,9 +8,9 @@
 //   caller stream:  select -> resolve -> (record resolved) -> page lists of the hits and of
 //                   the misses
 //   load stream:    wait(resolved, written_back) -> miss load -> (record loaded)
-//   caller stream:  attention over the hot set, then over the hits (both overlap the load)
-//                   -> wait(loaded) -> attention over the misses -> merge of the three parts
-//                   into out -> [page mass -> score update]
+//   caller stream:  attention over the hits and the hot set (one page list, overlapping the
+//                   load) -> wait(loaded) -> attention over the misses -> merge of the two
+//                   parts into out -> [page mass -> score update]
 // Nothing waits on the host: the token counts travel in one upload from pinned staging, and
 // everything else is derived on the device (kernels/decode_plan.h).
 //
@@ -157,9 +157,10 @@ absl::Status KvCacheImpl::Initialize() {
     a.miss_count = c.Take<int32_t>(bi);
     a.hit_slots = c.Take<int32_t>(bi * k);
     for (PageList* list : {&a.hits, &a.misses}) {
+      const int64_t capacity = list == &a.hits ? bi * (k + hot_cap) : bi * k;
       list->offsets = c.Take<int32_t>(bi + 1);
-      list->k = c.Take<const void*>(bi * k);
-      list->v = c.Take<const void*>(bi * k);
+      list->k = c.Take<const void*>(capacity);
+      list->v = c.Take<const void*>(capacity);
       list->last = c.Take<int32_t>(bi);
     }
     a.counters = c.Take<unsigned long long>(3);
@@ -191,15 +192,13 @@ absl::Status KvCacheImpl::Initialize() {
     x.k_new = s.Bytes(bi * d * dsize);
     x.v_new = s.Bytes(bi * d * dsize);
     x.out = s.Bytes(bi * g * d * 4);
-    x.hot_out = s.Take<float>(bi * g * d);
-    x.hot_lse = s.Take<float>(bi * g);
     x.hit_out = s.Take<float>(bi * g * d);
     x.hit_lse = s.Take<float>(bi * g);
     x.miss_out = s.Take<float>(bi * g * d);
     x.miss_lse = s.Take<float>(bi * g);
     x.lse = s.Take<float>(bi * g);
-    x.part_out = s.Take<const float*>(3);
-    x.part_lse = x.part_out + 3;  // the same 256-byte region holds all six pointers
+    x.part_out = s.Take<const float*>(2);
+    x.part_lse = x.part_out + 2;  // the same 256-byte region holds all four pointers
     x.attention_workspace_bytes = PagedDecodeWorkspaceBytes(
         plan_.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits);
     x.attention_workspace = x.attention_workspace_bytes > 0
@@ -212,7 +211,7 @@ absl::Status KvCacheImpl::Initialize() {
     p.max_blocks = plan_.max_pages;
     x.select_workspace_bytes = BlockSelectWorkspaceBytes(p);
     x.select_workspace = s.Bytes(static_cast<int64_t>(x.select_workspace_bytes));
-    x.hit_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
+    x.hit_chunk_lse = s.Take<float>(bi * (k + hot_cap) * (plan_.page_size / 16) * g);
     x.miss_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
     x.hit_mass = s.Take<float>(bi * k);
     x.miss_mass = s.Take<float>(bi * k);
@@ -221,7 +220,7 @@ absl::Status KvCacheImpl::Initialize() {
       x.empty_last_use = s.Take<int32_t>(bi * plan_.cache_slots);
       x.empty_score = s.Take<float>(bi * plan_.cache_slots);
     }
-    const float* parts[6] = {x.hot_out, x.hit_out, x.miss_out, x.hot_lse, x.hit_lse, x.miss_lse};
+    const float* parts[4] = {x.hit_out, x.miss_out, x.hit_lse, x.miss_lse};
     KVTIER_RETURN_IF_ERROR(
         backend_->CopyToBackend(x.part_out, parts, sizeof(parts), backend_->copy_stream()));
   }
@@ -949,7 +948,15 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     list.v_pages = a.hits.v;
     list.last_page_tokens = a.hits.last;
     list.counters = a.counters;
+    list.append_offsets = a.hot_offsets;  // the hot pages follow the hits: one launch for both
+    list.append_k = a.hot_k;
+    list.append_v = a.hot_v;
+    list.append_last = a.hot_last;
     KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
+    list.append_offsets = nullptr;
+    list.append_k = nullptr;
+    list.append_v = nullptr;
+    list.append_last = nullptr;
     list.selected_slots = a.miss_slots;
     list.num_selected = a.miss_count;
     list.hit_count = nullptr;
@@ -961,27 +968,19 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     list.counters = nullptr;
     KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
 
-    // 5. Attend: the hot set and the hits while the misses load, then the misses, then merge.
+    // 5. Attend: the hits and the hot set while the misses load, then the misses, then merge.
     const bool score_policy = options_.cache_policy == CachePolicy::kLowestScore;
     const int64_t selected_tokens = int64_t{plan_.max_selected} * p;
-    attend.k_pages = a.hot_k;
-    attend.v_pages = a.hot_v;
-    attend.page_offsets = a.hot_offsets;
-    attend.last_page_tokens = a.hot_last;
-    attend.out = scratch_.hot_out;
-    attend.lse = scratch_.hot_lse;
-    KVTIER_RETURN_IF_ERROR(backend_->Attention(attend, max_hot_tokens,
-                                               scratch_.attention_workspace,
-                                               scratch_.attention_workspace_bytes,
-                                               kMaxAttentionSplits, stream));
     const struct {
       const PageList& list;
       float* out;
       float* lse;
       float* chunk_lse;
-    } selected_parts[2] = {
-        {a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse},
-        {a.misses, scratch_.miss_out, scratch_.miss_lse, scratch_.miss_chunk_lse}};
+      int64_t max_tokens;
+    } selected_parts[2] = {{a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse,
+                            selected_tokens + max_hot_tokens},
+                           {a.misses, scratch_.miss_out, scratch_.miss_lse,
+                            scratch_.miss_chunk_lse, selected_tokens}};
     for (int part = 0; part < 2; ++part) {
       if (part == 1) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, loaded));
       attend.k_pages = selected_parts[part].list.k;
@@ -992,12 +991,12 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
       attend.lse = selected_parts[part].lse;
       attend.chunk_lse = score_policy ? selected_parts[part].chunk_lse : nullptr;
       KVTIER_RETURN_IF_ERROR(backend_->Attention(
-          attend, selected_tokens, scratch_.attention_workspace,
+          attend, selected_parts[part].max_tokens, scratch_.attention_workspace,
           scratch_.attention_workspace_bytes, kMaxAttentionSplits, stream));
     }
 
     MergeParams merge;
-    merge.num_parts = 3;
+    merge.num_parts = 2;
     merge.num_rows = items * g;
     merge.head_dim = shape.head_dim;
     merge.part_out = scratch_.part_out;

@@ -57,8 +57,8 @@ struct LayerArrays {
   int32_t* hit_count = nullptr;
   int32_t* miss_count = nullptr;
   int32_t* hit_slots = nullptr;
-  // Attention page lists of the selected pages: the hits (resident: attended while the misses
-  // load) and the misses (attended after the load).
+  // Attention page lists: the hits followed by the hot pages (resident: attended while the
+  // misses load), and the misses (attended after the load).
   PageList hits;
   PageList misses;
   unsigned long long* counters = nullptr;  // [3] hits listed, hits, misses
@@ -95,15 +95,13 @@ struct DecodeScratch {
   void* k_new = nullptr;
   void* v_new = nullptr;
   void* out = nullptr;  // staging for host `out`
-  float* hot_out = nullptr;
-  float* hot_lse = nullptr;
   float* hit_out = nullptr;
   float* hit_lse = nullptr;
   float* miss_out = nullptr;
   float* miss_lse = nullptr;
   float* lse = nullptr;
-  const float** part_out = nullptr;  // [3] hot, hits, misses
-  const float** part_lse = nullptr;  // [3]
+  const float** part_out = nullptr;  // [2] hits and hot set, misses
+  const float** part_lse = nullptr;  // [2]
   void* attention_workspace = nullptr;
   size_t attention_workspace_bytes = 0;
   void* select_workspace = nullptr;

@@ -95,7 +95,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   layer += AlignUp(bi * 4) + 3 * AlignUp(bi * 8);  // item rows, page-table offsets, slot bases
   layer += AlignUp((bi + 1) * 4) + 2 * AlignUp(bi * hot_cap * 8) + AlignUp(bi * 4);  // hot list
   layer += 5 * AlignUp(bi * k * 4) + 3 * AlignUp(bi * 4);  // selection and resolve outputs
-  layer += 2 * (AlignUp((bi + 1) * 4) + 2 * AlignUp(bi * k * 8) + AlignUp(bi * 4));  // hit, miss lists
+  // The hits' list (with the hot pages appended) and the misses' list.
+  layer += 2 * (AlignUp((bi + 1) * 4) + AlignUp(bi * 4)) + 2 * AlignUp(bi * (k + hot_cap) * 8) +
+           2 * AlignUp(bi * k * 8);
   layer += AlignUp(3 * 8);                                                     // counters
   m.per_layer_step_bytes = layer;
   m.step_bytes = layer * shape.num_layers;
@@ -104,7 +106,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   int64_t scratch = 0;
   scratch += AlignUp(bi * g * d * dsize) + 2 * AlignUp(bi * d * dsize);  // q, k_new, v_new
   scratch += AlignUp(bi * g * d * 4);                                     // out staging
-  scratch += 3 * (AlignUp(bi * g * d * 4) + AlignUp(bi * g * 4));         // hot, hit, miss partials
+  scratch += 2 * (AlignUp(bi * g * d * 4) + AlignUp(bi * g * 4));  // hits + hot, misses partials
   scratch += AlignUp(bi * g * 4);                                         // merged lse
   scratch += AlignUp(4 * 8);                                              // merge part pointers
   scratch += AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
@@ -117,7 +119,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
     p.max_blocks = m.max_pages;
     scratch += AlignUp(static_cast<int64_t>(BlockSelectWorkspaceBytes(p)));
   }
-  scratch += 2 * AlignUp(bi * k * (o.page_size / 16) * g * 4);  // chunk lse, hits and misses
+  scratch += AlignUp(bi * (k + hot_cap) * (o.page_size / 16) * g * 4);  // chunk lse: hits + hot
+  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);              // chunk lse: misses
   scratch += 2 * AlignUp(bi * k * 4);                           // page mass, hits and misses
   if (o.cache_policy == CachePolicy::kNone) {
     scratch += 3 * AlignUp(bi * m.cache_slots * 4);  // the empty directory each step resolves in

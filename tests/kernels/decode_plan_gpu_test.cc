@@ -429,10 +429,36 @@ struct SelectedHarness {
         hits(num_items),
         misses(num_items),
         page_offsets(num_items + 1),
-        k_pages(int64_t{num_items} * max_selected),
-        v_pages(int64_t{num_items} * max_selected),
+        k_pages(int64_t{num_items} * (max_selected + kMaxAppended)),
+        v_pages(int64_t{num_items} * (max_selected + kMaxAppended)),
         last_tokens(num_items),
-        counters(3) {}
+        counters(3),
+        append_offsets(num_items + 1),
+        append_k(int64_t{num_items} * kMaxAppended),
+        append_v(int64_t{num_items} * kMaxAppended),
+        append_last(num_items) {}
+
+  static constexpr int32_t kMaxAppended = 5;
+
+  // An appended list per item (0 to kMaxAppended pages of arbitrary addresses).
+  void RandomizeAppended(std::mt19937_64& rng, std::byte* pool) {
+    int32_t offset = 0;
+    for (int32_t i = 0; i < num_items; ++i) {
+      append_offsets.values()[i] = offset;
+      const int32_t n = static_cast<int32_t>(rng() % (kMaxAppended + 1));
+      for (int32_t a = 0; a < n; ++a, ++offset) {
+        append_k.values()[offset] = pool + (rng() % 4096) * 16;
+        append_v.values()[offset] = pool + (rng() % 4096) * 16;
+      }
+      append_last.values()[i] = 1 + static_cast<int32_t>(rng() % page_size);
+    }
+    append_offsets.values()[num_items] = offset;
+    append_offsets.Push();
+    append_k.Push();
+    append_v.Push();
+    append_last.Push();
+    with_append = true;
+  }
 
   // Item bases spread over the pools out of item order; counts (none, all or random), random
   // slots, hits and misses.
@@ -494,6 +520,12 @@ struct SelectedHarness {
     p.v_pages = side(v_pages);
     p.last_page_tokens = side(last_tokens);
     p.counters = with_counters ? side(counters) : nullptr;
+    if (with_append) {
+      p.append_offsets = side(append_offsets);
+      p.append_k = side(append_k);
+      p.append_v = side(append_v);
+      p.append_last = side(append_last);
+    }
     return p;
   }
 
@@ -513,13 +545,17 @@ struct SelectedHarness {
   Mirror<const void*> k_pages, v_pages;
   Mirror<int32_t> last_tokens;
   Mirror<unsigned long long> counters;
+  Mirror<int32_t> append_offsets;
+  Mirror<const void*> append_k, append_v;
+  Mirror<int32_t> append_last;
+  bool with_append = false;
 };
 
 // `shift` > 0 places the device num_selected `shift` ints past a 16-byte boundary (the
 // kernel reads earlier tiles' counts with 16-byte loads between a scalar head and tail).
 void CheckSelectedPages(cudaStream_t stream, int32_t num_items, int32_t max_selected,
                         int32_t cache_slots, int32_t page_size, bool with_counters,
-                        int32_t shift = 0) {
+                        int32_t shift = 0, bool with_append = false) {
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE(testing::Message() << num_items << " items, max " << max_selected
                                   << (with_counters ? "" : ", no counters") << ", shift " << shift
@@ -533,6 +569,7 @@ void CheckSelectedPages(cudaStream_t stream, int32_t num_items, int32_t max_sele
   SelectedHarness h(num_items, max_selected, cache_slots, page_size, kPageBytes);
   h.Randomize(rng, k_pool.data(), v_pool.data());
   h.SetCounters(rng);
+  if (with_append) h.RandomizeAppended(rng, k_pool.data());
   SelectedPagesParams device_params = h.Params(true, with_counters);
   ASSERT_OK_AND_ASSIGN(DeviceBuffer shifted,
                        DeviceBuffer::Allocate((num_items + shift) * sizeof(int32_t)));
@@ -553,6 +590,11 @@ TEST_F(DecodePlanGpuTest, SelectedPagesBatch64Heads8MatchesTwin) {
 }
 TEST_F(DecodePlanGpuTest, SelectedPagesWithoutCountersMatchesTwin) {
   CheckSelectedPages(stream(), 77, 5, 9, 64, false);
+}
+TEST_F(DecodePlanGpuTest, SelectedPagesWithAppendedListMatchesTwin) {
+  CheckSelectedPages(stream(), 512, 32, 96, 16, true, 0, /*with_append=*/true);
+  CheckSelectedPages(stream(), 16003, 8, 8, 32, false, 1, /*with_append=*/true);
+  CheckSelectedPages(stream(), 3, 2, 4, 64, true, 0, /*with_append=*/true);
 }
 TEST_F(DecodePlanGpuTest, SelectedPagesOneItemMatchesTwin) {
   CheckSelectedPages(stream(), 1, 1, 1, 32, true);

@@ -554,6 +554,57 @@ TEST_P(SelectedPagesTwinTest, CountersAreOptional) {
             std::accumulate(w.num_selected.begin(), w.num_selected.end(), 0));
 }
 
+TEST_P(SelectedPagesTwinTest, AppendedListFollowsEachItemsSelection) {
+  const SelectedCase c = GetParam();
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  SelectedWorld w(c, rng);
+  constexpr int32_t kMaxAppended = 4;
+  std::vector<int32_t> append_offsets(c.num_items + 1, 0), append_last(c.num_items);
+  std::vector<const void*> append_k, append_v;
+  for (int32_t i = 0; i < c.num_items; ++i) {
+    const int32_t n = static_cast<int32_t>(rng() % (kMaxAppended + 1));
+    for (int32_t a = 0; a < n; ++a) {
+      append_k.push_back(w.k_pool.data() + 16 * (rng() % 64));
+      append_v.push_back(w.v_pool.data() + 16 * (rng() % 64));
+    }
+    append_offsets[i + 1] = append_offsets[i] + n;
+    append_last[i] = 1 + static_cast<int32_t>(rng() % c.page_size);
+  }
+  w.k_pages.resize(w.k_pages.size() + append_k.size(), Poisoned<const void*>());
+  w.v_pages.resize(w.v_pages.size() + append_v.size(), Poisoned<const void*>());
+  SelectedPagesParams p = w.Params();
+  p.append_offsets = append_offsets.data();
+  p.append_k = append_k.data();
+  p.append_v = append_v.data();
+  p.append_last = append_last.data();
+  const unsigned long long initial = w.counters[0];
+  ASSERT_TRUE(ReferenceBuildSelectedPages(p).ok());
+  int32_t offset = 0;
+  for (int32_t i = 0; i < c.num_items; ++i) {
+    SCOPED_TRACE(testing::Message() << "item " << i);
+    const int32_t n = w.num_selected[i];
+    const int32_t appended = append_offsets[i + 1] - append_offsets[i];
+    ASSERT_EQ(w.page_offsets[i], offset);
+    ASSERT_EQ(w.page_offsets[i + 1], offset + n + appended);
+    for (int32_t e = 0; e < n; ++e) {
+      const int64_t slot = w.selected[int64_t{i} * c.max_selected + e];
+      EXPECT_EQ(w.k_pages[offset + e], static_cast<std::byte*>(w.k_base[i]) + slot * c.page_bytes);
+    }
+    for (int32_t a = 0; a < appended; ++a) {
+      EXPECT_EQ(w.k_pages[offset + n + a], append_k[append_offsets[i] + a]);
+      EXPECT_EQ(w.v_pages[offset + n + a], append_v[append_offsets[i] + a]);
+    }
+    EXPECT_EQ(w.last_tokens[i], appended > 0 ? append_last[i] : c.page_size);
+    offset += n + appended;
+  }
+  EXPECT_EQ(w.counters[0], initial + static_cast<unsigned long long>(offset));
+  // Part of an appended list alone is refused.
+  p.append_v = nullptr;
+  EXPECT_EQ(ReferenceBuildSelectedPages(p).code(), absl::StatusCode::kInvalidArgument);
+}
+
 // num_items, max_selected, cache slots, P, page_bytes.
 INSTANTIATE_TEST_SUITE_P(Shapes, SelectedPagesTwinTest,
                          ::testing::Values(SelectedCase{1, 1, 1, 16, 16},
