@@ -25,24 +25,14 @@
 #include "kernels/decode_plan.h"
 #include "runtime/core/cuda_handles.h"
 #include "tests/testing/gpu_test_util.h"
+#include "tests/testing/poison.h"
 
 namespace kvtier {
 namespace {
 
-constexpr uint8_t kPoisonByte = 0xAB;
-constexpr uint32_t kPoisonFloatBits = 0x7FABABABu;  // a NaN
+using testing_util::kPoisonByte;
+using testing_util::Poisoned;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-template <typename T>
-T Poisoned() {
-  T value;
-  if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(&value, &kPoisonFloatBits, sizeof(T));
-  } else {
-    std::memset(&value, kPoisonByte, sizeof(T));
-  }
-  return value;
-}
 
 template <typename T>
 uint64_t Bits(const T& value) {
@@ -681,7 +671,8 @@ struct MassHarness {
   const std::vector<float> got = mass.Fetch();
   for (size_t i = 0; i < got.size(); ++i) {
     const float want = mass.values()[i];
-    if (Bits(want) == kPoisonFloatBits || Bits(got[i]) == kPoisonFloatBits) {
+    if (Bits(want) == testing_util::kPoisonFloatBits ||
+        Bits(got[i]) == testing_util::kPoisonFloatBits) {
       if (Bits(want) != Bits(got[i])) {
         return ::testing::AssertionFailure()
                << "mass[" << i << "]: gpu " << got[i] << ", twin " << want << " (one unwritten)";

@@ -23,30 +23,15 @@
 #include "gtest/gtest.h"
 #include "kernels/decode_plan.h"
 #include "tests/testing/aligned_bytes.h"
+#include "tests/testing/poison.h"
 
 namespace kvtier {
 namespace {
 
-constexpr uint8_t kPoisonByte = 0xAB;
-constexpr uint32_t kPoisonFloatBits = 0x7FABABABu;  // a NaN
+using testing_util::kPoisonByte;
+using testing_util::Poisoned;
+using testing_util::IsPoisoned;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-template <typename T>
-T Poisoned() {
-  T value;
-  if constexpr (std::is_same_v<T, float>) {
-    std::memcpy(&value, &kPoisonFloatBits, sizeof(T));
-  } else {
-    std::memset(&value, kPoisonByte, sizeof(T));
-  }
-  return value;
-}
-
-template <typename T>
-bool IsPoisoned(const T& value) {
-  const T poison = Poisoned<T>();
-  return std::memcmp(&value, &poison, sizeof(T)) == 0;
-}
 
 template <typename T>
 bool AllPoisoned(const std::vector<T>& values) {

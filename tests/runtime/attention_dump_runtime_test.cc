@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/attention_dumps.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
@@ -61,17 +62,10 @@ namespace {
 using workload::AttentionDump;
 
 // The README's table: captured attention mass at a 2% page budget.
-struct ReadmeRow {
-  const char* dump;
-  double oracle_2;
-  double bounds_2;
-};
-constexpr ReadmeRow kReadme[] = {
-    {"code_dev8k_L2", 0.930, 0.924},  {"code_dev8k_L6", 0.878, 0.864},
-    {"prose_dev8k_L2", 0.924, 0.917}, {"prose_dev8k_L6", 0.920, 0.911},
-    {"prose_dev_L7", 0.922, 0.904},   {"prose_dev_L1", 0.586, 0.555},
-    {"code_dev_L4", 0.641, 0.615},
-};
+using testing_util::DumpPath;
+using testing_util::DumpsPresent;
+using testing_util::kReadme;
+using testing_util::ReadmeRow;
 
 constexpr int kPageSize = 16;
 constexpr int kSinkTokens = 64;
@@ -84,21 +78,6 @@ constexpr SeqId kSeq = 17;
 // to float before the merge, so a few float roundings (~1e-7 relative) separate the two.
 constexpr double kOutputTolerance = 1e-5;
 
-std::string DumpPath(const char* name) {
-  return absl::StrCat(KVTIER_ATTENTION_DATA_DIR, "/", name, ".npz");
-}
-
-bool DumpsPresent(std::string* why) {
-  for (const ReadmeRow& row : kReadme) {
-    if (!std::filesystem::exists(DumpPath(row.dump))) {
-      *why = absl::StrCat(DumpPath(row.dump),
-                          " is absent (the learned-attention dumps live in "
-                          "../shared/data/attention beside the checkout)");
-      return false;
-    }
-  }
-  return true;
-}
 
 // Rows [begin, end) of the dump's keys or values in the API's layout [tokens, Hk, D] (the
 // dump stores [Hk, tokens, D]).

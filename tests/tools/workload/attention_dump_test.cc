@@ -3,6 +3,7 @@
 // on the real dumps; and, on the real dumps, the README's captured-mass figures reproduced at
 // kernel level: the page-bounds index of kernels/block_summary.h and kernels/block_select.h
 // against the README's "bounds 2%" column, and the true best pages against its "oracle 2%".
+#include "tests/testing/attention_dumps.h"
 #include "tools/workload/attention_dump.h"
 
 #include <algorithm>
@@ -697,33 +698,11 @@ TEST(AttentionDumpTest, InconsistentShapesAreInvalidArgument) {
 // ---- The real dumps -------------------------------------------------------------------------
 
 // The README's table: captured attention mass at a 2% page budget.
-struct ReadmeRow {
-  const char* dump;
-  double oracle_2;
-  double bounds_2;
-};
-constexpr ReadmeRow kReadme[] = {
-    {"code_dev8k_L2", 0.930, 0.924},  {"code_dev8k_L6", 0.878, 0.864},
-    {"prose_dev8k_L2", 0.924, 0.917}, {"prose_dev8k_L6", 0.920, 0.911},
-    {"prose_dev_L7", 0.922, 0.904},   {"prose_dev_L1", 0.586, 0.555},
-    {"code_dev_L4", 0.641, 0.615},
-};
+using testing_util::DumpPath;
+using testing_util::DumpsPresent;
+using testing_util::kReadme;
+using testing_util::ReadmeRow;
 
-std::string DumpPath(const char* name) {
-  return absl::StrCat(KVTIER_ATTENTION_DATA_DIR, "/", name, ".npz");
-}
-
-bool DumpsPresent(std::string* why) {
-  for (const ReadmeRow& row : kReadme) {
-    if (!std::filesystem::exists(DumpPath(row.dump))) {
-      *why = absl::StrCat(DumpPath(row.dump),
-                          " is absent (the learned-attention dumps live in "
-                          "../shared/data/attention beside the checkout)");
-      return false;
-    }
-  }
-  return true;
-}
 
 TEST(AttentionDumpTest, LoadsEveryDump) {
   std::string why;
