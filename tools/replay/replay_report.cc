@@ -127,6 +127,7 @@ ReplaySummary Summarize(const ReplayResult& r) {
     s.min_mass_captured = 1;
     for (const AccuracySample& a : r.samples) {
       s.mean_mass_captured += a.mass_captured / s.accuracy_samples;
+      s.mean_oracle_mass_captured += a.oracle_mass_captured / s.accuracy_samples;
       s.min_mass_captured = std::min(s.min_mass_captured, a.min_mass_captured);
       s.mean_output_error += a.output_error / s.accuracy_samples;
       s.max_output_error = MaxNan(s.max_output_error, a.output_error);
@@ -200,6 +201,8 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
     row("attention mass captured",
         absl::StrCat(Share(s.mean_mass_captured), " mean, ", Share(s.min_mass_captured),
                      " min (hot set + selected pages)"));
+    row("oracle, same budget", absl::StrCat(Share(s.mean_oracle_mass_captured),
+                                                  " mean (hot set + the best pages by exact mass)"));
     row("output error", absl::StrCat(Sig(s.mean_output_error), " mean, ", Sig(s.max_output_error),
                                      " max (relative L2 per query head)"));
     row("error given selection", absl::StrCat(Sig(s.max_restricted_error),
@@ -320,6 +323,7 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
   JsonObject accuracy(out, 2);
   accuracy.Int("num_samples", s.accuracy_samples)
       .Num("mean_mass_captured", s.mean_mass_captured)
+      .Num("mean_oracle_mass_captured", s.mean_oracle_mass_captured)
       .Num("min_mass_captured", s.min_mass_captured)
       .Num("mean_output_error", s.mean_output_error)
       .Num("max_output_error", s.max_output_error)
@@ -333,6 +337,7 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
         ", \"captured_tokens\": ", a.captured_tokens, ", \"selected_pages\": ", a.selected_pages,
         ", \"hits\": ", a.hits, ", \"misses\": ", a.misses,
         ", \"mass_captured\": ", JsonNumber(a.mass_captured),
+        ", \"oracle_mass_captured\": ", JsonNumber(a.oracle_mass_captured),
         ", \"min_mass_captured\": ", JsonNumber(a.min_mass_captured),
         ", \"output_error\": ", JsonNumber(a.output_error),
         ", \"restricted_error\": ", JsonNumber(a.restricted_error), "}");

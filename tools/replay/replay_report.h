@@ -35,6 +35,7 @@ struct ReplaySummary {
   double plan_ms = 0, select_ms = 0, resolve_ms = 0, load_ms = 0, attend_ms = 0, phase_step_ms = 0;
   int accuracy_samples = 0;
   double mean_mass_captured = 0;
+  double mean_oracle_mass_captured = 0;  // NaN when a sample lacks it
   double min_mass_captured = 0;  // over samples and query heads
   double mean_output_error = 0;
   double max_output_error = 0;

@@ -1,6 +1,7 @@
 #include "tools/replay/replay_run.h"
 
 #include <algorithm>
+#include <functional>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -306,7 +307,12 @@ absl::Status Prefill(const ReplayConfig& c, const workload::SyntheticWorkload& w
 
 void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_scale, const void* q,
                      const void* k, const void* v, int64_t tokens, int64_t kv_row_stride,
-                     const float* out, const std::vector<bool>& captured, AccuracySample* sample) {
+                     const float* out, const std::vector<bool>& captured, AccuracySample* sample,
+                     int page_size, const std::vector<bool>* hot) {
+  const bool oracle = hot != nullptr && page_size > 0;
+  const int64_t pages = oracle ? (tokens + page_size - 1) / page_size : 0;
+  std::vector<double> page_mass(static_cast<size_t>(pages), 0.0);  // cold pages, G heads summed
+  double hot_mass = 0;                                              // G heads summed
   const int64_t d = head_dim;
   std::vector<double> logits(static_cast<size_t>(tokens));
   std::vector<double> exact(d), restricted(d), qf(d);
@@ -351,6 +357,16 @@ void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_sc
       exact[i] /= total;
       restricted[i] = kept > 0 ? restricted[i] / kept : 0.0;
     }
+    if (oracle) {
+      for (int64_t t = 0; t < tokens; ++t) {
+        const double share = std::exp(logits[t] - max_logit) / total;
+        if ((*hot)[t]) {
+          hot_mass += share;
+        } else {
+          page_mass[t / page_size] += share;
+        }
+      }
+    }
     const double mass = kept / total;
     sample->mass_captured += mass / group_size;
     sample->min_mass_captured = std::min(sample->min_mass_captured, mass);
@@ -360,6 +376,15 @@ void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_sc
     sample->output_error = std::isnan(err) ? err : std::max(sample->output_error, err);
     sample->restricted_error = std::isnan(rerr) ? rerr : std::max(sample->restricted_error, rerr);
     if (std::isnan(err)) break;
+  }
+  if (oracle) {
+    const size_t best = std::min(static_cast<size_t>(std::max(sample->selected_pages, 0)),
+                                 page_mass.size());
+    std::partial_sort(page_mass.begin(), page_mass.begin() + best, page_mass.end(),
+                      std::greater<double>());
+    double mass = hot_mass;
+    for (size_t j = 0; j < best; ++j) mass += page_mass[j];
+    sample->oracle_mass_captured = mass / group_size;
   }
 }
 
@@ -453,6 +478,7 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
                                 cache->Inspect(seqs[t.sequence], t.layer, t.kv_head));
         captured.assign(static_cast<size_t>(tokens), false);
         for (int64_t i = 0; i < tokens; ++i) captured[i] = IsHot(o, i, tokens);
+        const std::vector<bool> hot = captured;
         for (int32_t page : inspection.selected_pages) {
           const int64_t end = std::min<int64_t>(tokens, (int64_t{page} + 1) * c.page_size);
           for (int64_t i = int64_t{page} * c.page_size; i < end; ++i) captured[i] = true;
@@ -470,7 +496,7 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
         MeasureAccuracy(c.shape.dtype, g, c.shape.head_dim, scale, buffers.q(t.layer) + q_offset,
                         shadows.K(t.sequence, t.layer) + t.kv_head * d,
                         shadows.V(t.sequence, t.layer) + t.kv_head * d, tokens, kv_row,
-                        buffers.out(t.layer) + q_offset, captured, &sample);
+                        buffers.out(t.layer) + q_offset, captured, &sample, c.page_size, &hot);
         result.samples.push_back(sample);
       }
     }

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <functional>
 #include <string>
 #include <vector>
@@ -44,6 +45,9 @@ struct AccuracySample {
   // mean and the minimum over the G query heads.
   double mass_captured = 0;
   double min_mass_captured = 0;
+  // The same mean for the oracle: the hot set plus the selected_pages cold pages of largest
+  // exact mass (what a perfect index could capture at this budget); NaN when not measured.
+  double oracle_mass_captured = std::numeric_limits<double>::quiet_NaN();
   // The largest over the G heads of |out - exact| / |exact| (L2 over head_dim), where `out`
   // is what Decode wrote and `exact` full attention.
   double output_error = 0;
@@ -84,9 +88,13 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& config,
 // The exact-attention part of a sample, on host data: for one KV head's G query heads, `q`
 // [G, D], keys and values `k`, `v` [tokens, D] (row stride `kv_row_stride` elements; all of
 // `dtype`), the runtime's `out` [G, D] fp32 and the captured tokens (`captured[t]`), fills
-// tokens, captured_tokens, the masses and both errors of `sample`.
+// tokens, captured_tokens, the masses and both errors of `sample`. With `hot` (the hot-set
+// tokens, whole pages of `page_size`), also the oracle's mass: the hot set plus the
+// sample->selected_pages other pages that hold the most exact attention mass (summed over
+// the G heads, as the index ranks them).
 void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_scale, const void* q,
                      const void* k, const void* v, int64_t tokens, int64_t kv_row_stride,
-                     const float* out, const std::vector<bool>& captured, AccuracySample* sample);
+                     const float* out, const std::vector<bool>& captured, AccuracySample* sample,
+                     int page_size = 0, const std::vector<bool>* hot = nullptr);
 
 }  // namespace kvtier::replay

@@ -92,6 +92,9 @@ TEST(ReplayRunTest, CountersAreConsistent) {
     EXPECT_GT(a.mass_captured, 0.0);
     EXPECT_LE(a.mass_captured, 1.0);
     EXPECT_LE(a.min_mass_captured, a.mass_captured);
+    // No index beats the best pages at the same budget.
+    EXPECT_LE(a.mass_captured, a.oracle_mass_captured + 1e-12);
+    EXPECT_LE(a.oracle_mass_captured, 1.0 + 1e-12);
     // The kernels are exact given the selection: only rounding separates them.
     EXPECT_LT(a.restricted_error, 1e-4) << "step " << a.step << " layer " << a.layer;
   }
@@ -103,6 +106,7 @@ TEST(ReplayRunTest, ABudgetCoveringEveryPageIsExactAttention) {
   for (const AccuracySample& a : r.samples) {
     EXPECT_EQ(a.captured_tokens, a.tokens);
     EXPECT_NEAR(a.mass_captured, 1.0, 1e-12);
+    EXPECT_NEAR(a.oracle_mass_captured, 1.0, 1e-12);
     EXPECT_LT(a.output_error, 1e-4);
     EXPECT_LT(a.restricted_error, 1e-4);
   }
