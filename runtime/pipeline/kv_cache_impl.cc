@@ -415,7 +415,7 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
     KVTIER_RETURN_IF_ERROR(PrefillPiece(
         sequence, layer, static_cast<const std::byte*>(k.data) + done * row_bytes,
         static_cast<const std::byte*>(v.data) + done * row_bytes, inputs_on_backend, position,
-        piece, before + n, stream));
+        piece, stream));
     done += piece;
   }
   sequence.tokens[layer] = before + n;
@@ -430,8 +430,7 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
 
 absl::Status KvCacheImpl::PrefillPiece(const Sequence& sequence, int layer, const std::byte* k,
                                        const std::byte* v, bool inputs_on_backend,
-                                       int64_t position, int64_t tokens, int64_t total_after,
-                                       cudaStream_t stream) {
+                                       int64_t position, int64_t tokens, cudaStream_t stream) {
   const ModelShape& shape = options_.shape;
   const int hk = shape.num_kv_heads;
   const int32_t p = plan_.page_size;
@@ -459,7 +458,6 @@ absl::Status KvCacheImpl::PrefillPiece(const Sequence& sequence, int layer, cons
   const int32_t entries = np * hk;
   const int64_t pages_after_piece = (position + tokens + p - 1) / p;
   const int64_t ring_from = std::max<int64_t>(s, pages_after_piece - r);
-  (void)total_after;
 
   // Pointer arrays, built on the host and uploaded in one copy. Layout (entries e * hk + h):
   // pack k, pack v, summary bounds, write-back k src, v src, k dst, v dst, hot copy src, hot

@@ -165,7 +165,7 @@ class KvCacheImpl final : public KvCache {
   ItemStorage Storage() const;
   absl::Status PrefillPiece(const Sequence& sequence, int layer, const std::byte* k,
                             const std::byte* v, bool inputs_on_backend, int64_t position,
-                            int64_t tokens, int64_t total_tokens_after, cudaStream_t stream)
+                            int64_t tokens, cudaStream_t stream)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status HarvestTimings(LayerArrays& layer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for every piece of device work issued so far.
