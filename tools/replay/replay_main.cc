@@ -48,7 +48,8 @@ ABSL_FLAG(int32_t, budget, kDefaults.budget,
           "pages the index selects per (sequence, layer, KV head) and step");
 ABSL_FLAG(double, mass_target, kDefaults.mass_target,
           "0: select --budget pages; in (0, 1]: the fewest pages holding this estimated share "
-          "of the attention mass, at most --budget");
+          "of the attention mass, at most --budget (needs a centroid index: the page-bounds "
+          "index of this runtime refuses it)");
 ABSL_FLAG(std::string, policy, kDefaults.policy,
           "page-cache policy: lru, score (lowest accumulated attention mass), last (cache = "
           "last step's selection) or off (no cache)");
