@@ -8,8 +8,7 @@
 
 namespace kvtier {
 
-absl::StatusOr<std::unique_ptr<HostPageTable>> HostPageTable::Create(PageArena* arena,
-                                                                     int64_t rows,
+absl::StatusOr<std::unique_ptr<HostPageTable>> HostPageTable::Create(PageArena* arena, int64_t rows,
                                                                      int32_t max_pages,
                                                                      bool device_addresses,
                                                                      int device_id) {
@@ -23,9 +22,8 @@ absl::StatusOr<std::unique_ptr<HostPageTable>> HostPageTable::Create(PageArena* 
         "host page table: device addresses need a pinned, device-mapped arena");
   }
   const size_t bytes = static_cast<size_t>(2 * rows * max_pages) * sizeof(void*);
-  KVTIER_ASSIGN_OR_RETURN(
-      PinnedBuffer tables,
-      PinnedBuffer::Allocate({bytes, device_addresses ? device_id : -1}));
+  KVTIER_ASSIGN_OR_RETURN(PinnedBuffer tables,
+                          PinnedBuffer::Allocate({bytes, device_addresses ? device_id : -1}));
   std::memset(tables.data(), 0, bytes);
   return std::unique_ptr<HostPageTable>(
       new HostPageTable(arena, max_pages, device_addresses, std::move(tables), rows));
@@ -69,16 +67,15 @@ absl::Status HostPageTable::Grow(absl::Span<const Growth> requests) {
   for (const Growth& g : requests) {
     if (g.row_begin < 0 || g.num_rows < 0 || g.row_begin + g.num_rows > rows() ||
         g.pages_after > max_pages_ || g.pages_before > g.pages_after) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "host page table: growth of rows [", g.row_begin, ", ", g.row_begin + g.num_rows,
-          ") from ", g.pages_before, " to ", g.pages_after, " pages is out of range (rows ",
-          rows(), ", max_pages ", max_pages_, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("host page table: growth of rows [", g.row_begin, ", ",
+                       g.row_begin + g.num_rows, ") from ", g.pages_before, " to ", g.pages_after,
+                       " pages is out of range (rows ", rows(), ", max_pages ", max_pages_, ")"));
     }
     for (int64_t r = g.row_begin; r < g.row_begin + g.num_rows; ++r) {
       if (NumPages(r) != g.pages_before) {
-        return absl::InvalidArgumentError(absl::StrCat("host page table: row ", r, " has ",
-                                                       NumPages(r), " pages, not ",
-                                                       g.pages_before));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "host page table: row ", r, " has ", NumPages(r), " pages, not ", g.pages_before));
       }
     }
     needed += int64_t{g.num_rows} * (g.pages_after - g.pages_before);

@@ -32,7 +32,8 @@ class CudaBackend final : public StepBackend {
   Backend kind() const override { return Backend::kCuda; }
 
   absl::StatusOr<std::byte*> Allocate(int64_t bytes) override {
-    KVTIER_ASSIGN_OR_RETURN(DeviceBuffer buffer, DeviceBuffer::Allocate(static_cast<size_t>(bytes)));
+    KVTIER_ASSIGN_OR_RETURN(DeviceBuffer buffer,
+                            DeviceBuffer::Allocate(static_cast<size_t>(bytes)));
     KVTIER_CUDA_RETURN_IF_ERROR(cudaMemset(buffer.data(), 0, static_cast<size_t>(bytes)));
     KVTIER_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
     std::byte* p = buffer.data();
@@ -97,8 +98,8 @@ class CudaBackend final : public StepBackend {
   }
   absl::StatusOr<float> Elapsed(EventHandle start, EventHandle stop) override {
     float ms = 0;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start),
-                                                     static_cast<cudaEvent_t>(stop)));
+    KVTIER_CUDA_RETURN_IF_ERROR(
+        cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(stop)));
     return ms;
   }
 
@@ -169,8 +170,7 @@ absl::StatusOr<std::unique_ptr<StepBackend>> CreateCudaBackend(int device_id) {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_id));
   KVTIER_ASSIGN_OR_RETURN(CudaStream copy, CudaStream::Create());
   KVTIER_ASSIGN_OR_RETURN(CudaStream load, CudaStream::Create());
-  return std::unique_ptr<StepBackend>(
-      new CudaBackend(device_id, std::move(copy), std::move(load)));
+  return std::unique_ptr<StepBackend>(new CudaBackend(device_id, std::move(copy), std::move(load)));
 }
 
 }  // namespace kvtier::internal

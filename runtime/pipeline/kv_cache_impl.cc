@@ -26,7 +26,6 @@
 #include <cstring>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "runtime/core/status.h"
 
@@ -88,23 +87,21 @@ absl::Status KvCacheImpl::Initialize() {
   const int device_id = device ? options_.device_id : -1;
 
   // Host store and its page tables.
-  KVTIER_ASSIGN_OR_RETURN(
-      arena_, PageArena::Create({plan_.page_bytes, plan_.host_frames, device_id}));
+  KVTIER_ASSIGN_OR_RETURN(arena_,
+                          PageArena::Create({plan_.page_bytes, plan_.host_frames, device_id}));
   KVTIER_ASSIGN_OR_RETURN(page_table_, HostPageTable::Create(arena_.get(), plan_.rows,
                                                              plan_.max_pages, device, device_id));
   const int64_t b = options_.max_batch_size;
   KVTIER_ASSIGN_OR_RETURN(
-      staging_,
-      PinnedBuffer::Allocate({static_cast<size_t>(2 * AlignUp(2 * b * 4) * shape.num_layers),
-                              device_id}));
+      staging_, PinnedBuffer::Allocate(
+                    {static_cast<size_t>(2 * AlignUp(2 * b * 4) * shape.num_layers), device_id}));
 
   // Pools.
   const int64_t rows = plan_.rows;
   const int64_t hot_pages = int64_t{plan_.sink_pages} + plan_.ring_pages;
-  KVTIER_ASSIGN_OR_RETURN(std::byte* pools, backend_->Allocate(plan_.hot_bytes +
-                                                                plan_.cache_bytes +
-                                                                plan_.summary_bytes +
-                                                                plan_.directory_bytes + 1024));
+  KVTIER_ASSIGN_OR_RETURN(std::byte * pools,
+                          backend_->Allocate(plan_.hot_bytes + plan_.cache_bytes +
+                                             plan_.summary_bytes + plan_.directory_bytes + 1024));
   {
     Carver c(pools);
     hot_k_ = c.Bytes(rows * hot_pages * plan_.page_bytes);
@@ -123,7 +120,7 @@ absl::Status KvCacheImpl::Initialize() {
   const int64_t bi = plan_.batch_items;
   const int64_t k = plan_.max_selected;
   const int64_t hot_cap = int64_t{plan_.sink_pages} + plan_.window_pages;
-  KVTIER_ASSIGN_OR_RETURN(std::byte* steps,
+  KVTIER_ASSIGN_OR_RETURN(std::byte * steps,
                           backend_->Allocate(plan_.step_bytes + 1024 * shape.num_layers));
   Carver c(steps);
   for (int l = 0; l < shape.num_layers; ++l) {
@@ -168,8 +165,7 @@ absl::Status KvCacheImpl::Initialize() {
     a.capture_staging =
         reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * (2 * l + 1));
     for (EventHandle* e : {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded,
-                           &a.cap_appended, &a.cap_written_back, &a.cap_resolved,
-                           &a.cap_loaded}) {
+                           &a.cap_appended, &a.cap_written_back, &a.cap_resolved, &a.cap_loaded}) {
       KVTIER_ASSIGN_OR_RETURN(*e, backend_->CreateEvent(false));
     }
     if (options_.collect_timings) {
@@ -184,7 +180,7 @@ absl::Status KvCacheImpl::Initialize() {
   const int64_t g = shape.group_size();
   const int64_t d = shape.head_dim;
   const int64_t dsize = static_cast<int64_t>(DTypeSize(shape.dtype));
-  KVTIER_ASSIGN_OR_RETURN(std::byte* scratch, backend_->Allocate(plan_.scratch_bytes + 4096));
+  KVTIER_ASSIGN_OR_RETURN(std::byte * scratch, backend_->Allocate(plan_.scratch_bytes + 4096));
   {
     Carver s(scratch);
     DecodeScratch& x = scratch_;
@@ -229,10 +225,9 @@ absl::Status KvCacheImpl::Initialize() {
   const int64_t np_hk = int64_t{plan_.prefill_pages} * shape.num_kv_heads;
   for (PrefillBuffer& buffer : prefill_) {
     buffer.pointer_bytes = np_hk * 8 * 16 + np_hk * 4;
-    const int64_t rows_bytes = int64_t{options_.max_prefill_chunk_tokens} * shape.num_kv_heads *
-                               d * dsize;
-    KVTIER_ASSIGN_OR_RETURN(std::byte* block,
-                            backend_->Allocate(plan_.prefill_bytes / 2 + 4096));
+    const int64_t rows_bytes =
+        int64_t{options_.max_prefill_chunk_tokens} * shape.num_kv_heads * d * dsize;
+    KVTIER_ASSIGN_OR_RETURN(std::byte * block, backend_->Allocate(plan_.prefill_bytes / 2 + 4096));
     Carver p(block);
     buffer.pages = p.Bytes(np_hk * 2 * plan_.page_bytes);
     buffer.k_rows = p.Bytes(rows_bytes);
@@ -246,6 +241,9 @@ absl::Status KvCacheImpl::Initialize() {
 
   absl::MutexLock lock(&mu_);
   for (int32_t slot = options_.max_sequences - 1; slot >= 0; --slot) free_slots_.push_back(slot);
+  decode_entries_.reserve(static_cast<size_t>(options_.max_batch_size));
+  decode_growths_.reserve(static_cast<size_t>(options_.max_batch_size));
+  slot_stamp_.assign(static_cast<size_t>(options_.max_sequences), 0);
   return absl::OkStatus();
 }
 
@@ -273,8 +271,8 @@ ItemStorage KvCacheImpl::Storage() const {
 
 absl::Status KvCacheImpl::CheckLayer(int layer) const {
   if (layer < 0 || layer >= options_.shape.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("layer = ", layer, ": must be in [0, ",
-                                                   options_.shape.num_layers, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer = ", layer, ": must be in [0, ", options_.shape.num_layers, ")"));
   }
   return absl::OkStatus();
 }
@@ -303,9 +301,9 @@ absl::Status KvCacheImpl::AddSequence(SeqId seq) {
     return absl::AlreadyExistsError(absl::StrCat("sequence ", seq, " is already stored"));
   }
   if (free_slots_.empty()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "cannot add sequence ", seq, ": max_sequences = ", options_.max_sequences,
-        " sequences are stored; remove one or raise max_sequences"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot add sequence ", seq, ": max_sequences = ", options_.max_sequences,
+                     " sequences are stored; remove one or raise max_sequences"));
   }
   const int32_t slot = free_slots_.back();
   // Empty the slot's page caches (a previous sequence may have used them).
@@ -313,8 +311,10 @@ absl::Status KvCacheImpl::AddSequence(SeqId seq) {
   const int64_t rows = int64_t{options_.shape.num_layers} * options_.shape.num_kv_heads;
   const int64_t entries = rows * plan_.cache_slots;
   cudaStream_t s = backend_->copy_stream();
-  KVTIER_RETURN_IF_ERROR(backend_->Fill(dir_page_ + row0 * plan_.cache_slots, 0xFF, entries * 4, s));
-  KVTIER_RETURN_IF_ERROR(backend_->Fill(dir_last_use_ + row0 * plan_.cache_slots, 0, entries * 4, s));
+  KVTIER_RETURN_IF_ERROR(
+      backend_->Fill(dir_page_ + row0 * plan_.cache_slots, 0xFF, entries * 4, s));
+  KVTIER_RETURN_IF_ERROR(
+      backend_->Fill(dir_last_use_ + row0 * plan_.cache_slots, 0, entries * 4, s));
   KVTIER_RETURN_IF_ERROR(backend_->Fill(dir_score_ + row0 * plan_.cache_slots, 0, entries * 4, s));
   KVTIER_RETURN_IF_ERROR(backend_->Synchronize(s));
   free_slots_.pop_back();
@@ -338,7 +338,8 @@ absl::Status KvCacheImpl::RemoveSequence(SeqId seq) {
   free_slots_.push_back(slot);
   for (LayerArrays& layer : layers_) {
     auto pos = std::find(layer.last_batch.begin(), layer.last_batch.end(), seq);
-    if (pos != layer.last_batch.end()) layer.last_batch_live[pos - layer.last_batch.begin()] = false;
+    if (pos != layer.last_batch.end())
+      layer.last_batch_live[pos - layer.last_batch.begin()] = false;
   }
   return absl::OkStatus();
 }
@@ -388,9 +389,9 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
   Sequence& sequence = it->second;
   const int64_t before = sequence.tokens[layer];
   if (before + n > options_.max_sequence_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "Prefill: sequence ", seq, " layer ", layer, " holds ", before, " tokens; ", n,
-        " more would exceed max_sequence_tokens = ", options_.max_sequence_tokens));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Prefill: sequence ", seq, " layer ", layer, " holds ", before, " tokens; ", n,
+                     " more would exceed max_sequence_tokens = ", options_.max_sequence_tokens));
   }
   const int32_t p = plan_.page_size;
   HostPageTable::Growth growth;
@@ -401,8 +402,8 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
   KVTIER_RETURN_IF_ERROR(page_table_->Grow({&growth, 1}));
 
   // Committed: from here on only device failures can stop the call.
-  const int64_t row_bytes = int64_t{shape.num_kv_heads} * shape.head_dim *
-                            static_cast<int64_t>(DTypeSize(shape.dtype));
+  const int64_t row_bytes =
+      int64_t{shape.num_kv_heads} * shape.head_dim * static_cast<int64_t>(DTypeSize(shape.dtype));
   const bool inputs_on_backend = backend_->on_device() == (k.space == MemorySpace::kDevice);
   // Calls may come on different streams: each starts after the previous one's work, as the
   // calls share scratch and staging buffers.
@@ -412,10 +413,10 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
     const int64_t position = before + done;
     const int64_t piece =
         std::min<int64_t>(n - done, options_.max_prefill_chunk_tokens - position % p);
-    KVTIER_RETURN_IF_ERROR(PrefillPiece(
-        sequence, layer, static_cast<const std::byte*>(k.data) + done * row_bytes,
-        static_cast<const std::byte*>(v.data) + done * row_bytes, inputs_on_backend, position,
-        piece, stream));
+    KVTIER_RETURN_IF_ERROR(PrefillPiece(sequence, layer,
+                                        static_cast<const std::byte*>(k.data) + done * row_bytes,
+                                        static_cast<const std::byte*>(v.data) + done * row_bytes,
+                                        inputs_on_backend, position, piece, stream));
     done += piece;
   }
   sequence.tokens[layer] = before + n;
@@ -429,8 +430,8 @@ absl::Status KvCacheImpl::Prefill(SeqId seq, int layer, const ConstTensor& k, co
 }
 
 absl::Status KvCacheImpl::PrefillPiece(const Sequence& sequence, int layer, const std::byte* k,
-                                       const std::byte* v, bool inputs_on_backend,
-                                       int64_t position, int64_t tokens, cudaStream_t stream) {
+                                       const std::byte* v, bool inputs_on_backend, int64_t position,
+                                       int64_t tokens, cudaStream_t stream) {
   const ModelShape& shape = options_.shape;
   const int hk = shape.num_kv_heads;
   const int32_t p = plan_.page_size;
@@ -599,9 +600,9 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   KVTIER_RETURN_IF_ERROR(CheckLayer(layer));
   const int64_t batch = static_cast<int64_t>(seqs.size());
   if (batch > options_.max_batch_size) {
-    return absl::InvalidArgumentError(absl::StrCat("Decode: batch of ", batch,
-                                                   " sequences exceeds max_batch_size = ",
-                                                   options_.max_batch_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Decode: batch of ", batch,
+                     " sequences exceeds max_batch_size = ", options_.max_batch_size));
   }
   KVTIER_RETURN_IF_ERROR(
       CheckTensor("Decode q", q, {{batch, shape.num_query_heads, shape.head_dim}, shape.dtype}));
@@ -610,8 +611,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   KVTIER_RETURN_IF_ERROR(CheckTensor("Decode v_new", v_new,
                                      {{batch, shape.num_kv_heads, shape.head_dim}, shape.dtype}));
   if (out.dtype != DType::kFP32 && out.dtype != DType::kBF16 && out.dtype != DType::kFP16) {
-    return absl::InvalidArgumentError(absl::StrCat("Decode out: dtype ", DTypeName(out.dtype),
-                                                   ": allowed fp32, bf16 or fp16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("Decode out: dtype ", DTypeName(out.dtype), ": allowed fp32, bf16 or fp16"));
   }
   KVTIER_RETURN_IF_ERROR(
       CheckTensor("Decode out", out, {{batch, shape.num_query_heads, shape.head_dim}, out.dtype}));
@@ -629,20 +630,24 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
 
   // Sequences: known, distinct, prefilled, with room for one more token.
   const int32_t p = plan_.page_size;
-  std::vector<Sequence*> entries;
-  entries.reserve(static_cast<size_t>(batch));
-  absl::flat_hash_set<SeqId> seen;
-  std::vector<HostPageTable::Growth> growths;
+  // Reused host scratch (sized at creation): no host allocation per step. A slot's stamp
+  // equals this call's number once one of its sequences was seen: a repeat is a duplicate.
+  std::vector<Sequence*>& entries = decode_entries_;
+  std::vector<HostPageTable::Growth>& growths = decode_growths_;
+  entries.clear();
+  growths.clear();
+  ++decode_calls_;
   for (const SeqId seq : seqs) {
     auto it = sequences_.find(seq);
     if (it == sequences_.end()) {
       return absl::NotFoundError(absl::StrCat("Decode: sequence ", seq, " is not stored"));
     }
-    if (!seen.insert(seq).second) {
+    Sequence& sequence = it->second;
+    if (slot_stamp_[sequence.slot] == decode_calls_) {
       return absl::InvalidArgumentError(
           absl::StrCat("Decode: sequence ", seq, " appears twice in the batch"));
     }
-    Sequence& sequence = it->second;
+    slot_stamp_[sequence.slot] = decode_calls_;
     const int64_t t = sequence.tokens[layer];
     if (t == 0) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -650,9 +655,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     }
     if (t + 1 > options_.max_sequence_tokens) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("Decode: sequence ", seq, " holds ", t,
-                       " tokens in layer ", layer, ", max_sequence_tokens = ",
-                       options_.max_sequence_tokens));
+          absl::StrCat("Decode: sequence ", seq, " holds ", t, " tokens in layer ", layer,
+                       ", max_sequence_tokens = ", options_.max_sequence_tokens));
     }
     if (t % p == 0) {
       HostPageTable::Growth g;
@@ -673,8 +677,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   const int32_t items = static_cast<int32_t>(batch * hk);
   const int32_t s = plan_.sink_pages;
   const int32_t w = plan_.window_pages;
-  const int64_t row_bytes_kv = 2 * int64_t{shape.head_dim} *
-                               static_cast<int64_t>(DTypeSize(shape.dtype));
+  const int64_t row_bytes_kv =
+      2 * int64_t{shape.head_dim} * static_cast<int64_t>(DTypeSize(shape.dtype));
   bool any_candidates = false;
   bool any_writeback = false;
   int64_t max_hot_tokens = 0;
@@ -838,8 +842,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     attend.out_dtype = out.dtype;
     attend.out = out_target;
     attend.lse = scratch_.lse;
-    KVTIER_RETURN_IF_ERROR(backend_->Attention(attend, max_hot_tokens,
-                                               scratch_.attention_workspace,
+    KVTIER_RETURN_IF_ERROR(backend_->Attention(attend, max_hot_tokens, scratch_.attention_workspace,
                                                scratch_.attention_workspace_bytes,
                                                kMaxAttentionSplits, stream));
     if (timed) {
@@ -909,9 +912,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     KVTIER_RETURN_IF_ERROR(backend_->Record(resolved, stream));
     KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, resolved));
     // Pages that left the window are in the host store once the latest write-back is done.
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, any_writeback ? written_back
-                                                                           : a.written_back,
-                                                capturing && !any_writeback));
+    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(
+        load_stream, any_writeback ? written_back : a.written_back, capturing && !any_writeback));
     if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_load_start, load_stream));
     MissLoadParams load;
     load.num_items = items;
@@ -975,10 +977,10 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
       float* lse;
       float* chunk_lse;
       int64_t max_tokens;
-    } selected_parts[2] = {{a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse,
-                            selected_tokens + max_hot_tokens},
-                           {a.misses, scratch_.miss_out, scratch_.miss_lse,
-                            scratch_.miss_chunk_lse, selected_tokens}};
+    } selected_parts[2] = {
+        {a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse,
+         selected_tokens + max_hot_tokens},
+        {a.misses, scratch_.miss_out, scratch_.miss_lse, scratch_.miss_chunk_lse, selected_tokens}};
     for (int part = 0; part < 2; ++part) {
       if (part == 1) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, loaded));
       attend.k_pages = selected_parts[part].list.k;
@@ -988,9 +990,9 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
       attend.out = selected_parts[part].out;
       attend.lse = selected_parts[part].lse;
       attend.chunk_lse = score_policy ? selected_parts[part].chunk_lse : nullptr;
-      KVTIER_RETURN_IF_ERROR(backend_->Attention(
-          attend, selected_parts[part].max_tokens, scratch_.attention_workspace,
-          scratch_.attention_workspace_bytes, kMaxAttentionSplits, stream));
+      KVTIER_RETURN_IF_ERROR(
+          backend_->Attention(attend, selected_parts[part].max_tokens, scratch_.attention_workspace,
+                              scratch_.attention_workspace_bytes, kMaxAttentionSplits, stream));
     }
 
     MergeParams merge;
@@ -1014,8 +1016,8 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
         float* chunk_lse;
         float* mass;
         float decay;
-      } updates[2] = {{a.hits, a.hit_slots, a.hit_count, scratch_.hit_chunk_lse,
-                       scratch_.hit_mass, options_.score_decay},
+      } updates[2] = {{a.hits, a.hit_slots, a.hit_count, scratch_.hit_chunk_lse, scratch_.hit_mass,
+                       options_.score_decay},
                       {a.misses, a.miss_slots, a.miss_count, scratch_.miss_chunk_lse,
                        scratch_.miss_mass, 1.0f}};
       for (const auto& u : updates) {
@@ -1055,8 +1057,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   if (out_staged) {
     KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(
         out.data, scratch_.out,
-        batch * shape.num_query_heads * shape.head_dim *
-            static_cast<int64_t>(DTypeSize(out.dtype)),
+        batch * shape.num_query_heads * shape.head_dim * static_cast<int64_t>(DTypeSize(out.dtype)),
         stream));
   }
   if (!capturing) {
@@ -1141,8 +1142,8 @@ absl::StatusOr<KvCache::CacheInspection> KvCacheImpl::Inspect(SeqId seq, int lay
   absl::MutexLock lock(&mu_);
   KVTIER_RETURN_IF_ERROR(CheckLayer(layer));
   if (kv_head < 0 || kv_head >= options_.shape.num_kv_heads) {
-    return absl::InvalidArgumentError(absl::StrCat("kv_head = ", kv_head, ": must be in [0, ",
-                                                   options_.shape.num_kv_heads, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_head = ", kv_head, ": must be in [0, ", options_.shape.num_kv_heads, ")"));
   }
   auto it = sequences_.find(seq);
   if (it == sequences_.end()) {

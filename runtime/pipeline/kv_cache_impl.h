@@ -67,11 +67,11 @@ struct LayerArrays {
   // The same for a Decode captured in a CUDA graph: the graph's copy reads it when it runs.
   int32_t* capture_staging = nullptr;
 
-  EventHandle uploaded = nullptr;     // the staging upload has been consumed
-  EventHandle appended = nullptr;     // append + summary done (write-back may start)
-  EventHandle written_back = nullptr; // this layer's latest write-back done
-  EventHandle resolved = nullptr;     // resolve done (the load may start)
-  EventHandle loaded = nullptr;       // miss load done
+  EventHandle uploaded = nullptr;      // the staging upload has been consumed
+  EventHandle appended = nullptr;      // append + summary done (write-back may start)
+  EventHandle written_back = nullptr;  // this layer's latest write-back done
+  EventHandle resolved = nullptr;      // resolve done (the load may start)
+  EventHandle loaded = nullptr;        // miss load done
   // Joins between streams inside a Decode captured in a CUDA graph (the events above keep
   // describing the uncaptured work, which later calls wait on).
   EventHandle cap_appended = nullptr, cap_written_back = nullptr, cap_resolved = nullptr,
@@ -83,10 +83,10 @@ struct LayerArrays {
   bool timing_pending = false;
   bool selection_ran = false;  // the last Decode ran select/resolve (some item had candidates)
 
-  std::vector<SeqId> last_batch;   // the last Decode's sequences
+  std::vector<SeqId> last_batch;      // the last Decode's sequences
   std::vector<bool> last_batch_live;  // false once that sequence was removed
-  int32_t step = 0;               // resolve clock
-  LayerStats stats;               // host-side counters (device counters added on read)
+  int32_t step = 0;                   // resolve clock
+  LayerStats stats;                   // host-side counters (device counters added on read)
 };
 
 // Shared decode scratch (backend memory).
@@ -120,7 +120,7 @@ struct DecodeScratch {
 // One prefill staging buffer (two alternate so that packing the next piece overlaps the
 // write-back of the previous one).
 struct PrefillBuffer {
-  std::byte* pages = nullptr;  // [prefill_pages * Hk] K pages, then as many V pages
+  std::byte* pages = nullptr;   // [prefill_pages * Hk] K pages, then as many V pages
   std::byte* k_rows = nullptr;  // host inputs copied here
   std::byte* v_rows = nullptr;
   std::byte* pointers = nullptr;  // the piece's pointer arrays (PrefillPointers)
@@ -153,8 +153,7 @@ class KvCacheImpl final : public KvCache {
     std::vector<int64_t> tokens;  // [num_layers]
   };
 
-  KvCacheImpl(const Options& options, const MemoryPlan& plan,
-              std::unique_ptr<StepBackend> backend);
+  KvCacheImpl(const Options& options, const MemoryPlan& plan, std::unique_ptr<StepBackend> backend);
   absl::Status Initialize();
   int64_t Row(int32_t slot, int layer, int kv_head) const {
     return (int64_t{slot} * options_.shape.num_layers + layer) * options_.shape.num_kv_heads +
@@ -165,8 +164,7 @@ class KvCacheImpl final : public KvCache {
   ItemStorage Storage() const;
   absl::Status PrefillPiece(const Sequence& sequence, int layer, const std::byte* k,
                             const std::byte* v, bool inputs_on_backend, int64_t position,
-                            int64_t tokens, cudaStream_t stream)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                            int64_t tokens, cudaStream_t stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status HarvestTimings(LayerArrays& layer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for every piece of device work issued so far.
   absl::Status WaitForDevice() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -199,6 +197,11 @@ class KvCacheImpl final : public KvCache {
   mutable absl::Mutex mu_;
   absl::flat_hash_map<SeqId, Sequence> sequences_ ABSL_GUARDED_BY(mu_);
   std::vector<int32_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  // Decode's host scratch, reused so that a step allocates nothing (kv_cache_impl.cc).
+  std::vector<Sequence*> decode_entries_ ABSL_GUARDED_BY(mu_);
+  std::vector<HostPageTable::Growth> decode_growths_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> slot_stamp_ ABSL_GUARDED_BY(mu_);  // [max_sequences]
+  uint64_t decode_calls_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace kvtier::internal

@@ -45,10 +45,10 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   m.max_selected = o.budget.max_pages;
   const double slots = std::ceil(o.cache_slots_per_budget * o.budget.max_pages);
   if (slots > kMaxCacheSlots) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cache_slots_per_budget = ", o.cache_slots_per_budget, " with budget.max_pages = ",
-        o.budget.max_pages, " gives ", slots, " cache slots per KV head; at most ",
-        kMaxCacheSlots, " are supported"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("cache_slots_per_budget = ", o.cache_slots_per_budget,
+                     " with budget.max_pages = ", o.budget.max_pages, " gives ", slots,
+                     " cache slots per KV head; at most ", kMaxCacheSlots, " are supported"));
   }
   m.cache_slots = static_cast<int32_t>(slots);
   if (o.budget.mass_target > 0) {
@@ -59,9 +59,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
         "available"));
   }
   if (m.sink_pages > m.max_pages) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sink_tokens = ", o.sink_tokens, ": more than max_sequence_tokens = ",
-        o.max_sequence_tokens, " (the sink must fit in a sequence)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sink_tokens = ", o.sink_tokens, ": more than max_sequence_tokens = ",
+                     o.max_sequence_tokens, " (the sink must fit in a sequence)"));
   }
   m.page_bytes = PageBytes(shape, o.page_size);
   m.bounds_bytes = 2 * d * dsize;
@@ -87,9 +87,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   const int64_t k = m.max_selected;
   const int64_t hot_cap = int64_t{m.sink_pages + m.window_pages};
   int64_t layer = 0;
-  layer += 2 * AlignUp(b * 4);                 // seq_slot, tokens_before
-  layer += 4 * AlignUp(bi * 8);                // append k/v, write-back dst k/v
-  layer += AlignUp(b * 4);                     // append rows
+  layer += 2 * AlignUp(b * 4);                     // seq_slot, tokens_before
+  layer += 4 * AlignUp(bi * 8);                    // append k/v, write-back dst k/v
+  layer += AlignUp(b * 4);                         // append rows
   layer += 2 * AlignUp(bi * 4) + AlignUp(bi * 8);  // summary tokens, bounds
   layer += 2 * AlignUp(bi * 4) + AlignUp(bi * 8);  // select range, bounds
   layer += AlignUp(bi * 4) + 3 * AlignUp(bi * 8);  // item rows, page-table offsets, slot bases
@@ -98,17 +98,17 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   // The hits' list (with the hot pages appended) and the misses' list.
   layer += 2 * (AlignUp((bi + 1) * 4) + AlignUp(bi * 4)) + 2 * AlignUp(bi * (k + hot_cap) * 8) +
            2 * AlignUp(bi * k * 8);
-  layer += AlignUp(3 * 8);                                                     // counters
+  layer += AlignUp(3 * 8);  // counters
   m.per_layer_step_bytes = layer;
   m.step_bytes = layer * shape.num_layers;
 
   // Shared decode scratch.
   int64_t scratch = 0;
   scratch += AlignUp(bi * g * d * dsize) + 2 * AlignUp(bi * d * dsize);  // q, k_new, v_new
-  scratch += AlignUp(bi * g * d * 4);                                     // out staging
+  scratch += AlignUp(bi * g * d * 4);                                    // out staging
   scratch += 2 * (AlignUp(bi * g * d * 4) + AlignUp(bi * g * 4));  // hits + hot, misses partials
-  scratch += AlignUp(bi * g * 4);                                         // merged lse
-  scratch += AlignUp(4 * 8);                                              // merge part pointers
+  scratch += AlignUp(bi * g * 4);                                  // merged lse
+  scratch += AlignUp(4 * 8);                                       // merge part pointers
   scratch += AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
       m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits)));
   {
@@ -121,7 +121,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   }
   scratch += AlignUp(bi * (k + hot_cap) * (o.page_size / 16) * g * 4);  // chunk lse: hits + hot
   scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);              // chunk lse: misses
-  scratch += 2 * AlignUp(bi * k * 4);                           // page mass, hits and misses
+  scratch += 2 * AlignUp(bi * k * 4);  // page mass, hits and misses
   if (o.cache_policy == CachePolicy::kNone) {
     scratch += 3 * AlignUp(bi * m.cache_slots * 4);  // the empty directory each step resolves in
   }
@@ -130,9 +130,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   // Prefill staging, two buffers: pages, input rows, pointer arrays.
   const int64_t np_hk = int64_t{m.prefill_pages} * hk;
   int64_t prefill = 0;
-  prefill += AlignUp(np_hk * 2 * m.page_bytes);                         // staged pages
+  prefill += AlignUp(np_hk * 2 * m.page_bytes);                                  // staged pages
   prefill += AlignUp(int64_t{o.max_prefill_chunk_tokens} * hk * d * dsize) * 2;  // k, v rows
-  prefill += AlignUp(np_hk * 8 * 16 + np_hk * 4);                      // pointer arrays
+  prefill += AlignUp(np_hk * 8 * 16 + np_hk * 4);                                // pointer arrays
   m.prefill_bytes = 2 * prefill;
 
   // Host.
@@ -140,23 +140,21 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   m.page_table_bytes = 2 * m.rows * m.max_pages * 8;
   if (m.host_frames < hk) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "host_memory_bytes = ", o.host_memory_bytes, ": holds ", m.host_frames,
-        " page frames of ", 2 * m.page_bytes, " bytes; at least one per KV head (", hk,
-        ") is needed"));
+        "host_memory_bytes = ", o.host_memory_bytes, ": holds ", m.host_frames, " page frames of ",
+        2 * m.page_bytes, " bytes; at least one per KV head (", hk, ") is needed"));
   }
 
   if (o.backend == Backend::kCuda && m.device_bytes() > o.gpu_memory_bytes) {
     const int64_t fixed = m.device_bytes() - m.per_sequence_device_bytes * o.max_sequences;
-    const int64_t fit = o.gpu_memory_bytes > fixed
-                            ? (o.gpu_memory_bytes - fixed) / m.per_sequence_device_bytes
-                            : 0;
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "gpu_memory_bytes = ", o.gpu_memory_bytes, " (", Bytes(o.gpu_memory_bytes),
-        ") cannot hold the plan for max_sequences = ", o.max_sequences,
-        " of max_sequence_tokens = ", o.max_sequence_tokens, ": ", m.Describe(), "; ",
-        Bytes(m.per_sequence_device_bytes), " per sequence, so ", fit,
-        " sequences would fit; lower max_sequences, max_sequence_tokens, "
-        "cache_slots_per_budget or window_tokens, or raise gpu_memory_bytes"));
+    const int64_t fit =
+        o.gpu_memory_bytes > fixed ? (o.gpu_memory_bytes - fixed) / m.per_sequence_device_bytes : 0;
+    return absl::ResourceExhaustedError(
+        absl::StrCat("gpu_memory_bytes = ", o.gpu_memory_bytes, " (", Bytes(o.gpu_memory_bytes),
+                     ") cannot hold the plan for max_sequences = ", o.max_sequences,
+                     " of max_sequence_tokens = ", o.max_sequence_tokens, ": ", m.Describe(), "; ",
+                     Bytes(m.per_sequence_device_bytes), " per sequence, so ", fit,
+                     " sequences would fit; lower max_sequences, max_sequence_tokens, "
+                     "cache_slots_per_budget or window_tokens, or raise gpu_memory_bytes"));
   }
   return m;
 }

@@ -16,17 +16,17 @@ inline constexpr int kMaxAttentionSplits = 16;
 
 struct MemoryPlan {
   // Geometry of one item, a (sequence slot, layer, KV head): see kernels/decode_plan.h.
-  int32_t page_size = 0;     // P
-  int32_t sink_pages = 0;    // S
-  int32_t window_pages = 0;  // W
-  int32_t ring_pages = 0;    // R = W + 1
-  int32_t max_pages = 0;     // pages of a sequence of max_sequence_tokens
-  int32_t cache_slots = 0;   // C
-  int32_t max_selected = 0;  // budget.max_pages
-  int64_t page_bytes = 0;    // one K or V page
-  int64_t bounds_bytes = 0;  // one page's bounds summary
-  int64_t rows = 0;          // items of all sequence slots: max_sequences * L * Hk
-  int32_t batch_items = 0;   // max_batch_size * Hk
+  int32_t page_size = 0;      // P
+  int32_t sink_pages = 0;     // S
+  int32_t window_pages = 0;   // W
+  int32_t ring_pages = 0;     // R = W + 1
+  int32_t max_pages = 0;      // pages of a sequence of max_sequence_tokens
+  int32_t cache_slots = 0;    // C
+  int32_t max_selected = 0;   // budget.max_pages
+  int64_t page_bytes = 0;     // one K or V page
+  int64_t bounds_bytes = 0;   // one page's bounds summary
+  int64_t rows = 0;           // items of all sequence slots: max_sequences * L * Hk
+  int32_t batch_items = 0;    // max_batch_size * Hk
   int32_t prefill_pages = 0;  // staging pages of one prefill piece per KV head
 
   // Device bytes (backend memory) by purpose.
@@ -39,8 +39,8 @@ struct MemoryPlan {
   int64_t prefill_bytes = 0;    // two prefill staging buffers
   int64_t per_layer_step_bytes = 0;
   int64_t device_bytes() const {
-    return hot_bytes + cache_bytes + summary_bytes + directory_bytes + step_bytes +
-           scratch_bytes + prefill_bytes;
+    return hot_bytes + cache_bytes + summary_bytes + directory_bytes + step_bytes + scratch_bytes +
+           prefill_bytes;
   }
   // Bytes that grow with max_sequences (all of hot, cache, summaries, directory).
   int64_t per_sequence_device_bytes = 0;

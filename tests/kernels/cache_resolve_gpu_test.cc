@@ -208,8 +208,8 @@ TEST_P(CacheResolveGpuTest, MatchesTwinOverDriftingSteps) {
     twin.PoisonOutputs();
     Upload(twin.selected, d.selected, stream);
     Upload(twin.num_selected, d.num_selected, stream);
-    for (const DeviceBuffer* out : {&d.selected_slots, &d.miss_pages, &d.miss_slots,
-                                    &d.hit_count, &d.miss_count, &d.hit_slots}) {
+    for (const DeviceBuffer* out : {&d.selected_slots, &d.miss_pages, &d.miss_slots, &d.hit_count,
+                                    &d.miss_count, &d.hit_slots}) {
       ASSERT_CUDA_OK(cudaMemsetAsync(out->data(), kPoisonByte, out->size(), stream));
     }
     CacheResolveParams device_params = MakeParams(

@@ -28,9 +28,9 @@
 namespace kvtier {
 namespace {
 
+using testing_util::IsPoisoned;
 using testing_util::kPoisonByte;
 using testing_util::Poisoned;
-using testing_util::IsPoisoned;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 template <typename T>

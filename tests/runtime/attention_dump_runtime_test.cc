@@ -43,7 +43,6 @@
 #include <string>
 #include <vector>
 
-#include "tests/testing/attention_dumps.h"
 #include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
@@ -54,6 +53,7 @@
 #include "runtime/core/tensor.h"
 #include "runtime/kv_cache.h"
 #include "tbb/parallel_for.h"
+#include "tests/testing/attention_dumps.h"
 #include "tools/workload/attention_dump.h"
 
 namespace kvtier {
@@ -77,7 +77,6 @@ constexpr SeqId kSeq = 17;
 // double from the same fp16 inputs and round the hot and selected partials (and their LSEs)
 // to float before the merge, so a few float roundings (~1e-7 relative) separate the two.
 constexpr double kOutputTolerance = 1e-5;
-
 
 // Rows [begin, end) of the dump's keys or values in the API's layout [tokens, Hk, D] (the
 // dump stores [Hk, tokens, D]).
