@@ -548,6 +548,10 @@ TEST_P(SelectedPagesTwinTest, AppendedListFollowsEachItemsSelection) {
   constexpr int32_t kMaxAppended = 4;
   std::vector<int32_t> append_offsets(c.num_items + 1, 0), append_last(c.num_items);
   std::vector<const void*> append_k, append_v;
+  // Reserved so that the lists have storage even when no item appends: the
+  // three append pointers are all set or all null.
+  append_k.reserve(int64_t{c.num_items} * kMaxAppended + 1);
+  append_v.reserve(int64_t{c.num_items} * kMaxAppended + 1);
   for (int32_t i = 0; i < c.num_items; ++i) {
     const int32_t n = static_cast<int32_t>(rng() % (kMaxAppended + 1));
     for (int32_t a = 0; a < n; ++a) {
