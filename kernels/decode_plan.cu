@@ -26,12 +26,14 @@
 // ComputePageMass clamp counts to [0, max_selected].
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "kernels/decode_plan.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
@@ -136,6 +138,9 @@ __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParam
   __syncthreads();
 
   const int32_t i = first + tid;
+  // Every block of a tile (blockIdx.y) plans the tile's items; the first writes their
+  // per-item outputs, and all share the tile's hot page list.
+  const bool writes_items = blockIdx.y == 0;
   int32_t count = 0;
   if (tid < kTile && i < items) {
     const int32_t b = i / hk;
@@ -157,25 +162,26 @@ __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParam
       sinks_end[tid] = min(S, n);
       window_ring[tid] = (window_begin - S) % R;
       hot_row[tid] = row_pages;
-
-      p.append_k[i] = s.hot_k + append_offset;
-      p.append_v[i] = s.hot_v + append_offset;
-      if (h == 0) p.append_row[b] = row;
-      p.writeback_k_dst[i] =
-          completes ? const_cast<void*>(s.host_k_table[table_row + append_page]) : nullptr;
-      p.writeback_v_dst[i] =
-          completes ? const_cast<void*>(s.host_v_table[table_row + append_page]) : nullptr;
-      p.summary_tokens[i] = row + 1;
-      p.summary_bounds[i] = s.bounds + (table_row + append_page) * s.bounds_bytes;
-      p.select_begin[i] = S;
-      p.select_end[i] = window_begin;
-      p.select_bounds[i] = s.bounds + table_row * s.bounds_bytes;
-      p.item_row[i] = static_cast<int32_t>(r);
-      p.page_table_offset[i] = table_row;
-      p.slot_k_base[i] = s.slot_k + r * s.cache_slots * s.page_bytes;
-      p.slot_v_base[i] = s.slot_v + r * s.cache_slots * s.page_bytes;
-      p.hot_last_page_tokens[i] = row + 1;
-    } else {
+      if (writes_items) {
+        p.append_k[i] = s.hot_k + append_offset;
+        p.append_v[i] = s.hot_v + append_offset;
+        if (h == 0) p.append_row[b] = row;
+        p.writeback_k_dst[i] =
+            completes ? const_cast<void*>(s.host_k_table[table_row + append_page]) : nullptr;
+        p.writeback_v_dst[i] =
+            completes ? const_cast<void*>(s.host_v_table[table_row + append_page]) : nullptr;
+        p.summary_tokens[i] = row + 1;
+        p.summary_bounds[i] = s.bounds + (table_row + append_page) * s.bounds_bytes;
+        p.select_begin[i] = S;
+        p.select_end[i] = window_begin;
+        p.select_bounds[i] = s.bounds + table_row * s.bounds_bytes;
+        p.item_row[i] = static_cast<int32_t>(r);
+        p.page_table_offset[i] = table_row;
+        p.slot_k_base[i] = s.slot_k + r * s.cache_slots * s.page_bytes;
+        p.slot_v_base[i] = s.slot_v + r * s.cache_slots * s.page_bytes;
+        p.hot_last_page_tokens[i] = row + 1;
+      }
+    } else if (writes_items) {
       // Contract violation: an empty item (see the top of this file).
       p.append_k[i] = nullptr;
       p.append_v[i] = nullptr;
@@ -198,12 +204,15 @@ __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParam
   int32_t local = 0, tile_total = 0;
   Scan(temp.scan).ExclusiveSum(count, local, tile_total);
   if (tid <= kTile) tile_begin[tid] = local;  // threads past the tile hold 0: local = total
-  if (tid < kTile && i < items) p.hot_page_offsets[i + 1] = tile_base + local + count;
-  if (i == 0) p.hot_page_offsets[0] = 0;
+  if (writes_items && tid < kTile && i < items) {
+    p.hot_page_offsets[i + 1] = tile_base + local + count;
+  }
+  if (writes_items && i == 0) p.hot_page_offsets[0] = 0;
   __syncthreads();
 
-  // The tile's hot page list, in output order: sinks in place, the window in the ring.
-  for (int32_t k = tid; k < tile_total; k += kListThreads) {
+  // The tile's hot page list, in output order: sinks in place, the window in the ring. The
+  // tile's blocks take interleaved runs of kListThreads entries.
+  for (int32_t k = blockIdx.y * kListThreads + tid; k < tile_total; k += gridDim.y * kListThreads) {
     const int t = TileItemOf(tile_begin, k);
     const int32_t q = k - tile_begin[t];
     int32_t hot = q;
@@ -248,6 +257,9 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
 
   const int32_t i = first + tid;
   const bool owns_item = tid < kTile && i < items;
+  // Every block of a tile (blockIdx.y) reads the tile's counts; the first writes the per-item
+  // outputs and the counters, and all share the tile's page list.
+  const bool writes_items = blockIdx.y == 0;
   int32_t count = 0;
   if (owns_item) {
     const int32_t selected = ClampCount(p.num_selected[i], max_selected);
@@ -263,16 +275,16 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
       count += appended;
       if (appended > 0) last = p.append_last[i];
     }
-    p.last_page_tokens[i] = last;
+    if (writes_items) p.last_page_tokens[i] = last;
   }
   int32_t local = 0, tile_total = 0;
   Scan(temp.scan).ExclusiveSum(count, local, tile_total);
   if (tid <= kTile) tile_begin[tid] = local;
-  if (owns_item) p.page_offsets[i + 1] = tile_base + local + count;
-  if (i == 0) p.page_offsets[0] = 0;
+  if (writes_items && owns_item) p.page_offsets[i + 1] = tile_base + local + count;
+  if (writes_items && i == 0) p.page_offsets[0] = 0;
   __syncthreads();
 
-  for (int32_t k = tid; k < tile_total; k += kListThreads) {
+  for (int32_t k = blockIdx.y * kListThreads + tid; k < tile_total; k += gridDim.y * kListThreads) {
     const int t = TileItemOf(tile_begin, k);
     const int32_t e = k - tile_begin[t];
     if (e < selected_count[t]) {
@@ -287,7 +299,7 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
     }
   }
 
-  if (p.counters != nullptr) {  // uniform across the grid
+  if (p.counters != nullptr && writes_items) {  // uniform across each block
     unsigned long long hits = 0, misses = 0;
     if (owns_item) {
       hits = static_cast<unsigned long long>(max(p.hit_count[i], 0));
@@ -331,14 +343,29 @@ __global__ void __launch_bounds__(kMassThreads) PageMassKernel(PageMassParams p)
   p.mass[index] = mass;
 }
 
+// Blocks per tile of the list builders: with few tiles (a small batch of long lists) one block
+// a tile would write ~200 entries a thread in a dependent chain (26 us at 192 items on the
+// H100); the tile's blocks split its entries so that the grid covers about two blocks per
+// SM. Each extra block repeats the tile's prefix sum and scan, which read a few KB from L2.
+absl::StatusOr<int> TileParts(int32_t tiles) {
+  int device = 0, sm_count = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  constexpr int kMaxParts = 32;
+  const int64_t wanted = (int64_t{2} * sm_count + tiles - 1) / std::max<int32_t>(tiles, 1);
+  return static_cast<int>(std::clamp<int64_t>(wanted, 1, kMaxParts));
+}
+
 }  // namespace
 
 absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateDecodePlanShape(params));
   const int32_t items = params.batch * params.num_kv_heads;  // validated to fit
   if (items == 0) return absl::OkStatus();
-  const int32_t blocks = (items + kTile - 1) / kTile;
-  DecodePlanKernel<<<blocks, kListThreads, 0, stream>>>(params);
+  const int32_t tiles = (items + kTile - 1) / kTile;
+  KVTIER_ASSIGN_OR_RETURN(const int parts, TileParts(tiles));
+  DecodePlanKernel<<<dim3(tiles, parts), kListThreads, 0, stream>>>(params);
   KVTIER_RETURN_IF_LAUNCH_FAILED("DecodePlanKernel", stream);
   return absl::OkStatus();
 }
@@ -346,8 +373,9 @@ absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t strea
 absl::Status LaunchBuildSelectedPages(const SelectedPagesParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateSelectedPagesShape(params));
   if (params.num_items == 0) return absl::OkStatus();
-  const int32_t blocks = (params.num_items + kTile - 1) / kTile;
-  SelectedPagesKernel<<<blocks, kListThreads, 0, stream>>>(params);
+  const int32_t tiles = (params.num_items + kTile - 1) / kTile;
+  KVTIER_ASSIGN_OR_RETURN(const int parts, TileParts(tiles));
+  SelectedPagesKernel<<<dim3(tiles, parts), kListThreads, 0, stream>>>(params);
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectedPagesKernel", stream);
   return absl::OkStatus();
 }

@@ -20,8 +20,11 @@ namespace {
 
 class CudaBackend final : public StepBackend {
  public:
-  CudaBackend(int device_id, CudaStream copy, CudaStream load)
-      : device_id_(device_id), copy_(std::move(copy)), load_(std::move(load)) {}
+  CudaBackend(int device_id, CudaStream copy, CudaStream load, CudaStream hot)
+      : device_id_(device_id),
+        copy_(std::move(copy)),
+        load_(std::move(load)),
+        hot_(std::move(hot)) {}
 
   ~CudaBackend() override {
     // Work still queued may touch memory freed below.
@@ -43,6 +46,7 @@ class CudaBackend final : public StepBackend {
 
   cudaStream_t copy_stream() const override { return copy_.get(); }
   cudaStream_t load_stream() const override { return load_.get(); }
+  cudaStream_t hot_stream() const override { return hot_.get(); }
 
   absl::Status CopyToBackend(void* dst, const void* src, int64_t bytes, cudaStream_t s) override {
     if (bytes <= 0) return absl::OkStatus();
@@ -151,6 +155,7 @@ class CudaBackend final : public StepBackend {
   int device_id_;
   CudaStream copy_;
   CudaStream load_;
+  CudaStream hot_;
   std::vector<DeviceBuffer> buffers_;
   std::vector<CudaEvent> events_;
 };
@@ -170,7 +175,9 @@ absl::StatusOr<std::unique_ptr<StepBackend>> CreateCudaBackend(int device_id) {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_id));
   KVTIER_ASSIGN_OR_RETURN(CudaStream copy, CudaStream::Create());
   KVTIER_ASSIGN_OR_RETURN(CudaStream load, CudaStream::Create());
-  return std::unique_ptr<StepBackend>(new CudaBackend(device_id, std::move(copy), std::move(load)));
+  KVTIER_ASSIGN_OR_RETURN(CudaStream hot, CudaStream::Create());
+  return std::unique_ptr<StepBackend>(
+      new CudaBackend(device_id, std::move(copy), std::move(load), std::move(hot)));
 }
 
 }  // namespace kvtier::internal

@@ -38,6 +38,7 @@ class HostBackend final : public StepBackend {
 
   cudaStream_t copy_stream() const override { return nullptr; }
   cudaStream_t load_stream() const override { return nullptr; }
+  cudaStream_t hot_stream() const override { return nullptr; }
 
   absl::Status CopyToBackend(void* dst, const void* src, int64_t bytes, cudaStream_t) override {
     if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));

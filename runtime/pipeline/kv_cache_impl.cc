@@ -5,12 +5,16 @@
 //   caller stream:  [upload slots and token counts] -> wait(previous write-back of the layer)
 //                   -> plan -> append -> page summary -> (record appended)
 //   copy stream:    wait(appended) -> write-back of completed pages -> (record written_back)
-//   caller stream:  select -> resolve -> (record resolved) -> page lists of the hits and of
-//                   the misses
+//   caller stream:  select
+//   hot stream:     wait(appended) -> attention over the hot set (overlapping selection,
+//                   resolve and load) -> (record hot_attended)
+//   caller stream:  resolve -> (record resolved) -> page lists of the hits and of the misses
 //   load stream:    wait(resolved, written_back) -> miss load -> (record loaded)
-//   caller stream:  attention over the hits and the hot set (one page list, overlapping the
-//                   load) -> wait(loaded) -> attention over the misses -> merge of the two
+//   caller stream:  attention over the hits (overlapping the load) -> wait(loaded) ->
+//                   attention over the misses -> wait(hot_attended) -> merge of the three
 //                   parts into out -> [page mass -> score update]
+// When no sequence has pages outside its hot set, attention over the hot set on the caller's
+// stream is the whole step.
 // Nothing waits on the host: the token counts travel in one upload from pinned staging, and
 // everything else is derived on the device (kernels/decode_plan.h).
 //
@@ -154,18 +158,19 @@ absl::Status KvCacheImpl::Initialize() {
     a.miss_count = c.Take<int32_t>(bi);
     a.hit_slots = c.Take<int32_t>(bi * k);
     for (PageList* list : {&a.hits, &a.misses}) {
-      const int64_t capacity = list == &a.hits ? bi * (k + hot_cap) : bi * k;
       list->offsets = c.Take<int32_t>(bi + 1);
-      list->k = c.Take<const void*>(capacity);
-      list->v = c.Take<const void*>(capacity);
+      list->k = c.Take<const void*>(bi * k);
+      list->v = c.Take<const void*>(bi * k);
       list->last = c.Take<int32_t>(bi);
     }
     a.counters = c.Take<unsigned long long>(3);
     a.staging = reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * 2 * l);
     a.capture_staging =
         reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * (2 * l + 1));
-    for (EventHandle* e : {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded,
-                           &a.cap_appended, &a.cap_written_back, &a.cap_resolved, &a.cap_loaded}) {
+    for (EventHandle* e :
+         {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded, &a.hot_attended,
+          &a.cap_appended, &a.cap_written_back, &a.cap_resolved, &a.cap_loaded,
+          &a.cap_hot_attended}) {
       KVTIER_ASSIGN_OR_RETURN(*e, backend_->CreateEvent(false));
     }
     if (options_.collect_timings) {
@@ -192,14 +197,17 @@ absl::Status KvCacheImpl::Initialize() {
     x.hit_lse = s.Take<float>(bi * g);
     x.miss_out = s.Take<float>(bi * g * d);
     x.miss_lse = s.Take<float>(bi * g);
+    x.hot_out = s.Take<float>(bi * g * d);
+    x.hot_lse = s.Take<float>(bi * g);
     x.lse = s.Take<float>(bi * g);
-    x.part_out = s.Take<const float*>(2);
-    x.part_lse = x.part_out + 2;  // the same 256-byte region holds all four pointers
+    x.part_out = s.Take<const float*>(kDecodeParts);
+    x.part_lse = x.part_out + kDecodeParts;  // the same 256-byte region holds all six pointers
     x.attention_workspace_bytes = PagedDecodeWorkspaceBytes(
         plan_.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits);
-    x.attention_workspace = x.attention_workspace_bytes > 0
-                                ? s.Bytes(static_cast<int64_t>(x.attention_workspace_bytes))
-                                : nullptr;
+    if (x.attention_workspace_bytes > 0) {
+      x.attention_workspace = s.Bytes(static_cast<int64_t>(x.attention_workspace_bytes));
+      x.hot_attention_workspace = s.Bytes(static_cast<int64_t>(x.attention_workspace_bytes));
+    }
     BlockSelectParams p;
     p.kind = BlockScoreKind::kPageBounds;
     p.group_size = static_cast<int>(g);
@@ -207,7 +215,7 @@ absl::Status KvCacheImpl::Initialize() {
     p.max_blocks = plan_.max_pages;
     x.select_workspace_bytes = BlockSelectWorkspaceBytes(p);
     x.select_workspace = s.Bytes(static_cast<int64_t>(x.select_workspace_bytes));
-    x.hit_chunk_lse = s.Take<float>(bi * (k + hot_cap) * (plan_.page_size / 16) * g);
+    x.hit_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
     x.miss_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
     x.hit_mass = s.Take<float>(bi * k);
     x.miss_mass = s.Take<float>(bi * k);
@@ -216,7 +224,8 @@ absl::Status KvCacheImpl::Initialize() {
       x.empty_last_use = s.Take<int32_t>(bi * plan_.cache_slots);
       x.empty_score = s.Take<float>(bi * plan_.cache_slots);
     }
-    const float* parts[4] = {x.hit_out, x.miss_out, x.hit_lse, x.miss_lse};
+    const float* parts[2 * kDecodeParts] = {x.hit_out, x.miss_out, x.hot_out,
+                                            x.hit_lse, x.miss_lse, x.hot_lse};
     KVTIER_RETURN_IF_ERROR(
         backend_->CopyToBackend(x.part_out, parts, sizeof(parts), backend_->copy_stream()));
   }
@@ -290,6 +299,7 @@ absl::Status KvCacheImpl::WaitForDevice() const {
   if (any_call_) KVTIER_RETURN_IF_ERROR(backend_->HostWait(last_call_done_));
   KVTIER_RETURN_IF_ERROR(backend_->Synchronize(backend_->copy_stream()));
   KVTIER_RETURN_IF_ERROR(backend_->Synchronize(backend_->load_stream()));
+  KVTIER_RETURN_IF_ERROR(backend_->Synchronize(backend_->hot_stream()));
   return absl::OkStatus();
 }
 
@@ -706,6 +716,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   EventHandle written_back = capturing ? a.cap_written_back : a.written_back;
   EventHandle resolved = capturing ? a.cap_resolved : a.resolved;
   EventHandle loaded = capturing ? a.cap_loaded : a.loaded;
+  EventHandle hot_attended = capturing ? a.cap_hot_attended : a.hot_attended;
   if (timed) KVTIER_RETURN_IF_ERROR(HarvestTimings(a));
   if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_start, stream));
   // Calls may come on different streams: each starts after the previous one's work, as the
@@ -803,10 +814,11 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
   summary.bounds = a.summary_bounds;
   KVTIER_RETURN_IF_ERROR(backend_->PageSummaries(summary, stream));
   if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_plan, stream));
+  // The write-back and the hot set's attention start from here.
+  if (any_writeback || any_candidates) KVTIER_RETURN_IF_ERROR(backend_->Record(appended, stream));
 
   if (any_writeback) {
     cudaStream_t copy_stream = backend_->copy_stream();
-    KVTIER_RETURN_IF_ERROR(backend_->Record(appended, stream));
     KVTIER_RETURN_IF_ERROR(backend_->StreamWait(copy_stream, appended));
     WriteBackParams wb;
     wb.num_pages = items;
@@ -872,6 +884,24 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     select.workspace_bytes = scratch_.select_workspace_bytes;
     KVTIER_RETURN_IF_ERROR(backend_->BlockSelect(select, stream));
     if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_select, stream));
+
+    // The hot set's attention needs only the plan: on the hot stream it overlaps selection,
+    // resolve and the miss load. Issued after selection so that the scoring kernel, which the
+    // step waits on, takes the GPU first and the hot set fills what it leaves.
+    cudaStream_t hot_stream = backend_->hot_stream();
+    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(hot_stream, appended));
+    attend.k_pages = a.hot_k;
+    attend.v_pages = a.hot_v;
+    attend.page_offsets = a.hot_offsets;
+    attend.last_page_tokens = a.hot_last;
+    attend.out = scratch_.hot_out;
+    attend.lse = scratch_.hot_lse;
+    attend.chunk_lse = nullptr;
+    KVTIER_RETURN_IF_ERROR(backend_->Attention(attend, max_hot_tokens,
+                                               scratch_.hot_attention_workspace,
+                                               scratch_.attention_workspace_bytes,
+                                               kMaxAttentionSplits, hot_stream));
+    KVTIER_RETURN_IF_ERROR(backend_->Record(hot_attended, hot_stream));
 
     // 3. Resolve.
     CacheResolveParams resolve;
@@ -948,15 +978,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     list.v_pages = a.hits.v;
     list.last_page_tokens = a.hits.last;
     list.counters = a.counters;
-    list.append_offsets = a.hot_offsets;  // the hot pages follow the hits: one launch for both
-    list.append_k = a.hot_k;
-    list.append_v = a.hot_v;
-    list.append_last = a.hot_last;
     KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
-    list.append_offsets = nullptr;
-    list.append_k = nullptr;
-    list.append_v = nullptr;
-    list.append_last = nullptr;
     list.selected_slots = a.miss_slots;
     list.num_selected = a.miss_count;
     list.hit_count = nullptr;
@@ -968,19 +990,23 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     list.counters = nullptr;
     KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
 
-    // 5. Attend: the hits and the hot set while the misses load, then the misses, then merge.
+    // 5. Attend: the hits while the misses load, then the misses, then merge with the hot set.
     const bool score_policy = options_.cache_policy == CachePolicy::kLowestScore;
     const int64_t selected_tokens = int64_t{plan_.max_selected} * p;
+    // Split-K pays when items are long. A locality policy leaves an item a few misses, where
+    // every extra split is a wave of nearly idle blocks (about 4 us each on the H100) and a
+    // split merge: the misses' attention takes one block per item. Cache off misses all.
+    const int miss_splits =
+        options_.cache_policy == CachePolicy::kNone ? kMaxAttentionSplits : 1;
     const struct {
       const PageList& list;
       float* out;
       float* lse;
       float* chunk_lse;
-      int64_t max_tokens;
+      int max_splits;
     } selected_parts[2] = {
-        {a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse,
-         selected_tokens + max_hot_tokens},
-        {a.misses, scratch_.miss_out, scratch_.miss_lse, scratch_.miss_chunk_lse, selected_tokens}};
+        {a.hits, scratch_.hit_out, scratch_.hit_lse, scratch_.hit_chunk_lse, kMaxAttentionSplits},
+        {a.misses, scratch_.miss_out, scratch_.miss_lse, scratch_.miss_chunk_lse, miss_splits}};
     for (int part = 0; part < 2; ++part) {
       if (part == 1) KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, loaded));
       attend.k_pages = selected_parts[part].list.k;
@@ -990,13 +1016,14 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
       attend.out = selected_parts[part].out;
       attend.lse = selected_parts[part].lse;
       attend.chunk_lse = score_policy ? selected_parts[part].chunk_lse : nullptr;
-      KVTIER_RETURN_IF_ERROR(
-          backend_->Attention(attend, selected_parts[part].max_tokens, scratch_.attention_workspace,
-                              scratch_.attention_workspace_bytes, kMaxAttentionSplits, stream));
+      KVTIER_RETURN_IF_ERROR(backend_->Attention(
+          attend, selected_tokens, scratch_.attention_workspace, scratch_.attention_workspace_bytes,
+          selected_parts[part].max_splits, stream));
     }
 
+    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(stream, hot_attended));
     MergeParams merge;
-    merge.num_parts = 2;
+    merge.num_parts = kDecodeParts;
     merge.num_rows = items * g;
     merge.head_dim = shape.head_dim;
     merge.part_out = scratch_.part_out;

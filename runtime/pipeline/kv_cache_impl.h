@@ -57,8 +57,8 @@ struct LayerArrays {
   int32_t* hit_count = nullptr;
   int32_t* miss_count = nullptr;
   int32_t* hit_slots = nullptr;
-  // Attention page lists: the hits followed by the hot pages (resident: attended while the
-  // misses load), and the misses (attended after the load).
+  // Attention page lists: the hits (resident: attended while the misses load) and the misses
+  // (attended after the load). The hot set is attended from the hot list above.
   PageList hits;
   PageList misses;
   unsigned long long* counters = nullptr;  // [3] hits listed, hits, misses
@@ -72,10 +72,11 @@ struct LayerArrays {
   EventHandle written_back = nullptr;  // this layer's latest write-back done
   EventHandle resolved = nullptr;      // resolve done (the load may start)
   EventHandle loaded = nullptr;        // miss load done
+  EventHandle hot_attended = nullptr;  // the hot set's attention (hot stream) done
   // Joins between streams inside a Decode captured in a CUDA graph (the events above keep
   // describing the uncaptured work, which later calls wait on).
   EventHandle cap_appended = nullptr, cap_written_back = nullptr, cap_resolved = nullptr,
-              cap_loaded = nullptr;
+              cap_loaded = nullptr, cap_hot_attended = nullptr;
   // Timing (collect_timings): start, after plan/append/summary, after select, after resolve,
   // load start and end, end.
   EventHandle t_start = nullptr, t_plan = nullptr, t_select = nullptr, t_resolve = nullptr,
@@ -99,10 +100,15 @@ struct DecodeScratch {
   float* hit_lse = nullptr;
   float* miss_out = nullptr;
   float* miss_lse = nullptr;
+  float* hot_out = nullptr;
+  float* hot_lse = nullptr;
   float* lse = nullptr;
-  const float** part_out = nullptr;  // [2] hits and hot set, misses
-  const float** part_lse = nullptr;  // [2]
+  const float** part_out = nullptr;  // [kDecodeParts]: hits, misses, hot set
+  const float** part_lse = nullptr;  // [kDecodeParts]
+  // Split-K workspaces of the attention on the caller's stream (hits, then misses) and of the
+  // hot set's on the hot stream (the two may run at once); each attention_workspace_bytes.
   void* attention_workspace = nullptr;
+  void* hot_attention_workspace = nullptr;
   size_t attention_workspace_bytes = 0;
   void* select_workspace = nullptr;
   size_t select_workspace_bytes = 0;

@@ -95,9 +95,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   layer += AlignUp(bi * 4) + 3 * AlignUp(bi * 8);  // item rows, page-table offsets, slot bases
   layer += AlignUp((bi + 1) * 4) + 2 * AlignUp(bi * hot_cap * 8) + AlignUp(bi * 4);  // hot list
   layer += 5 * AlignUp(bi * k * 4) + 3 * AlignUp(bi * 4);  // selection and resolve outputs
-  // The hits' list (with the hot pages appended) and the misses' list.
-  layer += 2 * (AlignUp((bi + 1) * 4) + AlignUp(bi * 4)) + 2 * AlignUp(bi * (k + hot_cap) * 8) +
-           2 * AlignUp(bi * k * 8);
+  // The hits' list and the misses' list.
+  layer += 2 * (AlignUp((bi + 1) * 4) + AlignUp(bi * 4) + 2 * AlignUp(bi * k * 8));
   layer += AlignUp(3 * 8);  // counters
   m.per_layer_step_bytes = layer;
   m.step_bytes = layer * shape.num_layers;
@@ -106,11 +105,13 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   int64_t scratch = 0;
   scratch += AlignUp(bi * g * d * dsize) + 2 * AlignUp(bi * d * dsize);  // q, k_new, v_new
   scratch += AlignUp(bi * g * d * 4);                                    // out staging
-  scratch += 2 * (AlignUp(bi * g * d * 4) + AlignUp(bi * g * 4));  // hits + hot, misses partials
-  scratch += AlignUp(bi * g * 4);                                  // merged lse
-  scratch += AlignUp(4 * 8);                                       // merge part pointers
-  scratch += AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
-      m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits)));
+  // Partial results of the hits, the misses and the hot set, then the merged lse.
+  scratch += kDecodeParts * (AlignUp(bi * g * d * 4) + AlignUp(bi * g * 4));
+  scratch += AlignUp(bi * g * 4);
+  scratch += AlignUp(2 * kDecodeParts * 8);  // merge part pointers
+  // Split-K workspaces: the caller's stream and the hot stream.
+  scratch += 2 * AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
+                     m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits)));
   {
     BlockSelectParams p;
     p.kind = BlockScoreKind::kPageBounds;
@@ -119,7 +120,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
     p.max_blocks = m.max_pages;
     scratch += AlignUp(static_cast<int64_t>(BlockSelectWorkspaceBytes(p)));
   }
-  scratch += AlignUp(bi * (k + hot_cap) * (o.page_size / 16) * g * 4);  // chunk lse: hits + hot
+  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);              // chunk lse: hits
   scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);              // chunk lse: misses
   scratch += 2 * AlignUp(bi * k * 4);  // page mass, hits and misses
   if (o.cache_policy == CachePolicy::kNone) {

@@ -13,6 +13,8 @@ namespace kvtier::internal {
 
 // The most splits one attention launch may use (sizes its workspace).
 inline constexpr int kMaxAttentionSplits = 16;
+// Partial attention results a Decode merges: the hits, the misses and the hot set.
+inline constexpr int kDecodeParts = 3;
 
 struct MemoryPlan {
   // Geometry of one item, a (sequence slot, layer, KV head): see kernels/decode_plan.h.

@@ -49,6 +49,7 @@ class StepBackend {
   // kvtier's own streams (nullptr on the host backend).
   virtual cudaStream_t copy_stream() const = 0;  // write-back of completed pages
   virtual cudaStream_t load_stream() const = 0;  // miss loads
+  virtual cudaStream_t hot_stream() const = 0;   // hot-set attention, beside selection
 
   // Copies between host memory and backend memory, or within backend memory, ordered on
   // `stream` (host: immediate).
