@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "kernels/append.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -33,6 +34,7 @@ constexpr int kWriteBackUnroll = 4;
 // One thread per 16-byte vector of a row; blockIdx.y selects K (0) or V (1).
 template <int kRowVectors>
 __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendParams p) {
+  internal::ChainedKernelStart();
   const int64_t vector = int64_t{blockIdx.x} * kAppendThreads + threadIdx.x;
   const int64_t entries = int64_t{p.batch} * p.num_kv_heads;
   if (vector >= entries * kRowVectors) return;
@@ -48,6 +50,7 @@ __global__ void __launch_bounds__(kAppendThreads) AppendKernel(AppendParams p) {
 
 // Block (i, 0) copies entry i's K page, block (i, 1) its V page.
 __global__ void __launch_bounds__(kWriteBackThreads) WriteBackKernel(WriteBackParams p) {
+  internal::ChainedKernelStart();
   const int32_t entry = blockIdx.x;
   if (p.k_dst[entry] == nullptr) return;  // nothing to write back for this entry
   const bool is_v = blockIdx.y != 0;
@@ -75,8 +78,9 @@ absl::Status LaunchAppendTyped(const AppendParams& params, cudaStream_t stream) 
   const int64_t vectors = int64_t{params.batch} * params.num_kv_heads * kRowVectors;
   const int64_t blocks = (vectors + kAppendThreads - 1) / kAppendThreads;
   if (blocks > 0x7FFFFFFF) return absl::InvalidArgumentError("append: batch too large");
-  AppendKernel<kRowVectors>
-      <<<dim3(static_cast<unsigned>(blocks), 2), kAppendThreads, 0, stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(AppendKernel<kRowVectors>,
+                                                      dim3(static_cast<unsigned>(blocks), 2),
+                                                      kAppendThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("AppendKernel", stream);
   return absl::OkStatus();
 }
@@ -99,8 +103,9 @@ absl::Status LaunchAppend(const AppendParams& params, cudaStream_t stream) {
 absl::Status LaunchWriteBack(const WriteBackParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateWriteBackShape(params));
   if (params.num_pages == 0) return absl::OkStatus();
-  WriteBackKernel<<<dim3(static_cast<unsigned>(params.num_pages), 2), kWriteBackThreads, 0,
-                    stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      internal::LaunchChained(WriteBackKernel, dim3(static_cast<unsigned>(params.num_pages), 2),
+                              kWriteBackThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("WriteBackKernel", stream);
   return absl::OkStatus();
 }

@@ -7,8 +7,8 @@
 // kUnroll blocks' loads in flight. Two blocks a lane keep the kernel at 60 registers, so four
 // thread blocks (32 warps) share an SM and one warp's arithmetic hides another's loads; with
 // four blocks a lane (93 registers, two thread blocks an SM) it read the summaries at 71% of
-// the HBM rate on the H100 (94 us for 201 MB). Scores (kPageBounds) or logits (kCentroid, one row per
-// head) go to the workspace, indexed by candidate.
+// the HBM rate on the H100 (94 us for 201 MB). Scores (kPageBounds) or logits (kCentroid, one row
+// per head) go to the workspace, indexed by candidate.
 //
 // Selection kernel: one thread block of kSelectThreads per item. kCentroid first turns logits
 // into masses (per head: max, weights n e^{l - max}, their sum in a fixed lane/tree order,
@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/block_select.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -98,6 +99,7 @@ __device__ __forceinline__ float GroupSum(float value) {
 
 template <typename T, int kDim, BlockScoreKind kKind>
 __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(ScoreArgs a) {
+  internal::ChainedKernelStart();
   constexpr int kLanes = kDim / internal::kChannelsPerLane;
   constexpr int kGroups = kScoreThreads / kLanes;
   constexpr int kRows = kKind == BlockScoreKind::kPageBounds ? 2 : 1;
@@ -244,6 +246,7 @@ __device__ __forceinline__ void BlockExclusiveScan(uint32_t count, uint64_t mass
 }
 
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
+  internal::ChainedKernelStart();
   __shared__ uint32_t bin_count[kBins];
   __shared__ unsigned long long bin_mass[kBins];
   __shared__ float partial[kSelectThreads];
@@ -326,8 +329,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     }
     __syncthreads();
     // kLoads independent loads per thread first: the scores come from L2 and a loop of one
-    // load per step would wait on each. Masses (64-bit atomics) are added once per group of
-    // lanes with the same digit: one item's scores often share their leading bits.
+    // load per step would wait on each.
     for (int chunk = 0; chunk < n; chunk += kSelectThreads * kLoads) {
       float score[kLoads];
 #pragma unroll
@@ -343,13 +345,17 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
           const uint32_t key = internal::ScoreKey(score[e]);
           if ((key & prefix_mask) == prefix) digit = (key >> shift) & digit_mask;
         }
+        // Lanes with the same digit add their count (and mass) once: one item's scores often
+        // share their leading bits, and an atomic a lane would serialise on a few bins.
+        const uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
         if (!with_mass) {
-          if (digit != 0xFFFFFFFFu) atomicAdd(&bin_count[digit], 1u);
+          if (digit != 0xFFFFFFFFu && lane == __ffs(peers) - 1) {
+            atomicAdd(&bin_count[digit], static_cast<uint32_t>(__popc(peers)));
+          }
           continue;
         }
         lane_mass[warp][lane] = digit != 0xFFFFFFFFu ? internal::FixedMass(score[e]) : 0;
         __syncwarp();
-        const uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
         if (digit != 0xFFFFFFFFu && lane == __ffs(peers) - 1) {
           unsigned long long sum = 0;
           for (uint32_t m = peers; m != 0; m &= m - 1) sum += lane_mass[warp][__ffs(m) - 1];
@@ -467,7 +473,8 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
                                                    " x ", a.chunks, " chunks exceed one grid"));
   }
   const size_t smem = sizeof(float) * p.group_size * kDim;
-  ScoreKernel<T, kDim, kKind><<<static_cast<int>(blocks), kScoreThreads, smem, stream>>>(a);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(
+      ScoreKernel<T, kDim, kKind>, static_cast<int>(blocks), kScoreThreads, smem, stream, a));
   KVTIER_RETURN_IF_LAUNCH_FAILED("ScoreKernel", stream);
   return absl::OkStatus();
 }
@@ -512,7 +519,8 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
   a.workspace = static_cast<float*>(params.workspace);
   a.selected = params.selected;
   a.num_selected = params.num_selected;
-  SelectKernel<<<params.num_items, kSelectThreads, 0, stream>>>(a);
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel", stream);
   return absl::OkStatus();
 }

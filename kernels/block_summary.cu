@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "kernels/block_summary.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -31,6 +32,7 @@ __device__ __forceinline__ __half FromFloat(float x) {
 
 template <typename T>
 __global__ void PageSummaryKernel(PageSummaryParams p) {
+  internal::ChainedKernelStart();
   const int j = blockIdx.x;
   const int d = threadIdx.x;
   const int dim = blockDim.x;
@@ -68,7 +70,8 @@ absl::Status LaunchPageSummaries(const PageSummaryParams& params, cudaStream_t s
   if (params.num_pages == 0) return absl::OkStatus();
   return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
     using T = typename decltype(element)::type;
-    PageSummaryKernel<T><<<params.num_pages, params.head_dim, 0, stream>>>(params);
+    KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(PageSummaryKernel<T>, params.num_pages,
+                                                        params.head_dim, 0, stream, params));
     KVTIER_RETURN_IF_LAUNCH_FAILED("PageSummaryKernel", stream);
     return absl::OkStatus();
   });

@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cache_resolve.h"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -51,6 +52,7 @@ __device__ __forceinline__ bool TestBit(const uint32_t* bits, int32_t i) {
 }
 
 __global__ void __launch_bounds__(kResolveThreads) CacheResolveKernel(CacheResolveParams p) {
+  internal::ChainedKernelStart();
   using Scan = cub::BlockScan<int, kResolveThreads>;
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int histogram[kRadixBins];
@@ -284,6 +286,7 @@ __global__ void __launch_bounds__(kResolveThreads) CacheResolveKernel(CacheResol
 
 __global__ void __launch_bounds__(kResolveThreads)
     CacheScoreUpdateKernel(CacheScoreUpdateParams p) {
+  internal::ChainedKernelStart();
   const int32_t item = blockIdx.x;
   int64_t row = item;
   if (p.item_rows != nullptr) {
@@ -314,7 +317,9 @@ absl::Status LaunchCacheResolve(const CacheResolveParams& params, cudaStream_t s
   // opt-in (the static part is ~1.2 KiB).
   const size_t shared_bytes = sizeof(int32_t) * (2 * static_cast<size_t>(params.max_selected) +
                                                  (params.directory.num_slots + 31) / 32);
-  CacheResolveKernel<<<params.directory.num_items, kResolveThreads, shared_bytes, stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(CacheResolveKernel,
+                                                      params.directory.num_items, kResolveThreads,
+                                                      shared_bytes, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("CacheResolveKernel", stream);
   return absl::OkStatus();
 }
@@ -322,7 +327,8 @@ absl::Status LaunchCacheResolve(const CacheResolveParams& params, cudaStream_t s
 absl::Status LaunchCacheScoreUpdate(const CacheScoreUpdateParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateCacheScoreUpdateShape(params));
   if (params.num_items == 0) return absl::OkStatus();
-  CacheScoreUpdateKernel<<<params.num_items, kResolveThreads, 0, stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(CacheScoreUpdateKernel, params.num_items,
+                                                      kResolveThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("CacheScoreUpdateKernel", stream);
   return absl::OkStatus();
 }

@@ -30,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -183,6 +184,7 @@ __device__ __forceinline__ uint32_t SwizzledOffset(int row, int v) {
 template <typename T, int kHeadDim, bool kChunkLse>
 __global__ void __launch_bounds__(kThreads, Config<kHeadDim>::kMinBlocksPerSm)
     PagedDecodeKernel(const KernelParams p) {
+  internal::ChainedKernelStart();
   using C = Config<kHeadDim>;
   extern __shared__ __align__(128) unsigned char smem[];
   const int item = blockIdx.x;
@@ -675,12 +677,14 @@ absl::Status LaunchPagedDecodeAttention(const PagedDecodeParams& params, int num
     const dim3 grid(params.num_items, num_splits);
     if (params.chunk_lse != nullptr) {
       KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim, true>()));
-      PagedDecodeKernel<T, kHeadDim, true>
-          <<<grid, kThreads, Config<kHeadDim>::kSmemBytes, stream>>>(k);
+      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(PagedDecodeKernel<T, kHeadDim, true>,
+                                                          grid, kThreads,
+                                                          Config<kHeadDim>::kSmemBytes, stream, k));
     } else {
       KVTIER_RETURN_IF_ERROR((PrepareKernel<T, kHeadDim, false>()));
-      PagedDecodeKernel<T, kHeadDim, false>
-          <<<grid, kThreads, Config<kHeadDim>::kSmemBytes, stream>>>(k);
+      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(PagedDecodeKernel<T, kHeadDim, false>,
+                                                          grid, kThreads,
+                                                          Config<kHeadDim>::kSmemBytes, stream, k));
     }
     KVTIER_RETURN_IF_LAUNCH_FAILED("PagedDecodeKernel", stream);
     if (num_splits == 1) return absl::OkStatus();

@@ -35,6 +35,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "kernels/decode_plan.h"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -100,6 +101,7 @@ __device__ __forceinline__ int32_t PartialCountSum(const int32_t* counts, int32_
 }
 
 __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParams p) {
+  internal::ChainedKernelStart();
   using Reduce = cub::BlockReduce<int32_t, kListThreads>;
   using Scan = cub::BlockScan<int32_t, kListThreads>;
   __shared__ union {
@@ -228,6 +230,7 @@ __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParam
 }
 
 __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPagesParams p) {
+  internal::ChainedKernelStart();
   using Reduce = cub::BlockReduce<int32_t, kListThreads>;
   using Reduce64 = cub::BlockReduce<unsigned long long, kListThreads>;
   using Scan = cub::BlockScan<int32_t, kListThreads>;
@@ -319,6 +322,7 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
 
 // One thread per (item, selection entry).
 __global__ void __launch_bounds__(kMassThreads) PageMassKernel(PageMassParams p) {
+  internal::ChainedKernelStart();
   const int64_t index = int64_t{blockIdx.x} * kMassThreads + threadIdx.x;
   if (index >= int64_t{p.num_items} * p.max_selected) return;
   const int32_t item = static_cast<int32_t>(index / p.max_selected);
@@ -365,7 +369,8 @@ absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t strea
   if (items == 0) return absl::OkStatus();
   const int32_t tiles = (items + kTile - 1) / kTile;
   KVTIER_ASSIGN_OR_RETURN(const int parts, TileParts(tiles));
-  DecodePlanKernel<<<dim3(tiles, parts), kListThreads, 0, stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(DecodePlanKernel, dim3(tiles, parts),
+                                                      kListThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("DecodePlanKernel", stream);
   return absl::OkStatus();
 }
@@ -375,7 +380,8 @@ absl::Status LaunchBuildSelectedPages(const SelectedPagesParams& params, cudaStr
   if (params.num_items == 0) return absl::OkStatus();
   const int32_t tiles = (params.num_items + kTile - 1) / kTile;
   KVTIER_ASSIGN_OR_RETURN(const int parts, TileParts(tiles));
-  SelectedPagesKernel<<<dim3(tiles, parts), kListThreads, 0, stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(SelectedPagesKernel, dim3(tiles, parts),
+                                                      kListThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectedPagesKernel", stream);
   return absl::OkStatus();
 }
@@ -385,7 +391,8 @@ absl::Status LaunchComputePageMass(const PageMassParams& params, cudaStream_t st
   if (params.num_items == 0) return absl::OkStatus();
   const int64_t threads = int64_t{params.num_items} * params.max_selected;  // <= INT32_MAX
   const int64_t blocks = (threads + kMassThreads - 1) / kMassThreads;
-  PageMassKernel<<<static_cast<unsigned>(blocks), kMassThreads, 0, stream>>>(params);
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(PageMassKernel, static_cast<unsigned>(blocks),
+                                                      kMassThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("PageMassKernel", stream);
   return absl::OkStatus();
 }

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/estimation.h"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -32,6 +33,7 @@ __device__ __forceinline__ float NanMax(float a, float b) { return (b > a || b !
 
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(EstimationParams p) {
+  internal::ChainedKernelStart();
   constexpr int kPerLane = kDim / 32;
   __shared__ float warp_max[kEstimationWarps];
   __shared__ float warp_denominator[kEstimationWarps];
@@ -122,8 +124,9 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
   return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
     return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
       using T = typename decltype(element)::type;
-      EstimationKernel<T, decltype(dim)::value>
-          <<<static_cast<int>(rows), kEstimationThreads, 0, stream>>>(params);
+      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(EstimationKernel<T, decltype(dim)::value>,
+                                                          static_cast<int>(rows),
+                                                          kEstimationThreads, 0, stream, params));
       KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
       return absl::OkStatus();
     });

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -84,6 +85,7 @@ __device__ __forceinline__ float BlockReduce(float value, Op op, float* scratch)
 template <typename OutT, typename Parts, int kVec>
 __global__ void __launch_bounds__(kMergeThreads)
     MergeKernel(Parts parts, int num_parts, int head_dim, OutT* out, float* lse) {
+  internal::ChainedKernelStart();
   __shared__ float scratch[kMergeWarps];
   __shared__ float weights[kMergeThreads];
   __shared__ float partial[kMergeWarps][32 * kVec];
@@ -173,6 +175,7 @@ template <typename OutT, typename Parts>
 __global__ void __launch_bounds__(kMergeThreads)
     MergeFewPartsKernel(Parts parts, int num_parts, int num_rows, int head_dim, OutT* out,
                         float* lse) {
+  internal::ChainedKernelStart();
   const int64_t row = int64_t{blockIdx.x} * kMergeWarps + threadIdx.x / 32;
   if (row >= num_rows) return;
   const int lane = threadIdx.x % 32;
@@ -208,8 +211,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 #pragma unroll 4
     for (int j = 0; j < num_parts; ++j) {
       const float w = __shfl_sync(0xffffffffu, weight, j);
-      const auto* src =
-          reinterpret_cast<const float*>(__shfl_sync(0xffffffffu, address, j));
+      const auto* src = reinterpret_cast<const float*>(__shfl_sync(0xffffffffu, address, j));
       if (w >= 0.0f && d < head_dim) acc += w * __ldg(src + d);
     }
     if (d < head_dim) out_row[d] = FromFloat<OutT>(acc * inverse);
@@ -225,13 +227,15 @@ absl::Status LaunchMerge(const Parts& parts, int num_parts, int num_rows, int he
     using OutT = typename decltype(element)::type;
     if (num_parts <= 32) {
       const int blocks = (num_rows + kMergeWarps - 1) / kMergeWarps;
-      MergeFewPartsKernel<OutT, Parts><<<blocks, kMergeThreads, 0, stream>>>(
-          parts, num_parts, num_rows, head_dim, static_cast<OutT*>(out), lse);
+      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(
+          MergeFewPartsKernel<OutT, Parts>, blocks, kMergeThreads, 0, stream, parts, num_parts,
+          num_rows, head_dim, static_cast<OutT*>(out), lse));
       KVTIER_RETURN_IF_LAUNCH_FAILED("MergeFewPartsKernel", stream);
       return absl::OkStatus();
     }
-    MergeKernel<OutT, Parts, kVec><<<num_rows, kMergeThreads, 0, stream>>>(
-        parts, num_parts, head_dim, static_cast<OutT*>(out), lse);
+    KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(MergeKernel<OutT, Parts, kVec>, num_rows,
+                                                        kMergeThreads, 0, stream, parts, num_parts,
+                                                        head_dim, static_cast<OutT*>(out), lse));
     KVTIER_RETURN_IF_LAUNCH_FAILED("MergeKernel", stream);
     return absl::OkStatus();
   });

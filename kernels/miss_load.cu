@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "kernels/launch.cuh"
 #include "kernels/miss_load.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
@@ -34,6 +35,7 @@ __device__ __forceinline__ const uint4* MissVector(const MissLoadParams& p, int3
 }
 
 __global__ void __launch_bounds__(kThreads) MissLoadKernel(MissLoadParams p) {
+  internal::ChainedKernelStart();
   const int32_t item = static_cast<int32_t>(blockIdx.x);
   const int32_t count = min(max(__ldg(p.miss_count + item), 0), p.max_misses);
   const int64_t vectors_per_page = p.page_bytes / 16;
@@ -73,8 +75,9 @@ absl::Status LaunchMissLoad(const MissLoadParams& params, cudaStream_t stream) {
   const int64_t wanted = (int64_t{sm_count} * 8 + params.num_items - 1) / params.num_items;
   const int splits =
       static_cast<int>(std::clamp<int64_t>(wanted, 1, std::min<int64_t>(max_tiles, 65535)));
-  MissLoadKernel<<<dim3(static_cast<unsigned>(params.num_items), splits), kThreads, 0, stream>>>(
-      params);
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      internal::LaunchChained(MissLoadKernel, dim3(static_cast<unsigned>(params.num_items), splits),
+                              kThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("MissLoadKernel", stream);
   return absl::OkStatus();
 }

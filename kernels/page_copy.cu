@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/launch.cuh"
 #include "kernels/page_copy.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
@@ -48,6 +49,7 @@ __device__ __forceinline__ T* LoadPagePointer(T* const* array, Index i) {
 // warp load is 512 contiguous bytes unless it straddles a page end. Tiles are grid-strided.
 template <typename Index, int kThreads, int kUnroll>
 __global__ void __launch_bounds__(kThreads) PageCopyKernel(PageCopyKernelParams<Index> p) {
+  internal::ChainedKernelStart();
   constexpr Index kTile = static_cast<Index>(kThreads) * kUnroll;
   for (Index tile_start = static_cast<Index>(blockIdx.x) * kTile; tile_start < p.total_vectors;
        tile_start += static_cast<Index>(gridDim.x) * kTile) {
@@ -108,7 +110,8 @@ absl::Status LaunchTyped(const PageCopyParams& params, cudaStream_t stream) {
   constexpr int64_t kTile = int64_t{kPageCopyThreads} * kPageCopyUnroll;
   const int64_t tiles = (static_cast<int64_t>(p.total_vectors) + kTile - 1) / kTile;
   const int blocks = static_cast<int>(std::min<int64_t>(tiles, resident_blocks));
-  kernel<<<blocks, kPageCopyThreads, 0, stream>>>(p);
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      internal::LaunchChained(kernel, blocks, kPageCopyThreads, 0, stream, p));
   KVTIER_RETURN_IF_LAUNCH_FAILED("PageCopyKernel", stream);
   return absl::OkStatus();
 }

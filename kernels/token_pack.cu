@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 #include "kernels/token_pack.h"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
@@ -73,6 +74,7 @@ __device__ __forceinline__ uint4* LoadPage(void* const* pages, uint64_t entry) {
 
 template <int kRowVectors>
 __global__ void __launch_bounds__(kThreads) TokenPackKernel(const PackLaunch a) {
+  internal::ChainedKernelStart();
   const uint32_t first = blockIdx.x * kTile + threadIdx.x;
   uint4 k[kUnroll], v[kUnroll];
 #pragma unroll
@@ -124,7 +126,8 @@ absl::Status LaunchTyped(const TokenPackParams& p, cudaStream_t stream) {
     a.first_row = static_cast<uint32_t>(position % p.page_size);
     a.vectors = static_cast<uint32_t>(tokens * row_vectors);
     const uint32_t blocks = (a.vectors + kTile - 1) / kTile;
-    TokenPackKernel<kRowVectors><<<blocks, kThreads, 0, stream>>>(a);
+    KVTIER_CUDA_RETURN_IF_ERROR(
+        internal::LaunchChained(TokenPackKernel<kRowVectors>, blocks, kThreads, 0, stream, a));
     KVTIER_RETURN_IF_LAUNCH_FAILED("TokenPackKernel", stream);
   }
   return absl::OkStatus();
