@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -195,9 +196,63 @@ absl::Status ValidatePageMassShape(const PageMassParams& p) {
                         absl::StrCat("for ", p.num_items, " items"));
 }
 
+absl::Status ValidatePageScoreUpdateShape(const PageScoreUpdateParams& p) {
+  constexpr absl::string_view kName = "page score update";
+  if (p.num_items < 0) return Invalid(kName, "num_items", p.num_items, ">= 0");
+  if (p.group_size < 1) return Invalid(kName, "group_size", p.group_size, ">= 1");
+  if (p.max_selected < 1) return Invalid(kName, "max_selected", p.max_selected, ">= 1");
+  if (!SupportedPageSize(p.page_size)) {
+    return Invalid(kName, "page_size", p.page_size, "16, 32 or 64");
+  }
+  if (p.num_slots < 1) return Invalid(kName, "num_slots", p.num_slots, ">= 1");
+  if (p.num_lists < 1 || p.num_lists > 2) return Invalid(kName, "num_lists", p.num_lists, "1 or 2");
+  if (p.num_rows < 0) return Invalid(kName, "num_rows", p.num_rows, ">= 0");
+  if (!(p.decay > 0.0f && p.decay <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kName, ": decay is ", p.decay, ", expected in (0, 1]"));
+  }
+  if (int64_t{p.num_items} * p.max_selected > kInt32Max) {
+    return Invalid(kName, "num_items", p.num_items,
+                   absl::StrCat("num_items * max_selected (", p.max_selected, ") <= ", kInt32Max));
+  }
+  if (p.num_items == 0) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(RequireNonNull(kName, {{"lse", p.lse}, {"slot_score", p.slot_score}},
+                                        absl::StrCat("for ", p.num_items, " items")));
+  for (int l = 0; l < p.num_lists; ++l) {
+    const ScoredPageList& list = p.lists[l];
+    KVTIER_RETURN_IF_ERROR(RequireNonNull(kName,
+                                          {{"lists[].page_offsets", list.page_offsets},
+                                           {"lists[].num_selected", list.num_selected},
+                                           {"lists[].slots", list.slots},
+                                           {"lists[].chunk_lse", list.chunk_lse}},
+                                          absl::StrCat("for list ", l)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace internal
 
 namespace {
+
+// The attention mass of entry e of item i of a page list (ComputePageMass's formula), in
+// double from the float log-sum-exps.
+double PageMassOf(const float* chunk_lse, const float* lse, int32_t page_offset, int32_t e,
+                  int32_t item, int32_t group_size, int32_t page_size) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int32_t chunks_per_page = page_size / 16;
+  const int64_t first_chunk = (int64_t{page_offset} + e) * chunks_per_page;
+  double mass = 0.0;
+  for (int32_t h = 0; h < group_size; ++h) {
+    const float total = lse[int64_t{item} * group_size + h];
+    if (total == kNegInf) continue;  // no tokens: no share
+    for (int32_t c = 0; c < chunks_per_page; ++c) {
+      const float chunk = chunk_lse[(first_chunk + c) * group_size + h];
+      if (chunk == kNegInf) continue;
+      mass += std::exp(static_cast<double>(chunk) - static_cast<double>(total));
+    }
+  }
+  return mass;
+}
 
 // Hot index of page `page` of an item: sinks in place, the rest in the ring.
 int64_t HotIndex(const ItemStorage& s, int32_t page) {
@@ -393,23 +448,75 @@ absl::Status ReferenceComputePageMass(const PageMassParams& p) {
                                                      i + 1, "] - page_offsets[", i, "] = ", pages));
     }
   }
-  const int32_t g = p.group_size;
-  const int32_t chunks_per_page = p.page_size / 16;
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   for (int32_t i = 0; i < p.num_items; ++i) {
     for (int32_t e = 0; e < p.num_selected[i]; ++e) {
-      const int64_t first_chunk = (int64_t{p.page_offsets[i]} + e) * chunks_per_page;
-      double mass = 0.0;
-      for (int32_t h = 0; h < g; ++h) {
-        const float total = p.lse[int64_t{i} * g + h];
-        if (total == kNegInf) continue;  // no tokens: no share
-        for (int32_t c = 0; c < chunks_per_page; ++c) {
-          const float chunk = p.chunk_lse[(first_chunk + c) * g + h];
-          if (chunk == kNegInf) continue;
-          mass += std::exp(static_cast<double>(chunk) - static_cast<double>(total));
-        }
+      p.mass[int64_t{i} * p.max_selected + e] = static_cast<float>(
+          PageMassOf(p.chunk_lse, p.lse, p.page_offsets[i], e, i, p.group_size, p.page_size));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReferenceUpdatePageScores(const PageScoreUpdateParams& p) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidatePageScoreUpdateShape(p));
+  if (p.num_items == 0) return absl::OkStatus();
+  constexpr absl::string_view kName = "page score update";
+  // Every check before the first write.
+  std::vector<int64_t> rows(static_cast<size_t>(p.num_items));
+  for (int32_t i = 0; i < p.num_items; ++i) {
+    rows[i] = p.item_rows != nullptr ? p.item_rows[i] : i;
+    if (rows[i] < 0 || (p.num_rows > 0 && rows[i] >= p.num_rows)) {
+      return absl::InvalidArgumentError(absl::StrCat(kName, ": item ", i, " has row ", rows[i],
+                                                     ", expected in [0, ", p.num_rows, ")"));
+    }
+  }
+  std::vector<int64_t> sorted = rows;
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(kName, ": item_rows are not distinct"));
+  }
+  std::vector<int32_t> seen(static_cast<size_t>(p.num_slots), -1);  // item that used the slot
+  for (int l = 0; l < p.num_lists; ++l) {
+    const ScoredPageList& list = p.lists[l];
+    if (list.page_offsets[0] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(kName, ": list ", l, " page_offsets[0] is ",
+                                                     list.page_offsets[0], ", expected >= 0"));
+    }
+  }
+  for (int32_t i = 0; i < p.num_items; ++i) {
+    for (int l = 0; l < p.num_lists; ++l) {
+      const ScoredPageList& list = p.lists[l];
+      const int32_t n = list.num_selected[i];
+      const int64_t pages = int64_t{list.page_offsets[i + 1]} - list.page_offsets[i];
+      if (n < 0 || n > p.max_selected || n > pages) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(kName, ": list ", l, " num_selected[", i, "] is ", n, ", expected 0..",
+                         p.max_selected, " and at most the item's ", pages, " pages"));
       }
-      p.mass[int64_t{i} * p.max_selected + e] = static_cast<float>(mass);
+      for (int32_t e = 0; e < n; ++e) {
+        const int32_t slot = list.slots[int64_t{i} * p.max_selected + e];
+        if (slot < 0 || slot >= p.num_slots || seen[slot] == i) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(kName, ": list ", l, " item ", i, " entry ", e, " has slot ", slot,
+                           ", expected in [0, ", p.num_slots, ") and not used twice"));
+        }
+        seen[slot] = i;
+      }
+    }
+  }
+  for (int32_t i = 0; i < p.num_items; ++i) {
+    float* score = p.slot_score + rows[i] * p.num_slots;
+    if (p.decay != 1.0f) {
+      for (int32_t s = 0; s < p.num_slots; ++s) score[s] = score[s] * p.decay;
+    }
+    for (int l = 0; l < p.num_lists; ++l) {
+      const ScoredPageList& list = p.lists[l];
+      for (int32_t e = 0; e < list.num_selected[i]; ++e) {
+        const int32_t slot = list.slots[int64_t{i} * p.max_selected + e];
+        const float mass = static_cast<float>(PageMassOf(
+            list.chunk_lse, p.lse, list.page_offsets[i], e, i, p.group_size, p.page_size));
+        score[slot] = score[slot] + mass;
+      }
     }
   }
   return absl::OkStatus();

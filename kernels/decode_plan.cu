@@ -320,6 +320,27 @@ __global__ void __launch_bounds__(kListThreads) SelectedPagesKernel(SelectedPage
   }
 }
 
+// The attention mass of entry e of `item` of a page list (ComputePageMass's formula).
+__device__ __forceinline__ float PageMassOf(const float* chunk_lse, const float* lse,
+                                            int32_t page_offset, int32_t e, int32_t item, int32_t g,
+                                            int32_t page_size) {
+  const float neg_inf = -__int_as_float(0x7f800000);
+  const int32_t chunks_per_page = page_size / 16;
+  // The page's chunks x G heads are contiguous in chunk_lse.
+  const float* chunk = chunk_lse + (int64_t{page_offset} + e) * chunks_per_page * g;
+  const float* total = lse + int64_t{item} * g;
+  float mass = 0.0f;
+  for (int32_t h = 0; h < g; ++h) {
+    const float item_lse = total[h];
+    if (item_lse == neg_inf) continue;  // no tokens: no share
+    for (int32_t c = 0; c < chunks_per_page; ++c) {
+      const float value = chunk[c * g + h];
+      if (value != neg_inf) mass += expf(value - item_lse);
+    }
+  }
+  return mass;
+}
+
 // One thread per (item, selection entry).
 __global__ void __launch_bounds__(kMassThreads) PageMassKernel(PageMassParams p) {
   internal::ChainedKernelStart();
@@ -329,22 +350,39 @@ __global__ void __launch_bounds__(kMassThreads) PageMassKernel(PageMassParams p)
   const int32_t e = static_cast<int32_t>(index - int64_t{item} * p.max_selected);
   const int32_t n = min(max(p.num_selected[item], 0), p.max_selected);
   if (e >= n) return;
-  const float neg_inf = -__int_as_float(0x7f800000);
-  const int32_t g = p.group_size;
-  const int32_t chunks_per_page = p.page_size / 16;
-  // The page's chunks x G heads are contiguous in chunk_lse.
-  const float* chunk = p.chunk_lse + (int64_t{p.page_offsets[item]} + e) * chunks_per_page * g;
-  const float* total = p.lse + int64_t{item} * g;
-  float mass = 0.0f;
-  for (int32_t h = 0; h < g; ++h) {
-    const float lse = total[h];
-    if (lse == neg_inf) continue;  // no tokens: no share
-    for (int32_t c = 0; c < chunks_per_page; ++c) {
-      const float value = chunk[c * g + h];
-      if (value != neg_inf) mass += expf(value - lse);
+  p.mass[index] =
+      PageMassOf(p.chunk_lse, p.lse, p.page_offsets[item], e, item, p.group_size, p.page_size);
+}
+
+// One block per item: the decay pass over the item's slots, then one thread per list entry.
+__global__ void __launch_bounds__(kMassThreads) PageScoreUpdateKernel(PageScoreUpdateParams p) {
+  internal::ChainedKernelStart();
+  const int32_t item = blockIdx.x;
+  int64_t row = item;
+  if (p.item_rows != nullptr) {
+    row = p.item_rows[item];
+    if (row < 0 || (p.num_rows > 0 && row >= p.num_rows)) return;  // contract violation
+  }
+  float* score = p.slot_score + row * p.num_slots;
+  if (p.decay != 1.0f) {
+    for (int32_t s = threadIdx.x; s < p.num_slots; s += kMassThreads) {
+      score[s] = __fmul_rn(score[s], p.decay);
+    }
+    __syncthreads();
+  }
+  const int64_t base = int64_t{item} * p.max_selected;
+  for (int l = 0; l < p.num_lists; ++l) {
+    const ScoredPageList& list = p.lists[l];
+    const int32_t n = min(max(list.num_selected[item], 0), p.max_selected);
+    const int32_t page_offset = list.page_offsets[item];
+    for (int32_t e = threadIdx.x; e < n; e += kMassThreads) {
+      const int32_t slot = list.slots[base + e];
+      if (slot < 0 || slot >= p.num_slots) continue;  // contract violation
+      const float mass =
+          PageMassOf(list.chunk_lse, p.lse, page_offset, e, item, p.group_size, p.page_size);
+      score[slot] = __fadd_rn(score[slot], mass);
     }
   }
-  p.mass[index] = mass;
 }
 
 // Blocks per tile of the list builders: with few tiles (a small batch of long lists) one block
@@ -394,6 +432,15 @@ absl::Status LaunchComputePageMass(const PageMassParams& params, cudaStream_t st
   KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(PageMassKernel, static_cast<unsigned>(blocks),
                                                       kMassThreads, 0, stream, params));
   KVTIER_RETURN_IF_LAUNCH_FAILED("PageMassKernel", stream);
+  return absl::OkStatus();
+}
+
+absl::Status LaunchUpdatePageScores(const PageScoreUpdateParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidatePageScoreUpdateShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(PageScoreUpdateKernel, params.num_items,
+                                                      kMassThreads, 0, stream, params));
+  KVTIER_RETURN_IF_LAUNCH_FAILED("PageScoreUpdateKernel", stream);
   return absl::OkStatus();
 }
 

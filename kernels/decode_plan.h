@@ -163,11 +163,45 @@ struct PageMassParams {
   float* mass = nullptr;                  // [num_items, max_selected]
 };
 
+// One page list of a step whose attention mass the score policy adds to the cache slots'
+// scores: the list's attention (page_offsets, chunk_lse as for ComputePageMass) and the cache
+// slot of each of its first num_selected[i] entries.
+struct ScoredPageList {
+  const int32_t* page_offsets = nullptr;  // [num_items + 1] of the list's attention
+  const int32_t* num_selected = nullptr;  // [num_items]
+  const int32_t* slots = nullptr;         // [num_items, max_selected]: slot of entry e
+  const float* chunk_lse = nullptr;       // [page_offsets[num_items] * P / 16, G]
+};
+
+// Inputs and outputs of UpdatePageScores, the score policy's update after a step's attention
+// (ComputePageMass and CacheScoreUpdate in one pass): for each item, every slot's score is
+// multiplied by `decay` (skipped when decay == 1), then for each list and each entry
+// e < num_selected[i], score[slots[i * max_selected + e]] += mass(i, e), where mass(i, e) is
+// what ComputePageMass computes for that list. One rounding per multiply and per add (no fused
+// multiply-add), as CacheScoreUpdate. A slot appears at most once per item across the lists
+// (a page is a hit or a miss, never both).
+struct PageScoreUpdateParams {
+  int32_t num_items = 0;
+  int32_t group_size = 0;      // G
+  int32_t max_selected = 0;    // row stride of the lists' slots
+  int32_t page_size = 0;       // P: 16, 32 or 64
+  int32_t num_slots = 0;       // slots per score row
+  const float* lse = nullptr;  // [num_items, G] the final (merged) log-sum-exp
+  int32_t num_lists = 0;       // 1 or 2
+  ScoredPageList lists[2];
+  // [num_rows, num_slots] rows item_rows[i] (distinct, >= 0); item_rows nullptr: row i.
+  float* slot_score = nullptr;
+  const int32_t* item_rows = nullptr;
+  int32_t num_rows = 0;  // > 0: the twin checks rows against it and the kernel skips others
+  float decay = 1.0f;    // in (0, 1]
+};
+
 namespace internal {
 // Sizes, limits and the presence of every array; InvalidArgument naming the field.
 absl::Status ValidateDecodePlanShape(const DecodePlanParams& params);
 absl::Status ValidateSelectedPagesShape(const SelectedPagesParams& params);
 absl::Status ValidatePageMassShape(const PageMassParams& params);
+absl::Status ValidatePageScoreUpdateShape(const PageScoreUpdateParams& params);
 }  // namespace internal
 
 // Host twins (host memory). They also check the per-entry inputs and write nothing when one is
@@ -180,6 +214,10 @@ absl::Status ValidatePageMassShape(const PageMassParams& params);
 absl::Status ReferenceDecodePlan(const DecodePlanParams& params);
 absl::Status ReferenceBuildSelectedPages(const SelectedPagesParams& params);
 absl::Status ReferenceComputePageMass(const PageMassParams& params);
+// Also checks, before writing anything: rows in range (with num_rows > 0) and distinct, each
+// list's counts in [0, max_selected] and within the item's pages, slots in [0, num_slots) and
+// distinct within an item across the lists.
+absl::Status ReferenceUpdatePageScores(const PageScoreUpdateParams& params);
 
 #ifdef KVTIER_WITH_CUDA
 // One launch each, no allocation, no host synchronisation (CUDA-graph capturable). Entries are
@@ -191,6 +229,9 @@ absl::Status ReferenceComputePageMass(const PageMassParams& params);
 absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t stream);
 absl::Status LaunchBuildSelectedPages(const SelectedPagesParams& params, cudaStream_t stream);
 absl::Status LaunchComputePageMass(const PageMassParams& params, cudaStream_t stream);
+// One block per item; an item whose row is outside [0, num_rows) (num_rows > 0) is skipped,
+// and so is an entry whose slot is outside [0, num_slots).
+absl::Status LaunchUpdatePageScores(const PageScoreUpdateParams& params, cudaStream_t stream);
 #endif
 
 }  // namespace kvtier

@@ -138,11 +138,8 @@ class CudaBackend final : public StepBackend {
   absl::Status Merge(const MergeParams& p, cudaStream_t s) override {
     return LaunchMergePartials(p, s);
   }
-  absl::Status PageMass(const PageMassParams& p, cudaStream_t s) override {
-    return LaunchComputePageMass(p, s);
-  }
-  absl::Status ScoreUpdate(const CacheScoreUpdateParams& p, cudaStream_t s) override {
-    return LaunchCacheScoreUpdate(p, s);
+  absl::Status UpdatePageScores(const PageScoreUpdateParams& p, cudaStream_t s) override {
+    return LaunchUpdatePageScores(p, s);
   }
   absl::Status TokenPack(const TokenPackParams& p, cudaStream_t s) override {
     return LaunchTokenPack(p, s);

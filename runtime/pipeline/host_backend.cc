@@ -104,11 +104,8 @@ class HostBackend final : public StepBackend {
   absl::Status Merge(const MergeParams& p, cudaStream_t) override {
     return ReferenceMergePartials(p);
   }
-  absl::Status PageMass(const PageMassParams& p, cudaStream_t) override {
-    return ReferenceComputePageMass(p);
-  }
-  absl::Status ScoreUpdate(const CacheScoreUpdateParams& p, cudaStream_t) override {
-    return ReferenceCacheScoreUpdate(p);
+  absl::Status UpdatePageScores(const PageScoreUpdateParams& p, cudaStream_t) override {
+    return ReferenceUpdatePageScores(p);
   }
   absl::Status TokenPack(const TokenPackParams& p, cudaStream_t) override {
     return ReferenceTokenPack(p);

@@ -12,7 +12,7 @@
 //   load stream:    wait(resolved, written_back) -> miss load -> (record loaded)
 //   caller stream:  attention over the hits (overlapping the load) -> wait(loaded) ->
 //                   attention over the misses -> wait(hot_attended) -> merge of the three
-//                   parts into out -> [page mass -> score update]
+//                   parts into out -> [score update from each page's attention mass]
 // When no sequence has pages outside its hot set, attention over the hot set on the caller's
 // stream is the whole step.
 // Nothing waits on the host: the token counts travel in one upload from pinned staging, and
@@ -167,10 +167,9 @@ absl::Status KvCacheImpl::Initialize() {
     a.staging = reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * 2 * l);
     a.capture_staging =
         reinterpret_cast<int32_t*>(staging_.data() + AlignUp(2 * b * 4) * (2 * l + 1));
-    for (EventHandle* e :
-         {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded, &a.hot_attended,
-          &a.cap_appended, &a.cap_written_back, &a.cap_resolved, &a.cap_loaded,
-          &a.cap_hot_attended}) {
+    for (EventHandle* e : {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded,
+                           &a.hot_attended, &a.cap_appended, &a.cap_written_back, &a.cap_resolved,
+                           &a.cap_loaded, &a.cap_hot_attended}) {
       KVTIER_ASSIGN_OR_RETURN(*e, backend_->CreateEvent(false));
     }
     if (options_.collect_timings) {
@@ -217,8 +216,6 @@ absl::Status KvCacheImpl::Initialize() {
     x.select_workspace = s.Bytes(static_cast<int64_t>(x.select_workspace_bytes));
     x.hit_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
     x.miss_chunk_lse = s.Take<float>(bi * k * (plan_.page_size / 16) * g);
-    x.hit_mass = s.Take<float>(bi * k);
-    x.miss_mass = s.Take<float>(bi * k);
     if (options_.cache_policy == CachePolicy::kNone) {
       x.empty_page = s.Take<int32_t>(bi * plan_.cache_slots);
       x.empty_last_use = s.Take<int32_t>(bi * plan_.cache_slots);
@@ -897,10 +894,9 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     attend.out = scratch_.hot_out;
     attend.lse = scratch_.hot_lse;
     attend.chunk_lse = nullptr;
-    KVTIER_RETURN_IF_ERROR(backend_->Attention(attend, max_hot_tokens,
-                                               scratch_.hot_attention_workspace,
-                                               scratch_.attention_workspace_bytes,
-                                               kMaxAttentionSplits, hot_stream));
+    KVTIER_RETURN_IF_ERROR(
+        backend_->Attention(attend, max_hot_tokens, scratch_.hot_attention_workspace,
+                            scratch_.attention_workspace_bytes, kMaxAttentionSplits, hot_stream));
     KVTIER_RETURN_IF_ERROR(backend_->Record(hot_attended, hot_stream));
 
     // 3. Resolve.
@@ -996,8 +992,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     // Split-K pays when items are long. A locality policy leaves an item a few misses, where
     // every extra split is a wave of nearly idle blocks (about 4 us each on the H100) and a
     // split merge: the misses' attention takes one block per item. Cache off misses all.
-    const int miss_splits =
-        options_.cache_policy == CachePolicy::kNone ? kMaxAttentionSplits : 1;
+    const int miss_splits = options_.cache_policy == CachePolicy::kNone ? kMaxAttentionSplits : 1;
     const struct {
       const PageList& list;
       float* out;
@@ -1034,44 +1029,23 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     KVTIER_RETURN_IF_ERROR(backend_->Merge(merge, stream));
 
     if (score_policy) {
-      // Each page's share of the final attention, added to its slot's score: the hits' update
-      // decays every score first, the misses' adds only.
-      const struct {
-        const PageList& list;
-        int32_t* slots;
-        int32_t* count;
-        float* chunk_lse;
-        float* mass;
-        float decay;
-      } updates[2] = {{a.hits, a.hit_slots, a.hit_count, scratch_.hit_chunk_lse, scratch_.hit_mass,
-                       options_.score_decay},
-                      {a.misses, a.miss_slots, a.miss_count, scratch_.miss_chunk_lse,
-                       scratch_.miss_mass, 1.0f}};
-      for (const auto& u : updates) {
-        PageMassParams mass;
-        mass.num_items = items;
-        mass.group_size = g;
-        mass.max_selected = plan_.max_selected;
-        mass.page_size = p;
-        mass.page_offsets = u.list.offsets;
-        mass.num_selected = u.count;
-        mass.chunk_lse = u.chunk_lse;
-        mass.lse = scratch_.lse;
-        mass.mass = u.mass;
-        KVTIER_RETURN_IF_ERROR(backend_->PageMass(mass, stream));
-        CacheScoreUpdateParams update;
-        update.slot_score = dir_score_;
-        update.selected_slots = u.slots;
-        update.num_selected = u.count;
-        update.mass = u.mass;
-        update.num_items = items;
-        update.num_slots = plan_.cache_slots;
-        update.max_selected = plan_.max_selected;
-        update.decay = u.decay;
-        update.item_rows = a.item_row;
-        update.num_rows = static_cast<int32_t>(plan_.rows);
-        KVTIER_RETURN_IF_ERROR(backend_->ScoreUpdate(update, stream));
-      }
+      // Each page's share of the final attention, added to its slot's score after every score
+      // of the item decays.
+      PageScoreUpdateParams update;
+      update.num_items = items;
+      update.group_size = g;
+      update.max_selected = plan_.max_selected;
+      update.page_size = p;
+      update.num_slots = plan_.cache_slots;
+      update.lse = scratch_.lse;
+      update.num_lists = 2;
+      update.lists[0] = {a.hits.offsets, a.hit_count, a.hit_slots, scratch_.hit_chunk_lse};
+      update.lists[1] = {a.misses.offsets, a.miss_count, a.miss_slots, scratch_.miss_chunk_lse};
+      update.slot_score = dir_score_;
+      update.item_rows = a.item_row;
+      update.num_rows = static_cast<int32_t>(plan_.rows);
+      update.decay = options_.score_decay;
+      KVTIER_RETURN_IF_ERROR(backend_->UpdatePageScores(update, stream));
     }
   }
   // The write-back rejoins the caller's stream (it finishes long before attention does), so

@@ -114,8 +114,6 @@ struct DecodeScratch {
   size_t select_workspace_bytes = 0;
   float* hit_chunk_lse = nullptr;
   float* miss_chunk_lse = nullptr;
-  float* hit_mass = nullptr;
-  float* miss_mass = nullptr;
   // CachePolicy::kNone: a directory of the batch's items, emptied before every resolve, so
   // every selected page misses and the sequences' own directories stay untouched.
   int32_t* empty_page = nullptr;

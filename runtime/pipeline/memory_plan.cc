@@ -110,8 +110,9 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   scratch += AlignUp(bi * g * 4);
   scratch += AlignUp(2 * kDecodeParts * 8);  // merge part pointers
   // Split-K workspaces: the caller's stream and the hot stream.
-  scratch += 2 * AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
-                     m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits)));
+  scratch +=
+      2 * AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
+              m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits)));
   {
     BlockSelectParams p;
     p.kind = BlockScoreKind::kPageBounds;
@@ -120,9 +121,8 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
     p.max_blocks = m.max_pages;
     scratch += AlignUp(static_cast<int64_t>(BlockSelectWorkspaceBytes(p)));
   }
-  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);              // chunk lse: hits
-  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);              // chunk lse: misses
-  scratch += 2 * AlignUp(bi * k * 4);  // page mass, hits and misses
+  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);  // chunk lse: hits
+  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);  // chunk lse: misses
   if (o.cache_policy == CachePolicy::kNone) {
     scratch += 3 * AlignUp(bi * m.cache_slots * 4);  // the empty directory each step resolves in
   }

@@ -89,8 +89,7 @@ class StepBackend {
                                  void* workspace, size_t workspace_bytes, int max_splits,
                                  cudaStream_t s) = 0;
   virtual absl::Status Merge(const MergeParams& p, cudaStream_t s) = 0;
-  virtual absl::Status PageMass(const PageMassParams& p, cudaStream_t s) = 0;
-  virtual absl::Status ScoreUpdate(const CacheScoreUpdateParams& p, cudaStream_t s) = 0;
+  virtual absl::Status UpdatePageScores(const PageScoreUpdateParams& p, cudaStream_t s) = 0;
   virtual absl::Status TokenPack(const TokenPackParams& p, cudaStream_t s) = 0;
   virtual absl::Status PageCopy(const PageCopyParams& p, cudaStream_t s) = 0;
 };

@@ -1,10 +1,10 @@
-// LaunchDecodePlan, LaunchBuildSelectedPages and LaunchComputePageMass against their host twins
-// on fresh random inputs. Both sides compute addresses from the same device base pointers (the
-// twin never dereferences them), so pointer outputs compare exactly; every output starts
-// poisoned on both sides and is compared whole, so an unwritten or extra entry shows. Masses
-// compare within fp32 rounding (the twin sums in double). Also: contract-breaking plan entries
-// become empty items, the three launches captured in one CUDA graph and replayed on new
-// inputs, and the launch times of a batch of 64 x 8 KV heads.
+// LaunchDecodePlan, LaunchBuildSelectedPages, LaunchComputePageMass and LaunchUpdatePageScores
+// against their host twins on fresh random inputs. Both sides compute addresses from the same
+// device base pointers (the twin never dereferences them), so pointer outputs compare exactly;
+// every output starts poisoned on both sides and is compared whole, so an unwritten or extra entry
+// shows. Masses compare within fp32 rounding (the twin sums in double). Also: contract-breaking
+// plan entries become empty items, the three launches captured in one CUDA graph and replayed on
+// new inputs, and the launch times of a batch of 64 x 8 KV heads.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -712,6 +712,94 @@ TEST_F(DecodePlanGpuTest, PageMassPage64Group1MatchesTwin) {
   CheckPageMass(stream(), 33, 1, 7, 64);
 }
 
+// ---- UpdatePageScores ----------------------------------------------------------------------
+
+// Two page lists (hits, misses) of random masses over distinct slots of each item, item rows
+// scattered over a larger score directory whose other rows must stay as they were.
+void CheckPageScores(cudaStream_t stream, int32_t num_items, int32_t group_size,
+                     int32_t max_selected, int32_t page_size, float decay) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(testing::Message() << num_items << " items, G " << group_size << ", max "
+                                  << max_selected << ", P " << page_size << ", decay " << decay
+                                  << ", seed " << seed);
+  std::mt19937_64 rng(seed);
+  MassHarness hits(num_items, group_size, max_selected, page_size);
+  MassHarness misses(num_items, group_size, max_selected, page_size);
+  hits.Randomize(rng);
+  misses.Randomize(rng);
+  const int32_t num_slots = 2 * max_selected + 3;
+  const int32_t num_rows = 2 * num_items + 5;
+  Mirror<int32_t> hit_slots(int64_t{num_items} * max_selected);
+  Mirror<int32_t> miss_slots(int64_t{num_items} * max_selected);
+  Mirror<int32_t> rows(num_items);
+  Mirror<float> scores(int64_t{num_rows} * num_slots);
+  std::vector<int32_t> all_rows(num_rows);
+  std::iota(all_rows.begin(), all_rows.end(), 0);
+  std::shuffle(all_rows.begin(), all_rows.end(), rng);
+  std::vector<int32_t> slots(num_slots);
+  for (int32_t i = 0; i < num_items; ++i) {
+    rows.values()[i] = all_rows[i];
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), rng);
+    for (int32_t e = 0; e < max_selected; ++e) {
+      hit_slots.values()[int64_t{i} * max_selected + e] = slots[e];
+      miss_slots.values()[int64_t{i} * max_selected + e] = slots[max_selected + e];
+    }
+  }
+  std::uniform_real_distribution<float> score(0.0f, 8.0f);
+  for (float& v : scores.values()) v = score(rng);
+  hit_slots.Push();
+  miss_slots.Push();
+  rows.Push();
+  scores.Push();
+  auto params = [&](bool device) {
+    auto side = [device](auto& m) { return device ? m.device() : m.host(); };
+    PageScoreUpdateParams p;
+    p.num_items = num_items;
+    p.group_size = group_size;
+    p.max_selected = max_selected;
+    p.page_size = page_size;
+    p.num_slots = num_slots;
+    p.lse = side(hits.lse);
+    p.num_lists = 2;
+    p.lists[0] = {side(hits.offsets), side(hits.num_selected), side(hit_slots),
+                  side(hits.chunk_lse)};
+    p.lists[1] = {side(misses.offsets), side(misses.num_selected), side(miss_slots),
+                  side(misses.chunk_lse)};
+    p.slot_score = side(scores);
+    p.item_rows = side(rows);
+    p.num_rows = num_rows;
+    p.decay = decay;
+    return p;
+  };
+  ASSERT_CUDA_OK(cudaDeviceSynchronize());
+  ASSERT_OK(LaunchUpdatePageScores(params(true), stream));
+  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+  const std::vector<float> before = scores.values();
+  ASSERT_OK(ReferenceUpdatePageScores(params(false)));
+  const std::vector<float> got = scores.Fetch();
+  int64_t changed = 0;
+  for (size_t k = 0; k < got.size(); ++k) {
+    const float want = scores.values()[k];
+    ASSERT_FALSE(std::isnan(got[k])) << "score " << k;
+    ASSERT_NEAR(got[k], want, 1e-5f * std::fabs(want) + 1e-6f) << "score " << k;
+    changed += want != before[k] ? 1 : 0;
+  }
+  if (decay != 1.0f) {
+    EXPECT_GT(changed, 0);  // the comparison covers updated scores
+  }
+}
+
+TEST_F(DecodePlanGpuTest, PageScoresBatch64Heads8MatchesTwin) {
+  CheckPageScores(stream(), 512, 4, 32, 16, 0.99f);
+}
+TEST_F(DecodePlanGpuTest, PageScoresPage32Group8NoDecayMatchesTwin) {
+  CheckPageScores(stream(), 100, 8, 16, 32, 1.0f);
+}
+TEST_F(DecodePlanGpuTest, PageScoresPage64Group1MatchesTwin) {
+  CheckPageScores(stream(), 33, 1, 7, 64, 0.5f);
+}
+
 TEST_F(DecodePlanGpuTest, BadShapesAreInvalidAndEmptyLaunchesNothing) {
   DecodePlanParams plan;
   plan.storage = ItemStorage{.page_size = 16,
@@ -745,6 +833,15 @@ TEST_F(DecodePlanGpuTest, BadShapesAreInvalidAndEmptyLaunchesNothing) {
   EXPECT_TRUE(LaunchComputePageMass(mass, stream()).ok());
   mass.page_size = 48;
   EXPECT_EQ(LaunchComputePageMass(mass, stream()).code(), absl::StatusCode::kInvalidArgument);
+  PageScoreUpdateParams scores;
+  scores.group_size = 4;
+  scores.max_selected = 4;
+  scores.page_size = 16;
+  scores.num_slots = 8;
+  scores.num_lists = 2;
+  EXPECT_TRUE(LaunchUpdatePageScores(scores, stream()).ok());
+  scores.num_items = 3;  // arrays missing
+  EXPECT_EQ(LaunchUpdatePageScores(scores, stream()).code(), absl::StatusCode::kInvalidArgument);
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream()));
 }
 

@@ -1,10 +1,10 @@
-// ReferenceDecodePlan, ReferenceBuildSelectedPages and ReferenceComputePageMass, the host twins
-// of the decode-step planning kernels, against expectations built here from the header's
-// definitions: random sequences (plus the edge cases: one token, shorter than the sinks, at
-// the window's boundaries, completing a page, the last token that fits) written into poisoned
-// outputs, every address checked to lie where the storage layout puts it and nothing written
-// past the lists; bad input is rejected with InvalidArgument naming what was wrong, and
-// nothing is written.
+// ReferenceDecodePlan, ReferenceBuildSelectedPages, ReferenceComputePageMass and
+// ReferenceUpdatePageScores, the host twins of the decode-step planning kernels, against
+// expectations built here from the header's definitions: random sequences (plus the edge cases: one
+// token, shorter than the sinks, at the window's boundaries, completing a page, the last token that
+// fits) written into poisoned outputs, every address checked to lie where the storage layout puts
+// it and nothing written past the lists; bad input is rejected with InvalidArgument naming what was
+// wrong, and nothing is written.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "kernels/cache_resolve.h"
 #include "kernels/decode_plan.h"
 #include "tests/testing/aligned_bytes.h"
 #include "tests/testing/poison.h"
@@ -835,6 +836,158 @@ TEST(PageMassTest, InvalidInputIsRejectedAndWritesNothing) {
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
     EXPECT_NE(status.message().find(bad.needle), std::string::npos) << status;
     EXPECT_TRUE(AllPoisoned(w.mass));
+  }
+}
+
+// ---- UpdatePageScores --------------------------------------------------------------------
+
+// Two page lists over distinct slots of each item, rows scattered over a larger directory.
+struct ScoreWorld {
+  ScoreWorld(const MassCase& c, std::mt19937_64& rng)
+      : c(c),
+        hits(c, rng),
+        misses(c, rng),
+        num_slots(2 * c.max_selected + 3),
+        num_rows(2 * c.num_items + 5) {
+    std::vector<int32_t> all_rows(num_rows), slots(num_slots);
+    std::iota(all_rows.begin(), all_rows.end(), 0);
+    std::shuffle(all_rows.begin(), all_rows.end(), rng);
+    for (int32_t i = 0; i < c.num_items; ++i) {
+      rows.push_back(all_rows[i]);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), rng);
+      hit_slots.insert(hit_slots.end(), slots.begin(), slots.begin() + c.max_selected);
+      miss_slots.insert(miss_slots.end(), slots.begin() + c.max_selected,
+                        slots.begin() + 2 * c.max_selected);
+    }
+    std::uniform_real_distribution<float> score(0.0f, 8.0f);
+    scores.resize(static_cast<size_t>(num_rows) * num_slots);
+    for (float& v : scores) v = score(rng);
+  }
+
+  PageScoreUpdateParams Params(float decay) {
+    PageScoreUpdateParams p;
+    p.num_items = c.num_items;
+    p.group_size = c.group_size;
+    p.max_selected = c.max_selected;
+    p.page_size = c.page_size;
+    p.num_slots = num_slots;
+    p.lse = hits.lse.data();
+    p.num_lists = 2;
+    p.lists[0] = {hits.offsets.data(), hits.num_selected.data(), hit_slots.data(),
+                  hits.chunk_lse.data()};
+    p.lists[1] = {misses.offsets.data(), misses.num_selected.data(), miss_slots.data(),
+                  misses.chunk_lse.data()};
+    p.slot_score = scores.data();
+    p.item_rows = rows.data();
+    p.num_rows = num_rows;
+    p.decay = decay;
+    return p;
+  }
+
+  MassCase c;
+  MassWorld hits, misses;
+  int32_t num_slots, num_rows;
+  std::vector<int32_t> rows, hit_slots, miss_slots;
+  std::vector<float> scores;
+};
+
+class PageScoresTwinTest : public ::testing::TestWithParam<MassCase> {};
+
+// The fused update equals ComputePageMass of each list followed by CacheScoreUpdate (hits with
+// the decay, then misses without), bit for bit, and leaves other rows alone.
+TEST_P(PageScoresTwinTest, EqualsPageMassThenScoreUpdate) {
+  const MassCase c = GetParam();
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE(testing::Message() << c.num_items << " items, G " << c.group_size << ", P "
+                                  << c.page_size << ", seed " << seed);
+  std::mt19937_64 rng(seed);
+  for (const float decay : {0.99f, 1.0f}) {
+    ScoreWorld w(c, rng);
+    std::vector<float> expected = w.scores;
+    const std::vector<float> before = w.scores;
+    struct Part {
+      MassWorld& list;
+      std::vector<int32_t>& slots;
+      float decay;
+    };
+    for (const Part part : {Part{w.hits, w.hit_slots, decay}, Part{w.misses, w.miss_slots, 1.0f}}) {
+      PageMassParams mass = part.list.Params();
+      mass.lse = w.hits.lse.data();
+      ASSERT_TRUE(ReferenceComputePageMass(mass).ok());
+      CacheScoreUpdateParams update;
+      update.slot_score = expected.data();
+      update.selected_slots = part.slots.data();
+      update.num_selected = part.list.num_selected.data();
+      update.mass = part.list.mass.data();
+      update.num_items = c.num_items;
+      update.num_slots = w.num_slots;
+      update.max_selected = c.max_selected;
+      update.decay = part.decay;
+      update.item_rows = w.rows.data();
+      update.num_rows = w.num_rows;
+      const absl::Status updated = ReferenceCacheScoreUpdate(update);
+      ASSERT_TRUE(updated.ok()) << updated;
+    }
+    const absl::Status status = ReferenceUpdatePageScores(w.Params(decay));
+    ASSERT_TRUE(status.ok()) << status;
+    int64_t changed = 0;
+    for (size_t k = 0; k < expected.size(); ++k) {
+      ASSERT_EQ(std::memcmp(&w.scores[k], &expected[k], sizeof(float)), 0)
+          << "score " << k << ": " << w.scores[k] << " vs " << expected[k];
+      ASSERT_FALSE(std::isnan(w.scores[k]));
+      changed += w.scores[k] != before[k] ? 1 : 0;
+    }
+    if (decay != 1.0f) {
+      EXPECT_GT(changed, 0);
+    }
+  }
+}
+
+// items, G, max_selected, P.
+INSTANTIATE_TEST_SUITE_P(Shapes, PageScoresTwinTest,
+                         ::testing::Values(MassCase{1, 1, 1, 16}, MassCase{40, 4, 8, 16},
+                                           MassCase{64, 8, 16, 32}, MassCase{17, 16, 5, 64}));
+
+TEST(PageScoresTest, InvalidInputIsRejectedAndWritesNothing) {
+  std::mt19937_64 rng(5);
+  const ScoreWorld world(MassCase{6, 2, 4, 32}, rng);
+  struct Case {
+    std::string needle;
+    std::function<void(PageScoreUpdateParams&, ScoreWorld&)> mutate;
+  };
+  const std::vector<Case> cases = {
+      {"num_lists", [](auto& p, auto&) { p.num_lists = 3; }},
+      {"num_slots", [](auto& p, auto&) { p.num_slots = 0; }},
+      {"decay", [](auto& p, auto&) { p.decay = 0.0f; }},
+      {"decay", [](auto& p, auto&) { p.decay = std::numeric_limits<float>::quiet_NaN(); }},
+      {"page_size", [](auto& p, auto&) { p.page_size = 24; }},
+      {"lists[].slots", [](auto& p, auto&) { p.lists[1].slots = nullptr; }},
+      {"slot_score", [](auto& p, auto&) { p.slot_score = nullptr; }},
+      {"row", [](auto&, auto& w) { w.rows[2] = w.num_rows; }},
+      {"not distinct", [](auto&, auto& w) { w.rows[3] = w.rows[1]; }},
+      {"num_selected[4]", [](auto&, auto& w) { w.misses.num_selected[4] = 5; }},
+      {"slot",
+       [](auto&, auto& w) {
+         w.hits.num_selected[1] = 1;
+         w.hit_slots[1 * 4] = -1;
+       }},
+      {"used twice",
+       [](auto&, auto& w) {
+         w.hits.num_selected[0] = 1;
+         w.misses.num_selected[0] = 1;
+         w.miss_slots[0] = w.hit_slots[0];
+       }},
+  };
+  for (const Case& bad : cases) {
+    SCOPED_TRACE(bad.needle);
+    ScoreWorld w = world;
+    PageScoreUpdateParams p = w.Params(0.9f);
+    bad.mutate(p, w);
+    const absl::Status status = ReferenceUpdatePageScores(p);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find(bad.needle), std::string::npos) << status;
+    EXPECT_EQ(w.scores, world.scores);
   }
 }
 
