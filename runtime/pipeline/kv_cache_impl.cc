@@ -8,11 +8,13 @@
 //   caller stream:  select
 //   hot stream:     wait(appended) -> attention over the hot set (overlapping selection,
 //                   resolve and load) -> (record hot_attended)
-//   caller stream:  resolve -> (record resolved) -> page lists of the hits and of the misses
-//   load stream:    wait(resolved, written_back) -> miss load -> (record loaded)
-//   caller stream:  attention over the hits (overlapping the load) -> wait(loaded) ->
-//                   attention over the misses -> wait(hot_attended) -> merge of the three
-//                   parts into out -> [score update from each page's attention mass]
+//   caller stream:  resolve -> (record resolved)
+//   load stream:    wait(resolved) -> page list of the misses -> wait(written_back) -> miss
+//                   load -> (record loaded)
+//   caller stream:  page list of the hits -> attention over the hits (overlapping the load)
+//                   -> wait(loaded) -> attention over the misses -> wait(hot_attended) ->
+//                   merge of the three parts into out -> [score update from each page's
+//                   attention mass]
 // When no sequence has pages outside its hot set, attention over the hot set on the caller's
 // stream is the whole step.
 // Nothing waits on the host: the token counts travel in one upload from pinned staging, and
@@ -933,10 +935,36 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     KVTIER_RETURN_IF_ERROR(backend_->CacheResolve(resolve, stream));
     if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_resolve, stream));
 
-    // 4. Load the misses on the load stream.
+    // 4. The attention page lists: the misses' on the load stream (their attention waits for
+    // the load anyway), then the miss load there; the hits' on the caller's stream.
+    SelectedPagesParams misses;
+    misses.num_items = items;
+    misses.max_selected = plan_.max_selected;
+    misses.page_size = p;
+    misses.page_bytes = plan_.page_bytes;
+    misses.slot_k_base = a.slot_k_base;
+    misses.slot_v_base = a.slot_v_base;
+    misses.selected_slots = a.miss_slots;
+    misses.num_selected = a.miss_count;
+    misses.page_offsets = a.misses.offsets;
+    misses.k_pages = a.misses.k;
+    misses.v_pages = a.misses.v;
+    misses.last_page_tokens = a.misses.last;
+    SelectedPagesParams hits = misses;
+    hits.selected_slots = a.hit_slots;
+    hits.num_selected = a.hit_count;
+    hits.hit_count = a.hit_count;
+    hits.miss_count = a.miss_count;
+    hits.page_offsets = a.hits.offsets;
+    hits.k_pages = a.hits.k;
+    hits.v_pages = a.hits.v;
+    hits.last_page_tokens = a.hits.last;
+    hits.counters = a.counters;
+
     cudaStream_t load_stream = backend_->load_stream();
     KVTIER_RETURN_IF_ERROR(backend_->Record(resolved, stream));
     KVTIER_RETURN_IF_ERROR(backend_->StreamWait(load_stream, resolved));
+    KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(misses, load_stream));
     // Pages that left the window are in the host store once the latest write-back is done.
     KVTIER_RETURN_IF_ERROR(backend_->StreamWait(
         load_stream, any_writeback ? written_back : a.written_back, capturing && !any_writeback));
@@ -956,35 +984,7 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
     KVTIER_RETURN_IF_ERROR(backend_->MissLoad(load, load_stream));
     if (timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_load_end, load_stream));
     KVTIER_RETURN_IF_ERROR(backend_->Record(loaded, load_stream));
-
-    // The attention page lists of the hits and of the misses.
-    SelectedPagesParams list;
-    list.num_items = items;
-    list.max_selected = plan_.max_selected;
-    list.page_size = p;
-    list.page_bytes = plan_.page_bytes;
-    list.slot_k_base = a.slot_k_base;
-    list.slot_v_base = a.slot_v_base;
-    list.selected_slots = a.hit_slots;
-    list.num_selected = a.hit_count;
-    list.hit_count = a.hit_count;
-    list.miss_count = a.miss_count;
-    list.page_offsets = a.hits.offsets;
-    list.k_pages = a.hits.k;
-    list.v_pages = a.hits.v;
-    list.last_page_tokens = a.hits.last;
-    list.counters = a.counters;
-    KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
-    list.selected_slots = a.miss_slots;
-    list.num_selected = a.miss_count;
-    list.hit_count = nullptr;
-    list.miss_count = nullptr;
-    list.page_offsets = a.misses.offsets;
-    list.k_pages = a.misses.k;
-    list.v_pages = a.misses.v;
-    list.last_page_tokens = a.misses.last;
-    list.counters = nullptr;
-    KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(list, stream));
+    KVTIER_RETURN_IF_ERROR(backend_->BuildSelectedPages(hits, stream));
 
     // 5. Attend: the hits while the misses load, then the misses, then merge with the hot set.
     const bool score_policy = options_.cache_policy == CachePolicy::kLowestScore;
