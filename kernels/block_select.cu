@@ -325,7 +325,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     const uint32_t digit_mask = pass == 2 ? 0x3FFu : 0x7FFu;
     for (int b = t; b < kBins; b += kSelectThreads) {
       bin_count[b] = 0;
-      bin_mass[b] = 0;
+      if (with_mass) bin_mass[b] = 0;  // top k: never read
     }
     __syncthreads();
     // kLoads independent loads per thread first: the scores come from L2 and a loop of one
@@ -373,7 +373,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     for (int j = 0; j < kBinsPerThread; ++j) {
       const int digit = kBins - 1 - (kBinsPerThread * t + j);
       my_count += bin_count[digit];
-      my_mass += bin_mass[digit];
+      if (with_mass) my_mass += bin_mass[digit];
     }
     uint32_t count_before, count_total;
     uint64_t mass_before;
@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     for (int j = 0; j < kBinsPerThread; ++j) {
       const int digit = kBins - 1 - (kBinsPerThread * t + j);
       const uint32_t bc = bin_count[digit];
-      const uint64_t bm = bin_mass[digit];
+      const uint64_t bm = with_mass ? bin_mass[digit] : 0;
       const bool stopped_before = c >= static_cast<uint32_t>(k) || m >= a.target;
       const bool stopped_after = c + bc >= static_cast<uint32_t>(k) || m + bm >= a.target;
       if (!stopped_before && stopped_after) {
