@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cache_resolve.h"
 #include "kernels/launch.cuh"
+#include "kernels/score_row.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -288,18 +289,9 @@ __global__ void __launch_bounds__(kResolveThreads)
     CacheScoreUpdateKernel(CacheScoreUpdateParams p) {
   internal::ChainedKernelStart();
   const int32_t item = blockIdx.x;
-  int64_t row = item;
-  if (p.item_rows != nullptr) {
-    row = p.item_rows[item];
-    if (row < 0 || (p.num_rows > 0 && row >= p.num_rows)) return;  // contract violation
-  }
-  float* score = p.slot_score + row * p.num_slots;
-  if (p.decay != 1.0f) {
-    for (int32_t s = threadIdx.x; s < p.num_slots; s += kResolveThreads) {
-      score[s] = __fmul_rn(score[s], p.decay);
-    }
-    __syncthreads();
-  }
+  float* score = internal::DecayedScoreRow(p.slot_score, p.item_rows, p.num_rows, item, p.num_slots,
+                                           p.decay, kResolveThreads);
+  if (score == nullptr) return;  // contract violation
   const int32_t n = min(max(p.num_selected[item], 0), p.max_selected);
   const int64_t base = int64_t{item} * p.max_selected;
   for (int32_t i = threadIdx.x; i < n; i += kResolveThreads) {

@@ -36,6 +36,7 @@
 #include "absl/status/statusor.h"
 #include "kernels/decode_plan.h"
 #include "kernels/launch.cuh"
+#include "kernels/score_row.cuh"
 #include "runtime/core/cuda_check.h"
 #include "runtime/core/status.h"
 
@@ -358,18 +359,9 @@ __global__ void __launch_bounds__(kMassThreads) PageMassKernel(PageMassParams p)
 __global__ void __launch_bounds__(kMassThreads) PageScoreUpdateKernel(PageScoreUpdateParams p) {
   internal::ChainedKernelStart();
   const int32_t item = blockIdx.x;
-  int64_t row = item;
-  if (p.item_rows != nullptr) {
-    row = p.item_rows[item];
-    if (row < 0 || (p.num_rows > 0 && row >= p.num_rows)) return;  // contract violation
-  }
-  float* score = p.slot_score + row * p.num_slots;
-  if (p.decay != 1.0f) {
-    for (int32_t s = threadIdx.x; s < p.num_slots; s += kMassThreads) {
-      score[s] = __fmul_rn(score[s], p.decay);
-    }
-    __syncthreads();
-  }
+  float* score = internal::DecayedScoreRow(p.slot_score, p.item_rows, p.num_rows, item, p.num_slots,
+                                           p.decay, kMassThreads);
+  if (score == nullptr) return;  // contract violation
   const int64_t base = int64_t{item} * p.max_selected;
   for (int l = 0; l < p.num_lists; ++l) {
     const ScoredPageList& list = p.lists[l];

@@ -937,28 +937,26 @@ absl::Status KvCacheImpl::Decode(int layer, absl::Span<const SeqId> seqs, const 
 
     // 4. The attention page lists: the misses' on the load stream (their attention waits for
     // the load anyway), then the miss load there; the hits' on the caller's stream.
-    SelectedPagesParams misses;
-    misses.num_items = items;
-    misses.max_selected = plan_.max_selected;
-    misses.page_size = p;
-    misses.page_bytes = plan_.page_bytes;
-    misses.slot_k_base = a.slot_k_base;
-    misses.slot_v_base = a.slot_v_base;
-    misses.selected_slots = a.miss_slots;
-    misses.num_selected = a.miss_count;
-    misses.page_offsets = a.misses.offsets;
-    misses.k_pages = a.misses.k;
-    misses.v_pages = a.misses.v;
-    misses.last_page_tokens = a.misses.last;
-    SelectedPagesParams hits = misses;
-    hits.selected_slots = a.hit_slots;
-    hits.num_selected = a.hit_count;
+    auto list_of = [&](const PageList& list, const int32_t* slots, const int32_t* count) {
+      SelectedPagesParams l;
+      l.num_items = items;
+      l.max_selected = plan_.max_selected;
+      l.page_size = p;
+      l.page_bytes = plan_.page_bytes;
+      l.slot_k_base = a.slot_k_base;
+      l.slot_v_base = a.slot_v_base;
+      l.selected_slots = slots;
+      l.num_selected = count;
+      l.page_offsets = list.offsets;
+      l.k_pages = list.k;
+      l.v_pages = list.v;
+      l.last_page_tokens = list.last;
+      return l;
+    };
+    const SelectedPagesParams misses = list_of(a.misses, a.miss_slots, a.miss_count);
+    SelectedPagesParams hits = list_of(a.hits, a.hit_slots, a.hit_count);
     hits.hit_count = a.hit_count;
     hits.miss_count = a.miss_count;
-    hits.page_offsets = a.hits.offsets;
-    hits.k_pages = a.hits.k;
-    hits.v_pages = a.hits.v;
-    hits.last_page_tokens = a.hits.last;
     hits.counters = a.counters;
 
     cudaStream_t load_stream = backend_->load_stream();
