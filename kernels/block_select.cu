@@ -1,10 +1,13 @@
 // Block scoring and selection on the GPU (contract in block_select.h).
 //
-// Scoring kernel: grid over (item, chunk of kChunkBlocks candidates); the item's query sits in
-// shared memory as floats. A group of L = D / 8 lanes scores one block: each lane loads 16
-// bytes of every summary row it needs (coalesced across the group), chains fused
-// multiply-adds over its 8 channels and the xor butterfly sums the lanes. Each lane keeps
-// kUnroll blocks' loads in flight. Two blocks a lane keep the kernel at 60 registers, so four
+// Scoring kernel: grid over (item, chunk), each item's candidates cut into `chunks` equal runs;
+// the item's query sits in shared memory as floats. The chunk count fills the GPU's thread
+// block slots in one wave when the batch has fewer items than slots (whole waves matter: with
+// fixed 512-candidate chunks, 48 items x 7.6K candidates made 1.45 waves, the second less
+// than half full), and never cuts a run below kMinChunkBlocks. A group of L = D / 8 lanes scores
+// one block: each lane loads 16 bytes of every summary row it needs (coalesced across the group),
+// chains fused multiply-adds over its 8 channels and the xor butterfly sums the lanes. Each lane
+// keeps kUnroll blocks' loads in flight. Two blocks a lane keep the kernel at 60 registers, so four
 // thread blocks (32 warps) share an SM and one warp's arithmetic hides another's loads; with
 // four blocks a lane (93 registers, two thread blocks an SM) it read the summaries at 71% of
 // the HBM rate on the H100 (94 us for 201 MB). Scores (kPageBounds) or logits (kCentroid, one row
@@ -21,6 +24,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -38,7 +42,7 @@ namespace {
 constexpr int kScoreThreads = 256;
 constexpr int kScoreBlocksPerSm = 4;  // 64 registers a thread: 32 warps an SM hide the loads
 constexpr int kUnroll = 2;
-constexpr int kChunkBlocks = 512;
+constexpr int kMinChunkBlocks = 64;  // candidates of the shortest chunk
 constexpr int kSelectThreads = internal::kSelectThreads;
 constexpr int kWarps = kSelectThreads / 32;
 constexpr int kBins = 2048;  // 11-bit digits
@@ -51,7 +55,7 @@ struct ScoreArgs {
   int group_size;
   float scale;
   int max_blocks;
-  int chunks;  // per item
+  int chunks;  // per item: the item's candidates in `chunks` runs of equal length
   const int32_t* block_begin;
   const int32_t* block_end;
   const void* const* summaries;  // bounds or key_mean, per item
@@ -109,9 +113,10 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
   const int chunk = blockIdx.x - item * a.chunks;
   int begin, n;
   ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
-  const int chunk_start = chunk * kChunkBlocks;
+  const int chunk_length = (n + a.chunks - 1) / a.chunks;
+  const int chunk_start = chunk * chunk_length;
   if (chunk_start >= n) return;
-  const int chunk_end = min(n, chunk_start + kChunkBlocks);
+  const int chunk_end = min(n, chunk_start + chunk_length);
 
   const int G = a.group_size;
   const T* q = static_cast<const T*>(a.q) + static_cast<size_t>(item) * G * kDim;
@@ -462,7 +467,16 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
   a.group_size = p.group_size;
   a.scale = p.softmax_scale;
   a.max_blocks = p.max_blocks;
-  a.chunks = (p.max_blocks + kChunkBlocks - 1) / kChunkBlocks;
+  // Chunks per item: as many as fill the GPU's block slots once, at most one per
+  // kMinChunkBlocks candidates; one when the items alone fill the slots.
+  int device = 0, sm_count = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  const int64_t slots = int64_t{sm_count} * kScoreBlocksPerSm;
+  const int64_t longest = (int64_t{p.max_blocks} + kMinChunkBlocks - 1) / kMinChunkBlocks;
+  a.chunks = static_cast<int>(std::clamp<int64_t>(slots / std::max<int64_t>(p.num_items, 1), 1,
+                                                  std::max<int64_t>(longest, 1)));
   a.block_begin = p.block_begin;
   a.block_end = p.block_end;
   a.summaries = kKind == BlockScoreKind::kPageBounds ? p.bounds : p.key_mean;
