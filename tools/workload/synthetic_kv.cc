@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <numbers>
+#include <numeric>
 #include <string>
 #include <utility>
 
@@ -196,7 +197,8 @@ absl::Status Validate(const SyntheticOptions& o) {
 
 // Directions of one (layer, KV head), shared by every sequence.
 struct SyntheticWorkload::Head {
-  std::vector<float> special;        // [kSpecialDirs, D], orthonormal
+  std::vector<float> special;        // [kSpecialDirs, D], distinct unit coordinate vectors
+  std::vector<uint8_t> content;      // [D], 1 for the channels outside `special`
   std::vector<float> centres;        // [C, D], unit, orthogonal to `special`
   std::vector<float> value_centres;  // [C, D], unit variance per element
   struct Planted {
@@ -216,8 +218,8 @@ struct Magnitudes {
   float jitter = 0;        // j: std of the offset length per token
   float equal_norm2 = 0;   // in-distribution queries: every key's squared norm
   float centre = 0;        // r: centre length (0 when clusters are off)
-  float noise = 0;         // per-element std of key content besides the centre
-  float run = 0;           // ... of it, the per-element std of the run offset
+  float noise = 0;         // per-content-channel std of key content besides the centre
+  float run = 0;           // ... of it, the per-channel std of the run offset
   float token = 0;         // ... and of the per-token noise
   float plane = 0;         // A: key amplitude per recency plane (0 when off)
   float sink_key = 0;      // S: sink keys' length along z
@@ -245,8 +247,10 @@ Magnitudes ComputeMagnitudes(const SyntheticOptions& o, float scale) {
   // switching clusters off changes the keys only.
   const double centre_nominal = std::sqrt(o.clusters.share * content);
   g.centre = o.clusters.enabled ? static_cast<float>(centre_nominal) : 0.0f;
-  // The rest of the content: per-element std of the run offset and of the token noise.
-  const double spread = (1.0 - o.clusters.share) * content / d;
+  // The rest of the content, spread over the content channels: per-channel std of the run
+  // offset and of the token noise.
+  const double content_dims = d - kSpecialDirs;
+  const double spread = (1.0 - o.clusters.share) * content / content_dims;
   g.noise = static_cast<float>(std::sqrt(spread));
   const double run_share = o.clusters.enabled ? o.clusters.run_share : 0.0;
   g.run = static_cast<float>(std::sqrt(run_share * spread));
@@ -259,7 +263,6 @@ Magnitudes ComputeMagnitudes(const SyntheticOptions& o, float scale) {
   g.sink_key = static_cast<float>(std::sqrt(content));
   g.sink_query = o.sinks.enabled ? static_cast<float>(o.sinks.logit / (scale * g.sink_key)) : 0.0f;
   g.topic = static_cast<float>(o.queries.topic_logit / (scale * std::max(centre_nominal, 1e-3)));
-  const double content_dims = d - kSpecialDirs;
   g.query_noise = static_cast<float>(
       o.queries.noise_logit / (scale * std::max<double>(g.noise, 1e-3) * std::sqrt(content_dims)));
   g.needle_key = static_cast<float>(std::sqrt(content));
@@ -307,16 +310,21 @@ absl::StatusOr<std::unique_ptr<SyntheticWorkload>> SyntheticWorkload::Create(
       Head& head = w->heads_[static_cast<size_t>(layer) * shape.num_kv_heads + h];
       Rng rng(StreamSeed(options.seed, kTagHead, static_cast<uint64_t>(layer),
                          static_cast<uint64_t>(h)));
-      // Special directions by Gram-Schmidt on Gaussian vectors.
+      // Special directions are channels (coordinate axes) drawn without replacement, as in
+      // trained models: RoPE rotates fixed channel pairs and the shared offset and the sink
+      // sit in a few large channels. Content (centres, run offsets, token noise, query
+      // noise) lives in the other channels, so a page's per-channel key range is not widened
+      // where the query's large recency and sink components are.
+      std::vector<int> channels(dim);
+      std::iota(channels.begin(), channels.end(), 0);
+      for (int i = dim - 1; i > 0; --i) {
+        std::swap(channels[i], channels[rng.Next() % static_cast<uint64_t>(i + 1)]);
+      }
       head.special.assign(static_cast<size_t>(kSpecialDirs) * dim, 0.0f);
+      head.content.assign(dim, 1);
       for (int s = 0; s < kSpecialDirs; ++s) {
-        float* x = head.special.data() + static_cast<size_t>(s) * dim;
-        for (int i = 0; i < dim; ++i) x[i] = rng.Gaussian();
-        for (int r = 0; r < s; ++r) {
-          const float* b = head.special.data() + static_cast<size_t>(r) * dim;
-          Axpy(static_cast<float>(-Dot(b, x, dim)), b, x, dim);
-        }
-        Normalize(x, dim);
+        head.special[static_cast<size_t>(s) * dim + channels[s]] = 1.0f;
+        head.content[channels[s]] = 0;
       }
       head.centres.resize(static_cast<size_t>(clusters) * dim);
       head.value_centres.resize(static_cast<size_t>(clusters) * dim);
@@ -417,7 +425,9 @@ absl::Status SyntheticWorkload::Kv(SeqId seq, int layer, int64_t first, int64_t 
                          static_cast<uint64_t>(h), static_cast<uint64_t>(t)));
       const float offset = g.mean + g.jitter * rng.Gaussian();
       const bool negative = rng.Next() & 1;  // the side of u, when keys have no mean offset
-      for (int j = 0; j < dim; ++j) k[j] = g.token * rng.Gaussian();
+      // Per-token noise in the content channels only (the special channels carry the
+      // offset, sink and recency terms alone).
+      for (int j = 0; j < dim; ++j) k[j] = head.content[j] ? g.token * rng.Gaussian() : 0.0f;
       for (int j = 0; j < dim; ++j) v[j] = value_noise * rng.Gaussian();
 
       const Head::Planted* needle = nullptr;

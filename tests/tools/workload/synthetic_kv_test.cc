@@ -177,15 +177,17 @@ double MeanOffsetShare(const Kv& kv, int h) {
 
 TEST(SyntheticKvTest, KeysShareAMeanOffset) {
   SyntheticOptions o = BaseOptions();
-  const Kv on = Generate(*Make(o), kSeq, kLayer, 4096);
+  // Off, the keys' sample mean is that of the ~85 runs' centres and offsets the range holds
+  // (runs of ~96 tokens), ~0.1-0.17 of the key norm, not an offset.
+  const Kv on = Generate(*Make(o), kSeq, kLayer, kTokens);
   o.mean_offset.enabled = false;
-  const Kv off = Generate(*Make(o), kSeq, kLayer, 4096);
+  const Kv off = Generate(*Make(o), kSeq, kLayer, kTokens);
   for (int h = 0; h < 2; ++h) {
     const double share_on = MeanOffsetShare(on, h), share_off = MeanOffsetShare(off, h);
     std::printf("mean offset share, head %d: on %.3f off %.3f\n", h, share_on, share_off);
     EXPECT_GT(share_on, 0.3);
     EXPECT_LT(share_on, 0.65);
-    EXPECT_LT(share_off, 0.15);
+    EXPECT_LT(share_off, 0.2);
   }
 }
 
