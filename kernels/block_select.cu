@@ -324,6 +324,15 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
   uint64_t mass_above = 0;
   uint32_t tie_count = 0;
   uint64_t tie_mass = 0;
+  // When the item's candidates fit one chunk (n <= kSelectThreads * kLoads), each thread reads
+  // its scores once, here, and every pass reuses them from registers.
+  const bool one_chunk = n <= kSelectThreads * kLoads;
+  float kept[kLoads];
+#pragma unroll
+  for (int e = 0; e < kLoads; ++e) {
+    const int r = e * kSelectThreads + t;
+    kept[e] = one_chunk && r < n ? scores[r] : 0.0f;
+  }
 #pragma unroll
   for (int pass = 0; pass < 3; ++pass) {
     const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
@@ -340,7 +349,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
 #pragma unroll
       for (int e = 0; e < kLoads; ++e) {
         const int r = chunk + e * kSelectThreads + t;
-        score[e] = r < n ? scores[r] : 0.0f;
+        score[e] = one_chunk ? kept[e] : (r < n ? scores[r] : 0.0f);
       }
 #pragma unroll
       for (int e = 0; e < kLoads; ++e) {
