@@ -1,10 +1,10 @@
 #include "tools/replay/replay_run.h"
 
 #include <algorithm>
-#include <functional>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -327,7 +327,7 @@ void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_sc
   const bool oracle = hot != nullptr && page_size > 0;
   const int64_t pages = oracle ? (tokens + page_size - 1) / page_size : 0;
   std::vector<double> page_mass(static_cast<size_t>(pages), 0.0);  // cold pages, G heads summed
-  double hot_mass = 0;                                              // G heads summed
+  double hot_mass = 0;                                             // G heads summed
   const int64_t d = head_dim;
   std::vector<double> logits(static_cast<size_t>(tokens));
   std::vector<double> exact(d), restricted(d), qf(d);
@@ -393,8 +393,8 @@ void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_sc
     if (std::isnan(err)) break;
   }
   if (oracle) {
-    const size_t best = std::min(static_cast<size_t>(std::max(sample->selected_pages, 0)),
-                                 page_mass.size());
+    const size_t best =
+        std::min(static_cast<size_t>(std::max(sample->selected_pages, 0)), page_mass.size());
     std::partial_sort(page_mass.begin(), page_mass.begin() + best, page_mass.end(),
                       std::greater<double>());
     double mass = hot_mass;
