@@ -3,8 +3,8 @@
 // device base pointers (the twin never dereferences them), so pointer outputs compare exactly;
 // every output starts poisoned on both sides and is compared whole, so an unwritten or extra entry
 // shows. Masses compare within fp32 rounding (the twin sums in double). Also: contract-breaking
-// plan entries become empty items, the three launches captured in one CUDA graph and replayed on
-// new inputs, and the launch times of a batch of 64 x 8 KV heads.
+// plan entries become empty items, and the three launches captured in one CUDA graph and
+// replayed on new inputs.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -917,87 +917,6 @@ TEST_F(DecodePlanGpuTest, GraphOfThreeLaunchesReplaysOnNewInputs) {
   }
   ASSERT_CUDA_OK(cudaGraphExecDestroy(exec));
   ASSERT_CUDA_OK(cudaGraphDestroy(graph));
-}
-
-// ---- Launch times ------------------------------------------------------------------------
-
-// Device time of one launch: `kLaunches` launches captured in one graph, replayed, timed
-// with events. Prints the per-launch time (not a pass/fail bound beyond a loose sanity one).
-template <typename Launch>
-void TimeLaunches(cudaStream_t stream, const char* name, Launch launch) {
-  constexpr int kLaunches = 200;
-  cudaGraph_t graph = nullptr;
-  ASSERT_CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  absl::Status status;
-  for (int k = 0; k < kLaunches && status.ok(); ++k) (void)(status = launch());
-  ASSERT_CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  ASSERT_OK(status);
-  cudaGraphExec_t exec = nullptr;
-  ASSERT_CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
-  ASSERT_CUDA_OK(cudaGraphLaunch(exec, stream));  // warm-up
-  ASSERT_OK_AND_ASSIGN(CudaEvent start, CudaEvent::Create());
-  ASSERT_OK_AND_ASSIGN(CudaEvent stop, CudaEvent::Create());
-  ASSERT_CUDA_OK(cudaEventRecord(start.get(), stream));
-  ASSERT_CUDA_OK(cudaGraphLaunch(exec, stream));
-  ASSERT_CUDA_OK(cudaEventRecord(stop.get(), stream));
-  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
-  ASSERT_OK_AND_ASSIGN(const float ms, ElapsedMilliseconds(start, stop));
-  const double us = 1000.0 * ms / kLaunches;
-  std::printf("[ TIME     ] %s: %.2f us per launch (%d launches in one graph)\n", name, us,
-              kLaunches);
-  ::testing::Test::RecordProperty(name, std::to_string(us));
-  EXPECT_LT(us, 100.0) << name;
-  ASSERT_CUDA_OK(cudaGraphExecDestroy(exec));
-  ASSERT_CUDA_OK(cudaGraphDestroy(graph));
-}
-
-TEST_F(DecodePlanGpuTest, LaunchTimesBatch64Heads8) {
-  std::mt19937_64 rng(1);
-  // 64 sequences x 8 KV heads, P 16, 1 sink page + 16 window pages, 2K-token contexts.
-  const PlanCase c{16, 1, 16, 17, 512, 64, 2, 8, 1, 64, 64, 16, 16};
-  PlanHarness plan(c, rng);
-  SelectedHarness selected(plan.items(), 32, c.cache_slots, c.page_size, c.page_bytes);
-  const size_t pool_bytes = static_cast<size_t>(plan.items()) * c.cache_slots * c.page_bytes;
-  ASSERT_OK_AND_ASSIGN(DeviceBuffer k_pool, DeviceBuffer::Allocate(pool_bytes));
-  ASSERT_OK_AND_ASSIGN(DeviceBuffer v_pool, DeviceBuffer::Allocate(pool_bytes));
-  selected.Randomize(rng, k_pool.data(), v_pool.data());
-  selected.SetCounters(rng);
-  MassHarness mass(plan.items(), 4, 32, c.page_size);
-  mass.Randomize(rng);
-  ASSERT_CUDA_OK(cudaDeviceSynchronize());
-  const DecodePlanParams plan_params = plan.Params(true);
-  const SelectedPagesParams selected_params = selected.Params(true);
-  const PageMassParams mass_params = mass.Params(true);
-  TimeLaunches(stream(), "DecodePlan 64x8",
-               [&] { return LaunchDecodePlan(plan_params, stream()); });
-  TimeLaunches(stream(), "BuildSelectedPages 64x8 (32 selected)",
-               [&] { return LaunchBuildSelectedPages(selected_params, stream()); });
-  TimeLaunches(stream(), "ComputePageMass 64x8 (G 4, 32 selected)",
-               [&] { return LaunchComputePageMass(mass_params, stream()); });
-}
-
-TEST_F(DecodePlanGpuTest, LaunchTimesBatch1024Heads16) {
-  std::mt19937_64 rng(2);
-  const PlanCase c{16, 1, 16, 17, 128, 8, 1, 16, 0, 1024, 1024, 16, 16};
-  PlanHarness plan(c, rng);
-  SelectedHarness selected(plan.items(), 32, c.cache_slots, c.page_size, c.page_bytes);
-  const size_t pool_bytes = static_cast<size_t>(plan.items()) * c.cache_slots * c.page_bytes;
-  ASSERT_OK_AND_ASSIGN(DeviceBuffer k_pool, DeviceBuffer::Allocate(pool_bytes));
-  ASSERT_OK_AND_ASSIGN(DeviceBuffer v_pool, DeviceBuffer::Allocate(pool_bytes));
-  selected.Randomize(rng, k_pool.data(), v_pool.data());
-  selected.SetCounters(rng);
-  MassHarness mass(plan.items(), 4, 32, c.page_size);
-  mass.Randomize(rng);
-  ASSERT_CUDA_OK(cudaDeviceSynchronize());
-  const DecodePlanParams plan_params = plan.Params(true);
-  const SelectedPagesParams selected_params = selected.Params(true);
-  const PageMassParams mass_params = mass.Params(true);
-  TimeLaunches(stream(), "DecodePlan 1024x16",
-               [&] { return LaunchDecodePlan(plan_params, stream()); });
-  TimeLaunches(stream(), "BuildSelectedPages 1024x16 (32 selected)",
-               [&] { return LaunchBuildSelectedPages(selected_params, stream()); });
-  TimeLaunches(stream(), "ComputePageMass 1024x16 (G 4, 32 selected)",
-               [&] { return LaunchComputePageMass(mass_params, stream()); });
 }
 
 }  // namespace

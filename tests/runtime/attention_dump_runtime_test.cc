@@ -47,7 +47,6 @@
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "kernels/block_select.h"
-#include "kernels/block_summary.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/options.h"
 #include "runtime/core/tensor.h"
@@ -144,27 +143,7 @@ class KernelIndex {
  public:
   explicit KernelIndex(const AttentionDump& dump)
       : dump_(dump), pages_((dump.tokens() + kPageSize - 1) / kPageSize) {
-    const int dim = dump.head_dim(), hk = dump.kv_heads();
-    bounds_.resize(static_cast<size_t>(hk) * pages_ * 2 * dim);
-    std::vector<const void*> k_pages;
-    std::vector<int32_t> filled;
-    std::vector<void*> dst;
-    for (int h = 0; h < hk; ++h) {
-      for (int j = 0; j < pages_; ++j) {
-        k_pages.push_back(dump.key(h, j * kPageSize));
-        filled.push_back(std::min(kPageSize, dump.tokens() - j * kPageSize));
-        dst.push_back(bounds_.data() + (static_cast<size_t>(h) * pages_ + j) * 2 * dim);
-      }
-    }
-    PageSummaryParams params;
-    params.dtype = DType::kFP16;
-    params.head_dim = dim;
-    params.page_size = kPageSize;
-    params.num_pages = hk * pages_;
-    params.k_pages = k_pages.data();
-    params.tokens = filled.data();
-    params.bounds = dst.data();
-    status_ = ReferencePageSummaries(params);
+    status_ = testing_util::DumpPageBounds(dump, kPageSize, &bounds_);
   }
   const absl::Status& status() const { return status_; }
 

@@ -3,10 +3,17 @@
 // and the figures their README gives, which the tests hold kvtier to.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/block_summary.h"
+#include "runtime/core/dtype.h"
+#include "tools/workload/attention_dump.h"
 
 namespace kvtier::testing_util {
 
@@ -39,6 +46,35 @@ inline bool DumpsPresent(std::string* why) {
     }
   }
   return true;
+}
+
+// Page bounds (max row, then min row; fp16) of every `page_size`-token page of every KV head
+// of `dump`, by the host twin of the summary kernel, into `bounds`: [kv_heads][pages][2 * D].
+// The last page holds what is left of the tokens.
+inline absl::Status DumpPageBounds(const workload::AttentionDump& dump, int page_size,
+                                   std::vector<uint16_t>* bounds) {
+  const int dim = dump.head_dim(), kv_heads = dump.kv_heads(), tokens = dump.tokens();
+  const int pages = (tokens + page_size - 1) / page_size;
+  bounds->assign(static_cast<size_t>(kv_heads) * pages * 2 * dim, 0);
+  std::vector<const void*> k_pages;
+  std::vector<int32_t> filled;
+  std::vector<void*> dst;
+  for (int h = 0; h < kv_heads; ++h) {
+    for (int j = 0; j < pages; ++j) {
+      k_pages.push_back(dump.key(h, j * page_size));
+      filled.push_back(std::min(page_size, tokens - j * page_size));
+      dst.push_back(bounds->data() + (static_cast<size_t>(h) * pages + j) * 2 * dim);
+    }
+  }
+  PageSummaryParams params;
+  params.dtype = DType::kFP16;
+  params.head_dim = dim;
+  params.page_size = page_size;
+  params.num_pages = kv_heads * pages;
+  params.k_pages = k_pages.data();
+  params.tokens = filled.data();
+  params.bounds = dst.data();
+  return ReferencePageSummaries(params);
 }
 
 }  // namespace kvtier::testing_util

@@ -202,7 +202,7 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
         absl::StrCat(Share(s.mean_mass_captured), " mean, ", Share(s.min_mass_captured),
                      " min (hot set + selected pages)"));
     row("oracle, same budget", absl::StrCat(Share(s.mean_oracle_mass_captured),
-                                                  " mean (hot set + the best pages by exact mass)"));
+                                            " mean (hot set + the best pages by exact mass)"));
     row("output error", absl::StrCat(Sig(s.mean_output_error), " mean, ", Sig(s.max_output_error),
                                      " max (relative L2 per query head)"));
     row("error given selection", absl::StrCat(Sig(s.max_restricted_error),

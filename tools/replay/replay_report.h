@@ -36,7 +36,7 @@ struct ReplaySummary {
   int accuracy_samples = 0;
   double mean_mass_captured = 0;
   double mean_oracle_mass_captured = 0;  // NaN when a sample lacks it
-  double min_mass_captured = 0;  // over samples and query heads
+  double min_mass_captured = 0;          // over samples and query heads
   double mean_output_error = 0;
   double max_output_error = 0;
   double max_restricted_error = 0;

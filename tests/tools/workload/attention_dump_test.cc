@@ -3,8 +3,8 @@
 // on the real dumps; and, on the real dumps, the README's captured-mass figures reproduced at
 // kernel level: the page-bounds index of kernels/block_summary.h and kernels/block_select.h
 // against the README's "bounds 2%" column, and the true best pages against its "oracle 2%".
-#include "tests/testing/attention_dumps.h"
 #include "tools/workload/attention_dump.h"
+#include "tests/testing/attention_dumps.h"
 
 #include <algorithm>
 #include <cmath>
@@ -23,7 +23,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/block_select.h"
-#include "kernels/block_summary.h"
 #include "runtime/core/dtype.h"
 #include "runtime/core/status.h"
 #include "tbb/parallel_for.h"
@@ -703,7 +702,6 @@ using testing_util::DumpsPresent;
 using testing_util::kReadme;
 using testing_util::ReadmeRow;
 
-
 TEST(AttentionDumpTest, LoadsEveryDump) {
   std::string why;
   if (!DumpsPresent(&why)) GTEST_SKIP() << why;
@@ -782,29 +780,9 @@ MassFigures MeasureCapturedMass(const AttentionDump& dump) {
   const int pages = (tokens + kPageSize - 1) / kPageSize;
 
   // Page bounds of every page of every KV head, by the host twin of the summary kernel.
-  std::vector<uint16_t> bounds(static_cast<size_t>(kv_heads) * pages * 2 * dim);
-  {
-    std::vector<const void*> k_pages;
-    std::vector<int32_t> filled;
-    std::vector<void*> dst;
-    for (int h = 0; h < kv_heads; ++h) {
-      for (int j = 0; j < pages; ++j) {
-        k_pages.push_back(dump.key(h, j * kPageSize));
-        filled.push_back(std::min(kPageSize, tokens - j * kPageSize));
-        dst.push_back(bounds.data() + (static_cast<size_t>(h) * pages + j) * 2 * dim);
-      }
-    }
-    PageSummaryParams params;
-    params.dtype = DType::kFP16;
-    params.head_dim = dim;
-    params.page_size = kPageSize;
-    params.num_pages = kv_heads * pages;
-    params.k_pages = k_pages.data();
-    params.tokens = filled.data();
-    params.bounds = dst.data();
-    const absl::Status status = ReferencePageSummaries(params);
-    EXPECT_TRUE(status.ok()) << status;
-  }
+  std::vector<uint16_t> bounds;
+  const absl::Status summarized = testing_util::DumpPageBounds(dump, kPageSize, &bounds);
+  EXPECT_TRUE(summarized.ok()) << summarized;
 
   // One item per (sampled query, KV head).
   const int stride = dump.num_queries() / kSampledQueries;
