@@ -15,10 +15,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 

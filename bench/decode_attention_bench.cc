@@ -26,11 +26,11 @@
 #include "absl/status/statusor.h"
 #include "bench/bench_util.h"
 #include "kernels/decode_attention.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/dtype.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

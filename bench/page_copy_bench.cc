@@ -25,10 +25,10 @@
 #include "kernels/miss_load.h"
 #include "kernels/page_copy.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

@@ -12,7 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 #include "tbb/parallel_for.h"
 
 namespace kvtier {

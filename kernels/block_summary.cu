@@ -11,8 +11,8 @@
 #include "kernels/block_summary.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

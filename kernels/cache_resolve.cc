@@ -10,7 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/cache_resolve.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 

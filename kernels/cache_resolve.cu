@@ -19,8 +19,8 @@
 #include "kernels/cache_resolve.h"
 #include "kernels/launch.cuh"
 #include "kernels/score_row.cuh"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

@@ -46,7 +46,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "runtime/core/cache_policy.h"
+#include "kernels/base/cache_policy.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>

@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>

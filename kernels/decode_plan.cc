@@ -15,7 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace internal {
@@ -72,7 +72,24 @@ absl::Status ValidateDecodePlanShape(const DecodePlanParams& p) {
   if (s.page_bytes <= 0 || s.page_bytes % 16 != 0) {
     return Invalid(kName, "storage.page_bytes", s.page_bytes, "a positive multiple of 16");
   }
-  if (s.bounds_bytes <= 0) return Invalid(kName, "storage.bounds_bytes", s.bounds_bytes, "> 0");
+  if (s.summary_bytes <= 0) {
+    return Invalid(kName, "storage.summary_bytes", s.summary_bytes, "> 0");
+  }
+  if (s.summary_arrays < 1 || s.summary_arrays > kMaxSummaryArrays) {
+    return Invalid(kName, "storage.summary_arrays", s.summary_arrays,
+                   absl::StrCat("in [1, ", kMaxSummaryArrays, "]"));
+  }
+  for (int a = 0; a < s.summary_arrays; ++a) {
+    const int64_t end = s.summary_offset[a] + int64_t{s.max_pages} * s.summary_stride[a];
+    if (s.summary_offset[a] < 0 || s.summary_stride[a] <= 0 ||
+        (s.max_pages >= 1 && end > int64_t{s.max_pages} * s.summary_bytes)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(kName, ": storage.summary_offset/stride[", a, "] is ", s.summary_offset[a],
+                       "/", s.summary_stride[a],
+                       ", expected an array of max_pages entries inside the item's "
+                       "summary region"));
+    }
+  }
   if (p.num_layers < 1) return Invalid(kName, "num_layers", p.num_layers, ">= 1");
   if (p.num_kv_heads < 1) return Invalid(kName, "num_kv_heads", p.num_kv_heads, ">= 1");
   if (p.layer < 0 || p.layer >= p.num_layers) {
@@ -94,7 +111,7 @@ absl::Status ValidateDecodePlanShape(const DecodePlanParams& p) {
                                          {"storage.hot_v", s.hot_v},
                                          {"storage.slot_k", s.slot_k},
                                          {"storage.slot_v", s.slot_v},
-                                         {"storage.bounds", s.bounds},
+                                         {"storage.summaries", s.summaries},
                                          {"storage.host_k_table", s.host_k_table},
                                          {"storage.host_v_table", s.host_v_table},
                                          {"seq_slot", p.seq_slot},
@@ -105,10 +122,10 @@ absl::Status ValidateDecodePlanShape(const DecodePlanParams& p) {
                                          {"writeback_k_dst", p.writeback_k_dst},
                                          {"writeback_v_dst", p.writeback_v_dst},
                                          {"summary_tokens", p.summary_tokens},
-                                         {"summary_bounds", p.summary_bounds},
+
                                          {"select_begin", p.select_begin},
                                          {"select_end", p.select_end},
-                                         {"select_bounds", p.select_bounds},
+
                                          {"item_row", p.item_row},
                                          {"page_table_offset", p.page_table_offset},
                                          {"slot_k_base", p.slot_k_base},
@@ -118,6 +135,13 @@ absl::Status ValidateDecodePlanShape(const DecodePlanParams& p) {
                                          {"hot_v_pages", p.hot_v_pages},
                                          {"hot_last_page_tokens", p.hot_last_page_tokens}},
                                         absl::StrCat("for a batch of ", p.batch)));
+  for (int a = 0; a < s.summary_arrays; ++a) {
+    if (p.summary_dst[a] == nullptr || p.select_summary[a] == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("decode plan: summary_dst[", a, "] and select_summary[", a,
+                       "] must be set for storage.summary_arrays = ", s.summary_arrays));
+    }
+  }
   // Pages are read and written with 16-byte vectors by the kernels that use them.
   for (const Field& f : {Field{"storage.hot_k", s.hot_k}, Field{"storage.hot_v", s.hot_v},
                          Field{"storage.slot_k", s.slot_k}, Field{"storage.slot_v", s.slot_v}}) {
@@ -333,10 +357,13 @@ absl::Status ReferenceDecodePlan(const DecodePlanParams& p) {
       p.writeback_v_dst[i] =
           completes ? const_cast<void*>(s.host_v_table[table_row + append_page]) : nullptr;
       p.summary_tokens[i] = row + 1;
-      p.summary_bounds[i] = s.bounds + (table_row + append_page) * s.bounds_bytes;
+      std::byte* region = s.summaries + r * s.max_pages * s.summary_bytes;
+      for (int a = 0; a < s.summary_arrays; ++a) {
+        p.summary_dst[a][i] = region + s.summary_offset[a] + append_page * s.summary_stride[a];
+        p.select_summary[a][i] = region + s.summary_offset[a];
+      }
       p.select_begin[i] = S;
       p.select_end[i] = window_begin;
-      p.select_bounds[i] = s.bounds + table_row * s.bounds_bytes;
       p.item_row[i] = static_cast<int32_t>(r);
       p.page_table_offset[i] = table_row;
       p.slot_k_base[i] = s.slot_k + r * s.cache_slots * s.page_bytes;

@@ -21,7 +21,7 @@
 // writes such an entry (seq_slot < 0, tokens_before < 1 or > max_pages * P - 1) as an empty
 // item so that no later kernel reads or writes through it: no hot pages, append_row -1 and
 // null append pages (append skips it), null write-back destinations (skipped), summary
-// tokens 0 and a null bounds pointer, an empty select range [0, 0), item_row -1,
+// tokens 0 and null summary pointers, an empty select range [0, 0), item_row -1,
 // page_table_offset 0, null slot bases, hot_last_page_tokens 0. BuildSelectedPages and
 // ComputePageMass clamp counts to [0, max_selected].
 #include <cuda_runtime.h>
@@ -34,11 +34,11 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 #include "kernels/decode_plan.h"
 #include "kernels/launch.cuh"
 #include "kernels/score_row.cuh"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
 
 namespace kvtier {
 namespace {
@@ -174,10 +174,13 @@ __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParam
         p.writeback_v_dst[i] =
             completes ? const_cast<void*>(s.host_v_table[table_row + append_page]) : nullptr;
         p.summary_tokens[i] = row + 1;
-        p.summary_bounds[i] = s.bounds + (table_row + append_page) * s.bounds_bytes;
+        std::byte* region = s.summaries + r * s.max_pages * s.summary_bytes;
+        for (int a = 0; a < s.summary_arrays; ++a) {
+          p.summary_dst[a][i] = region + s.summary_offset[a] + append_page * s.summary_stride[a];
+          p.select_summary[a][i] = region + s.summary_offset[a];
+        }
         p.select_begin[i] = S;
         p.select_end[i] = window_begin;
-        p.select_bounds[i] = s.bounds + table_row * s.bounds_bytes;
         p.item_row[i] = static_cast<int32_t>(r);
         p.page_table_offset[i] = table_row;
         p.slot_k_base[i] = s.slot_k + r * s.cache_slots * s.page_bytes;
@@ -192,10 +195,12 @@ __global__ void __launch_bounds__(kListThreads) DecodePlanKernel(DecodePlanParam
       p.writeback_k_dst[i] = nullptr;
       p.writeback_v_dst[i] = nullptr;
       p.summary_tokens[i] = 0;
-      p.summary_bounds[i] = nullptr;
+      for (int a = 0; a < s.summary_arrays; ++a) {
+        p.summary_dst[a][i] = nullptr;
+        p.select_summary[a][i] = nullptr;
+      }
       p.select_begin[i] = 0;
       p.select_end[i] = 0;
-      p.select_bounds[i] = nullptr;
       p.item_row[i] = -1;
       p.page_table_offset[i] = 0;
       p.slot_k_base[i] = nullptr;

@@ -13,7 +13,10 @@
 //    page leaving the window is not the page being written). Page j of the sequence lives at
 //    hot index j when j < S, else at hot index S + (j - S) % R.
 //  - cache slots: C page slots (the page cache, cache_resolve.h).
-//  - bounds summaries: max_pages x 2D elements, page j's at index j (block_summary.h).
+//  - index summaries: one region of max_pages * summary_bytes bytes, holding up to
+//    kMaxSummaryArrays arrays indexed by page (e.g. page bounds: one array of 2D elements a
+//    page; centroids: key means, value sums, counts; block_summary.h). Array a starts
+//    summary_offset[a] bytes into the region and holds summary_stride[a] bytes a page.
 //  - host page table: max_pages device-readable addresses of the host-store K and V pages;
 //    page j's at [r * max_pages + j].
 // After the step's append a sequence of T + 1 tokens has n = T / P + 1 pages. Its hot pages
@@ -33,22 +36,31 @@
 
 namespace kvtier {
 
+// The most per-page arrays an index keeps in an item's summary region.
+inline constexpr int kMaxSummaryArrays = 4;
+
 // Where the items' storage lives: pools indexed by item row. Device memory for the kernels,
 // host memory for the twins.
 struct ItemStorage {
-  int32_t page_size = 0;        // P: 16, 32 or 64
-  int32_t sink_pages = 0;       // S >= 0
-  int32_t window_pages = 0;     // W >= 1
-  int32_t ring_pages = 0;       // R >= W + 1
-  int32_t max_pages = 0;        // pages per item, >= 1
-  int32_t cache_slots = 0;      // C >= 1
-  int64_t page_bytes = 0;       // of one K or one V page: P * D * dtype size (multiple of 16)
-  int64_t bounds_bytes = 0;     // of one page's bounds summary: 2 * D * dtype size
-  std::byte* hot_k = nullptr;   // [rows, S + R] pages
-  std::byte* hot_v = nullptr;   // [rows, S + R] pages
-  std::byte* slot_k = nullptr;  // [rows, C] pages
-  std::byte* slot_v = nullptr;  // [rows, C] pages
-  std::byte* bounds = nullptr;  // [rows, max_pages] summaries
+  int32_t page_size = 0;     // P: 16, 32 or 64
+  int32_t sink_pages = 0;    // S >= 0
+  int32_t window_pages = 0;  // W >= 1
+  int32_t ring_pages = 0;    // R >= W + 1
+  int32_t max_pages = 0;     // pages per item, >= 1
+  int32_t cache_slots = 0;   // C >= 1
+  int64_t page_bytes = 0;    // of one K or one V page: P * D * dtype size (multiple of 16)
+  // Summary bytes a page: an item's region is max_pages * summary_bytes bytes, > 0.
+  int64_t summary_bytes = 0;
+  // The region's arrays: summary_arrays in [1, kMaxSummaryArrays]; array a at byte offset
+  // summary_offset[a] (>= 0), summary_stride[a] (> 0) bytes a page, inside the region.
+  int32_t summary_arrays = 1;
+  int64_t summary_offset[kMaxSummaryArrays] = {};
+  int64_t summary_stride[kMaxSummaryArrays] = {};
+  std::byte* hot_k = nullptr;      // [rows, S + R] pages
+  std::byte* hot_v = nullptr;      // [rows, S + R] pages
+  std::byte* slot_k = nullptr;     // [rows, C] pages
+  std::byte* slot_v = nullptr;     // [rows, C] pages
+  std::byte* summaries = nullptr;  // [rows] regions of max_pages * summary_bytes
   // [rows, max_pages] host-store page addresses readable by the executing side (for the
   // kernels: PinnedBuffer::device_data() addresses); entries of pages not yet allocated are
   // null and never read.
@@ -81,14 +93,16 @@ struct DecodePlanParams {
   void** writeback_v_dst = nullptr;
 
   // Page summary (block_summary.h) of the append page, over its tokens after the append:
-  // k_pages = append_k, tokens = T % P + 1, bounds = the summary of page T / P.
+  // k_pages = append_k, tokens = T % P + 1, summary_dst[a] = page T / P's entry of summary
+  // array a (for a < storage.summary_arrays; the other entries of summary_dst are unused).
   int32_t* summary_tokens = nullptr;  // T % P + 1
-  void** summary_bounds = nullptr;
+  void** summary_dst[kMaxSummaryArrays] = {};
 
-  // Block select (block_select.h): the cold pages [S, max(S, n - W)) and the item's bounds.
+  // Block select (block_select.h): the cold pages [S, max(S, n - W)) and the start of each
+  // of the item's summary arrays (page 0's entry).
   int32_t* select_begin = nullptr;
   int32_t* select_end = nullptr;
-  const void** select_bounds = nullptr;
+  const void** select_summary[kMaxSummaryArrays] = {};
 
   // Cache resolve and miss load: the item's row (its directory row and page-table row), the
   // page-table offset row * max_pages, and its slot pools.
@@ -223,7 +237,7 @@ absl::Status ReferenceUpdatePageScores(const PageScoreUpdateParams& params);
 // One launch each, no allocation, no host synchronisation (CUDA-graph capturable). Entries are
 // device data and not read on the host. A DecodePlan batch entry that breaks the contract
 // (seq_slot < 0, T outside [1, max_pages * P - 1]) is written as an empty item that later
-// kernels skip: no hot pages, append_row -1, null append, write-back, bounds and slot
+// kernels skip: no hot pages, append_row -1, null append, write-back, summary and slot
 // pointers, summary tokens 0, select range [0, 0), item_row -1, page_table_offset 0, last
 // page tokens 0. The other two clamp counts to [0, max_selected].
 absl::Status LaunchDecodePlan(const DecodePlanParams& params, cudaStream_t stream);

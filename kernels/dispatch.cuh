@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 
 namespace kvtier {
 

@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 
@@ -21,7 +21,60 @@ absl::Status Invalid(const Parts&... parts) {
   return absl::InvalidArgumentError(absl::StrCat("EstimationParams: ", parts...));
 }
 
+// Item i's list [begin, end) of cluster_ids, in either addressing mode.
+void ListOf(const EstimationParams& p, int i, int32_t* begin, int32_t* end) {
+  if (p.list_count != nullptr) {
+    *begin = i * p.list_stride;
+    *end = *begin + std::clamp(p.list_count[i], 0, p.list_stride);
+  } else {
+    *begin = p.cluster_offsets[i];
+    *end = p.cluster_offsets[i + 1];
+  }
+}
+
+bool Excluded(const EstimationParams& p, int item, int32_t id) {
+  if (p.exclude_ids == nullptr) return false;
+  const int32_t* first = p.exclude_ids + static_cast<int64_t>(item) * p.exclude_stride;
+  const int32_t n = std::clamp(p.exclude_count[item], 0, p.exclude_stride);
+  return std::binary_search(first, first + n, id);
+}
+
 absl::Status ValidateItems(const EstimationParams& p) {
+  if (p.list_count != nullptr) {
+    for (int i = 0; i < p.num_items; ++i) {
+      if (p.list_count[i] < 0 || p.list_count[i] > p.list_stride) {
+        return Invalid("list_count[", i, "] is ", p.list_count[i], "; expected in [0, ",
+                       p.list_stride, "]");
+      }
+    }
+  }
+  if (p.exclude_ids != nullptr) {
+    for (int i = 0; i < p.num_items; ++i) {
+      const int32_t n = p.exclude_count[i];
+      if (n < 0 || n > p.exclude_stride) {
+        return Invalid("exclude_count[", i, "] is ", n, "; expected in [0, ", p.exclude_stride,
+                       "]");
+      }
+      const int32_t* first = p.exclude_ids + static_cast<int64_t>(i) * p.exclude_stride;
+      if (!std::is_sorted(first, first + n)) {
+        return Invalid("exclude_ids of item ", i, " are not ascending");
+      }
+    }
+  }
+  for (int i = 0; i < p.num_items; ++i) {
+    int32_t begin = 0, end = 0;
+    ListOf(p, i, &begin, &end);
+    if (end == begin) continue;
+    if (p.key_mean[i] == nullptr) return Invalid("key_mean[", i, "] is null");
+    if (p.value_sum[i] == nullptr) return Invalid("value_sum[", i, "] is null");
+    if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
+    for (int32_t j = begin; j < end; ++j) {
+      if (p.cluster_ids[j] < 0) {
+        return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; expected >= 0");
+      }
+    }
+  }
+  if (p.list_count != nullptr) return absl::OkStatus();
   if (p.cluster_offsets[0] != 0) {
     return Invalid("cluster_offsets[0] is ", p.cluster_offsets[0], "; expected 0");
   }
@@ -52,15 +105,15 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
   for (int d = 0; d < dim; ++d) q[d] = LoadAsFloat(p.dtype, p.q, row * dim + d);
 
   // Logits of the contributing clusters, then the max-subtracted sums.
-  const int32_t begin = p.cluster_offsets[item];
-  const int32_t end = p.cluster_offsets[item + 1];
+  int32_t begin = 0, end = 0;
+  ListOf(p, item, &begin, &end);
   std::vector<double> logits;
   std::vector<int32_t> ids;
   double max_logit = -std::numeric_limits<double>::infinity();
   bool any_nan = false;
   for (int32_t j = begin; j < end; ++j) {
     const int32_t id = p.cluster_ids[j];
-    if (p.count[item][id] <= 0) continue;
+    if (p.count[item][id] <= 0 || Excluded(p, item, id)) continue;
     double dot = 0.0;
     for (int d = 0; d < dim; ++d) {
       dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
@@ -112,7 +165,17 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
   if (p.num_items < 0) return Invalid("num_items is ", p.num_items, "; expected >= 0");
   if (p.num_items == 0) return absl::OkStatus();
   if (p.q == nullptr) return Invalid("q is null");
-  if (p.cluster_offsets == nullptr) return Invalid("cluster_offsets is null");
+  if (p.list_count != nullptr) {
+    if (p.list_stride < 1) return Invalid("list_stride is ", p.list_stride, "; expected >= 1");
+  } else if (p.cluster_offsets == nullptr) {
+    return Invalid("cluster_offsets is null (and no list_count)");
+  }
+  if (p.exclude_ids != nullptr) {
+    if (p.exclude_count == nullptr) return Invalid("exclude_count is null with exclude_ids");
+    if (p.exclude_stride < 1) {
+      return Invalid("exclude_stride is ", p.exclude_stride, "; expected >= 1");
+    }
+  }
   if (p.cluster_ids == nullptr) return Invalid("cluster_ids is null");
   if (p.key_mean == nullptr) return Invalid("key_mean is null");
   if (p.value_sum == nullptr) return Invalid("value_sum is null");

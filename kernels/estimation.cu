@@ -13,11 +13,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/estimation.h"
 #include "kernels/launch.cuh"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
 
 namespace kvtier {
 namespace {
@@ -30,6 +30,20 @@ __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 
 // max that keeps NaN: once either side is NaN the result is NaN.
 __device__ __forceinline__ float NanMax(float a, float b) { return (b > a || b != b) ? b : a; }
+
+// Binary search of an ascending list (every lane of a warp searches the same id).
+__device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t id) {
+  int32_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int32_t mid = (lo + hi) / 2;
+    if (list[mid] < id) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo < n && list[lo] == id;
+}
 
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(EstimationParams p) {
@@ -49,8 +63,18 @@ __global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(Estimatio
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) q[j] = ToFloat(q_row[j]);
 
-  const int32_t begin = p.cluster_offsets[item];
-  const int32_t end = p.cluster_offsets[item + 1];
+  int32_t begin, end;
+  if (p.list_count != nullptr) {
+    begin = item * p.list_stride;
+    end = begin + min(max(p.list_count[item], 0), p.list_stride);
+  } else {
+    begin = p.cluster_offsets[item];
+    end = p.cluster_offsets[item + 1];
+  }
+  const int32_t* exclude =
+      p.exclude_ids != nullptr ? p.exclude_ids + int64_t{item} * p.exclude_stride : nullptr;
+  const int32_t num_exclude =
+      exclude != nullptr ? min(max(p.exclude_count[item], 0), p.exclude_stride) : 0;
   float running_max = -INFINITY, denominator = 0.0f, numerator[kPerLane] = {};
   if (end > begin) {
     const T* key_mean = static_cast<const T*>(p.key_mean[item]);
@@ -59,7 +83,7 @@ __global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(Estimatio
     for (int32_t j = begin + warp; j < end; j += kEstimationWarps) {
       const int32_t id = p.cluster_ids[j];
       const int32_t n = count[id];
-      if (n <= 0) continue;  // warp-uniform
+      if (n <= 0 || Contains(exclude, num_exclude, id)) continue;  // warp-uniform
       const T* c = key_mean + static_cast<size_t>(id) * kDim + lane * kPerLane;
       float dot = 0.0f;
 #pragma unroll

@@ -12,7 +12,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -33,9 +33,20 @@ struct EstimationParams {
   // twice counts twice. Clusters with count <= 0 contribute nothing.
   const int32_t* cluster_offsets = nullptr;  // [num_items + 1], non-decreasing, [0] == 0
   const int32_t* cluster_ids = nullptr;      // [cluster_offsets[num_items]], each >= 0
-  const void* const* key_mean = nullptr;     // [num_items] -> [clusters, D] of dtype
-  const float* const* value_sum = nullptr;   // [num_items] -> [clusters, D]
-  const int32_t* const* count = nullptr;     // [num_items] -> [clusters]
+  // Fixed-stride lists instead (list_count set): item i's clusters are cluster_ids[i *
+  // list_stride .. i * list_stride + list_count[i]); cluster_offsets is then unused.
+  // list_count in [0, list_stride] (the kernel clamps it).
+  const int32_t* list_count = nullptr;  // [num_items]
+  int32_t list_stride = 0;              // >= 1 with list_count
+  // Optional exclusion: a cluster of item i that is also in exclude_ids[i * exclude_stride ..
+  // i * exclude_stride + exclude_count[i]) (ascending) is skipped. An estimation zone taken as
+  // the top k + e blocks excludes the top k, which are attended exactly.
+  const int32_t* exclude_ids = nullptr;     // [num_items, exclude_stride]
+  const int32_t* exclude_count = nullptr;   // [num_items], in [0, exclude_stride]
+  int32_t exclude_stride = 0;               // >= 1 with exclude_ids
+  const void* const* key_mean = nullptr;    // [num_items] -> [clusters, D] of dtype
+  const float* const* value_sum = nullptr;  // [num_items] -> [clusters, D]
+  const int32_t* const* count = nullptr;    // [num_items] -> [clusters]
 
   float* out = nullptr;  // [num_items, G, D]; 0 for a row without contributing clusters
   float* lse = nullptr;  // [num_items, G]; -inf for a row without contributing clusters

@@ -9,8 +9,8 @@
 
 #include "kernels/launch.cuh"
 #include "kernels/miss_load.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

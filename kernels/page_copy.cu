@@ -13,8 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/launch.cuh"
 #include "kernels/page_copy.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

@@ -17,8 +17,8 @@
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
 #include "kernels/token_pack.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

@@ -4,7 +4,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 
 namespace kvtier {
 

@@ -3,11 +3,11 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/status.h"
 
 #ifdef KVTIER_WITH_CUDA
-#include "runtime/core/cuda_check.h"
+#include "kernels/base/cuda_check.h"
 #endif
 
 namespace kvtier {

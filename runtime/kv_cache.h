@@ -121,11 +121,21 @@ class KvCache {
   // last Decode of `layer` did for it. Waits for the device. NotFound, InvalidArgument.
   struct CacheInspection {
     // The last Decode of `layer`, when it included `seq` (else all empty / 0: the step
-    // arrays hold one batch per layer): the pages the index selected (page j holds tokens
-    // [j P, (j + 1) P)), ascending, and how many of them were cache hits and misses.
+    // arrays hold one batch per layer): the pages the index selected (indices into the
+    // sequence's stored pages), ascending, and how many of them were cache hits and misses.
     std::vector<int32_t> selected_pages;
     int32_t hits = 0;
     int32_t misses = 0;
+    // The token positions those pages hold, ascending: page j holds [j P, (j + 1) P) except
+    // where a clustered index laid a segment out cluster by cluster.
+    std::vector<int64_t> selected_positions;
+    // The hot set that Decode attended exactly: positions [0, min(sink_tokens, tokens)) and
+    // [window_begin, tokens) of the `tokens` the sequence held after its append.
+    int64_t window_begin = 0;
+    int64_t tokens = 0;
+    // The estimation zone (clustered indexes): pages estimated and the tokens they stand for.
+    int32_t estimated_pages = 0;
+    int64_t estimated_tokens = 0;
     // The directory now: per slot, its page (-1 empty), last-use step and score.
     std::vector<int32_t> slot_page;
     std::vector<int32_t> slot_last_use;

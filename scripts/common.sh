@@ -3,8 +3,11 @@
 set -euo pipefail
 
 KVTIER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# python3-matplotlib (with python3-numpy): Debian's /usr/bin/python3 draws kvtier-accuracy's
+# sweep plots (scripts/plot_accuracy.py); accuracy_test's plot test skips without it.
 KVTIER_PACKAGES=(cmake ninja-build pkg-config g++ libhwloc-dev libtbb-dev libfaiss-dev
-                 libabsl-dev libgtest-dev libbenchmark-dev libopenblas0-pthread)
+                 libabsl-dev libgtest-dev libbenchmark-dev libopenblas0-pthread
+                 python3-matplotlib python3-numpy)
 
 kvtier_install_packages() {
   local missing=()

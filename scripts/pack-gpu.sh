@@ -8,7 +8,7 @@ rm -rf "$KVTIER_ROOT/.gpu"
 mkdir -p "$KVTIER_ROOT/.gpu"
 for bin in tests/gpu_test tests/kernels_reference_test tests/offload_test tests/runtime_core_test \
            tests/index_test tests/runtime_test tests/replay_test tests/workload_test \
-           tools/probe/kvtier-probe tools/demo/kvtier-demo tools/replay/kvtier-replay \
+           tools/probe/kvtier-probe tools/replay/kvtier-replay \
            bench/kvtier_bench_page_copy bench/kvtier_bench_reference_attention \
            bench/kvtier_bench_decode_attention bench/kvtier_bench_block_select \
            bench/kvtier_bench_cache_resolve; do

@@ -99,6 +99,32 @@ absl::Status ValidateOptions(const Options& o) {
   if (!(o.budget.mass_target >= 0.0 && o.budget.mass_target <= 1.0)) {
     p.Add("budget.mass_target", o.budget.mass_target, "must be 0 (top-k by count) or in (0, 1]");
   }
+  switch (o.index) {
+    case IndexKind::kPageBounds:
+      if (o.budget.mass_target > 0 && o.budget.mass_target <= 1.0) {
+        p.Add("budget.mass_target", o.budget.mass_target,
+              "the page-bounds index selects by count only (a bound is not a mass): use 0, or "
+              "index = wave, which selects by estimated mass");
+      }
+      if (o.budget.estimate_pages != 0) {
+        p.Add("budget.estimate_pages", o.budget.estimate_pages,
+              "the page-bounds index has no estimation zone: use 0, or index = wave");
+      }
+      break;
+    case IndexKind::kWave:
+      if (o.budget.estimate_pages < 0 || o.budget.estimate_pages > kMaxSelectedPages) {
+        p.Add("budget.estimate_pages", o.budget.estimate_pages,
+              absl::StrCat("must be in [0, ", kMaxSelectedPages, "]"));
+      } else if (o.budget.max_pages >= 1 &&
+                 o.budget.max_pages + o.budget.estimate_pages > kMaxSelectedPages) {
+        p.Add("budget.estimate_pages", o.budget.estimate_pages,
+              absl::StrCat("budget.max_pages + budget.estimate_pages must be at most ",
+                           kMaxSelectedPages));
+      }
+      break;
+    default:
+      p.Add("index", static_cast<int>(o.index), "allowed kPageBounds or kWave");
+  }
   if (!(o.cache_slots_per_budget >= 1.0 && std::isfinite(o.cache_slots_per_budget))) {
     p.Add("cache_slots_per_budget", o.cache_slots_per_budget,
           "must be >= 1: the cache must hold one step's whole selection");

@@ -4,8 +4,10 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
-#include "runtime/core/cache_policy.h"
-#include "runtime/core/dtype.h"
+#include "index/index_kind.h"
+#include "kernels/base/backend_kind.h"
+#include "kernels/base/cache_policy.h"
+#include "kernels/base/dtype.h"
 
 namespace kvtier {
 
@@ -26,17 +28,18 @@ inline int64_t PageBytes(const ModelShape& shape, int page_size) {
   return int64_t{page_size} * shape.head_dim * static_cast<int64_t>(DTypeSize(shape.dtype));
 }
 
-// How many pages the index selects per (sequence, layer, KV head) and decode step.
+// How many blocks the index selects per (sequence, layer, KV head) and decode step. A block
+// is one page for every kind today.
 struct SelectionBudget {
   int max_pages = 128;  // the top-k count, and the cap when a mass target is set
   // 0: select exactly `max_pages` by score. In (0, 1]: select the fewest pages whose
-  // estimated share of the attention mass reaches this target, at most `max_pages`.
+  // estimated share of the attention mass reaches this target, at most `max_pages`
+  // (clustered indexes only: a page-bounds score is a bound, not a mass).
   double mass_target = 0.0;
-};
-
-enum class Backend : uint8_t {
-  kCuda,  // the product: kernels on the GPU
-  kHost,  // the kernels' host twins; runs without a GPU
+  // Clustered indexes: the pages ranked just below the retrieved ones, up to max_pages +
+  // estimate_pages in all, are estimated from their centroid and value sum instead of being
+  // attended (the estimation zone); 0 turns estimation off. Page bounds takes 0 only.
+  int estimate_pages = 0;
 };
 
 struct Options {
@@ -44,6 +47,7 @@ struct Options {
   int page_size = 16;        // tokens per page: 16, 32 or 64
   int sink_tokens = 64;      // first tokens kept on the GPU; a multiple of page_size
   int window_tokens = 1024;  // most recent tokens kept on the GPU; a multiple of page_size
+  IndexKind index = IndexKind::kPageBounds;
   SelectionBudget budget;
   // GPU page-cache slots per (sequence, layer, KV head), as a multiple of budget.max_pages.
   double cache_slots_per_budget = 4.0;

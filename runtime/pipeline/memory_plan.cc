@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "kernels/block_select.h"
 #include "kernels/cache_resolve.h"
 #include "kernels/decode_attention.h"
 
@@ -29,7 +28,24 @@ std::string MemoryPlan::Describe() const {
                       Bytes(prefill_bytes), "; total ", Bytes(device_bytes()));
 }
 
-absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
+IndexConfig MakeIndexConfig(const Options& o) {
+  IndexConfig c;
+  c.dtype = o.shape.dtype;
+  c.head_dim = o.shape.head_dim;
+  c.group_size = o.shape.group_size();
+  c.page_size = o.page_size;
+  c.max_pages = static_cast<int>((o.max_sequence_tokens + o.page_size - 1) / o.page_size);
+  c.max_items = o.max_batch_size * o.shape.num_kv_heads;
+  c.softmax_scale = o.EffectiveSoftmaxScale();
+  c.budget_pages = o.budget.max_pages;
+  c.mass_target = o.budget.mass_target;
+  c.estimate_pages = o.budget.estimate_pages;
+  c.max_segment_tokens = o.max_prefill_chunk_tokens;
+  c.max_segments = o.shape.num_kv_heads;
+  return c;
+}
+
+absl::StatusOr<MemoryPlan> PlanMemory(const Options& o, const BlockIndex& index) {
   const ModelShape& shape = o.shape;
   const int64_t dsize = static_cast<int64_t>(DTypeSize(shape.dtype));
   const int64_t hk = shape.num_kv_heads;
@@ -51,20 +67,14 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
                      " cache slots per KV head; at most ", kMaxCacheSlots, " are supported"));
   }
   m.cache_slots = static_cast<int32_t>(slots);
-  if (o.budget.mass_target > 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "budget.mass_target = ", o.budget.mass_target,
-        ": the page-bounds index ranks pages by an upper bound of q.k, which is not an "
-        "attention mass; select by count (mass_target = 0) until a centroid index is "
-        "available"));
-  }
   if (m.sink_pages > m.max_pages) {
     return absl::InvalidArgumentError(
         absl::StrCat("sink_tokens = ", o.sink_tokens, ": more than max_sequence_tokens = ",
                      o.max_sequence_tokens, " (the sink must fit in a sequence)"));
   }
   m.page_bytes = PageBytes(shape, o.page_size);
-  m.bounds_bytes = 2 * d * dsize;
+  m.summary_page_bytes = index.layout().bytes_per_page;
+  m.scan_page_bytes = index.scan_bytes_per_page();
   m.rows = int64_t{o.max_sequences} * shape.num_layers * hk;
   m.batch_items = static_cast<int32_t>(o.max_batch_size * hk);
   m.prefill_pages = o.max_prefill_chunk_tokens / o.page_size + 1;
@@ -72,7 +82,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   // Per item (row).
   const int64_t hot_per_row = int64_t{m.sink_pages + m.ring_pages} * 2 * m.page_bytes;
   const int64_t cache_per_row = int64_t{m.cache_slots} * 2 * m.page_bytes;
-  const int64_t summary_per_row = int64_t{m.max_pages} * m.bounds_bytes;
+  const int64_t summary_per_row = int64_t{m.max_pages} * m.summary_page_bytes;
   const int64_t directory_per_row = int64_t{m.cache_slots} * 12;
   m.hot_bytes = AlignUp(m.rows * hot_per_row);
   m.cache_bytes = AlignUp(m.rows * cache_per_row);
@@ -81,60 +91,55 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o) {
   m.per_sequence_device_bytes = int64_t{shape.num_layers} * hk *
                                 (hot_per_row + cache_per_row + summary_per_row + directory_per_row);
 
-  // Per layer: the step's arrays (see kv_cache_impl.cc, LayerArrays).
-  const int64_t bi = m.batch_items;
-  const int64_t b = o.max_batch_size;
-  const int64_t k = m.max_selected;
-  const int64_t hot_cap = int64_t{m.sink_pages + m.window_pages};
-  int64_t layer = 0;
-  layer += 2 * AlignUp(b * 4);                     // seq_slot, tokens_before
-  layer += 4 * AlignUp(bi * 8);                    // append k/v, write-back dst k/v
-  layer += AlignUp(b * 4);                         // append rows
-  layer += 2 * AlignUp(bi * 4) + AlignUp(bi * 8);  // summary tokens, bounds
-  layer += 2 * AlignUp(bi * 4) + AlignUp(bi * 8);  // select range, bounds
-  layer += AlignUp(bi * 4) + 3 * AlignUp(bi * 8);  // item rows, page-table offsets, slot bases
-  layer += AlignUp((bi + 1) * 4) + 2 * AlignUp(bi * hot_cap * 8) + AlignUp(bi * 4);  // hot list
-  layer += 5 * AlignUp(bi * k * 4) + 3 * AlignUp(bi * 4);  // selection and resolve outputs
-  // The hits' list and the misses' list.
-  layer += 2 * (AlignUp((bi + 1) * 4) + AlignUp(bi * 4) + 2 * AlignUp(bi * k * 8));
-  layer += AlignUp(3 * 8);  // counters
-  m.per_layer_step_bytes = layer;
-  m.step_bytes = layer * shape.num_layers;
-
-  // Shared decode scratch.
-  int64_t scratch = 0;
-  scratch += AlignUp(bi * g * d * dsize) + 2 * AlignUp(bi * d * dsize);  // q, k_new, v_new
-  scratch += AlignUp(bi * g * d * 4);                                    // out staging
-  // Partial results of the hits, the misses and the hot set, then the merged lse.
-  scratch += kDecodeParts * (AlignUp(bi * g * d * 4) + AlignUp(bi * g * 4));
-  scratch += AlignUp(bi * g * 4);
-  scratch += AlignUp(2 * kDecodeParts * 8);  // merge part pointers
-  // Split-K workspaces: the caller's stream and the hot stream.
-  scratch +=
-      2 * AlignUp(static_cast<int64_t>(PagedDecodeWorkspaceBytes(
-              m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits)));
+  // The step arrays per layer and the shared decode scratch, sized by the description that
+  // carves them (step_arrays.h).
+  StepGeometry& sg = m.step;
+  sg.max_batch = o.max_batch_size;
+  sg.batch_items = m.batch_items;
+  sg.group_size = static_cast<int32_t>(g);
+  sg.head_dim = static_cast<int32_t>(d);
+  sg.dtype_bytes = dsize;
+  sg.page_size = o.page_size;
+  sg.sink_pages = m.sink_pages;
+  sg.window_pages = m.window_pages;
+  sg.max_selected = m.max_selected;
+  sg.zone_stride = index.zone_stride();
+  sg.summary_arrays = index.layout().arrays;
+  sg.cache_slots = m.cache_slots;
+  sg.empty_directory = o.cache_policy == CachePolicy::kNone;
+  sg.attention_workspace_bytes = PagedDecodeWorkspaceBytes(
+      m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits);
+  sg.select_workspace_bytes = index.workspace_bytes();
   {
-    BlockSelectParams p;
-    p.kind = BlockScoreKind::kPageBounds;
-    p.group_size = static_cast<int>(g);
-    p.num_items = m.batch_items;
-    p.max_blocks = m.max_pages;
-    scratch += AlignUp(static_cast<int64_t>(BlockSelectWorkspaceBytes(p)));
+    Carver count(nullptr);
+    LayerArrays layer;
+    CarveLayerArrays(count, sg, layer);
+    m.per_layer_step_bytes = count.used();
+    m.step_bytes = m.per_layer_step_bytes * shape.num_layers;
   }
-  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);  // chunk lse: hits
-  scratch += AlignUp(bi * k * (o.page_size / 16) * g * 4);  // chunk lse: misses
-  if (o.cache_policy == CachePolicy::kNone) {
-    scratch += 3 * AlignUp(bi * m.cache_slots * 4);  // the empty directory each step resolves in
+  {
+    Carver count(nullptr);
+    DecodeScratch scratch;
+    CarveDecodeScratch(count, sg, scratch);
+    m.scratch_bytes = count.used();
   }
-  m.scratch_bytes = scratch;
 
-  // Prefill staging, two buffers: pages, input rows, pointer arrays.
-  const int64_t np_hk = int64_t{m.prefill_pages} * hk;
-  int64_t prefill = 0;
-  prefill += AlignUp(np_hk * 2 * m.page_bytes);                                  // staged pages
-  prefill += AlignUp(int64_t{o.max_prefill_chunk_tokens} * hk * d * dsize) * 2;  // k, v rows
-  prefill += AlignUp(np_hk * 8 * 16 + np_hk * 4);                                // pointer arrays
-  m.prefill_bytes = 2 * prefill;
+  // Prefill staging, two buffers.
+  PrefillGeometry& pg = m.prefill;
+  pg.num_kv_heads = static_cast<int32_t>(hk);
+  pg.prefill_pages = m.prefill_pages;
+  pg.chunk_tokens = o.max_prefill_chunk_tokens;
+  pg.row_bytes = hk * d * dsize;
+  pg.page_bytes = m.page_bytes;
+  pg.summary_arrays = index.layout().arrays;
+  pg.orders_segments = index.orders_segments();
+  pg.segment_workspace_bytes = index.segment_workspace_bytes();
+  {
+    Carver count(nullptr);
+    PrefillBuffer buffer;
+    CarvePrefillBuffer(count, pg, buffer);
+    m.prefill_bytes = 2 * count.used();
+  }
 
   // Host.
   m.host_frames = o.host_memory_bytes / (2 * m.page_bytes);

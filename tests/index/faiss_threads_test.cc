@@ -1,6 +1,8 @@
 #include "index/faiss_threads.h"
 
+#include <dlfcn.h>
 #include <faiss/IndexFlat.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <numeric>
@@ -12,11 +14,18 @@
 namespace kvtier {
 namespace {
 
-TEST(FaissThreadsTest, ConfiguresBlasAndOpenMp) {
+// The BLAS FAISS links (OpenBLAS's pthread build, libopenblas0-pthread) really runs one thread
+// afterwards: asked through its own entry point, not through what the setup reports.
+TEST(FaissThreadsTest, LeavesOpenBlasSingleThreaded) {
+  using GetThreads = int (*)();
+  auto get_threads = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  ASSERT_NE(get_threads, nullptr) << "OpenBLAS is not the loaded BLAS; the test image installs it";
   const FaissThreading t = ConfigureFaissThreads(2);
+  EXPECT_EQ(get_threads(), 1);
   EXPECT_EQ(t.openmp_threads, 2);
+  EXPECT_EQ(omp_get_max_threads(), 2);
   EXPECT_TRUE(t.blas_single_threaded);
-  EXPECT_FALSE(t.blas.empty());
+  EXPECT_NE(t.blas.find("OpenBLAS"), std::string::npos) << t.blas;
 }
 
 // FAISS links with its OpenMP and BLAS needs: a flat inner-product search with enough

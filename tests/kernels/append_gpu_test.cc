@@ -18,7 +18,7 @@
 #include "gtest/gtest.h"
 #include "kernels/append.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_handles.h"
+#include "kernels/base/cuda_handles.h"
 #include "tests/testing/aligned_bytes.h"
 #include "tests/testing/gpu_test_util.h"
 

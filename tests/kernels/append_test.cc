@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/append.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 
 namespace kvtier {
 namespace {

@@ -20,8 +20,8 @@
 #include "gtest/gtest.h"
 #include "kernels/block_select.h"
 #include "kernels/block_summary.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

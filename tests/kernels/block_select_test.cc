@@ -15,7 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/block_summary.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 
 namespace kvtier {
 namespace {

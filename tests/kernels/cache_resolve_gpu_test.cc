@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/cache_resolve.h"
-#include "runtime/core/cuda_handles.h"
+#include "kernels/base/cuda_handles.h"
 #include "tests/testing/drifting_selections.h"
 #include "tests/testing/gpu_test_util.h"
 

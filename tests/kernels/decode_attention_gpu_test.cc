@@ -35,10 +35,10 @@
 #include "gtest/gtest.h"
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/dtype.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
+#include "kernels/base/status.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

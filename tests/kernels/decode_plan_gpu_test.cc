@@ -22,8 +22,8 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
+#include "kernels/base/cuda_handles.h"
 #include "kernels/decode_plan.h"
-#include "runtime/core/cuda_handles.h"
 #include "tests/testing/gpu_test_util.h"
 #include "tests/testing/poison.h"
 
@@ -112,9 +112,11 @@ class PlanHarness {
         writeback_v_(items_),
         summary_tokens_(items_),
         summary_bounds_(items_),
+        summary_second_(items_),
         select_begin_(items_),
         select_end_(items_),
         select_bounds_(items_),
+        select_second_(items_),
         item_row_(items_),
         page_table_offset_(items_),
         slot_k_base_(items_),
@@ -177,9 +179,11 @@ class PlanHarness {
     writeback_v_.Poison();
     summary_tokens_.Poison();
     summary_bounds_.Poison();
+    summary_second_.Poison();
     select_begin_.Poison();
     select_end_.Poison();
     select_bounds_.Poison();
+    select_second_.Poison();
     item_row_.Poison();
     page_table_offset_.Poison();
     slot_k_base_.Poison();
@@ -201,14 +205,18 @@ class PlanHarness {
                             .max_pages = c_.max_pages,
                             .cache_slots = c_.cache_slots,
                             .page_bytes = c_.page_bytes,
-                            .bounds_bytes = c_.bounds_bytes,
+                            .summary_bytes = c_.bounds_bytes,
                             .hot_k = hot_k_pool_.data(),
                             .hot_v = hot_v_pool_.data(),
                             .slot_k = slot_k_pool_.data(),
                             .slot_v = slot_v_pool_.data(),
-                            .bounds = bounds_pool_.data(),
+                            .summaries = bounds_pool_.data(),
                             .host_k_table = Side(k_table_, device),
                             .host_v_table = Side(v_table_, device)};
+    // Two summary arrays of half a page's summary bytes each.
+    p.storage.summary_arrays = 2;
+    p.storage.summary_offset[1] = int64_t{c_.max_pages} * (c_.bounds_bytes / 2);
+    p.storage.summary_stride[0] = p.storage.summary_stride[1] = c_.bounds_bytes / 2;
     p.num_layers = c_.layers;
     p.num_kv_heads = c_.heads;
     p.layer = c_.layer;
@@ -221,10 +229,12 @@ class PlanHarness {
     p.writeback_k_dst = Side(writeback_k_, device);
     p.writeback_v_dst = Side(writeback_v_, device);
     p.summary_tokens = Side(summary_tokens_, device);
-    p.summary_bounds = Side(summary_bounds_, device);
+    p.summary_dst[0] = Side(summary_bounds_, device);
+    p.summary_dst[1] = Side(summary_second_, device);
     p.select_begin = Side(select_begin_, device);
     p.select_end = Side(select_end_, device);
-    p.select_bounds = Side(select_bounds_, device);
+    p.select_summary[0] = Side(select_bounds_, device);
+    p.select_summary[1] = Side(select_second_, device);
     p.item_row = Side(item_row_, device);
     p.page_table_offset = Side(page_table_offset_, device);
     p.slot_k_base = Side(slot_k_base_, device);
@@ -245,9 +255,11 @@ class PlanHarness {
     EXPECT_TRUE(writeback_v_.Same("writeback_v_dst"));
     EXPECT_TRUE(summary_tokens_.Same("summary_tokens"));
     EXPECT_TRUE(summary_bounds_.Same("summary_bounds"));
+    EXPECT_TRUE(summary_second_.Same("summary_second"));
     EXPECT_TRUE(select_begin_.Same("select_begin"));
     EXPECT_TRUE(select_end_.Same("select_end"));
     EXPECT_TRUE(select_bounds_.Same("select_bounds"));
+    EXPECT_TRUE(select_second_.Same("select_second"));
     EXPECT_TRUE(item_row_.Same("item_row"));
     EXPECT_TRUE(page_table_offset_.Same("page_table_offset"));
     EXPECT_TRUE(slot_k_base_.Same("slot_k_base"));
@@ -284,9 +296,9 @@ class PlanHarness {
   Mirror<int32_t> append_row_;
   Mirror<void*> writeback_k_, writeback_v_;
   Mirror<int32_t> summary_tokens_;
-  Mirror<void*> summary_bounds_;
+  Mirror<void*> summary_bounds_, summary_second_;
   Mirror<int32_t> select_begin_, select_end_;
-  Mirror<const void*> select_bounds_;
+  Mirror<const void*> select_bounds_, select_second_;
   Mirror<int32_t> item_row_;
   Mirror<int64_t> page_table_offset_;
   Mirror<void*> slot_k_base_, slot_v_base_;
@@ -809,7 +821,8 @@ TEST_F(DecodePlanGpuTest, BadShapesAreInvalidAndEmptyLaunchesNothing) {
                              .max_pages = 8,
                              .cache_slots = 4,
                              .page_bytes = 4096,
-                             .bounds_bytes = 512};
+                             .summary_bytes = 512,
+                             .summary_stride = {512}};
   plan.num_layers = 2;
   plan.num_kv_heads = 8;
   plan.layer = 1;

@@ -83,12 +83,19 @@ class PlanWorld {
     storage.max_pages = c.max_pages;
     storage.cache_slots = c.cache_slots;
     storage.page_bytes = c.page_bytes;
-    storage.bounds_bytes = c.bounds_bytes;
+    // Two summary arrays of half a page's summary bytes each (a kind with one array, page
+    // bounds, is the first half).
+    storage.summary_bytes = c.bounds_bytes;
+    storage.summary_arrays = 2;
+    storage.summary_offset[0] = 0;
+    storage.summary_stride[0] = c.bounds_bytes / 2;
+    storage.summary_offset[1] = int64_t{c.max_pages} * (c.bounds_bytes / 2);
+    storage.summary_stride[1] = c.bounds_bytes / 2;
     storage.hot_k = hot_k_.data();
     storage.hot_v = hot_v_.data();
     storage.slot_k = slot_k_.data();
     storage.slot_v = slot_v_.data();
-    storage.bounds = bounds_.data();
+    storage.summaries = bounds_.data();
     storage.host_k_table = k_table_.data();
     storage.host_v_table = v_table_.data();
 
@@ -160,9 +167,11 @@ struct PlanOutputs {
         writeback_v(batch * heads, Poisoned<void*>()),
         summary_tokens(batch * heads, Poisoned<int32_t>()),
         summary_bounds(batch * heads, Poisoned<void*>()),
+        summary_second(batch * heads, Poisoned<void*>()),
         select_begin(batch * heads, Poisoned<int32_t>()),
         select_end(batch * heads, Poisoned<int32_t>()),
         select_bounds(batch * heads, Poisoned<const void*>()),
+        select_second(batch * heads, Poisoned<const void*>()),
         item_row(batch * heads, Poisoned<int32_t>()),
         page_table_offset(batch * heads, Poisoned<int64_t>()),
         slot_k_base(batch * heads, Poisoned<void*>()),
@@ -179,10 +188,12 @@ struct PlanOutputs {
     p.writeback_k_dst = writeback_k.data();
     p.writeback_v_dst = writeback_v.data();
     p.summary_tokens = summary_tokens.data();
-    p.summary_bounds = summary_bounds.data();
+    p.summary_dst[0] = summary_bounds.data();
+    p.summary_dst[1] = summary_second.data();
     p.select_begin = select_begin.data();
     p.select_end = select_end.data();
-    p.select_bounds = select_bounds.data();
+    p.select_summary[0] = select_bounds.data();
+    p.select_summary[1] = select_second.data();
     p.item_row = item_row.data();
     p.page_table_offset = page_table_offset.data();
     p.slot_k_base = slot_k_base.data();
@@ -196,8 +207,9 @@ struct PlanOutputs {
   bool Untouched() const {
     return AllPoisoned(append_k) && AllPoisoned(append_v) && AllPoisoned(append_row) &&
            AllPoisoned(writeback_k) && AllPoisoned(writeback_v) && AllPoisoned(summary_tokens) &&
-           AllPoisoned(summary_bounds) && AllPoisoned(select_begin) && AllPoisoned(select_end) &&
-           AllPoisoned(select_bounds) && AllPoisoned(item_row) && AllPoisoned(page_table_offset) &&
+           AllPoisoned(summary_bounds) && AllPoisoned(summary_second) &&
+           AllPoisoned(select_begin) && AllPoisoned(select_end) && AllPoisoned(select_bounds) &&
+           AllPoisoned(select_second) && AllPoisoned(item_row) && AllPoisoned(page_table_offset) &&
            AllPoisoned(slot_k_base) && AllPoisoned(slot_v_base) && AllPoisoned(hot_offsets) &&
            AllPoisoned(hot_k) && AllPoisoned(hot_v) && AllPoisoned(hot_last_tokens);
   }
@@ -206,9 +218,9 @@ struct PlanOutputs {
   std::vector<int32_t> append_row;
   std::vector<void*> writeback_k, writeback_v;
   std::vector<int32_t> summary_tokens;
-  std::vector<void*> summary_bounds;
+  std::vector<void*> summary_bounds, summary_second;
   std::vector<int32_t> select_begin, select_end;
-  std::vector<const void*> select_bounds;
+  std::vector<const void*> select_bounds, select_second;
   std::vector<int32_t> item_row;
   std::vector<int64_t> page_table_offset;
   std::vector<void*> slot_k_base, slot_v_base;
@@ -261,10 +273,14 @@ void ExpectPlan(const PlanWorld& world, const PlanOutputs& out) {
       EXPECT_EQ(out.writeback_k[i], completes ? s.host_k_table[entry] : nullptr);
       EXPECT_EQ(out.writeback_v[i], completes ? s.host_v_table[entry] : nullptr);
       EXPECT_EQ(out.summary_tokens[i], t % P + 1);
-      EXPECT_EQ(out.summary_bounds[i], s.bounds + entry * c.bounds_bytes);
+      std::byte* region = s.summaries + r * c.max_pages * c.bounds_bytes;
+      const int64_t half = c.bounds_bytes / 2;
+      EXPECT_EQ(out.summary_bounds[i], region + (t / P) * half);
+      EXPECT_EQ(out.summary_second[i], region + c.max_pages * half + (t / P) * half);
       EXPECT_EQ(out.select_begin[i], S);
       EXPECT_EQ(out.select_end[i], std::max(S, n - W));
-      EXPECT_EQ(out.select_bounds[i], s.bounds + r * c.max_pages * c.bounds_bytes);
+      EXPECT_EQ(out.select_bounds[i], region);
+      EXPECT_EQ(out.select_second[i], region + c.max_pages * half);
       EXPECT_EQ(out.item_row[i], r);
       EXPECT_EQ(out.page_table_offset[i], r * c.max_pages);
       EXPECT_EQ(out.slot_k_base[i], s.slot_k + r * c.cache_slots * c.page_bytes);
@@ -344,7 +360,8 @@ TEST(DecodePlanTest, EmptyBatchWritesNothingAndNeedsNoArrays) {
                           .max_pages = 8,
                           .cache_slots = 4,
                           .page_bytes = 4096,
-                          .bounds_bytes = 512};
+                          .summary_bytes = 512,
+                          .summary_stride = {512}};
   p.num_layers = 2;
   p.num_kv_heads = 8;
   p.layer = 1;
@@ -367,7 +384,12 @@ TEST(DecodePlanTest, InvalidInputIsRejectedAndWritesNothing) {
       {"storage.max_pages", [](auto& p, auto&) { p.storage.max_pages = 0; }},
       {"storage.cache_slots", [](auto& p, auto&) { p.storage.cache_slots = 0; }},
       {"storage.page_bytes", [](auto& p, auto&) { p.storage.page_bytes = 8; }},
-      {"storage.bounds_bytes", [](auto& p, auto&) { p.storage.bounds_bytes = 0; }},
+      {"storage.summary_bytes", [](auto& p, auto&) { p.storage.summary_bytes = 0; }},
+      {"storage.summary_arrays", [](auto& p, auto&) { p.storage.summary_arrays = 0; }},
+      {"storage.summary_arrays", [](auto& p, auto&) { p.storage.summary_arrays = 5; }},
+      {"storage.summary_offset/stride[1]",
+       [](auto& p, auto&) { p.storage.summary_stride[1] = p.storage.summary_bytes; }},
+      {"summary_dst[1]", [](auto& p, auto&) { p.summary_dst[1] = nullptr; }},
       {"num_layers", [](auto& p, auto&) { p.num_layers = 0; }},
       {"num_kv_heads", [](auto& p, auto&) { p.num_kv_heads = 0; }},
       {"layer", [](auto& p, auto&) { p.layer = 2; }},

@@ -21,8 +21,8 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/estimation.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

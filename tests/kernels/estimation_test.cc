@@ -13,7 +13,7 @@
 #include "gtest/gtest.h"
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 
 namespace kvtier {
 namespace {

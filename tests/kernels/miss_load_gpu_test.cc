@@ -11,7 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/miss_load.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_handles.h"
+#include "kernels/base/cuda_handles.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

@@ -19,8 +19,8 @@
 #include "gtest/gtest.h"
 #include "kernels/page_copy.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/status.h"
 #include "tests/testing/aligned_bytes.h"
 #include "tests/testing/gpu_test_util.h"
 

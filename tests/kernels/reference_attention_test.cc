@@ -18,7 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/decode_attention.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 #include "tbb/global_control.h"
 
 namespace kvtier {

@@ -19,8 +19,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/token_pack.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

@@ -4,7 +4,7 @@
 
 #include "gtest/gtest.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_device.h"
+#include "kernels/base/cuda_device.h"
 
 namespace kvtier {
 namespace {

@@ -47,7 +47,7 @@
 #include "absl/types/span.h"
 #include "gtest/gtest.h"
 #include "kernels/block_select.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 #include "runtime/core/options.h"
 #include "runtime/core/tensor.h"
 #include "runtime/kv_cache.h"

@@ -24,7 +24,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "runtime/core/cuda_handles.h"
+#include "kernels/base/cuda_handles.h"
 #include "runtime/kv_cache.h"
 #include "tests/runtime/runtime_test_util.h"
 #include "tests/testing/gpu_test_util.h"

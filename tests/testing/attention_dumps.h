@@ -12,7 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/block_summary.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 #include "tools/workload/attention_dump.h"
 
 namespace kvtier::testing_util {

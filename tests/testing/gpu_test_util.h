@@ -14,9 +14,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/cuda_handles.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/status.h"
 
 // `ASSERT_OK(LaunchX(p, stream));`: a fatal failure of the calling test, with the expression
 // and its status, when the absl::Status is not OK.

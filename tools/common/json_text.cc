@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
 namespace kvtier::tools {
@@ -36,6 +37,25 @@ std::string JsonString(absl::string_view s) {
 std::string JsonNumber(double value) {
   if (!std::isfinite(value)) return "null";
   return absl::StrFormat("%.6g", value);
+}
+
+JsonObject& JsonObject::Raw(absl::string_view key, absl::string_view raw) {
+  out_ << (first_ ? "{\n" : ",\n") << std::string(indent_ + 2, ' ') << JsonString(key) << ": "
+       << raw;
+  first_ = false;
+  return *this;
+}
+
+JsonObject& JsonObject::Int(absl::string_view key, int64_t value) {
+  return Raw(key, absl::StrCat(value));
+}
+
+void JsonObject::Close() {
+  if (first_) {
+    out_ << "{}";
+  } else {
+    out_ << "\n" << std::string(indent_, ' ') << "}";
+  }
 }
 
 }  // namespace kvtier::tools

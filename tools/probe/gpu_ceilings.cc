@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/status.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -23,8 +23,8 @@
 #include "kernels/page_copy.h"
 #include "offload/numa_topology.h"
 #include "offload/pinned_buffer.h"
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_handles.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_handles.h"
 #endif
 
 namespace kvtier::probe {

@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "offload/numa_topology.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 
 namespace kvtier::probe {
 namespace {

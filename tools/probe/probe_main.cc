@@ -20,7 +20,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "runtime/core/cuda_device.h"
+#include "kernels/base/cuda_device.h"
 #include "tools/probe/gpu_ceilings.h"
 #include "tools/probe/host_ceilings.h"
 #include "tools/probe/probe_report.h"

@@ -7,7 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/core/cuda_device.h"
+#include "tools/common/attention_accuracy.h"
 
 namespace kvtier::replay {
 namespace {
@@ -97,20 +97,6 @@ const char* PolicyChoiceName(PolicyChoice policy) {
   return "unknown";
 }
 
-DeviceFacts QueryDeviceFacts(int device) {
-  DeviceFacts facts;
-#ifdef KVTIER_WITH_CUDA
-  facts.cuda_built = true;
-#endif
-  facts.cuda_devices = CudaDeviceCount();
-  if (facts.cuda_devices > 0) {
-    if (absl::StatusOr<GpuInfo> info = QueryGpu(device); info.ok()) {
-      facts.free_gpu_bytes = info->free_memory_bytes;
-    }
-  }
-  return facts;
-}
-
 absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const DeviceFacts& facts) {
   Problems p;
   ReplayConfig c;
@@ -176,12 +162,41 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   c.seed = flags.seed;
 
   // Selection and cache.
+  const bool index_ok = tools::ParseIndexKind(flags.index, &c.index);
+  if (!index_ok) p.Add("index", flags.index, "allowed page_bounds or wave");
+  const bool page_bounds = index_ok && c.index == IndexKind::kPageBounds;
   if (flags.budget < 1) p.Add("budget", flags.budget, "must be >= 1 page");
   if (!(flags.mass_target >= 0 && flags.mass_target <= 1)) {
     p.Add("mass_target", Num(flags.mass_target), "must be 0 (top-budget by count) or in (0, 1]");
+  } else if (page_bounds && flags.mass_target > 0) {
+    p.Add("mass_target", Num(flags.mass_target),
+          "the page_bounds index selects by count only (a bound is not a mass): use 0, or "
+          "--index=wave");
   }
   c.budget_pages = flags.budget;
   c.mass_target = flags.mass_target;
+  const bool estimate_pages_ok = flags.estimate_pages >= 0;
+  const bool estimate_fraction_ok = flags.estimate_fraction >= 0 && flags.estimate_fraction <= 1;
+  if (!estimate_pages_ok) {
+    p.Add("estimate_pages", flags.estimate_pages, "must be >= 0 (0: no estimation zone)");
+  }
+  if (!estimate_fraction_ok) {
+    p.Add("estimate_fraction", Num(flags.estimate_fraction),
+          "must be in [0, 1] (a share of the cold tokens; 0: no estimation zone)");
+  }
+  if (estimate_pages_ok && estimate_fraction_ok && flags.estimate_pages > 0 &&
+      flags.estimate_fraction > 0) {
+    p.AddText(absl::StrCat("--estimate_pages=", flags.estimate_pages, " and --estimate_fraction=",
+                           Num(flags.estimate_fraction), ": give at most one of them"));
+  } else if (page_bounds && (flags.estimate_pages > 0 || flags.estimate_fraction > 0)) {
+    if (flags.estimate_pages > 0) {
+      p.Add("estimate_pages", flags.estimate_pages,
+            "the page_bounds index has no estimation zone: use 0, or --index=wave");
+    } else {
+      p.Add("estimate_fraction", Num(flags.estimate_fraction),
+            "the page_bounds index has no estimation zone: use 0, or --index=wave");
+    }
+  }
   if (!ParsePolicy(flags.policy, &c.policy)) {
     p.Add("policy", flags.policy, "allowed lru, score, last or off");
   }
@@ -213,14 +228,7 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   // Backend and device.
   if (flags.device < 0) p.Add("device", flags.device, "must be >= 0");
   c.device_id = flags.device;
-  if (flags.backend == "auto") {
-    c.backend_auto = true;
-    c.backend = facts.cuda_built && facts.cuda_devices > 0 ? Backend::kCuda : Backend::kHost;
-  } else if (flags.backend == "cuda") {
-    c.backend = Backend::kCuda;
-  } else if (flags.backend == "host") {
-    c.backend = Backend::kHost;
-  } else {
+  if (!tools::ParseBackend(flags.backend, facts, &c.backend, &c.backend_auto)) {
     p.Add("backend", flags.backend, "allowed auto, cuda or host");
   }
   if (!(flags.gpu_memory_gib >= 0 && std::isfinite(flags.gpu_memory_gib))) {
@@ -246,15 +254,10 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   if (!p.empty()) return p.ToStatus();
 
   // Everything parsed: resolve what depends on the backend and the sizes.
-  if (c.backend == Backend::kCuda && !facts.cuda_built) {
-    return absl::FailedPreconditionError(
-        "--backend=cuda: this kvtier-replay was built without CUDA (KVTIER_WITH_CUDA=OFF); use "
-        "--backend=host or auto");
-  }
-  if (c.backend == Backend::kCuda && facts.cuda_devices <= c.device_id) {
-    return absl::FailedPreconditionError(absl::StrCat("--backend=cuda: no CUDA device ",
-                                                      c.device_id, " (", facts.cuda_devices,
-                                                      " visible); use --backend=host or auto"));
+  if (absl::Status available =
+          tools::CheckBackendAvailable(c.backend, facts, c.device_id, "kvtier-replay");
+      !available.ok()) {
+    return available;
   }
   c.steps = flags.steps > 0 ? flags.steps
                             : (c.backend == Backend::kCuda ? kDefaultCudaSteps : kDefaultHostSteps);
@@ -275,6 +278,14 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   // At most one check per distinct triple, and per step.
   const int64_t triples = int64_t{c.batch} * c.shape.num_layers * c.shape.num_kv_heads;
   c.accuracy_samples = static_cast<int>(std::min<int64_t>(flags.accuracy_samples, triples));
+  // The estimation zone in pages: a share of the cold tokens at the last step, rounded up.
+  c.estimate_pages = flags.estimate_pages;
+  if (flags.estimate_fraction > 0) {
+    const int64_t cold =
+        tools::ColdTokens(c.final_tokens(), c.page_size, c.sink_tokens, c.window_tokens);
+    c.estimate_pages = static_cast<int>(
+        std::ceil(flags.estimate_fraction * static_cast<double>(cold) / c.page_size));
+  }
   c.accuracy_steps = std::min(flags.accuracy_steps, c.steps);
   if (c.accuracy_samples == 0 || c.accuracy_steps == 0) c.accuracy_samples = c.accuracy_steps = 0;
 
@@ -307,6 +318,8 @@ absl::StatusOr<Options> MakeOptions(const ReplayConfig& c) {
   o.window_tokens = c.window_tokens;
   o.budget.max_pages = c.budget_pages;
   o.budget.mass_target = c.mass_target;
+  o.budget.estimate_pages = c.estimate_pages;
+  o.index = c.index;
   o.cache_slots_per_budget = c.cache_slots_per_budget;
   switch (c.policy) {
     case PolicyChoice::kLru:

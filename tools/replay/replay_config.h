@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "runtime/core/options.h"
+#include "tools/common/tool_flags.h"
 
 namespace kvtier::replay {
 
@@ -50,13 +51,19 @@ struct ReplayFlags {
   int query_heads = 0;
   int kv_heads = 0;
   int head_dim = 0;
-  std::string dtype = "bf16";  // bf16 or fp16
-  int64_t context = 4096;      // prompt tokens per sequence
-  int batch = 4;               // sequences, all decoded together
-  int steps = 0;               // timed decode steps; 0: 16 on the host backend, 128 on CUDA
-  int warmup_steps = 1;        // decode steps run first, untimed and left out of the stats
-  int budget = 64;             // pages the index selects per (sequence, layer, KV head)
-  double mass_target = 0;      // 0: select `budget` pages; in (0, 1]: the fewest reaching it
+  std::string dtype = "bf16";         // bf16 or fp16
+  int64_t context = 4096;             // prompt tokens per sequence
+  int batch = 4;                      // sequences, all decoded together
+  int steps = 0;                      // timed decode steps; 0: 16 on the host backend, 128 on CUDA
+  int warmup_steps = 1;               // decode steps run first, untimed and left out of the stats
+  std::string index = "page_bounds";  // the block index: page_bounds or wave
+  int budget = 64;                    // pages the index selects per (sequence, layer, KV head)
+  double mass_target = 0;             // 0: select `budget` pages; in (0, 1]: the fewest reaching it
+  // The estimation zone (index wave only): pages ranked below the retrieved ones that are
+  // estimated instead of attended. At most one of the two may be non-zero; the fraction is of
+  // the cold (offloaded) tokens a sequence holds after the last step, rounded up to pages.
+  int estimate_pages = 0;
+  double estimate_fraction = 0;
   std::string policy = "score";
   double cache_slots = 4.0;  // page-cache slots per (sequence, layer, KV head) / budget
   double score_decay = 0.99;
@@ -82,8 +89,10 @@ struct ReplayConfig {
   int batch = 0;
   int steps = 0;         // timed decode steps
   int warmup_steps = 0;  // decode steps before them, untimed, not in the stats
+  IndexKind index = IndexKind::kPageBounds;
   int budget_pages = 0;
   double mass_target = 0;
+  int estimate_pages = 0;  // Options::budget.estimate_pages, resolved from either flag
   PolicyChoice policy = PolicyChoice::kScore;
   double cache_slots_per_budget = 0;
   float score_decay = 0;
@@ -106,13 +115,8 @@ struct ReplayConfig {
 };
 
 // What the machine offers, for resolving "auto" (tests pass their own).
-struct DeviceFacts {
-  bool cuda_built = false;     // KVTIER_WITH_CUDA
-  int cuda_devices = 0;        // usable devices
-  int64_t free_gpu_bytes = 0;  // on the chosen device (0 when unknown)
-};
-// The facts of this process: CudaDeviceCount() and QueryGpu(device).
-DeviceFacts QueryDeviceFacts(int device);
+using tools::DeviceFacts;
+using tools::QueryDeviceFacts;
 
 // Checks every flag and resolves presets and defaults. InvalidArgument listing every bad flag
 // as "--flag=value: what is allowed" separated by "; "; FailedPrecondition for

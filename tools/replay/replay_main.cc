@@ -44,12 +44,22 @@ ABSL_FLAG(int32_t, steps, kDefaults.steps,
           "timed decode steps (0: 16 on the host backend, 128 on CUDA)");
 ABSL_FLAG(int32_t, warmup_steps, kDefaults.warmup_steps,
           "decode steps before the timed ones (untimed, not in the statistics)");
+ABSL_FLAG(std::string, index, kDefaults.index,
+          "block index: page_bounds (per-page key min/max, Quest) or wave (clustered, with "
+          "selection by estimated mass and an estimation zone)");
 ABSL_FLAG(int32_t, budget, kDefaults.budget,
           "pages the index selects per (sequence, layer, KV head) and step");
 ABSL_FLAG(double, mass_target, kDefaults.mass_target,
           "0: select --budget pages; in (0, 1]: the fewest pages holding this estimated share "
-          "of the attention mass, at most --budget (needs a centroid index: the page-bounds "
-          "index of this runtime refuses it)");
+          "of the attention mass, at most --budget (--index=wave only: a page bound is not a "
+          "mass)");
+ABSL_FLAG(int32_t, estimate_pages, kDefaults.estimate_pages,
+          "--index=wave: pages ranked below the retrieved ones that are estimated from their "
+          "centroid and value sum instead of attended (0: no estimation zone)");
+ABSL_FLAG(double, estimate_fraction, kDefaults.estimate_fraction,
+          "--index=wave: the estimation zone as a share of the cold (offloaded) tokens a "
+          "sequence holds after the last step, rounded up to pages (instead of "
+          "--estimate_pages)");
 ABSL_FLAG(std::string, policy, kDefaults.policy,
           "page-cache policy: lru, score (lowest accumulated attention mass), last (cache = "
           "last step's selection) or off (no cache)");
@@ -98,8 +108,11 @@ ReplayFlags ReadFlags() {
   f.batch = absl::GetFlag(FLAGS_batch);
   f.steps = absl::GetFlag(FLAGS_steps);
   f.warmup_steps = absl::GetFlag(FLAGS_warmup_steps);
+  f.index = absl::GetFlag(FLAGS_index);
   f.budget = absl::GetFlag(FLAGS_budget);
   f.mass_target = absl::GetFlag(FLAGS_mass_target);
+  f.estimate_pages = absl::GetFlag(FLAGS_estimate_pages);
+  f.estimate_fraction = absl::GetFlag(FLAGS_estimate_fraction);
   f.policy = absl::GetFlag(FLAGS_policy);
   f.cache_slots = absl::GetFlag(FLAGS_cache_slots);
   f.score_decay = absl::GetFlag(FLAGS_score_decay);
@@ -124,7 +137,8 @@ int Run(int argc, char** argv) {
       "LLM-like workload and reports throughput, hit rate, PCIe traffic, step time against its "
       "bound and accuracy against exact attention.\n"
       "Usage: kvtier-replay [--model=llama-3-8b] [--context=N] [--batch=N] [--steps=N] "
-      "[--budget=PAGES] [--policy=lru|score|last|off] [--backend=auto|cuda|host] [--json]");
+      "[--index=page_bounds|wave] [--budget=PAGES] [--estimate_pages=N] "
+      "[--policy=lru|score|last|off] [--backend=auto|cuda|host] [--json]");
   absl::FlagsUsageConfig usage;
   usage.contains_help_flags = [](absl::string_view file) {
     return absl::StrContains(file, "replay_main");

@@ -9,42 +9,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "tools/common/json_text.h"
+#include "tools/common/tool_flags.h"
 
 namespace kvtier::replay {
 namespace {
 
+using tools::BackendName;
 using tools::JsonNumber;
+using tools::JsonObject;
 using tools::JsonString;
-
-// Writes `"key": value` pairs of one object, commas between, on one line each.
-class JsonObject {
- public:
-  JsonObject(std::ostream& out, int indent) : out_(out), indent_(indent) {}
-  JsonObject& Raw(absl::string_view key, absl::string_view raw) {
-    out_ << (first_ ? "{\n" : ",\n") << std::string(indent_ + 2, ' ') << JsonString(key) << ": "
-         << raw;
-    first_ = false;
-    return *this;
-  }
-  JsonObject& Num(absl::string_view key, double value) { return Raw(key, JsonNumber(value)); }
-  JsonObject& Int(absl::string_view key, int64_t value) { return Raw(key, absl::StrCat(value)); }
-  JsonObject& Str(absl::string_view key, absl::string_view value) {
-    return Raw(key, JsonString(value));
-  }
-  JsonObject& Bool(absl::string_view key, bool value) { return Raw(key, value ? "true" : "false"); }
-  void Close() {
-    if (first_) {
-      out_ << "{}";
-    } else {
-      out_ << "\n" << std::string(indent_, ' ') << "}";
-    }
-  }
-
- private:
-  std::ostream& out_;
-  int indent_;
-  bool first_ = true;
-};
 
 // Three significant digits or so: 3015, 54.8, 2.80, 0.512, 0.000123.
 std::string Sig(double value) {
@@ -63,8 +36,6 @@ std::string Share(double share) {
 }
 
 std::string Percent(double share) { return absl::StrFormat("%.1f %%", 100 * share); }
-
-const char* BackendName(Backend backend) { return backend == Backend::kCuda ? "cuda" : "host"; }
 
 std::string ShapeText(const ModelShape& s) {
   return absl::StrCat(s.num_layers, " layers, ", s.num_query_heads, " query heads, ",
@@ -130,6 +101,7 @@ ReplaySummary Summarize(const ReplayResult& r) {
       s.mean_oracle_mass_captured += a.oracle_mass_captured / s.accuracy_samples;
       s.min_mass_captured = std::min(s.min_mass_captured, a.min_mass_captured);
       s.mean_output_error += a.output_error / s.accuracy_samples;
+      s.mean_estimated_tokens += static_cast<double>(a.estimated_tokens) / s.accuracy_samples;
       s.max_output_error = MaxNan(s.max_output_error, a.output_error);
       s.max_restricted_error = MaxNan(s.max_restricted_error, a.restricted_error);
     }
@@ -152,8 +124,10 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
       absl::StrCat("batch ", c.batch, " x ", c.context_tokens, " prompt tokens, ", c.warmup_steps,
                    " warm-up + ", c.steps, " timed decode steps, seed ", c.seed));
   row("selection",
-      absl::StrCat("budget ", c.budget_pages, " pages of ", c.page_size, " tokens",
+      absl::StrCat(IndexKindName(c.index), " index, budget ", c.budget_pages, " pages of ",
+                   c.page_size, " tokens",
                    c.mass_target > 0 ? absl::StrCat(" (mass target ", c.mass_target, ")") : "",
+                   c.estimate_pages > 0 ? absl::StrCat(", ", c.estimate_pages, " estimated") : "",
                    "; hot set ", c.sink_tokens, " sink + ", c.window_tokens, " window tokens"));
   row("page cache",
       absl::StrCat(PolicyChoiceName(c.policy), " (", CachePolicyName(o.cache_policy),
@@ -205,9 +179,14 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
                                             " mean (hot set + the best pages by exact mass)"));
     row("output error", absl::StrCat(Sig(s.mean_output_error), " mean, ", Sig(s.max_output_error),
                                      " max (relative L2 per query head)"));
-    row("error given selection", absl::StrCat(Sig(s.max_restricted_error),
-                                              " max (against exact attention over the same "
-                                              "tokens: rounding only)"));
+    if (c.estimate_pages > 0) {
+      row("estimated",
+          absl::StrCat(Sig(s.mean_estimated_tokens), " tokens mean (estimation zone, per sample)"));
+    }
+    row("error given selection",
+        absl::StrCat(Sig(s.max_restricted_error),
+                     " max (against exact attention over the same tokens: rounding only",
+                     c.estimate_pages > 0 ? ", plus the estimation zone's estimate)" : ")"));
     if (per_sample) {
       out << absl::StrFormat("  %5s %4s %5s %4s %7s %8s %5s %5s %8s %8s %9s %9s\n", "step", "seq",
                              "layer", "head", "tokens", "captured", "pages", "hits", "mass",
@@ -242,8 +221,10 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
       .Int("batch", c.batch)
       .Int("steps", c.steps)
       .Int("warmup_steps", c.warmup_steps)
+      .Str("index", IndexKindName(c.index))
       .Int("budget_pages", c.budget_pages)
       .Num("mass_target", c.mass_target)
+      .Int("estimate_pages", c.estimate_pages)
       .Str("policy", PolicyChoiceName(c.policy))
       .Num("cache_slots_per_budget", c.cache_slots_per_budget)
       .Num("score_decay", c.score_decay)
@@ -327,20 +308,22 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
       .Num("min_mass_captured", s.min_mass_captured)
       .Num("mean_output_error", s.mean_output_error)
       .Num("max_output_error", s.max_output_error)
-      .Num("max_restricted_error", s.max_restricted_error);
+      .Num("max_restricted_error", s.max_restricted_error)
+      .Num("mean_estimated_tokens", s.mean_estimated_tokens);
   std::string samples = "[";
   for (size_t i = 0; i < r.samples.size(); ++i) {
     const AccuracySample& a = r.samples[i];
-    absl::StrAppend(
-        &samples, i == 0 ? "\n" : ",\n", "    {\"step\": ", a.step, ", \"sequence\": ", a.sequence,
-        ", \"layer\": ", a.layer, ", \"kv_head\": ", a.kv_head, ", \"tokens\": ", a.tokens,
-        ", \"captured_tokens\": ", a.captured_tokens, ", \"selected_pages\": ", a.selected_pages,
-        ", \"hits\": ", a.hits, ", \"misses\": ", a.misses,
-        ", \"mass_captured\": ", JsonNumber(a.mass_captured),
-        ", \"oracle_mass_captured\": ", JsonNumber(a.oracle_mass_captured),
-        ", \"min_mass_captured\": ", JsonNumber(a.min_mass_captured),
-        ", \"output_error\": ", JsonNumber(a.output_error),
-        ", \"restricted_error\": ", JsonNumber(a.restricted_error), "}");
+    absl::StrAppend(&samples, i == 0 ? "\n" : ",\n", "    {\"step\": ", a.step,
+                    ", \"sequence\": ", a.sequence, ", \"layer\": ", a.layer,
+                    ", \"kv_head\": ", a.kv_head, ", \"tokens\": ", a.tokens,
+                    ", \"captured_tokens\": ", a.captured_tokens,
+                    ", \"selected_pages\": ", a.selected_pages, ", \"hits\": ", a.hits,
+                    ", \"misses\": ", a.misses, ", \"estimated_tokens\": ", a.estimated_tokens,
+                    ", \"mass_captured\": ", JsonNumber(a.mass_captured),
+                    ", \"oracle_mass_captured\": ", JsonNumber(a.oracle_mass_captured),
+                    ", \"min_mass_captured\": ", JsonNumber(a.min_mass_captured),
+                    ", \"output_error\": ", JsonNumber(a.output_error),
+                    ", \"restricted_error\": ", JsonNumber(a.restricted_error), "}");
   }
   samples += r.samples.empty() ? "]" : "\n  ]";
   accuracy.Raw("samples", samples);

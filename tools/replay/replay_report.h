@@ -39,7 +39,8 @@ struct ReplaySummary {
   double min_mass_captured = 0;          // over samples and query heads
   double mean_output_error = 0;
   double max_output_error = 0;
-  double max_restricted_error = 0;
+  double max_restricted_error = 0;   // includes the estimate's error with an estimation zone
+  double mean_estimated_tokens = 0;  // per sample: tokens the estimation zone stood for
 };
 
 ReplaySummary Summarize(const ReplayResult& result);

@@ -14,19 +14,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "runtime/core/cuda_device.h"
-#include "runtime/core/status.h"
+#include "kernels/base/cuda_device.h"
+#include "kernels/base/status.h"
 #include "runtime/kv_cache.h"
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
+#include "tools/common/attention_accuracy.h"
 #include "tools/workload/synthetic_kv.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_profiler_api.h>
 #include <cuda_runtime_api.h>
 
-#include "runtime/core/cuda_check.h"
-#include "runtime/core/cuda_handles.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_handles.h"
 #endif
 
 namespace kvtier::replay {
@@ -271,19 +272,6 @@ std::string DescribeDevice(const ReplayConfig& c) {
   return absl::StrCat("host (", tbb::this_task_arena::max_concurrency(), " threads)");
 }
 
-// Whether the token at `t` of a sequence of `tokens` is in the hot set. The runtime keeps it
-// in whole pages: the first sink_tokens / P pages and the last window_tokens / P pages, the
-// partly filled last page counting as one (kv_cache_impl.cc: cold pages are [S, max(S, n - W))
-// of n pages).
-bool IsHot(const Options& o, int64_t t, int64_t tokens) {
-  const int64_t p = o.page_size;
-  const int64_t sink_pages = o.sink_tokens / p;
-  const int64_t pages = (tokens + p - 1) / p;
-  const int64_t cold_end = std::max(sink_pages, pages - o.window_tokens / p);
-  const int64_t page = t / p;
-  return page < sink_pages || page >= cold_end;
-}
-
 absl::Status Prefill(const ReplayConfig& c, const workload::SyntheticWorkload& workload,
                      KvCache& cache, const std::vector<SeqId>& seqs, cudaStream_t stream,
                      Shadows& shadows, const ProgressFn& progress) {
@@ -318,90 +306,31 @@ absl::Status Prefill(const ReplayConfig& c, const workload::SyntheticWorkload& w
   return absl::OkStatus();
 }
 
-}  // namespace
-
-void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_scale, const void* q,
-                     const void* k, const void* v, int64_t tokens, int64_t kv_row_stride,
-                     const float* out, const std::vector<bool>& captured, AccuracySample* sample,
-                     int page_size, const std::vector<bool>* hot) {
-  const bool oracle = hot != nullptr && page_size > 0;
-  const int64_t pages = oracle ? (tokens + page_size - 1) / page_size : 0;
-  std::vector<double> page_mass(static_cast<size_t>(pages), 0.0);  // cold pages, G heads summed
-  double hot_mass = 0;                                             // G heads summed
-  const int64_t d = head_dim;
-  std::vector<double> logits(static_cast<size_t>(tokens));
-  std::vector<double> exact(d), restricted(d), qf(d);
-  sample->tokens = tokens;
-  sample->captured_tokens = std::count(captured.begin(), captured.begin() + tokens, true);
+// A sample's figures from the shared measure: means and extremes over the G query heads.
+void FillSample(const tools::GroupAccuracy& group, AccuracySample* sample) {
+  const double g = static_cast<double>(group.heads.size());
+  sample->tokens = group.tokens;
+  sample->captured_tokens = group.captured_tokens;
   sample->mass_captured = 0;
   sample->min_mass_captured = 1;
+  sample->oracle_mass_captured = 0;
   sample->output_error = 0;
   sample->restricted_error = 0;
-  const auto rel_error = [d](const float* got, const std::vector<double>& want) {
-    double diff = 0, norm = 0;
-    for (int64_t i = 0; i < d; ++i) {
-      diff += (got[i] - want[i]) * (got[i] - want[i]);
-      norm += want[i] * want[i];
-    }
-    // NaN (an unwritten output) stays NaN; an all-zero reference compares absolutely.
-    return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  // std::max drops a NaN second argument: keep NaN visible.
+  const auto max_nan = [](double a, double b) {
+    return std::isnan(a) || std::isnan(b) ? std::numeric_limits<double>::quiet_NaN()
+                                          : std::max(a, b);
   };
-  for (int g = 0; g < group_size; ++g) {
-    for (int64_t i = 0; i < d; ++i) qf[i] = LoadAsFloat(dtype, q, g * d + i);
-    double max_logit = -std::numeric_limits<double>::infinity();
-    for (int64_t t = 0; t < tokens; ++t) {
-      double dot = 0;
-      for (int64_t i = 0; i < d; ++i) dot += qf[i] * LoadAsFloat(dtype, k, t * kv_row_stride + i);
-      logits[t] = dot * softmax_scale;
-      max_logit = std::max(max_logit, logits[t]);
-    }
-    double total = 0, kept = 0;
-    std::fill(exact.begin(), exact.end(), 0.0);
-    std::fill(restricted.begin(), restricted.end(), 0.0);
-    for (int64_t t = 0; t < tokens; ++t) {
-      const double w = std::exp(logits[t] - max_logit);
-      total += w;
-      if (captured[t]) kept += w;
-      for (int64_t i = 0; i < d; ++i) {
-        const double wv = w * LoadAsFloat(dtype, v, t * kv_row_stride + i);
-        exact[i] += wv;
-        if (captured[t]) restricted[i] += wv;
-      }
-    }
-    for (int64_t i = 0; i < d; ++i) {
-      exact[i] /= total;
-      restricted[i] = kept > 0 ? restricted[i] / kept : 0.0;
-    }
-    if (oracle) {
-      for (int64_t t = 0; t < tokens; ++t) {
-        const double share = std::exp(logits[t] - max_logit) / total;
-        if ((*hot)[t]) {
-          hot_mass += share;
-        } else {
-          page_mass[t / page_size] += share;
-        }
-      }
-    }
-    const double mass = kept / total;
-    sample->mass_captured += mass / group_size;
-    sample->min_mass_captured = std::min(sample->min_mass_captured, mass);
-    const float* o = out + g * d;
-    // std::max drops a NaN second argument: keep NaN visible.
-    const double err = rel_error(o, exact), rerr = rel_error(o, restricted);
-    sample->output_error = std::isnan(err) ? err : std::max(sample->output_error, err);
-    sample->restricted_error = std::isnan(rerr) ? rerr : std::max(sample->restricted_error, rerr);
-    if (std::isnan(err)) break;
-  }
-  if (oracle) {
-    const size_t best =
-        std::min(static_cast<size_t>(std::max(sample->selected_pages, 0)), page_mass.size());
-    std::partial_sort(page_mass.begin(), page_mass.begin() + best, page_mass.end(),
-                      std::greater<double>());
-    double mass = hot_mass;
-    for (size_t j = 0; j < best; ++j) mass += page_mass[j];
-    sample->oracle_mass_captured = mass / group_size;
+  for (const tools::HeadAccuracy& h : group.heads) {
+    sample->mass_captured += h.mass_captured / g;
+    sample->min_mass_captured = std::min(sample->min_mass_captured, h.mass_captured);
+    sample->oracle_mass_captured += h.oracle_mass / g;
+    sample->output_error = max_nan(sample->output_error, h.output_error);
+    sample->restricted_error = max_nan(sample->restricted_error, h.restricted_error);
   }
 }
+
+}  // namespace
 
 absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& progress) {
   ReplayResult result;
@@ -457,7 +386,8 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
   const int64_t d = c.shape.head_dim;
   const int64_t kv_row = int64_t{c.shape.num_kv_heads} * d;
   const float scale = o.EffectiveSoftmaxScale();
-  std::vector<bool> captured;
+  tools::ExactTokens exact;
+  bool derived_noted = false;
   for (int step = 0; step < total_steps; ++step) {
     if (step == c.warmup_steps) cache->ResetStats();
     const int timed_step = step - c.warmup_steps;
@@ -493,12 +423,12 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
       for (const Triple& t : triples) {
         KVTIER_ASSIGN_OR_RETURN(KvCache::CacheInspection inspection,
                                 cache->Inspect(seqs[t.sequence], t.layer, t.kv_head));
-        captured.assign(static_cast<size_t>(tokens), false);
-        for (int64_t i = 0; i < tokens; ++i) captured[i] = IsHot(o, i, tokens);
-        const std::vector<bool> hot = captured;
-        for (int32_t page : inspection.selected_pages) {
-          const int64_t end = std::min<int64_t>(tokens, (int64_t{page} + 1) * c.page_size);
-          for (int64_t i = int64_t{page} * c.page_size; i < end; ++i) captured[i] = true;
+        KVTIER_RETURN_IF_ERROR(tools::ExactTokensOf(inspection, o, tokens, &exact));
+        if (exact.derived && !derived_noted) {
+          result.notes.push_back(
+              "KvCache::Inspect reported no token positions: the accuracy samples take page j "
+              "as tokens [j P, (j + 1) P)");
+          derived_noted = true;
         }
         AccuracySample sample;
         sample.step = timed_step;
@@ -508,12 +438,25 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
         sample.selected_pages = static_cast<int>(inspection.selected_pages.size());
         sample.hits = inspection.hits;
         sample.misses = inspection.misses;
+        sample.estimated_tokens = inspection.estimated_tokens;
         const int64_t q_offset =
             (int64_t{t.sequence} * c.shape.num_query_heads + t.kv_head * g) * d;
-        MeasureAccuracy(c.shape.dtype, g, c.shape.head_dim, scale, buffers.q(t.layer) + q_offset,
-                        shadows.K(t.sequence, t.layer) + t.kv_head * d,
-                        shadows.V(t.sequence, t.layer) + t.kv_head * d, tokens, kv_row,
-                        buffers.out(t.layer) + q_offset, captured, &sample, c.page_size, &hot);
+        tools::GroupAttention group;
+        group.dtype = c.shape.dtype;
+        group.group_size = g;
+        group.head_dim = c.shape.head_dim;
+        group.softmax_scale = scale;
+        group.q = buffers.q(t.layer) + q_offset;
+        group.k = shadows.K(t.sequence, t.layer) + t.kv_head * d;
+        group.v = shadows.V(t.sequence, t.layer) + t.kv_head * d;
+        group.tokens = tokens;
+        group.kv_row_stride = kv_row;
+        group.out = buffers.out(t.layer) + q_offset;
+        group.captured = exact.captured;
+        group.hot = exact.hot;
+        group.page_size = c.page_size;
+        group.oracle_pages = sample.selected_pages;
+        FillSample(tools::MeasureGroupAccuracy(group), &sample);
         result.samples.push_back(sample);
       }
     }

@@ -11,8 +11,10 @@
 //
 // Accuracy is sampled, not exhaustive: at AccuracySteps(config), for `accuracy_samples`
 // (sequence, layer, KV head) triples drawn once (seeded) for the run, KvCache::Inspect gives
-// the pages the index selected, and the host recomputes exact attention over every token of
-// the triple in double precision from the generator's keys, values and queries.
+// the tokens the runtime attended exactly (hot set and selected positions), and the host
+// recomputes exact attention over every token of the triple in double precision from the
+// generator's keys, values and queries (tools/common/attention_accuracy.h, the measure
+// kvtier-accuracy reports too).
 #pragma once
 
 #include <cstdint>
@@ -36,9 +38,10 @@ struct AccuracySample {
   int sequence = 0;  // index in the batch
   int layer = 0;
   int kv_head = 0;
-  int64_t tokens = 0;           // tokens attended: context + step + 1
-  int64_t captured_tokens = 0;  // of them, in the hot set or a selected page
-  int selected_pages = 0;       // KvCache::Inspect of this step
+  int64_t tokens = 0;            // tokens attended: context + step + 1
+  int64_t captured_tokens = 0;   // of them, in the hot set or a selected page
+  int selected_pages = 0;        // KvCache::Inspect of this step
+  int64_t estimated_tokens = 0;  // tokens the estimation zone stood for (index wave)
   int hits = 0;
   int misses = 0;
   // Share of the exact attention mass (softmax over all tokens) on the captured tokens: the
@@ -84,17 +87,5 @@ using ProgressFn = std::function<void(absl::string_view phase, int64_t done, int
 // CUDA failures (Internal / Unavailable) for device buffers and copies.
 absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& config,
                                        const ProgressFn& progress = nullptr);
-
-// The exact-attention part of a sample, on host data: for one KV head's G query heads, `q`
-// [G, D], keys and values `k`, `v` [tokens, D] (row stride `kv_row_stride` elements; all of
-// `dtype`), the runtime's `out` [G, D] fp32 and the captured tokens (`captured[t]`), fills
-// tokens, captured_tokens, the masses and both errors of `sample`. With `hot` (the hot-set
-// tokens, whole pages of `page_size`), also the oracle's mass: the hot set plus the
-// sample->selected_pages other pages that hold the most exact attention mass (summed over
-// the G heads, as the index ranks them).
-void MeasureAccuracy(DType dtype, int group_size, int head_dim, float softmax_scale, const void* q,
-                     const void* k, const void* v, int64_t tokens, int64_t kv_row_stride,
-                     const float* out, const std::vector<bool>& captured, AccuracySample* sample,
-                     int page_size = 0, const std::vector<bool>* hot = nullptr);
 
 }  // namespace kvtier::replay

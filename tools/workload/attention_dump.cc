@@ -10,7 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/core/status.h"
+#include "kernels/base/status.h"
 
 namespace kvtier::workload {
 namespace {

@@ -76,7 +76,7 @@ class AttentionDump {
   float softmax_scale() const { return 1.0f / std::sqrt(static_cast<float>(head_dim_)); }
   int kv_head_of(int q_head) const { return q_head / group_size(); }
 
-  // float16 bit patterns (runtime/core/dtype.h: FP16ToFloat), C order.
+  // float16 bit patterns (kernels/base/dtype.h: FP16ToFloat), C order.
   absl::Span<const uint16_t> keys() const { return keys_; }        // [kv_heads, tokens, D]
   absl::Span<const uint16_t> values() const { return values_; }    // [kv_heads, tokens, D]
   absl::Span<const uint16_t> queries() const { return queries_; }  // [q_heads, queries, D]

@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "runtime/core/dtype.h"
-#include "runtime/core/status.h"
+#include "kernels/base/dtype.h"
+#include "kernels/base/status.h"
 
 namespace kvtier::workload {
 namespace {

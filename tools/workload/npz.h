@@ -79,7 +79,7 @@ class NpyArray {
   std::string Describe() const;
 
   // Typed copies of the elements, in C order. InvalidArgument when the type does not fit:
-  //  - Float16Bits: float16 only; the IEEE binary16 bit patterns (runtime/core/dtype.h
+  //  - Float16Bits: float16 only; the IEEE binary16 bit patterns (kernels/base/dtype.h
   //    converts them).
   //  - ToDouble: any float type, widened exactly.
   //  - ToInt64: bool and any integer type; OutOfRange for a uint64 above INT64_MAX.

@@ -95,8 +95,24 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"OnePageWindow", [](Options& o) { o.window_tokens = 16; }, {}},
         Case{"OnePageBudget", [](Options& o) { o.budget.max_pages = 1; }, {}},
         Case{"LargestBudget", [](Options& o) { o.budget.max_pages = 4096; }, {}},
-        Case{"MassTarget1", [](Options& o) { o.budget.mass_target = 1.0; }, {}},
-        Case{"MassTargetHalf", [](Options& o) { o.budget.mass_target = 0.5; }, {}},
+        Case{"MassTarget1",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.mass_target = 1.0;
+             },
+             {}},
+        Case{"MassTargetHalf",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.mass_target = 0.5;
+             },
+             {}},
+        Case{"WaveEstimationZone",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.estimate_pages = 512;
+             },
+             {}},
         Case{"CacheSlotsExactlyOneBudget", [](Options& o) { o.cache_slots_per_budget = 1.0; }, {}},
         Case{"LruPolicy", [](Options& o) { o.cache_policy = CachePolicy::kLeastRecentlyUsed; }, {}},
         Case{"LastStepSelectionPolicy",
@@ -210,6 +226,28 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"MassTargetAboveOne",
              [](Options& o) { o.budget.mass_target = 1.5; },
              {"budget.mass_target = 1.5"}},
+        Case{"PageBoundsMassTarget",
+             [](Options& o) { o.budget.mass_target = 0.5; },
+             {"budget.mass_target = 0.5", "index = wave"}},
+        Case{"PageBoundsEstimationZone",
+             [](Options& o) { o.budget.estimate_pages = 8; },
+             {"budget.estimate_pages = 8", "no estimation zone"}},
+        Case{"WaveNegativeEstimationZone",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.estimate_pages = -1;
+             },
+             {"budget.estimate_pages = -1"}},
+        Case{"WaveBudgetsAboveTheKernelsLimit",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.max_pages = 4000;
+               o.budget.estimate_pages = 100;
+             },
+             {"budget.estimate_pages = 100", "at most 4096"}},
+        Case{"UnknownIndexKind",
+             [](Options& o) { o.index = static_cast<IndexKind>(7); },
+             {"index = 7"}},
         Case{"NaNMassTarget",
              [](Options& o) { o.budget.mass_target = kNaN; },
              {"budget.mass_target = nan"}},

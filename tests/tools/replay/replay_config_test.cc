@@ -13,12 +13,15 @@
 
 #include "absl/status/status.h"
 #include "runtime/core/options.h"
+#include "tests/testing/json_checker.h"
 #include "tools/replay/replay_config.h"
 #include "tools/replay/replay_report.h"
 #include "tools/replay/replay_run.h"
 
 namespace kvtier::replay {
 namespace {
+
+using testing_util::JsonChecker;
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
@@ -248,8 +251,10 @@ TEST(ReplayConfigTest, TheRuntimesOwnLimitsHaveTheLastWord) {
 
 TEST(ReplayConfigTest, OptionsCarryTheRunsChoices) {
   ReplayFlags flags;
+  flags.index = "wave";
   flags.budget = 32;
   flags.mass_target = 0.9;
+  flags.estimate_pages = 48;
   flags.cache_slots = 2.5;
   flags.score_decay = 0.5;
   flags.sink = 32;
@@ -270,6 +275,8 @@ TEST(ReplayConfigTest, OptionsCarryTheRunsChoices) {
     EXPECT_EQ(o->cache_policy, policy) << name;
     EXPECT_EQ(o->budget.max_pages, 32);
     EXPECT_EQ(o->budget.mass_target, 0.9);
+    EXPECT_EQ(o->index, IndexKind::kWave);
+    EXPECT_EQ(o->budget.estimate_pages, 48);
     EXPECT_EQ(o->cache_slots_per_budget, 2.5);
     EXPECT_EQ(o->score_decay, 0.5f);
     EXPECT_EQ(o->sink_tokens, 32);
@@ -282,6 +289,72 @@ TEST(ReplayConfigTest, OptionsCarryTheRunsChoices) {
     EXPECT_EQ(o->shape.num_layers, 32);
     EXPECT_TRUE(ValidateOptions(*o).ok());
   }
+}
+
+// ---- index flags ---------------------------------------------------------------------------
+
+TEST(ReplayConfigTest, PageBoundsIsTheDefaultIndexWithoutEstimation) {
+  const ReplayConfig c = MustConfig(ReplayFlags{});
+  EXPECT_EQ(c.index, IndexKind::kPageBounds);
+  EXPECT_EQ(c.estimate_pages, 0);
+  absl::StatusOr<Options> o = MakeOptions(c);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->index, IndexKind::kPageBounds);
+  EXPECT_EQ(o->budget.estimate_pages, 0);
+}
+
+TEST(ReplayConfigTest, WaveIndexTakesAnEstimationZoneInPages) {
+  ReplayFlags flags;
+  flags.index = "wave";
+  flags.estimate_pages = 100;
+  const ReplayConfig c = MustConfig(flags);
+  EXPECT_EQ(c.index, IndexKind::kWave);
+  EXPECT_EQ(c.estimate_pages, 100);
+}
+
+TEST(ReplayConfigTest, EstimateFractionIsAShareOfTheColdTokensAtTheLastStep) {
+  ReplayFlags flags;
+  flags.index = "wave";
+  flags.context = 4096;
+  flags.steps = 15;
+  flags.warmup_steps = 1;  // 4112 tokens after the last step: 257 pages, 4 sink, 64 window
+  flags.estimate_fraction = 0.1;
+  const ReplayConfig c = MustConfig(flags);
+  EXPECT_EQ(c.final_tokens(), 4112);
+  // Cold pages [4, 257 - 64) = 189 pages = 3024 tokens; 10% = 302.4 tokens = 18.9 pages.
+  EXPECT_EQ(c.estimate_pages, 19);
+  EXPECT_EQ(MakeOptions(c)->budget.estimate_pages, 19);
+}
+
+TEST(ReplayConfigTest, IndexFlagsAreCheckedTogether) {
+  ReplayFlags flags;
+  flags.index = "quest";
+  flags.estimate_pages = -1;
+  flags.estimate_fraction = 1.5;
+  const std::string error = ErrorOf(flags, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(error, AllOf(HasSubstr("--index=quest: allowed page_bounds or wave"),
+                           HasSubstr("--estimate_pages=-1: must be >= 0"),
+                           HasSubstr("--estimate_fraction=1.5: must be in [0, 1]")));
+  flags.index = "wave";
+  flags.estimate_pages = 8;
+  flags.estimate_fraction = 0.1;
+  EXPECT_THAT(ErrorOf(flags, absl::StatusCode::kInvalidArgument),
+              HasSubstr("--estimate_pages=8 and --estimate_fraction=0.1: give at most one"));
+}
+
+TEST(ReplayConfigTest, PageBoundsRefusesAMassTargetAndAnEstimationZone) {
+  ReplayFlags flags;
+  flags.mass_target = 0.9;
+  flags.estimate_pages = 16;
+  const std::string error = ErrorOf(flags, absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(error, AllOf(HasSubstr("--mass_target=0.9: the page_bounds index selects by count"),
+                           HasSubstr("--estimate_pages=16: the page_bounds index has no "
+                                     "estimation zone")));
+  flags.mass_target = 0;
+  flags.estimate_pages = 0;
+  flags.estimate_fraction = 0.05;
+  EXPECT_THAT(ErrorOf(flags, absl::StatusCode::kInvalidArgument),
+              HasSubstr("--estimate_fraction=0.05: the page_bounds index has no estimation zone"));
 }
 
 TEST(ReplayConfigTest, OptionsAreSizedFromTheWorkload) {
@@ -352,85 +425,6 @@ TEST(ReplayConfigTest, AccuracySamplingIsClampedAndSwitchedOffTogether) {
 }
 
 // ---- report --------------------------------------------------------------------------------
-
-// A minimal JSON validator: true when `text` is one well-formed JSON value (objects, arrays,
-// strings, numbers, true/false/null).
-class JsonChecker {
- public:
-  explicit JsonChecker(const std::string& text) : s_(text) {}
-  bool Valid() {
-    Space();
-    if (!Value()) return false;
-    Space();
-    return i_ == s_.size();
-  }
-
- private:
-  void Space() {
-    while (i_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[i_]))) ++i_;
-  }
-  bool Eat(char c) {
-    Space();
-    if (i_ < s_.size() && s_[i_] == c) {
-      ++i_;
-      return true;
-    }
-    return false;
-  }
-  bool Literal(const char* word) {
-    const std::string w(word);
-    if (s_.compare(i_, w.size(), w) != 0) return false;
-    i_ += w.size();
-    return true;
-  }
-  bool String() {
-    if (!Eat('"')) return false;
-    while (i_ < s_.size() && s_[i_] != '"') {
-      if (static_cast<unsigned char>(s_[i_]) < 0x20) return false;
-      if (s_[i_] == '\\') ++i_;
-      ++i_;
-    }
-    return Eat('"');
-  }
-  bool Number() {
-    const size_t start = i_;
-    if (i_ < s_.size() && s_[i_] == '-') ++i_;
-    while (i_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[i_])) || s_[i_] == '.' ||
-                              s_[i_] == 'e' || s_[i_] == 'E' || s_[i_] == '+' || s_[i_] == '-')) {
-      ++i_;
-    }
-    return i_ > start && std::isdigit(static_cast<unsigned char>(s_[i_ - 1]));
-  }
-  bool Value() {
-    Space();
-    if (i_ >= s_.size()) return false;
-    const char c = s_[i_];
-    if (c == '{') {
-      ++i_;
-      if (Eat('}')) return true;
-      do {
-        Space();
-        if (!String() || !Eat(':') || !Value()) return false;
-      } while (Eat(','));
-      return Eat('}');
-    }
-    if (c == '[') {
-      ++i_;
-      if (Eat(']')) return true;
-      do {
-        if (!Value()) return false;
-      } while (Eat(','));
-      return Eat(']');
-    }
-    if (c == '"') return String();
-    if (c == 't') return Literal("true");
-    if (c == 'f') return Literal("false");
-    if (c == 'n') return Literal("null");
-    return Number();
-  }
-  const std::string& s_;
-  size_t i_ = 0;
-};
 
 TEST(JsonCheckerTest, TellsGoodFromBad) {
   EXPECT_TRUE(JsonChecker(R"({"a": [1, -2.5e3, "x\"y"], "b": {"c": null, "d": true}})").Valid());

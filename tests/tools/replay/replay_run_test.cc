@@ -1,7 +1,8 @@
 // kvtier-replay's driver end to end on the host backend, on a tiny model: the counters are
 // consistent, a budget that covers every page captures all the attention mass and matches
 // exact attention, and a small one captures less while the kernels stay exact given the
-// selection. Also the exact-attention measure on hand-made data.
+// selection. (The exact-attention measure itself is tested in
+// tests/tools/accuracy/attention_accuracy_test.cc.)
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -11,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 #include "tools/replay/replay_config.h"
 #include "tools/replay/replay_report.h"
 #include "tools/replay/replay_run.h"
@@ -163,74 +164,6 @@ TEST(ReplayRunTest, PolicyOffLoadsEverySelectedPage) {
   EXPECT_GT(r.decode.pages_selected, 0);
   EXPECT_EQ(r.decode.page_hits, 0);
   EXPECT_EQ(r.decode.page_misses, r.decode.pages_selected);
-}
-
-// ---- MeasureAccuracy on hand-made data -------------------------------------------------------
-
-// One query head of D 64 over three tokens whose logits are 0, log 2 and 0 (q . k / 8 at
-// scale 1/8), values e_0, e_1, e_2: exact weights 1/4, 1/2, 1/4.
-struct Tiny {
-  std::vector<uint16_t> q, k, v;
-  Tiny() : q(64), k(3 * 64), v(3 * 64) {
-    for (int i = 0; i < 64; ++i) q[i] = FloatToBF16(i == 0 ? 1.0f : 0.0f);
-    const float k0[3] = {0.0f, 8.0f * std::log(2.0f), 0.0f};
-    for (int t = 0; t < 3; ++t) {
-      for (int i = 0; i < 64; ++i) {
-        k[t * 64 + i] = FloatToBF16(i == 0 ? k0[t] : 0.0f);
-        v[t * 64 + i] = FloatToBF16(i == t ? 1.0f : 0.0f);
-      }
-    }
-  }
-  // The exact weights as bf16 rounding of log 2 leaves them.
-  std::vector<double> Weights() const {
-    const double l = BF16ToFloat(k[64]) / 8.0;
-    const double z = 2 + std::exp(l);
-    return {1 / z, std::exp(l) / z, 1 / z};
-  }
-};
-
-TEST(MeasureAccuracyTest, FullCaptureOfTheExactOutputIsErrorFree) {
-  Tiny t;
-  const std::vector<double> w = t.Weights();
-  std::vector<float> out(64, 0.0f);
-  for (int i = 0; i < 3; ++i) out[i] = static_cast<float>(w[i]);
-  AccuracySample s;
-  MeasureAccuracy(DType::kBF16, 1, 64, 1.0f / 8, t.q.data(), t.k.data(), t.v.data(), 3, 64,
-                  out.data(), {true, true, true}, &s);
-  EXPECT_EQ(s.tokens, 3);
-  EXPECT_EQ(s.captured_tokens, 3);
-  EXPECT_DOUBLE_EQ(s.mass_captured, 1.0);
-  EXPECT_DOUBLE_EQ(s.min_mass_captured, 1.0);
-  EXPECT_LT(s.output_error, 1e-6);
-  EXPECT_LT(s.restricted_error, 1e-6);
-}
-
-TEST(MeasureAccuracyTest, PartialCaptureMeasuresMassAndBothErrors) {
-  Tiny t;
-  const std::vector<double> w = t.Weights();
-  // The runtime attended tokens 0 and 1 only, exactly.
-  std::vector<float> out(64, 0.0f);
-  out[0] = static_cast<float>(w[0] / (w[0] + w[1]));
-  out[1] = static_cast<float>(w[1] / (w[0] + w[1]));
-  AccuracySample s;
-  MeasureAccuracy(DType::kBF16, 1, 64, 1.0f / 8, t.q.data(), t.k.data(), t.v.data(), 3, 64,
-                  out.data(), {true, true, false}, &s);
-  EXPECT_EQ(s.captured_tokens, 2);
-  EXPECT_NEAR(s.mass_captured, w[0] + w[1], 1e-12);
-  EXPECT_LT(s.restricted_error, 1e-6);
-  std::vector<double> diff = {out[0] - w[0], out[1] - w[1], -w[2]};
-  const double expected = std::sqrt((diff[0] * diff[0] + diff[1] * diff[1] + diff[2] * diff[2]) /
-                                    (w[0] * w[0] + w[1] * w[1] + w[2] * w[2]));
-  EXPECT_NEAR(s.output_error, expected, 1e-6);
-}
-
-TEST(MeasureAccuracyTest, AnUnwrittenOutputIsNaN) {
-  Tiny t;
-  std::vector<float> out(64, std::nanf(""));
-  AccuracySample s;
-  MeasureAccuracy(DType::kBF16, 1, 64, 1.0f / 8, t.q.data(), t.k.data(), t.v.data(), 3, 64,
-                  out.data(), {true, true, true}, &s);
-  EXPECT_TRUE(std::isnan(s.output_error));
 }
 
 }  // namespace

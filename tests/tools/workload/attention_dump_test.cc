@@ -23,8 +23,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/block_select.h"
-#include "runtime/core/dtype.h"
-#include "runtime/core/status.h"
+#include "kernels/base/dtype.h"
+#include "kernels/base/status.h"
 #include "tbb/parallel_for.h"
 #include "tools/workload/npz.h"
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "runtime/core/dtype.h"
+#include "kernels/base/dtype.h"
 #include "tools/workload/synthetic_kv.h"
 
 namespace kvtier::workload {

@@ -1,0 +1,181 @@
+#include "index/wave_index.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/base/status.h"
+#include "kernels/segment_cluster.h"
+
+namespace kvtier::internal {
+namespace {
+
+// Summary arrays of a page: mean key, value sum, token count, stored positions.
+enum SummaryArray { kKeyMean = 0, kValueSum = 1, kCount = 2, kPositions = 3 };
+
+// k-means as RetroInfer runs it: ~16 tokens a cluster, 10 Lloyd iterations.
+constexpr int kTokensPerCluster = 16;
+constexpr int kIterations = 10;
+
+class WaveIndex final : public BlockIndex {
+ public:
+  explicit WaveIndex(const IndexConfig& config) : config_(config) {
+    const int64_t d = config.head_dim;
+    const int64_t pages = config.max_pages;
+    const int64_t strides[4] = {d * static_cast<int64_t>(DTypeSize(config.dtype)), d * 4, 4,
+                                int64_t{config.page_size} * 4};
+    int64_t offset = 0;
+    layout_.arrays = 4;
+    for (int a = 0; a < 4; ++a) {
+      layout_.offset[a] = offset;
+      layout_.stride[a] = strides[a];
+      offset += pages * strides[a];
+    }
+    // Regions start 16-byte aligned (mean keys are read with 16-byte vectors).
+    layout_.bytes_per_page = (strides[0] + strides[1] + strides[2] + strides[3] + 15) / 16 * 16;
+    BlockSelectParams p = SelectParams(config.budget_pages + config.estimate_pages);
+    workspace_bytes_ = BlockSelectWorkspaceBytes(p);
+    SegmentClusterParams c = ClusterParams();
+    segment_workspace_bytes_ = SegmentClusterWorkspaceBytes(c);
+  }
+
+  IndexKind kind() const override { return IndexKind::kWave; }
+  const IndexConfig& config() const override { return config_; }
+  SummaryLayout layout() const override { return layout_; }
+  // Scoring reads the mean key and the count; the zone's value sums are extra (estimate).
+  int64_t scan_bytes_per_page() const override {
+    return layout_.stride[kKeyMean] + layout_.stride[kCount];
+  }
+  size_t workspace_bytes() const override { return workspace_bytes_; }
+
+  absl::Status Summarize(StepBackend& backend, const PageBatch& pages,
+                         cudaStream_t stream) const override {
+    PageSummaryParams p;
+    p.dtype = config_.dtype;
+    p.head_dim = config_.head_dim;
+    p.page_size = config_.page_size;
+    p.num_pages = pages.num_pages;
+    p.k_pages = pages.k_pages;
+    p.v_pages = pages.v_pages;
+    p.tokens = pages.tokens;
+    p.key_mean = pages.dst[kKeyMean];
+    p.value_sum = reinterpret_cast<float* const*>(pages.dst[kValueSum]);
+    p.count = reinterpret_cast<int32_t* const*>(pages.dst[kCount]);
+    return backend.PageSummaries(p, stream);
+  }
+
+  absl::Status Select(StepBackend& backend, const SelectBatch& batch,
+                      cudaStream_t stream) const override {
+    BlockSelectParams p = SelectParams(config_.budget_pages);
+    if (config_.mass_target > 0) {
+      p.mode = BlockSelectMode::kMassTarget;
+      p.mass_target = static_cast<float>(config_.mass_target);
+    }
+    p.num_items = batch.num_items;
+    p.q = batch.q;
+    p.block_begin = batch.block_begin;
+    p.block_end = batch.block_end;
+    p.key_mean = batch.summaries[kKeyMean];
+    p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
+    p.selected = batch.selected;
+    p.num_selected = batch.num_selected;
+    p.workspace = batch.workspace;
+    p.workspace_bytes = batch.workspace_bytes;
+    KVTIER_RETURN_IF_ERROR(backend.BlockSelect(p, stream));
+    if (config_.estimate_pages == 0) return absl::OkStatus();
+    // The zone: the top budget + estimate pages (a superset of the retrieved ones under top-k,
+    // and of a mass-target prefix, which ranks the same way).
+    p.mode = BlockSelectMode::kTopK;
+    p.k = zone_stride();
+    p.selected = batch.zone;
+    p.num_selected = batch.zone_count;
+    return backend.BlockSelect(p, stream);
+  }
+
+  bool estimates() const override { return config_.estimate_pages > 0; }
+  int zone_stride() const override {
+    return estimates() ? config_.budget_pages + config_.estimate_pages : 0;
+  }
+
+  absl::Status Estimate(StepBackend& backend, const EstimateBatch& batch,
+                        cudaStream_t stream) const override {
+    EstimationParams p;
+    p.dtype = config_.dtype;
+    p.head_dim = config_.head_dim;
+    p.group_size = config_.group_size;
+    p.softmax_scale = config_.softmax_scale;
+    p.num_items = batch.num_items;
+    p.q = batch.q;
+    p.cluster_ids = batch.zone;
+    p.list_count = batch.zone_count;
+    p.list_stride = zone_stride();
+    p.exclude_ids = batch.selected;
+    p.exclude_count = batch.num_selected;
+    p.exclude_stride = config_.budget_pages;
+    p.key_mean = batch.summaries[kKeyMean];
+    p.value_sum = reinterpret_cast<const float* const*>(batch.summaries[kValueSum]);
+    p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
+    p.out = batch.out;
+    p.lse = batch.lse;
+    return backend.Estimation(p, stream);
+  }
+
+  bool orders_segments() const override { return true; }
+  size_t segment_workspace_bytes() const override { return segment_workspace_bytes_; }
+  absl::Status OrderSegments(StepBackend& backend, const SegmentBatch& batch,
+                             cudaStream_t stream) const override {
+    SegmentClusterParams p = ClusterParams();
+    p.num_segments = batch.num_segments;
+    p.max_tokens = batch.max_tokens;
+    p.keys = batch.keys;
+    p.key_stride = batch.key_stride;
+    p.num_tokens = batch.num_tokens;
+    p.order = batch.order;
+    p.workspace = batch.workspace;
+    p.workspace_bytes = batch.workspace_bytes;
+    return backend.SegmentCluster(p, stream);
+  }
+  int position_array() const override { return kPositions; }
+
+ private:
+  BlockSelectParams SelectParams(int k) const {
+    BlockSelectParams p;
+    p.kind = BlockScoreKind::kCentroid;
+    p.mode = BlockSelectMode::kTopK;
+    p.dtype = config_.dtype;
+    p.head_dim = config_.head_dim;
+    p.group_size = config_.group_size;
+    p.softmax_scale = config_.softmax_scale;
+    p.num_items = config_.max_items;
+    p.max_blocks = config_.max_pages;
+    p.k = k;
+    return p;
+  }
+  SegmentClusterParams ClusterParams() const {
+    SegmentClusterParams p;
+    p.dtype = config_.dtype;
+    p.head_dim = config_.head_dim;
+    p.num_segments = config_.max_segments;
+    p.max_tokens = config_.max_segment_tokens;
+    p.tokens_per_cluster = kTokensPerCluster;
+    p.iterations = kIterations;
+    return p;
+  }
+
+  const IndexConfig config_;
+  SummaryLayout layout_;
+  size_t workspace_bytes_ = 0;
+  size_t segment_workspace_bytes_ = 0;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BlockIndex>> CreateWaveIndex(const IndexConfig& config) {
+  if (config.budget_pages + config.estimate_pages > kMaxSelectK) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "budget.max_pages + budget.estimate_pages = ", config.budget_pages + config.estimate_pages,
+        ": at most ", kMaxSelectK));
+  }
+  return std::unique_ptr<BlockIndex>(new WaveIndex(config));
+}
+
+}  // namespace kvtier::internal

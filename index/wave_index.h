@@ -1,0 +1,26 @@
+// The clustered ("wave") index, after RetroInfer. At prefill the cold tokens of each segment
+// (one KV head of a prefill piece, up to max_segment_tokens) are clustered on the GPU by
+// spherical k-means and stored cluster by cluster (SegmentBatch's order), so that each page
+// holds the keys of one or two neighbouring clusters; a page is the block. Per page the index
+// keeps its mean key, value sum and token count (block_summary.h's centroid) and the stored
+// tokens' positions. Pages that leave the window during decode join in position order with
+// the same summary (assignment to the nearest clusters would need a page of one cluster: a
+// token's page is fixed when its position is).
+//
+// Selection: each page's estimated attention mass, n e^{q.c / sqrt(D)} softmax-normalised and
+// summed over the query group (block_select.h, kCentroid): the top budget_pages (or the fewest
+// reaching mass_target, capped) are attended exactly; the next ones up to budget_pages +
+// estimate_pages in all form the estimation zone (kernels/estimation.h), merged by LSE.
+// With a budget that covers every candidate page nothing is estimated and attention is exact.
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "index/block_index.h"
+
+namespace kvtier::internal {
+
+absl::StatusOr<std::unique_ptr<BlockIndex>> CreateWaveIndex(const IndexConfig& config);
+
+}  // namespace kvtier::internal

@@ -1,0 +1,52 @@
+// How kvtier-accuracy shows its runs: a table for people, a JSON array for scripts (one
+// object per run, stable keys below), a CSV for sweeps, and the sweep's plot, drawn by
+// scripts/plot_accuracy.py with matplotlib.
+//
+// JSON keys of each object (numbers; null for NaN; "error" null or the failure's message):
+//   dump, index, backend, context, cold_tokens, budget_fraction, budget_pages,
+//   estimate_fraction, estimate_pages, mass_target, queries, query_heads,
+//   mean_output_error, p95_output_error, max_output_error, nonfinite_outputs,
+//   max_restricted_error, mean_mass_captured, min_mass_captured, mean_oracle_mass,
+//   needles_found, needles_planted, tokens_retrieved, tokens_estimated, seconds, error, notes
+// The CSV has the same columns except notes, in that order, one row per run.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "tools/accuracy/accuracy_config.h"
+#include "tools/accuracy/accuracy_run.h"
+
+namespace kvtier::accuracy {
+
+// The table: what ran (inputs, hot set, backend), one line per run, then failures and notes.
+void PrintTable(const AccuracyConfig& config, const std::vector<RunResult>& runs,
+                std::ostream& out);
+
+// One JSON array, one object per run.
+void PrintJson(const std::vector<RunResult>& runs, std::ostream& out);
+
+// The CSV (header line, then one line per run; fields quoted where they need it).
+void WriteCsv(const std::vector<RunResult>& runs, std::ostream& out);
+// The same into `path`. Internal naming the path when it cannot be written.
+absl::Status WriteCsvFile(const std::vector<RunResult>& runs, const std::string& path);
+
+// How the plot is drawn: `python` (an interpreter with matplotlib: a path, or a name looked
+// up on PATH) runs `script` with arguments CSV and PNG.
+struct PlotCommand {
+  std::string python;
+  std::string script;
+};
+// The interpreter: $KVTIER_PYTHON when set and not empty, else /usr/bin/python3 (Debian's,
+// where python3-matplotlib installs; the first python3 on PATH may be another one).
+std::string PlotPython();
+
+// Runs the plot command and waits for it. OK when it exits 0 and `png` exists afterwards;
+// otherwise FailedPrecondition saying what failed (the interpreter could not be started, it
+// exited with a status or a signal, or wrote nothing) and what to do. The script's own
+// messages go to this process's stderr.
+absl::Status Plot(const PlotCommand& command, const std::string& csv, const std::string& png);
+
+}  // namespace kvtier::accuracy
