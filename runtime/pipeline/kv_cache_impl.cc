@@ -214,6 +214,12 @@ absl::Status KvCacheImpl::AddSequence(SeqId seq) {
   KVTIER_RETURN_IF_ERROR(
       backend_->Fill(dir_last_use_ + row0 * plan_.cache_slots, 0, entries * 4, s));
   KVTIER_RETURN_IF_ERROR(backend_->Fill(dir_score_ + row0 * plan_.cache_slots, 0, entries * 4, s));
+  if (index_->position_array() >= 0) {
+    // Stored positions of 0 mean "position order": a reused slot starts without the
+    // previous sequence's layout.
+    const int64_t region = int64_t{plan_.max_pages} * plan_.summary_page_bytes;
+    KVTIER_RETURN_IF_ERROR(backend_->Fill(summaries_ + row0 * region, 0, rows * region, s));
+  }
   KVTIER_RETURN_IF_ERROR(backend_->Synchronize(s));
   free_slots_.pop_back();
   Sequence& sequence = sequences_[seq];
@@ -351,6 +357,56 @@ absl::StatusOr<KvCache::CacheInspection> KvCacheImpl::Inspect(SeqId seq, int lay
                                                 int64_t{counts[0]} * 4, nullptr));
     result.hits = counts[1];
     result.misses = counts[2];
+    // The tokens those pages hold: position order, or the index's stored positions.
+    const int32_t p = plan_.page_size;
+    const int64_t row = Row(it->second.slot, layer, kv_head);
+    const int pos_array = index_->position_array();
+    std::vector<int32_t> stored(static_cast<size_t>(p));
+    for (const int32_t page : result.selected_pages) {
+      bool ordered = false;
+      if (pos_array >= 0) {
+        KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(
+            stored.data(),
+            summaries_ + row * plan_.max_pages * plan_.summary_page_bytes +
+                summary_layout_.offset[pos_array] + page * summary_layout_.stride[pos_array],
+            int64_t{p} * 4, nullptr));
+        KVTIER_RETURN_IF_ERROR(backend_->Synchronize(nullptr));
+        ordered = stored[0] != 0;
+      }
+      for (int32_t r = 0; r < p; ++r) {
+        result.selected_positions.push_back(ordered ? int64_t{stored[r]} - 1
+                                                    : int64_t{page} * p + r);
+      }
+    }
+    std::sort(result.selected_positions.begin(), result.selected_positions.end());
+    if (index_->estimates()) {
+      const int stride = index_->zone_stride();
+      int32_t zone_count = 0;
+      KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(&zone_count, a.zone_count + item, 4, nullptr));
+      KVTIER_RETURN_IF_ERROR(backend_->Synchronize(nullptr));
+      zone_count = std::clamp(zone_count, 0, stride);
+      std::vector<int32_t> zone(static_cast<size_t>(zone_count));
+      KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(zone.data(), a.zone + item * stride,
+                                                  int64_t{zone_count} * 4, nullptr));
+      KVTIER_RETURN_IF_ERROR(backend_->Synchronize(nullptr));
+      for (const int32_t page : zone) {
+        if (!std::binary_search(result.selected_pages.begin(), result.selected_pages.end(), page)) {
+          ++result.estimated_pages;
+        }
+      }
+      result.estimated_tokens = int64_t{result.estimated_pages} * p;
+    }
+  }
+  {
+    // The hot set of the sequence as it stands: sinks and the window of its last page.
+    const int64_t t = it->second.tokens[layer];
+    result.tokens = t;
+    if (t > 0) {
+      const int64_t n = (t - 1) / plan_.page_size + 1;
+      result.window_begin =
+          std::max<int64_t>(plan_.sink_pages, n - plan_.window_pages) * plan_.page_size;
+      result.window_begin = std::min(result.window_begin, t);
+    }
   }
   const int64_t row = Row(it->second.slot, layer, kv_head);
   const int64_t c = plan_.cache_slots;
