@@ -156,6 +156,8 @@ class WaveIndex final : public BlockIndex {
     p.head_dim = config_.head_dim;
     p.num_segments = config_.max_segments;
     p.max_tokens = config_.max_segment_tokens;
+    // Prefill's rows: [tokens, Hk, D] (SegmentBatch::key_stride is the same).
+    p.key_stride = int64_t{config_.head_dim} * config_.max_segments;
     p.tokens_per_cluster = kTokensPerCluster;
     p.iterations = kIterations;
     return p;
