@@ -33,12 +33,12 @@
 #include "absl/status/statusor.h"
 #include "bench/bench_util.h"
 #include "kernels/append.h"
-#include "kernels/cache_resolve.h"
-#include "offload/pinned_buffer.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/cuda_device.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/status.h"
+#include "kernels/cache_resolve.h"
+#include "offload/pinned_buffer.h"
 
 namespace kvtier {
 namespace {

@@ -25,12 +25,12 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "bench/bench_util.h"
-#include "kernels/decode_attention.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/cuda_device.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/dtype.h"
 #include "kernels/base/status.h"
+#include "kernels/decode_attention.h"
 
 namespace kvtier {
 namespace {

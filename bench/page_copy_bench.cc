@@ -22,13 +22,13 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "bench/bench_util.h"
-#include "kernels/miss_load.h"
-#include "kernels/page_copy.h"
-#include "offload/pinned_buffer.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/cuda_device.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/status.h"
+#include "kernels/miss_load.h"
+#include "kernels/page_copy.h"
+#include "offload/pinned_buffer.h"
 
 namespace kvtier {
 namespace {

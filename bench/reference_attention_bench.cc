@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "kernels/base/dtype.h"
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
-#include "kernels/base/dtype.h"
 #include "tbb/task_arena.h"
 
 namespace kvtier {

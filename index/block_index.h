@@ -142,6 +142,8 @@ class BlockIndex {
   // The estimation zone. estimates() false: Estimate is never called and zone lists are not
   // written (zone_stride() is 0).
   virtual bool estimates() const { return false; }
+  // Summary bytes the estimation reads for one page of the zone (0 without a zone).
+  virtual int64_t estimate_bytes_per_page() const { return 0; }
   virtual int zone_stride() const { return 0; }
   virtual absl::Status Estimate(StepBackend& backend, const EstimateBatch& batch,
                                 cudaStream_t stream) const;

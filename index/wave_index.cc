@@ -9,30 +9,38 @@
 namespace kvtier::internal {
 namespace {
 
-// Summary arrays of a page: mean key, value sum, token count, stored positions.
-enum SummaryArray { kKeyMean = 0, kValueSum = 1, kCount = 2, kPositions = 3 };
+// Summary arrays of a page: mean key, value sum, key spread, token count (each per centroid
+// part), stored positions. The vector-read arrays come first, so they stay 16-byte aligned.
+enum SummaryArray { kKeyMean = 0, kValueSum = 1, kKeySpread = 2, kCount = 3, kPositions = 4 };
+constexpr int kArrays = 5;
 
 // k-means as RetroInfer runs it: ~16 tokens a cluster, 10 Lloyd iterations.
 constexpr int kTokensPerCluster = 16;
 constexpr int kIterations = 10;
+// Each page keeps its tokens split in two centroids (block_summary.h): a page straddling two
+// clusters, or holding one outlier key, is scored and estimated by both halves.
+constexpr int kParts = 2;
 
 class WaveIndex final : public BlockIndex {
  public:
   explicit WaveIndex(const IndexConfig& config) : config_(config) {
     const int64_t d = config.head_dim;
     const int64_t pages = config.max_pages;
-    const int64_t strides[4] = {d * static_cast<int64_t>(DTypeSize(config.dtype)), d * 4, 4,
-                                int64_t{config.page_size} * 4};
+    const int64_t key_bytes = kParts * d * static_cast<int64_t>(DTypeSize(config.dtype));
+    const int64_t strides[kArrays] = {key_bytes, kParts * d * 4, key_bytes, kParts * 4,
+                                      int64_t{config.page_size} * 4};
     int64_t offset = 0;
-    layout_.arrays = 4;
-    for (int a = 0; a < 4; ++a) {
+    int64_t bytes = 0;
+    layout_.arrays = kArrays;
+    for (int a = 0; a < kArrays; ++a) {
       layout_.offset[a] = offset;
       layout_.stride[a] = strides[a];
       offset += pages * strides[a];
+      bytes += strides[a];
     }
     // Regions start 16-byte aligned (mean keys are read with 16-byte vectors).
-    layout_.bytes_per_page = (strides[0] + strides[1] + strides[2] + strides[3] + 15) / 16 * 16;
-    BlockSelectParams p = SelectParams(config.budget_pages + config.estimate_pages);
+    layout_.bytes_per_page = (bytes + 15) / 16 * 16;
+    BlockSelectParams p = SelectParams(config.budget_pages);
     workspace_bytes_ = BlockSelectWorkspaceBytes(p);
     SegmentClusterParams c = ClusterParams();
     segment_workspace_bytes_ = SegmentClusterWorkspaceBytes(c);
@@ -54,12 +62,14 @@ class WaveIndex final : public BlockIndex {
     p.head_dim = config_.head_dim;
     p.page_size = config_.page_size;
     p.num_pages = pages.num_pages;
+    p.centroid_parts = kParts;
     p.k_pages = pages.k_pages;
     p.v_pages = pages.v_pages;
     p.tokens = pages.tokens;
     p.key_mean = pages.dst[kKeyMean];
     p.value_sum = reinterpret_cast<float* const*>(pages.dst[kValueSum]);
     p.count = reinterpret_cast<int32_t* const*>(pages.dst[kCount]);
+    p.key_spread = pages.dst[kKeySpread];
     return backend.PageSummaries(p, stream);
   }
 
@@ -80,18 +90,21 @@ class WaveIndex final : public BlockIndex {
     p.num_selected = batch.num_selected;
     p.workspace = batch.workspace;
     p.workspace_bytes = batch.workspace_bytes;
-    KVTIER_RETURN_IF_ERROR(backend.BlockSelect(p, stream));
-    if (config_.estimate_pages == 0) return absl::OkStatus();
-    // The zone: the top budget + estimate pages (a superset of the retrieved ones under top-k,
-    // and of a mass-target prefix, which ranks the same way).
-    p.mode = BlockSelectMode::kTopK;
-    p.k = zone_stride();
-    p.selected = batch.zone;
-    p.num_selected = batch.zone_count;
+    // The zone: the top budget + estimate pages of the same scoring pass (a superset of the
+    // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way).
+    if (estimates()) {
+      p.zone_k = zone_stride();
+      p.zone_selected = batch.zone;
+      p.zone_count = batch.zone_count;
+    }
     return backend.BlockSelect(p, stream);
   }
 
   bool estimates() const override { return config_.estimate_pages > 0; }
+  int64_t estimate_bytes_per_page() const override {
+    return layout_.stride[kKeyMean] + layout_.stride[kValueSum] + layout_.stride[kKeySpread] +
+           layout_.stride[kCount];
+  }
   int zone_stride() const override {
     return estimates() ? config_.budget_pages + config_.estimate_pages : 0;
   }
@@ -104,6 +117,7 @@ class WaveIndex final : public BlockIndex {
     p.group_size = config_.group_size;
     p.softmax_scale = config_.softmax_scale;
     p.num_items = batch.num_items;
+    p.centroid_parts = kParts;
     p.q = batch.q;
     p.cluster_ids = batch.zone;
     p.list_count = batch.zone_count;
@@ -114,6 +128,7 @@ class WaveIndex final : public BlockIndex {
     p.key_mean = batch.summaries[kKeyMean];
     p.value_sum = reinterpret_cast<const float* const*>(batch.summaries[kValueSum]);
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
+    p.key_spread = batch.summaries[kKeySpread];
     p.out = batch.out;
     p.lse = batch.lse;
     return backend.Estimation(p, stream);
@@ -140,6 +155,7 @@ class WaveIndex final : public BlockIndex {
   BlockSelectParams SelectParams(int k) const {
     BlockSelectParams p;
     p.kind = BlockScoreKind::kCentroid;
+    p.centroid_parts = kParts;
     p.mode = BlockSelectMode::kTopK;
     p.dtype = config_.dtype;
     p.head_dim = config_.head_dim;

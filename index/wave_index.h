@@ -2,15 +2,19 @@
 // (one KV head of a prefill piece, up to max_segment_tokens) are clustered on the GPU by
 // spherical k-means and stored cluster by cluster (SegmentBatch's order), so that each page
 // holds the keys of one or two neighbouring clusters; a page is the block. Per page the index
-// keeps its mean key, value sum and token count (block_summary.h's centroid) and the stored
-// tokens' positions. Pages that leave the window during decode join in position order with
-// the same summary (assignment to the nearest clusters would need a page of one cluster: a
-// token's page is fixed when its position is).
+// keeps a split centroid (block_summary.h: the page's tokens in two parts by 2-means, each
+// with its mean key, value sum, per-channel key variance and count) and the stored tokens'
+// positions. Two parts let a page that straddles two clusters, or hides one outlier key (a
+// needle), be scored by what it holds rather than by an average of it. Pages that leave the
+// window during decode join in position order with the same summary: assignment to the
+// nearest clusters would need a page of one cluster, and a token's page is fixed when its
+// position is; the split then groups a position-ordered page's tokens by key instead.
 //
-// Selection: each page's estimated attention mass, n e^{q.c / sqrt(D)} softmax-normalised and
-// summed over the query group (block_select.h, kCentroid): the top budget_pages (or the fewest
-// reaching mass_target, capped) are attended exactly; the next ones up to budget_pages +
-// estimate_pages in all form the estimation zone (kernels/estimation.h), merged by LSE.
+// Selection: each page's estimated attention mass, sum over parts of n e^{q.c / sqrt(D)},
+// softmax-normalised and summed over the query group (block_select.h, kCentroid), in one
+// scoring pass for the batch: the top budget_pages (or the fewest reaching mass_target,
+// capped) are attended exactly; the next ones up to budget_pages + estimate_pages in all form
+// the estimation zone (kernels/estimation.h, with the spread correction), merged by LSE.
 // With a budget that covers every candidate page nothing is estimated and attention is exact.
 #pragma once
 

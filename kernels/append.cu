@@ -19,10 +19,10 @@
 
 #include "absl/status/status.h"
 #include "kernels/append.h"
-#include "kernels/dispatch.cuh"
-#include "kernels/launch.cuh"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/status.h"
+#include "kernels/dispatch.cuh"
+#include "kernels/launch.cuh"
 
 namespace kvtier {
 namespace {

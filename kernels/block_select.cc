@@ -71,7 +71,7 @@ float CentroidLogit(const BlockSelectParams& p, const float* q_head, const void*
                     int block) {
   const int dim = p.head_dim;
   const int lanes = dim / internal::kChannelsPerLane;
-  const size_t base = static_cast<size_t>(block) * dim;
+  const size_t base = static_cast<size_t>(block) * dim;  // block: block * parts + part
   float partial[32];
   for (int l = 0; l < lanes; ++l) {
     float acc = 0.0f;
@@ -95,23 +95,32 @@ void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores
     for (int r = 0; r < n; ++r) scores[r] = BoundsScore(p, q.data(), p.bounds[item], begin + r);
     return;
   }
-  // kCentroid: per head, weights w = n_b e^{logit - max} and their sum in the selection
-  // kernel's order: thread t of kSelectThreads sums candidates t, t + T, ... in order, then
-  // a tree halves the partial sums (t += t + stride for stride T/2, ..., 1).
+  // kCentroid: per head, weights w = sum over parts of n e^{logit - max} and their sum in the
+  // selection kernel's order: thread t of kSelectThreads sums candidates t, t + T, ... in order,
+  // then a tree halves the partial sums (t += t + stride for stride T/2, ..., 1).
   const int32_t* counts = p.count[item];
+  const int parts = p.centroid_parts;
   std::vector<float> weight(n);
+  std::vector<float> logit(static_cast<size_t>(n) * parts);
   for (int h = 0; h < p.group_size; ++h) {
     const float* q_head = q.data() + static_cast<size_t>(h) * p.head_dim;
     float max_logit = -kInf;
-    for (int r = 0; r < n; ++r) {
-      weight[r] = CentroidLogit(p, q_head, p.key_mean[item], begin + r);
-      if (weight[r] > max_logit) max_logit = weight[r];
+    // The max over the centroids that hold tokens (an empty one's logit means nothing).
+    for (int r = 0; r < n * parts; ++r) {
+      logit[r] = CentroidLogit(p, q_head, p.key_mean[item], begin * parts + r);
+      if (counts[static_cast<size_t>(begin) * parts + r] > 0) {
+        max_logit = std::fmax(max_logit, logit[r]);
+      }
     }
     for (int r = 0; r < n; ++r) {
-      const int32_t c = counts[begin + r];
-      weight[r] = c > 0 ? internal::Mul(static_cast<float>(c),
-                                        internal::CanonicalExp(weight[r] - max_logit))
-                        : 0.0f;
+      for (int part = 0; part < parts; ++part) {
+        const int at = r * parts + part;
+        const int32_t c = counts[static_cast<size_t>(begin) * parts + at];
+        const float w = c > 0 ? internal::Mul(static_cast<float>(c),
+                                              internal::CanonicalExp(logit[at] - max_logit))
+                              : 0.0f;
+        weight[r] = part == 0 ? w : internal::Add(weight[r], w);
+      }
     }
     std::vector<float> partial(internal::kSelectThreads, 0.0f);
     for (int t = 0; t < internal::kSelectThreads; ++t) {
@@ -178,6 +187,12 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
     return Invalid("softmax_scale is ", p.softmax_scale, "; expected finite");
   }
   if (p.num_items < 0) return Invalid("num_items is ", p.num_items, "; expected >= 0");
+  if (p.centroid_parts != 1 && p.centroid_parts != 2) {
+    return Invalid("centroid_parts is ", p.centroid_parts, "; expected 1 or 2");
+  }
+  if (p.centroid_parts != 1 && p.kind != BlockScoreKind::kCentroid) {
+    return Invalid("centroid_parts is ", p.centroid_parts, " with kind kPageBounds; expected 1");
+  }
   if (p.max_blocks < 1 || p.max_blocks > kMaxSelectBlocks) {
     return Invalid("max_blocks is ", p.max_blocks, "; expected in [1, ", kMaxSelectBlocks, "]");
   }
@@ -187,8 +202,14 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
   if (p.mode == BlockSelectMode::kMassTarget && !(p.mass_target > 0.0f && p.mass_target <= 1.0f)) {
     return Invalid("mass_target is ", p.mass_target, "; expected in (0, 1]");
   }
+  if (p.zone_k != 0 && (p.zone_k < p.k || p.zone_k > kMaxSelectK)) {
+    return Invalid("zone_k is ", p.zone_k, "; expected 0 or in [k = ", p.k, ", ", kMaxSelectK, "]");
+  }
   if (p.num_items == 0) return absl::OkStatus();
   if (p.q == nullptr) return Invalid("q is null");
+  if (p.zone_k != 0 && (p.zone_selected == nullptr || p.zone_count == nullptr)) {
+    return Invalid("zone_k is ", p.zone_k, " but zone_selected or zone_count is null");
+  }
   if (p.block_begin == nullptr) return Invalid("block_begin is null");
   if (p.block_end == nullptr) return Invalid("block_end is null");
   if (p.selected == nullptr) return Invalid("selected is null");
@@ -209,10 +230,14 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
 
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
   if (p.num_items < 0 || p.max_blocks < 1 || p.max_blocks > kMaxSelectBlocks || p.group_size < 1 ||
-      p.group_size > kMaxSelectGroup) {
+      p.group_size > kMaxSelectGroup || p.centroid_parts < 1 || p.centroid_parts > 2) {
     return 0;
   }
-  const size_t rows = p.kind == BlockScoreKind::kCentroid ? p.group_size : 1;
+  // kCentroid: G rows of logits, parts per block; with two parts one more row of scores.
+  const size_t rows =
+      p.kind == BlockScoreKind::kCentroid
+          ? static_cast<size_t>(p.group_size) * p.centroid_parts + (p.centroid_parts > 1 ? 1 : 0)
+          : 1;
   const size_t bytes = static_cast<size_t>(p.num_items) * rows * p.max_blocks * sizeof(float);
   return (bytes + 255) / 256 * 256;
 }
@@ -253,11 +278,16 @@ absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
       mass += internal::FixedMass(scores[order[m]]);
       ++m;
     }
-    std::vector<int32_t> chosen(order.begin(), order.begin() + m);
-    std::sort(chosen.begin(), chosen.end());
-    int32_t* row = p.selected + static_cast<size_t>(item) * p.k;
-    for (int j = 0; j < p.k; ++j) row[j] = j < m ? p.block_begin[item] + chosen[j] : -1;
-    p.num_selected[item] = m;
+    // The first m of the ranking, ascending, into row [item, width].
+    auto write = [&](int m, int width, int32_t* rows, int32_t* counts) {
+      std::vector<int32_t> chosen(order.begin(), order.begin() + m);
+      std::sort(chosen.begin(), chosen.end());
+      int32_t* row = rows + static_cast<size_t>(item) * width;
+      for (int j = 0; j < width; ++j) row[j] = j < m ? p.block_begin[item] + chosen[j] : -1;
+      counts[item] = m;
+    };
+    write(m, p.k, p.selected, p.num_selected);
+    if (p.zone_k > 0) write(std::min(p.zone_k, n), p.zone_k, p.zone_selected, p.zone_count);
   });
   return absl::OkStatus();
 }

@@ -30,11 +30,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 #include "kernels/block_select.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
-#include "kernels/base/cuda_check.h"
-#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {
@@ -55,12 +55,22 @@ struct ScoreArgs {
   int group_size;
   float scale;
   int max_blocks;
+  int parts;   // kCentroid: centroids a block; the scored rows are block * parts + part
   int chunks;  // per item: the item's candidates in `chunks` runs of equal length
   const int32_t* block_begin;
   const int32_t* block_end;
   const void* const* summaries;  // bounds or key_mean, per item
   float* workspace;
 };
+
+// Floats of an item's workspace: kPageBounds one row of scores; kCentroid G rows of logits
+// (parts per block) and, with two parts, one row of final scores (BlockSelectWorkspaceBytes).
+__device__ __forceinline__ size_t ItemWorkspaceFloats(bool centroid, int group_size, int parts,
+                                                      int max_blocks) {
+  return centroid
+             ? static_cast<size_t>(group_size) * parts * max_blocks + (parts > 1 ? max_blocks : 0)
+             : static_cast<size_t>(max_blocks);
+}
 
 // Candidate range of an item, clamped into [0, max_blocks].
 __device__ __forceinline__ void ItemRange(const int32_t* block_begin, const int32_t* block_end,
@@ -113,6 +123,8 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
   const int chunk = blockIdx.x - item * a.chunks;
   int begin, n;
   ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
+  begin *= a.parts;  // the centroid rows (parts = 1 for page bounds)
+  n *= a.parts;
   const int chunk_length = (n + a.chunks - 1) / a.chunks;
   const int chunk_start = chunk * chunk_length;
   if (chunk_start >= n) return;
@@ -169,7 +181,7 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
         const float score = GroupSum<kLanes>(acc[u]);
         const int r = tile + u * kGroups + group;
         if (lane == 0 && r < chunk_end) {
-          a.workspace[static_cast<size_t>(item) * a.max_blocks + r] = score;
+          a.workspace[item * ItemWorkspaceFloats(false, G, 1, a.max_blocks) + r] = score;
         }
       }
     } else {
@@ -189,7 +201,8 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
           const float logit = internal::Mul(GroupSum<kLanes>(acc), a.scale);
           const int r = tile + u * kGroups + group;
           if (lane == 0 && r < chunk_end) {
-            a.workspace[(static_cast<size_t>(item) * G + h) * a.max_blocks + r] = logit;
+            a.workspace[item * ItemWorkspaceFloats(true, G, a.parts, a.max_blocks) +
+                        static_cast<size_t>(h) * a.max_blocks * a.parts + r] = logit;
           }
         }
       }
@@ -203,6 +216,8 @@ struct SelectArgs {
   int k;
   uint64_t target;  // fixed-point mass to reach; UINT64_MAX for top k
   bool centroid;
+  bool convert;  // kCentroid: turn the logits into masses first (false: scores are ready)
+  int parts;     // kCentroid: centroids a block
   const int32_t* block_begin;
   const int32_t* block_end;
   const int32_t* const* count;
@@ -270,7 +285,11 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
   const int k = min(a.k, n);
   int32_t* out = a.selected + static_cast<size_t>(item) * a.k;
   const int G = a.group_size;
-  float* scores = a.workspace + static_cast<size_t>(item) * (a.centroid ? G : 1) * a.max_blocks;
+  // An item's workspace: G rows of logits (parts * max_blocks each) for kCentroid, then with
+  // two parts one row of the final scores (one part: the scores overwrite row 0 in place).
+  const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
+  float* logits = a.workspace + item * ItemWorkspaceFloats(a.centroid, G, a.parts, a.max_blocks);
+  float* scores = a.parts > 1 ? logits + G * row_length : logits;
 
   if (k == 0 || a.target == 0) {
     for (int j = t; j < a.k; j += kSelectThreads) out[j] = -1;
@@ -278,28 +297,40 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     return;
   }
 
-  if (a.centroid) {
-    const int32_t* counts = a.count[item] + begin;
+  if (a.centroid && a.convert) {
+    const int P = a.parts;
+    const int32_t* counts = a.count[item] + static_cast<size_t>(begin) * P;
     for (int h = 0; h < G; ++h) {
-      float* row = scores + static_cast<size_t>(h) * a.max_blocks;
+      float* row = logits + h * row_length;
+      // The max over the centroids that hold tokens.
       float max_logit = -INFINITY;
-      for (int r = t; r < n; r += kSelectThreads) max_logit = fmaxf(max_logit, row[r]);
-      partial[t] = max_logit;
-      __syncthreads();
-      for (int stride = kSelectThreads / 2; stride >= 1; stride /= 2) {
-        if (t < stride) partial[t] = fmaxf(partial[t], partial[t + stride]);
-        __syncthreads();
+      for (int r = t; r < n * P; r += kSelectThreads) {
+        if (counts[r] > 0) max_logit = fmaxf(max_logit, row[r]);
       }
-      max_logit = partial[0];
+      // A max is exact in any order: warp shuffles, then the warps' maxima.
+#pragma unroll
+      for (int offset = 16; offset >= 1; offset /= 2) {
+        max_logit = fmaxf(max_logit, __shfl_xor_sync(0xFFFFFFFFu, max_logit, offset));
+      }
+      if (lane == 0) partial[warp] = max_logit;
       __syncthreads();
+      max_logit = partial[0];
+#pragma unroll
+      for (int w = 1; w < kWarps; ++w) max_logit = fmaxf(max_logit, partial[w]);
+      __syncthreads();
+      // Weights in place at each block's first row (read and written by the block's thread).
       float sum = 0.0f;
       for (int r = t; r < n; r += kSelectThreads) {
-        const int32_t c = counts[r];
-        const float w =
-            c > 0 ? internal::Mul(static_cast<float>(c),
-                                  internal::CanonicalExp(internal::Add(row[r], -max_logit)))
-                  : 0.0f;
-        row[r] = w;
+        float w = 0.0f;
+        for (int part = 0; part < P; ++part) {
+          const int32_t c = counts[r * P + part];
+          const float wp =
+              c > 0 ? internal::Mul(static_cast<float>(c), internal::CanonicalExp(internal::Add(
+                                                               row[r * P + part], -max_logit)))
+                    : 0.0f;
+          w = part == 0 ? wp : internal::Add(w, wp);
+        }
+        row[r * P] = w;
         sum = internal::Add(sum, w);
       }
       partial[t] = sum;
@@ -311,10 +342,11 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
       sum = partial[0];
       __syncthreads();
       for (int r = t; r < n; r += kSelectThreads) {
-        const float mass = internal::Div(row[r], sum);
+        const float mass = internal::Div(row[r * P], sum);
         scores[r] = internal::Add(h == 0 ? 0.0f : scores[r], mass);
       }
     }
+    __syncthreads();
   }
 
   // Radix select: the key T of the last block of the shortest stopping prefix.
@@ -476,6 +508,7 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
   a.group_size = p.group_size;
   a.scale = p.softmax_scale;
   a.max_blocks = p.max_blocks;
+  a.parts = kKind == BlockScoreKind::kCentroid ? p.centroid_parts : 1;
   // Chunks per item: as many as fill the GPU's block slots once, at most one per
   // kMinChunkBlocks candidates; one when the items alone fill the slots.
   int device = 0, sm_count = 0;
@@ -483,7 +516,7 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
   const int64_t slots = int64_t{sm_count} * kScoreBlocksPerSm;
-  const int64_t longest = (int64_t{p.max_blocks} + kMinChunkBlocks - 1) / kMinChunkBlocks;
+  const int64_t longest = (int64_t{p.max_blocks} * a.parts + kMinChunkBlocks - 1) / kMinChunkBlocks;
   a.chunks = static_cast<int>(std::clamp<int64_t>(slots / std::max<int64_t>(p.num_items, 1), 1,
                                                   std::max<int64_t>(longest, 1)));
   a.block_begin = p.block_begin;
@@ -536,6 +569,8 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
                  ? internal::FixedMassTarget(params.mass_target, params.group_size)
                  : std::numeric_limits<uint64_t>::max();
   a.centroid = params.kind == BlockScoreKind::kCentroid;
+  a.convert = true;
+  a.parts = a.centroid ? params.centroid_parts : 1;
   a.block_begin = params.block_begin;
   a.block_end = params.block_end;
   a.count = params.count;
@@ -545,6 +580,16 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
   KVTIER_CUDA_RETURN_IF_ERROR(
       internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel", stream);
+  if (params.zone_k == 0) return absl::OkStatus();
+  // The zone: the same ranking scores, already in the workspace, selected again.
+  a.convert = false;
+  a.k = params.zone_k;
+  a.target = std::numeric_limits<uint64_t>::max();
+  a.selected = params.zone_selected;
+  a.num_selected = params.zone_count;
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
+  KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel (zone)", stream);
   return absl::OkStatus();
 }
 

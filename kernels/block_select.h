@@ -14,7 +14,9 @@
 //  - kCentroid: logit_hb = scale * (q_h . c_b); per head the softmax over the item's
 //    candidate blocks weighted by their token counts, mass_hb = n_b e^{logit_hb} /
 //    sum_b' n_b' e^{logit_hb'}; score_b = sum_h mass_hb (in [0, G]: the G heads' estimated
-//    attention masses summed). Blocks with count <= 0 have mass 0.
+//    attention masses summed). Blocks with count <= 0 have mass 0. With centroid_parts = 2
+//    (block_summary.h's split centroid) a block is two weighted centroids: its weight is
+//    n_b0 e^{l_hb0} + n_b1 e^{l_hb1} (each against the max over every part's logit).
 //
 // Selection: blocks are ranked by score, descending; equal scores rank by block index,
 // ascending (lower index wins). A NaN score ranks above +inf (a NaN summary or query is
@@ -25,7 +27,10 @@
 //    candidates' estimated mass), capped at k blocks. Masses are summed in fixed point
 //    (round(mass * 2^44) as uint64; NaN counts 0) so the sum does not depend on order.
 // Output per item: the selected block indices (positions in the item's summary arrays),
-// ascending, and their count.
+// ascending, and their count. Optionally also a zone: the first min(zone_k, candidates)
+// blocks of the same ranking (top zone_k, whatever the mode), from the same scores in one
+// scoring pass; with zone_k >= k it holds every selected block (the estimation zone of a
+// clustered index is the zone minus the selection).
 //
 // Rounding: scores are fp32 with one rounding per operation, so two blocks whose exact scores
 // differ by less than a few ulps may rank either way compared with exact arithmetic; the
@@ -65,6 +70,7 @@ struct BlockSelectParams {
   int group_size = 0;          // G: query heads per item, 1 to 16
   float softmax_scale = 0.0f;  // kCentroid: logits are scale * q.c; finite
   int num_items = 0;           // >= 0; 0 launches nothing
+  int centroid_parts = 1;      // kCentroid: centroids a block, 1 or 2 (block_summary.h)
   // Upper bound of every item's block_end: sizes the workspace and the scoring grid; in
   // [1, kMaxSelectBlocks].
   int max_blocks = 0;
@@ -80,12 +86,16 @@ struct BlockSelectParams {
   // Summaries, one pointer per item to the item's arrays (layouts in block_summary.h),
   // indexed by block. Only the candidate blocks are read.
   const void* const* bounds = nullptr;    // kPageBounds: -> [blocks, 2, D] of dtype
-  const void* const* key_mean = nullptr;  // kCentroid: -> [blocks, D] of dtype
-  const int32_t* const* count = nullptr;  // kCentroid: -> [blocks] token counts
+  const void* const* key_mean = nullptr;  // kCentroid: -> [blocks, parts, D] of dtype
+  const int32_t* const* count = nullptr;  // kCentroid: -> [blocks, parts] token counts
 
   // [num_items, k]: row i holds item i's selected blocks ascending, then -1 up to k.
   int32_t* selected = nullptr;
   int32_t* num_selected = nullptr;  // [num_items]
+  // The zone (optional, zone_k = 0: none): [num_items, zone_k] ascending then -1, and counts.
+  int zone_k = 0;  // 0, or in [k, kMaxSelectK]
+  int32_t* zone_selected = nullptr;
+  int32_t* zone_count = nullptr;  // [num_items]
 
   // Scratch of BlockSelectWorkspaceBytes(params) bytes (device memory for the kernels,
   // 256-byte aligned), allocated once by the caller; its contents need no initialisation
@@ -95,7 +105,8 @@ struct BlockSelectParams {
 };
 
 // Bytes of scratch a call with these kind, group_size, num_items and max_blocks needs:
-// max_blocks floats per item (kPageBounds) or G * max_blocks floats per item (kCentroid).
+// max_blocks floats per item (kPageBounds) or G * parts * max_blocks floats per item
+// (kCentroid), plus max_blocks with two parts.
 // 0 for invalid sizes (the launch then reports what is wrong).
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& params);
 

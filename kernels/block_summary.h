@@ -11,6 +11,11 @@
 //    rounded once from an fp32 mean), the value sum (D floats) and the token count (int32).
 //    An item's centroids are three arrays: key_mean [num_blocks, D], value_sum
 //    [num_blocks, D], count [num_blocks]. A cluster of many pages has the same form.
+//  - split centroid (centroid_parts = 2): the page's tokens split in two parts by 2-means,
+//    each part a centroid as above: key_mean [num_blocks, 2, D], value_sum
+//    [num_blocks, 2, D], count [num_blocks, 2]. A page whose keys form two groups (it
+//    straddles two clusters) or one outlier (a needle among its neighbours) keeps both: the
+//    mass n1 e^{q.c1} + n2 e^{q.c2} sees what a single mean averages away.
 #pragma once
 
 #include <cstdint>
@@ -35,11 +40,26 @@ namespace kvtier {
 // from the first token; key_mean = key sum / count (IEEE division), rounded to the dtype to
 // nearest even. A page with 0 tokens gets max -inf, min +inf, key_mean 0, value_sum 0,
 // count 0.
+//
+// The split (centroid_parts = 2), in fp32 with one rounding per operation, identical on both
+// sides: dist(t, c) = sum over channel groups w = 0, 1, ... of the 32 channels [32w, 32w + 32)
+// (in group order, starting from group 0) of the xor butterfly (offsets 16, 8, 4, 2, 1) of
+// (k_t,i - c_i)^2. m = the mean key; a = the token farthest from m (ties: the lowest token);
+// c0 = k_a, c1 = the mean of every other token; then kSplitIterations times:
+// token t joins part 1 when dist(t, c1) < dist(t, c0), else part 0, and each non-empty part's
+// centroid becomes its mean (a sum in token order, divided by its count). Part 0 holds seed
+// a. A page of fewer than 2 tokens (or of identical keys) has everything in part 0 and an
+// empty part 1 (key_mean 0, value_sum 0, count 0).
+inline constexpr int kSplitIterations = 4;
+inline constexpr int kMaxSplitPageSize = 64;  // the split takes pages of at most 64 tokens
+inline constexpr int kMaxCentroidParts = 2;
+
 struct PageSummaryParams {
   DType dtype = DType::kBF16;  // of the K/V pages and the dtype-typed summaries: bf16 or fp16
   int head_dim = 0;            // D: 64, 128 or 256
   int page_size = 0;           // P: tokens per page, >= 1
   int num_pages = 0;           // >= 0; 0 launches nothing
+  int centroid_parts = 1;      // 1: one centroid a page; 2: the split centroid (key_mean set)
 
   // Pointer arrays, [num_pages] each (device memory for the kernel); entry j describes page j.
   const void* const* k_pages = nullptr;  // P x D of dtype: the keys
@@ -47,9 +67,13 @@ struct PageSummaryParams {
   const int32_t* tokens = nullptr;       // [num_pages] filled tokens, in [0, P]
   // Destinations; a null array skips that summary. At least one of bounds / key_mean is set.
   void* const* bounds = nullptr;      // -> 2 * D of dtype: max row, then min row
-  void* const* key_mean = nullptr;    // -> D of dtype
-  float* const* value_sum = nullptr;  // -> D floats; needs key_mean (centroid as a whole)
-  int32_t* const* count = nullptr;    // -> 1 int32; needs key_mean
+  void* const* key_mean = nullptr;    // -> parts * D of dtype
+  float* const* value_sum = nullptr;  // -> parts * D floats; needs key_mean (centroid whole)
+  int32_t* const* count = nullptr;    // -> parts int32; needs key_mean
+  // -> parts * D of dtype: each part's per-channel key variance, sum over its tokens (token
+  // order) of (k - mean)^2 / count with the fp32 mean (0 for an empty part); needs key_mean.
+  // Estimation uses it to correct e^{q.c} for the spread of q.k around q.c.
+  void* const* key_spread = nullptr;
 };
 
 namespace internal {

@@ -9,8 +9,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/cache_resolve.h"
 #include "kernels/base/status.h"
+#include "kernels/cache_resolve.h"
 #include "tbb/blocked_range.h"
 #include "tbb/parallel_for.h"
 

@@ -16,11 +16,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 #include "kernels/cache_resolve.h"
 #include "kernels/launch.cuh"
 #include "kernels/score_row.cuh"
-#include "kernels/base/cuda_check.h"
-#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

@@ -37,7 +37,7 @@
 namespace kvtier {
 
 // The most per-page arrays an index keeps in an item's summary region.
-inline constexpr int kMaxSummaryArrays = 4;
+inline constexpr int kMaxSummaryArrays = 5;
 
 // Where the items' storage lives: pools indexed by item row. Device memory for the kernels,
 // host memory for the twins.

@@ -61,6 +61,19 @@ absl::Status ValidateItems(const EstimationParams& p) {
       }
     }
   }
+  if (p.list_count == nullptr) {
+    if (p.cluster_offsets[0] != 0) {
+      return Invalid("cluster_offsets[0] is ", p.cluster_offsets[0], "; expected 0");
+    }
+    for (int i = 0; i < p.num_items; ++i) {
+      const int32_t begin = p.cluster_offsets[i];
+      const int32_t end = p.cluster_offsets[i + 1];
+      if (end < begin) {
+        return Invalid("cluster_offsets[", i + 1, "] is ", end, ", below cluster_offsets[", i,
+                       "] = ", begin, "; expected non-decreasing");
+      }
+    }
+  }
   for (int i = 0; i < p.num_items; ++i) {
     int32_t begin = 0, end = 0;
     ListOf(p, i, &begin, &end);
@@ -68,27 +81,9 @@ absl::Status ValidateItems(const EstimationParams& p) {
     if (p.key_mean[i] == nullptr) return Invalid("key_mean[", i, "] is null");
     if (p.value_sum[i] == nullptr) return Invalid("value_sum[", i, "] is null");
     if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
-    for (int32_t j = begin; j < end; ++j) {
-      if (p.cluster_ids[j] < 0) {
-        return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; expected >= 0");
-      }
+    if (p.key_spread != nullptr && p.key_spread[i] == nullptr) {
+      return Invalid("key_spread[", i, "] is null");
     }
-  }
-  if (p.list_count != nullptr) return absl::OkStatus();
-  if (p.cluster_offsets[0] != 0) {
-    return Invalid("cluster_offsets[0] is ", p.cluster_offsets[0], "; expected 0");
-  }
-  for (int i = 0; i < p.num_items; ++i) {
-    const int32_t begin = p.cluster_offsets[i];
-    const int32_t end = p.cluster_offsets[i + 1];
-    if (end < begin) {
-      return Invalid("cluster_offsets[", i + 1, "] is ", end, ", below cluster_offsets[", i,
-                     "] = ", begin, "; expected non-decreasing");
-    }
-    if (end == begin) continue;
-    if (p.key_mean[i] == nullptr) return Invalid("key_mean[", i, "] is null");
-    if (p.value_sum[i] == nullptr) return Invalid("value_sum[", i, "] is null");
-    if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
     for (int32_t j = begin; j < end; ++j) {
       if (p.cluster_ids[j] < 0) {
         return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; expected >= 0");
@@ -112,17 +107,25 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
   double max_logit = -std::numeric_limits<double>::infinity();
   bool any_nan = false;
   for (int32_t j = begin; j < end; ++j) {
-    const int32_t id = p.cluster_ids[j];
-    if (p.count[item][id] <= 0 || Excluded(p, item, id)) continue;
-    double dot = 0.0;
-    for (int d = 0; d < dim; ++d) {
-      dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
+    if (Excluded(p, item, p.cluster_ids[j])) continue;
+    for (int part = 0; part < p.centroid_parts; ++part) {
+      const int32_t id = p.cluster_ids[j] * p.centroid_parts + part;  // the part's centroid
+      if (p.count[item][id] <= 0) continue;
+      double dot = 0.0, spread = 0.0;
+      for (int d = 0; d < dim; ++d) {
+        dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
+        if (p.key_spread != nullptr) {
+          spread += q[d] * q[d] *
+                    LoadAsFloat(p.dtype, p.key_spread[item], static_cast<size_t>(id) * dim + d);
+        }
+      }
+      const double scale = p.softmax_scale;
+      const double logit = scale * dot + 0.5 * kSpreadWeight * scale * scale * spread;
+      any_nan |= std::isnan(logit);
+      max_logit = std::max(max_logit, logit);
+      logits.push_back(logit);
+      ids.push_back(id);
     }
-    const double logit = static_cast<double>(p.softmax_scale) * dot;
-    any_nan |= std::isnan(logit);
-    max_logit = std::max(max_logit, logit);
-    logits.push_back(logit);
-    ids.push_back(id);
   }
   float* out = p.out + row * dim;
   if (any_nan) {
@@ -159,6 +162,9 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
     return Invalid("head_dim is ", p.head_dim, "; expected 64, 128 or 256");
   }
   if (p.group_size < 1) return Invalid("group_size is ", p.group_size, "; expected >= 1");
+  if (p.centroid_parts != 1 && p.centroid_parts != 2) {
+    return Invalid("centroid_parts is ", p.centroid_parts, "; expected 1 or 2");
+  }
   if (!std::isfinite(p.softmax_scale)) {
     return Invalid("softmax_scale is ", p.softmax_scale, "; expected finite");
   }

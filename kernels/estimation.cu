@@ -1,9 +1,10 @@
-// Estimation on the GPU (contract in estimation.h). A thread block per query row (item, head);
-// each of its warps folds clusters warp, warp + W, ... into an online softmax (running max,
-// denominator and numerator, the numerator's D values spread over the lanes), then the warps'
-// states merge by log-sum-exp. Estimation zones are hundreds to a few thousand clusters, so
-// one block per row has enough work; the cluster summaries of an item are shared by its G
-// rows through L2.
+// Estimation on the GPU (contract in estimation.h). A thread block per item and group of up to
+// kHeadsPerBlock query heads; the item's exclusion list sits in shared memory; each warp reads
+// clusters warp, warp + W, ... once (both parts' loads in flight together) and folds each into
+// an online softmax per head (running max, denominator and numerator, the numerator's D values
+// spread over the lanes), then the warps' states merge by log-sum-exp.
+// Estimation zones are hundreds to a few thousand clusters, so a block has enough work, and
+// a centroid's key and value sum are read once for four heads rather than once per head.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -22,8 +23,14 @@
 namespace kvtier {
 namespace {
 
-constexpr int kEstimationThreads = 128;
-constexpr int kEstimationWarps = kEstimationThreads / 32;
+// Warps a thread block: enough resident warps that the per-cluster chain of loads, butterfly
+// and exponentials of one warp hides behind the others' (a zone of a thousand clusters over 192
+// items left 6 warps an SM at 4 warps a block). D = 256 halves them to keep the numerators'
+// shared memory at 32 KiB.
+template <int kDim>
+constexpr int EstimationWarps() {
+  return kDim == 256 ? 8 : 16;
+}
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
@@ -31,7 +38,7 @@ __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 // max that keeps NaN: once either side is NaN the result is NaN.
 __device__ __forceinline__ float NanMax(float a, float b) { return (b > a || b != b) ? b : a; }
 
-// Binary search of an ascending list (every lane of a warp searches the same id).
+// Binary search of an ascending list in shared memory (every lane searches the same id).
 __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t id) {
   int32_t lo = 0, hi = n;
   while (lo < hi) {
@@ -45,23 +52,42 @@ __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t
   return lo < n && list[lo] == id;
 }
 
-template <typename T, int kDim>
-__global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(EstimationParams p) {
-  internal::ChainedKernelStart();
-  constexpr int kPerLane = kDim / 32;
-  __shared__ float warp_max[kEstimationWarps];
-  __shared__ float warp_denominator[kEstimationWarps];
-  __shared__ float warp_numerator[kEstimationWarps][kDim];
+// The largest exclusion list a block holds (shared memory): 16K ids, beyond any budget.
+constexpr size_t kMaxExcludeBytes = 64 * 1024;
 
-  const int64_t row = blockIdx.x;
-  const int item = static_cast<int>(row / p.group_size);
+// Heads a thread block estimates together: its warps read each centroid once for all of them.
+constexpr int kHeadsPerBlock = 4;
+
+template <typename T, int kDim>
+__global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
+    EstimationKernel(EstimationParams p) {
+  internal::ChainedKernelStart();
+  constexpr int kWarps = EstimationWarps<kDim>();
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kPerLane = kDim / 32;
+  constexpr int kParts = 2;  // the most centroids a cluster (block_summary.h)
+  constexpr int H = kHeadsPerBlock;
+  __shared__ float warp_max[kWarps][H];
+  __shared__ float warp_denominator[kWarps][H];
+  __shared__ float warp_numerator[kWarps][H][kDim];
+  extern __shared__ int32_t exclude[];  // the item's exclusion list, [exclude_stride]
+
+  const int chunks = (p.group_size + H - 1) / H;
+  const int item = static_cast<int>(blockIdx.x / chunks);
+  const int first_head = static_cast<int>(blockIdx.x % chunks) * H;
+  const int heads = min(H, p.group_size - first_head);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
 
-  float q[kPerLane];
-  const T* q_row = static_cast<const T*>(p.q) + row * kDim + lane * kPerLane;
+  float q[H][kPerLane];
 #pragma unroll
-  for (int j = 0; j < kPerLane; ++j) q[j] = ToFloat(q_row[j]);
+  for (int h = 0; h < H; ++h) {
+    const int head = first_head + min(h, heads - 1);  // a missing head repeats the last one
+    const T* q_row = static_cast<const T*>(p.q) +
+                     (static_cast<int64_t>(item) * p.group_size + head) * kDim + lane * kPerLane;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) q[h][j] = ToFloat(q_row[j]);
+  }
 
   int32_t begin, end;
   if (p.list_count != nullptr) {
@@ -71,68 +97,118 @@ __global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(Estimatio
     begin = p.cluster_offsets[item];
     end = p.cluster_offsets[item + 1];
   }
-  const int32_t* exclude =
-      p.exclude_ids != nullptr ? p.exclude_ids + int64_t{item} * p.exclude_stride : nullptr;
   const int32_t num_exclude =
-      exclude != nullptr ? min(max(p.exclude_count[item], 0), p.exclude_stride) : 0;
-  float running_max = -INFINITY, denominator = 0.0f, numerator[kPerLane] = {};
+      p.exclude_ids != nullptr ? min(max(p.exclude_count[item], 0), p.exclude_stride) : 0;
+  for (int j = threadIdx.x; j < num_exclude; j += kThreads) {
+    exclude[j] = p.exclude_ids[int64_t{item} * p.exclude_stride + j];
+  }
+  __syncthreads();
+
+  float running_max[H], denominator[H], numerator[H][kPerLane];
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    running_max[h] = -INFINITY;
+    denominator[h] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < kPerLane; ++d) numerator[h][d] = 0.0f;
+  }
+  const int parts = min(p.centroid_parts, kParts);
+  // scale q.c + kSpreadWeight scale^2 / 2 sum q^2 var, as one lane sum.
+  const float half_scale = 0.5f * kSpreadWeight * p.softmax_scale;
   if (end > begin) {
     const T* key_mean = static_cast<const T*>(p.key_mean[item]);
     const float* value_sum = p.value_sum[item];
     const int32_t* count = p.count[item];
-    for (int32_t j = begin + warp; j < end; j += kEstimationWarps) {
-      const int32_t id = p.cluster_ids[j];
-      const int32_t n = count[id];
-      if (n <= 0 || Contains(exclude, num_exclude, id)) continue;  // warp-uniform
-      const T* c = key_mean + static_cast<size_t>(id) * kDim + lane * kPerLane;
-      float dot = 0.0f;
+    const T* key_spread =
+        p.key_spread != nullptr ? static_cast<const T*>(p.key_spread[item]) : nullptr;
+    for (int32_t j = begin + warp; j < end; j += kWarps) {
+      const int32_t cluster = p.cluster_ids[j];
+      if (Contains(exclude, num_exclude, cluster)) continue;  // warp-uniform
+      // Every part's loads first, so that they are in flight together.
+      int32_t n[kParts];
+      float key[kParts][kPerLane], value[kParts][kPerLane], spread[kParts][kPerLane];
 #pragma unroll
-      for (int d = 0; d < kPerLane; ++d) dot = fmaf(q[d], ToFloat(c[d]), dot);
+      for (int part = 0; part < kParts; ++part) {
+        const size_t id = static_cast<size_t>(cluster) * parts + part;  // the part's centroid
+        n[part] = part < parts ? count[id] : 0;
+        const T* c = key_mean + id * kDim + lane * kPerLane;
+        const float* sv = value_sum + id * kDim + lane * kPerLane;
+        const T* v = key_spread + id * kDim + lane * kPerLane;
 #pragma unroll
-      for (int offset = 16; offset >= 1; offset /= 2) {
-        dot += __shfl_xor_sync(0xFFFFFFFFu, dot, offset);
+        for (int d = 0; d < kPerLane; ++d) {
+          key[part][d] = part < parts ? ToFloat(c[d]) : 0.0f;
+          value[part][d] = part < parts ? sv[d] : 0.0f;
+          spread[part][d] = part < parts && key_spread != nullptr ? ToFloat(v[d]) : 0.0f;
+        }
       }
-      const float logit = dot * p.softmax_scale;
-      const float new_max = NanMax(running_max, logit);
-      // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it so.
-      const float correction = expf(running_max - new_max);
-      const float weight = expf(logit - new_max);
-      const float* s = value_sum + static_cast<size_t>(id) * kDim + lane * kPerLane;
-      denominator = denominator * correction + weight * static_cast<float>(n);
 #pragma unroll
-      for (int d = 0; d < kPerLane; ++d) numerator[d] = numerator[d] * correction + weight * s[d];
-      running_max = new_max;
+      for (int part = 0; part < kParts; ++part) {
+        if (n[part] <= 0) continue;  // warp-uniform (also a missing part)
+#pragma unroll
+        for (int h = 0; h < H; ++h) {
+          float dot = 0.0f;
+#pragma unroll
+          for (int d = 0; d < kPerLane; ++d) {
+            dot = fmaf(q[h][d], key[part][d] + half_scale * q[h][d] * spread[part][d], dot);
+          }
+#pragma unroll
+          for (int offset = 16; offset >= 1; offset /= 2) {
+            dot += __shfl_xor_sync(0xFFFFFFFFu, dot, offset);
+          }
+          const float logit = dot * p.softmax_scale;
+          const float new_max = NanMax(running_max[h], logit);
+          // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it.
+          const float correction = expf(running_max[h] - new_max);
+          const float weight = expf(logit - new_max);
+          denominator[h] = denominator[h] * correction + weight * static_cast<float>(n[part]);
+#pragma unroll
+          for (int d = 0; d < kPerLane; ++d) {
+            numerator[h][d] = numerator[h][d] * correction + weight * value[part][d];
+          }
+          running_max[h] = new_max;
+        }
+      }
     }
   }
   // A warp that saw no cluster has max -inf and contributes nothing below.
-  if (lane == 0) {
-    warp_max[warp] = running_max;
-    warp_denominator[warp] = denominator;
-  }
 #pragma unroll
-  for (int d = 0; d < kPerLane; ++d) warp_numerator[warp][lane * kPerLane + d] = numerator[d];
+  for (int h = 0; h < H; ++h) {
+    if (lane == 0) {
+      warp_max[warp][h] = running_max[h];
+      warp_denominator[warp][h] = denominator[h];
+    }
+#pragma unroll
+    for (int d = 0; d < kPerLane; ++d) {
+      warp_numerator[warp][h][lane * kPerLane + d] = numerator[h][d];
+    }
+  }
   __syncthreads();
 
-  float total_max = -INFINITY;
-  for (int w = 0; w < kEstimationWarps; ++w) total_max = NanMax(total_max, warp_max[w]);
-  float* out = p.out + row * kDim;
-  if (total_max == -INFINITY) {  // no contributing cluster
-    for (int d = threadIdx.x; d < kDim; d += kEstimationThreads) out[d] = 0.0f;
-    if (threadIdx.x == 0) p.lse[row] = -INFINITY;
-    return;
+  for (int h = 0; h < heads; ++h) {
+    const int64_t row = static_cast<int64_t>(item) * p.group_size + first_head + h;
+    float total_max = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) total_max = NanMax(total_max, warp_max[w][h]);
+    float* out = p.out + row * kDim;
+    if (total_max == -INFINITY) {  // no contributing cluster
+      for (int d = threadIdx.x; d < kDim; d += kThreads) out[d] = 0.0f;
+      if (threadIdx.x == 0) p.lse[row] = -INFINITY;
+      continue;
+    }
+    float total_denominator = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float scale = warp_max[w][h] == -INFINITY ? 0.0f : expf(warp_max[w][h] - total_max);
+      total_denominator += warp_denominator[w][h] * scale;
+    }
+    for (int d = threadIdx.x; d < kDim; d += kThreads) {
+      float value = 0.0f;
+      for (int w = 0; w < kWarps; ++w) {
+        const float scale = warp_max[w][h] == -INFINITY ? 0.0f : expf(warp_max[w][h] - total_max);
+        value += warp_numerator[w][h][d] * scale;
+      }
+      out[d] = value / total_denominator;
+    }
+    if (threadIdx.x == 0) p.lse[row] = total_max + logf(total_denominator);
   }
-  float scale[kEstimationWarps];
-  float total_denominator = 0.0f;
-  for (int w = 0; w < kEstimationWarps; ++w) {
-    scale[w] = warp_max[w] == -INFINITY ? 0.0f : expf(warp_max[w] - total_max);
-    total_denominator += warp_denominator[w] * scale[w];
-  }
-  for (int d = threadIdx.x; d < kDim; d += kEstimationThreads) {
-    float value = 0.0f;
-    for (int w = 0; w < kEstimationWarps; ++w) value += warp_numerator[w][d] * scale[w];
-    out[d] = value / total_denominator;
-  }
-  if (threadIdx.x == 0) p.lse[row] = total_max + logf(total_denominator);
 }
 
 }  // namespace
@@ -140,17 +216,32 @@ __global__ void __launch_bounds__(kEstimationThreads) EstimationKernel(Estimatio
 absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateEstimationShape(params));
   if (params.num_items == 0) return absl::OkStatus();
-  const int64_t rows = static_cast<int64_t>(params.num_items) * params.group_size;
-  if (rows > std::numeric_limits<int32_t>::max()) {
+  const int64_t blocks = static_cast<int64_t>(params.num_items) *
+                         ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);
+  if (blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("EstimationParams: ", rows, " query rows exceed one grid"));
+        absl::StrCat("EstimationParams: ", params.num_items, " items exceed one grid"));
   }
   return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
     return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
       using T = typename decltype(element)::type;
-      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(EstimationKernel<T, decltype(dim)::value>,
-                                                          static_cast<int>(rows),
-                                                          kEstimationThreads, 0, stream, params));
+      constexpr int kDim = decltype(dim)::value;
+      const size_t exclude_bytes =
+          params.exclude_ids != nullptr ? sizeof(int32_t) * params.exclude_stride : 0;
+      if (exclude_bytes > kMaxExcludeBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("EstimationParams: exclude_stride is ", params.exclude_stride,
+                         "; the kernel keeps "
+                         "an item's exclusion list in shared memory, at most ",
+                         kMaxExcludeBytes / 4, " ids"));
+      }
+      // Beyond the default 48 KiB of shared memory a block (numerators take 32 KiB).
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(EstimationKernel<T, kDim>,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       static_cast<int>(kMaxExcludeBytes)));
+      KVTIER_CUDA_RETURN_IF_ERROR(
+          internal::LaunchChained(EstimationKernel<T, kDim>, static_cast<int>(blocks),
+                                  EstimationWarps<kDim>() * 32, exclude_bytes, stream, params));
       KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
       return absl::OkStatus();
     });

@@ -10,11 +10,11 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/status.h"
 #include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
-#include "kernels/base/cuda_check.h"
-#include "kernels/base/status.h"
 
 namespace kvtier {
 namespace {

@@ -7,10 +7,10 @@
 
 #include <algorithm>
 
-#include "kernels/launch.cuh"
-#include "kernels/miss_load.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/status.h"
+#include "kernels/launch.cuh"
+#include "kernels/miss_load.h"
 
 namespace kvtier {
 namespace {

@@ -11,10 +11,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/launch.cuh"
-#include "kernels/page_copy.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/status.h"
+#include "kernels/launch.cuh"
+#include "kernels/page_copy.h"
 
 namespace kvtier {
 namespace {

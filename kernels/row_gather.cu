@@ -53,7 +53,7 @@ absl::Status LaunchRowGather(const RowGatherParams& params, cudaStream_t stream)
   if (params.num_tokens == 0) return absl::OkStatus();
   const int64_t rows = int64_t{params.num_tokens} * params.num_heads;
   const int64_t blocks = (rows + kWarps - 1) / kWarps;
-  if (blocks > int64_t{1} << 31) {
+  if (blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(
         absl::StrCat("RowGatherParams: ", rows, " rows exceed a grid"));
   }

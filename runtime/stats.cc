@@ -17,6 +17,7 @@ void LayerStats::Add(const LayerStats& o) {
   hot_bytes_read += o.hot_bytes_read;
   selected_bytes_read += o.selected_bytes_read;
   summary_bytes_read += o.summary_bytes_read;
+  estimate_bytes_read += o.estimate_bytes_read;
   plan_ms += o.plan_ms;
   select_ms += o.select_ms;
   resolve_ms += o.resolve_ms;

@@ -22,6 +22,7 @@ struct LayerStats {
   int64_t hot_bytes_read = 0;        // HBM: hot-set K/V read by attention
   int64_t selected_bytes_read = 0;   // HBM: selected K/V read by attention
   int64_t summary_bytes_read = 0;    // HBM: index summaries scored
+  int64_t estimate_bytes_read = 0;   // HBM: the estimation zone's summaries (wave index)
   // Phase times of the decode steps (collect_timings), milliseconds summed over steps.
   double plan_ms = 0;  // upload + device planning + append + summary
   double select_ms = 0;
@@ -30,7 +31,9 @@ struct LayerStats {
   double attend_ms = 0;  // hot + selected attention and merge
   double step_ms = 0;    // whole Decode calls, first to last kvtier operation
 
-  int64_t hbm_bytes() const { return hot_bytes_read + selected_bytes_read + summary_bytes_read; }
+  int64_t hbm_bytes() const {
+    return hot_bytes_read + selected_bytes_read + summary_bytes_read + estimate_bytes_read;
+  }
   int64_t pcie_bytes() const { return bytes_loaded + bytes_written_back; }
   double hit_rate() const {
     return pages_selected > 0 ? static_cast<double>(page_hits) / pages_selected : 0.0;

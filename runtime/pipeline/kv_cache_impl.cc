@@ -1,5 +1,7 @@
 // The KvCache behind runtime/kv_cache.h: creation, sequences, statistics and inspection.
-// Prefill is in prefill.cc, Decode in decode.cc (each with its order of operations).
+// Prefill is in prefill.cc, Decode in decode.cc (each with its order of operations; Decode's
+// phases in decode_append.cc, decode_select.cc, decode_attend.cc and decode_merge.cc, its
+// resolve and load in offload/page_cache.h and offload/transfer_engine.h).
 #include "runtime/pipeline/kv_cache_impl.h"
 
 #include <algorithm>
@@ -10,11 +12,6 @@
 #include "kernels/base/status.h"
 
 namespace kvtier::internal {
-namespace {
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-}  // namespace
 
 // ---- Creation ---------------------------------------------------------------------------
 
@@ -65,12 +62,12 @@ absl::Status KvCacheImpl::Initialize() {
       staging_, PinnedBuffer::Allocate(
                     {static_cast<size_t>(2 * AlignUp(2 * b * 4) * shape.num_layers), device_id}));
 
-  // Pools.
+  // Pools, the page cache's directory and the transfers between the tiers.
   const int64_t rows = plan_.rows;
   const int64_t hot_pages = int64_t{plan_.sink_pages} + plan_.ring_pages;
-  KVTIER_ASSIGN_OR_RETURN(std::byte * pools,
-                          backend_->Allocate(plan_.hot_bytes + plan_.cache_bytes +
-                                             plan_.summary_bytes + plan_.directory_bytes + 1024));
+  KVTIER_ASSIGN_OR_RETURN(
+      std::byte * pools,
+      backend_->Allocate(plan_.hot_bytes + plan_.cache_bytes + plan_.summary_bytes + 1024));
   {
     Carver c(pools);
     hot_k_ = c.Bytes(rows * hot_pages * plan_.page_bytes);
@@ -78,12 +75,10 @@ absl::Status KvCacheImpl::Initialize() {
     slot_k_ = c.Bytes(rows * plan_.cache_slots * plan_.page_bytes);
     slot_v_ = c.Bytes(rows * plan_.cache_slots * plan_.page_bytes);
     summaries_ = c.Bytes(rows * plan_.max_pages * plan_.summary_page_bytes);
-    dir_page_ = c.Take<int32_t>(rows * plan_.cache_slots);
-    dir_last_use_ = c.Take<int32_t>(rows * plan_.cache_slots);
-    dir_score_ = c.Take<float>(rows * plan_.cache_slots);
   }
-  KVTIER_RETURN_IF_ERROR(
-      backend_->Fill(dir_page_, 0xFF, rows * plan_.cache_slots * 4, backend_->copy_stream()));
+  KVTIER_ASSIGN_OR_RETURN(page_cache_, PageCache::Create(backend_.get(), plan_.page_cache));
+  transfer_engine_ = std::make_unique<TransferEngine>(backend_.get(), page_table_.get(),
+                                                      plan_.page_bytes, plan_.max_selected);
 
   // Per-layer step arrays.
   KVTIER_ASSIGN_OR_RETURN(std::byte * steps, backend_->Allocate(plan_.step_bytes));
@@ -207,13 +202,8 @@ absl::Status KvCacheImpl::AddSequence(SeqId seq) {
   // Empty the slot's page caches (a previous sequence may have used them).
   const int64_t row0 = Row(slot, 0, 0);
   const int64_t rows = int64_t{options_.shape.num_layers} * options_.shape.num_kv_heads;
-  const int64_t entries = rows * plan_.cache_slots;
   cudaStream_t s = backend_->copy_stream();
-  KVTIER_RETURN_IF_ERROR(
-      backend_->Fill(dir_page_ + row0 * plan_.cache_slots, 0xFF, entries * 4, s));
-  KVTIER_RETURN_IF_ERROR(
-      backend_->Fill(dir_last_use_ + row0 * plan_.cache_slots, 0, entries * 4, s));
-  KVTIER_RETURN_IF_ERROR(backend_->Fill(dir_score_ + row0 * plan_.cache_slots, 0, entries * 4, s));
+  KVTIER_RETURN_IF_ERROR(page_cache_->EmptyRows(row0, rows, s));
   if (index_->position_array() >= 0) {
     // Stored positions of 0 mean "position order": a reused slot starts without the
     // previous sequence's layout.
@@ -408,18 +398,13 @@ absl::StatusOr<KvCache::CacheInspection> KvCacheImpl::Inspect(SeqId seq, int lay
       result.window_begin = std::min(result.window_begin, t);
     }
   }
-  const int64_t row = Row(it->second.slot, layer, kv_head);
-  const int64_t c = plan_.cache_slots;
-  result.slot_page.resize(static_cast<size_t>(c));
-  result.slot_last_use.resize(static_cast<size_t>(c));
-  result.slot_score.resize(static_cast<size_t>(c));
-  KVTIER_RETURN_IF_ERROR(
-      backend_->CopyToHost(result.slot_page.data(), dir_page_ + row * c, c * 4, nullptr));
-  KVTIER_RETURN_IF_ERROR(
-      backend_->CopyToHost(result.slot_last_use.data(), dir_last_use_ + row * c, c * 4, nullptr));
-  KVTIER_RETURN_IF_ERROR(
-      backend_->CopyToHost(result.slot_score.data(), dir_score_ + row * c, c * 4, nullptr));
-  KVTIER_RETURN_IF_ERROR(backend_->Synchronize(nullptr));
+  const size_t c = static_cast<size_t>(plan_.cache_slots);
+  result.slot_page.resize(c);
+  result.slot_last_use.resize(c);
+  result.slot_score.resize(c);
+  KVTIER_RETURN_IF_ERROR(page_cache_->ReadRow(Row(it->second.slot, layer, kv_head),
+                                              result.slot_page.data(), result.slot_last_use.data(),
+                                              result.slot_score.data()));
   return result;
 }
 

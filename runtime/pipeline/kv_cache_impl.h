@@ -1,5 +1,8 @@
 // The KvCache behind runtime/kv_cache.h: sequence bookkeeping on the host, the step pipeline
-// on a StepBackend. See kv_cache_impl.cc for the order of operations of Prefill and Decode.
+// on a StepBackend. Creation, sequences and inspection are in kv_cache_impl.cc; Prefill is in
+// prefill.cc; Decode is in decode.cc, which gives its order of operations and calls its phases
+// (decode_append.cc, decode_select.cc, decode_attend.cc, decode_merge.cc, and the page cache
+// and transfer engine of offload/).
 #pragma once
 
 #include <cstdint>
@@ -13,12 +16,16 @@
 #include "kernels/backend/step_backend.h"
 #include "offload/host_page_table.h"
 #include "offload/page_arena.h"
+#include "offload/page_cache.h"
 #include "offload/pinned_buffer.h"
+#include "offload/transfer_engine.h"
 #include "runtime/kv_cache.h"
 #include "runtime/pipeline/memory_plan.h"
 #include "runtime/pipeline/step_arrays.h"
 
 namespace kvtier::internal {
+
+struct DecodeStep;
 
 class KvCacheImpl final : public KvCache {
  public:
@@ -58,6 +65,40 @@ class KvCacheImpl final : public KvCache {
                             const std::byte* v, bool inputs_on_backend, int64_t position,
                             int64_t tokens, int64_t call_end, cudaStream_t stream)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Decode (decode.cc): the checks, the batch's sequences, the step's setup and its end.
+  absl::Status CheckDecodeInputs(int64_t batch, const ConstTensor& q, const ConstTensor& k_new,
+                                 const ConstTensor& v_new, const MutableTensor& out) const;
+  // Checks every sequence of the batch and gives the pages this step starts their host frames
+  // (all or nothing); on success decode_entries_ holds the batch's sequences. On an error no
+  // sequence and no host frame has changed.
+  absl::Status AdmitDecodeBatch(int layer, absl::Span<const SeqId> seqs)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // After AdmitDecodeBatch: the committed step's host accounting, its events, the upload of
+  // the batch and its inputs in backend memory. The returned step refers to layers_[layer].
+  absl::StatusOr<DecodeStep> StartDecodeStep(int layer, const ConstTensor& q,
+                                             const ConstTensor& k_new, const ConstTensor& v_new,
+                                             const MutableTensor& out, bool capturing,
+                                             cudaStream_t stream)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeResolve(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeLoad(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FinishDecodeStep(const DecodeStep& step, const MutableTensor& out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The phases, each in the file of its name (contracts there and in decode.cc's diagram).
+  absl::Status DecodeAppend(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeSelect(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeEstimate(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeAttendAllHot(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeAttendHotSet(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeAttendSelected(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status DecodeMerge(const DecodeStep& step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Shared by the phases (decode_attend.cc): the attention parameters of the step's items
+  // without their pages and outputs, and the attention page list a resolve's slots give.
+  PagedDecodeParams StepAttention(const DecodeStep& step) const;
+  SelectedPagesParams SelectedPageList(const DecodeStep& step, const PageList& list,
+                                       const int32_t* slots, const int32_t* count) const;
+
   absl::Status HarvestTimings(LayerArrays& layer) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits for every piece of device work issued so far.
   absl::Status WaitForDevice() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -78,9 +119,10 @@ class KvCacheImpl final : public KvCache {
   std::byte* slot_k_ = nullptr;
   std::byte* slot_v_ = nullptr;
   std::byte* summaries_ = nullptr;  // [rows] regions of max_pages * summary_page_bytes
-  int32_t* dir_page_ = nullptr;
-  int32_t* dir_last_use_ = nullptr;
-  float* dir_score_ = nullptr;
+  // The page cache's directory (its slots are slot_k_ / slot_v_), and the page transfers
+  // between the host store and the GPU (write-back, miss load).
+  std::unique_ptr<PageCache> page_cache_;
+  std::unique_ptr<TransferEngine> transfer_engine_;
 
   mutable std::vector<LayerArrays> layers_;
   DecodeScratch scratch_;

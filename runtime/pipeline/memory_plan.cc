@@ -75,6 +75,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o, const BlockIndex& index)
   m.page_bytes = PageBytes(shape, o.page_size);
   m.summary_page_bytes = index.layout().bytes_per_page;
   m.scan_page_bytes = index.scan_bytes_per_page();
+  m.estimate_page_bytes = index.estimate_bytes_per_page();
   m.rows = int64_t{o.max_sequences} * shape.num_layers * hk;
   m.batch_items = static_cast<int32_t>(o.max_batch_size * hk);
   m.prefill_pages = o.max_prefill_chunk_tokens / o.page_size + 1;
@@ -87,7 +88,16 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o, const BlockIndex& index)
   m.hot_bytes = AlignUp(m.rows * hot_per_row);
   m.cache_bytes = AlignUp(m.rows * cache_per_row);
   m.summary_bytes = AlignUp(m.rows * summary_per_row);
-  m.directory_bytes = 3 * AlignUp(m.rows * m.cache_slots * 4);
+  PageCacheGeometry& cg = m.page_cache;
+  cg.rows = m.rows;
+  cg.num_slots = m.cache_slots;
+  cg.max_pages = m.max_pages;
+  cg.page_size = m.page_size;
+  cg.max_selected = m.max_selected;
+  cg.max_items = m.batch_items;
+  cg.policy = o.cache_policy;
+  cg.score_decay = o.score_decay;
+  m.directory_bytes = PageCache::DirectoryBytes(cg);
   m.per_sequence_device_bytes = int64_t{shape.num_layers} * hk *
                                 (hot_per_row + cache_per_row + summary_per_row + directory_per_row);
 
@@ -105,8 +115,6 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o, const BlockIndex& index)
   sg.max_selected = m.max_selected;
   sg.zone_stride = index.zone_stride();
   sg.summary_arrays = index.layout().arrays;
-  sg.cache_slots = m.cache_slots;
-  sg.empty_directory = o.cache_policy == CachePolicy::kNone;
   sg.attention_workspace_bytes = PagedDecodeWorkspaceBytes(
       m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits);
   sg.select_workspace_bytes = index.workspace_bytes();

@@ -6,7 +6,8 @@
 //                   the stored positions] -> pack the tokens into staged pages -> summaries ->
 //                   copy hot pages (sinks, the last ring pages) into the hot set -> (record
 //                   packed)
-//   copy stream:    wait(packed) -> write-back of the completed pages to the host store.
+//   copy stream:    wait(packed) -> write-back of the completed pages to the host store
+//                   (TransferEngine::WriteBack) -> (record the layer's written_back).
 #include <algorithm>
 #include <vector>
 
@@ -308,19 +309,15 @@ absl::Status KvCacheImpl::PrefillPiece(const Sequence& sequence, int layer, cons
   }
   KVTIER_RETURN_IF_ERROR(backend_->Record(buffer.packed, stream));
   if (writebacks > 0) {
-    cudaStream_t copy_stream = backend_->copy_stream();
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(copy_stream, buffer.packed));
-    WriteBackParams wb;
-    wb.num_pages = writebacks;
-    wb.page_bytes = pb;
-    wb.k_src = dev(wb_k_src);
-    wb.v_src = dev(wb_v_src);
-    wb.k_dst = dev_mut(wb_k_dst);
-    wb.v_dst = dev_mut(wb_v_dst);
-    KVTIER_RETURN_IF_ERROR(backend_->WriteBack(wb, copy_stream));
-    KVTIER_RETURN_IF_ERROR(backend_->Record(buffer.written_back, copy_stream));
+    TransferEngine::WriteBackBatch pages;
+    pages.num_pages = writebacks;
+    pages.k_src = dev(wb_k_src);
+    pages.v_src = dev(wb_v_src);
+    pages.k_dst = dev_mut(wb_k_dst);
+    pages.v_dst = dev_mut(wb_v_dst);
+    KVTIER_RETURN_IF_ERROR(transfer_engine_->WriteBack(pages, buffer.packed, buffer.written_back));
     // Decode loads of this layer must see these pages.
-    KVTIER_RETURN_IF_ERROR(backend_->Record(layers_[layer].written_back, copy_stream));
+    KVTIER_RETURN_IF_ERROR(backend_->Record(layers_[layer].written_back, backend_->copy_stream()));
   }
   return absl::OkStatus();
 }

@@ -82,11 +82,6 @@ void CarveDecodeScratch(Carver& c, const StepGeometry& g, DecodeScratch& x) {
   x.select_workspace = c.Bytes(static_cast<int64_t>(g.select_workspace_bytes));
   x.hit_chunk_lse = c.Take<float>(bi * k * (g.page_size / 16) * g.group_size);
   x.miss_chunk_lse = c.Take<float>(bi * k * (g.page_size / 16) * g.group_size);
-  if (g.empty_directory) {
-    x.empty_page = c.Take<int32_t>(bi * g.cache_slots);
-    x.empty_last_use = c.Take<int32_t>(bi * g.cache_slots);
-    x.empty_score = c.Take<float>(bi * g.cache_slots);
-  }
 }
 
 int64_t PrefillPointerCount(const PrefillGeometry& g) {

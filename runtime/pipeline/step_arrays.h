@@ -9,33 +9,12 @@
 #include <vector>
 
 #include "kernels/backend/step_backend.h"
+#include "kernels/base/carver.h"
 #include "kernels/decode_plan.h"
 #include "runtime/core/sequence_id.h"
 #include "runtime/stats.h"
 
 namespace kvtier::internal {
-
-// Rounds up to the 256-byte alignment every region keeps.
-constexpr int64_t AlignUp(int64_t bytes) { return (bytes + 255) / 256 * 256; }
-
-// Carves aligned arrays out of one block of backend memory, or (base == nullptr) only counts
-// the bytes the same sequence of Take calls needs.
-class Carver {
- public:
-  explicit Carver(std::byte* base) : base_(base) {}
-  template <typename T>
-  T* Take(int64_t count) {
-    std::byte* p = base_ != nullptr ? base_ + used_ : nullptr;
-    used_ += AlignUp(count * static_cast<int64_t>(sizeof(T)));
-    return reinterpret_cast<T*>(p);
-  }
-  std::byte* Bytes(int64_t bytes) { return Take<std::byte>(bytes); }
-  int64_t used() const { return used_; }
-
- private:
-  std::byte* base_;
-  int64_t used_ = 0;
-};
 
 // The sizes the step arrays follow (from the memory plan and the index).
 struct StepGeometry {
@@ -50,8 +29,6 @@ struct StepGeometry {
   int32_t max_selected = 0;  // the retrieval budget k
   int32_t zone_stride = 0;   // the estimation zone's list length (0: no estimation)
   int32_t summary_arrays = 0;
-  int32_t cache_slots = 0;
-  bool empty_directory = false;  // CachePolicy::kNone: a directory emptied each step
   size_t attention_workspace_bytes = 0;
   size_t select_workspace_bytes = 0;
 };
@@ -160,11 +137,6 @@ struct DecodeScratch {
   size_t select_workspace_bytes = 0;
   float* hit_chunk_lse = nullptr;
   float* miss_chunk_lse = nullptr;
-  // CachePolicy::kNone: a directory of the batch's items, emptied before every resolve, so
-  // every selected page misses and the sequences' own directories stay untouched.
-  int32_t* empty_page = nullptr;
-  int32_t* empty_last_use = nullptr;
-  float* empty_score = nullptr;
 };
 
 // One prefill staging buffer (two alternate so that packing the next piece overlaps the

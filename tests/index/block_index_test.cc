@@ -40,8 +40,9 @@ TEST(BlockIndexTest, PageBoundsKeepsOneBoundsArrayAndRefusesMassAndEstimation) {
 }
 
 // The wave index sizes every workspace it launches with (the CUDA kernels refuse a missing
-// one, the host twins do not look), and its arrays fit the region without overlapping.
-TEST(BlockIndexTest, WaveSizesItsWorkspacesAndLaysOutFourArrays) {
+// one, the host twins do not look), and its arrays fit the region without overlapping, the
+// vector-read ones 16-byte aligned.
+TEST(BlockIndexTest, WaveSizesItsWorkspacesAndLaysOutItsArrays) {
   IndexConfig c = Config();
   c.estimate_pages = 256;
   auto index = CreateBlockIndex(IndexKind::kWave, c);
@@ -53,14 +54,23 @@ TEST(BlockIndexTest, WaveSizesItsWorkspacesAndLaysOutFourArrays) {
   EXPECT_EQ(wave.zone_stride(), 64 + 256);
   EXPECT_TRUE(wave.orders_segments());
   const SummaryLayout l = wave.layout();
-  ASSERT_EQ(l.arrays, 4);
+  ASSERT_EQ(l.arrays, 5);  // key means, value sums, key spreads, counts, positions
   EXPECT_EQ(l.bytes_per_page % 16, 0);
+  // Two centroid parts a page: key means and spreads of 2 x D bf16, value sums 2 x D floats.
+  EXPECT_EQ(l.stride[0], 2 * 128 * 2);
+  EXPECT_EQ(l.stride[1], 2 * 128 * 4);
+  EXPECT_EQ(l.stride[2], 2 * 128 * 2);
+  EXPECT_EQ(l.stride[3], 2 * 4);
+  for (int a = 0; a < 3; ++a) EXPECT_EQ(l.offset[a] % 16, 0) << a;
+  EXPECT_EQ(wave.scan_bytes_per_page(), l.stride[0] + l.stride[3]);
   for (int a = 0; a < l.arrays; ++a) {
     const int64_t end = l.offset[a] + int64_t{c.max_pages} * l.stride[a];
     EXPECT_LE(end, int64_t{c.max_pages} * l.bytes_per_page) << a;
-    if (a + 1 < l.arrays) EXPECT_LE(end, l.offset[a + 1]) << a;
+    if (a + 1 < l.arrays) {
+      EXPECT_LE(end, l.offset[a + 1]) << a;
+    }
   }
-  EXPECT_EQ(wave.position_array(), 3);
+  EXPECT_EQ(wave.position_array(), 4);
   c.budget_pages = 4000;
   c.estimate_pages = 200;
   EXPECT_EQ(CreateBlockIndex(IndexKind::kWave, c).status().code(),

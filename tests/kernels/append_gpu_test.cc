@@ -17,8 +17,8 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/append.h"
-#include "offload/pinned_buffer.h"
 #include "kernels/base/cuda_handles.h"
+#include "offload/pinned_buffer.h"
 #include "tests/testing/aligned_bytes.h"
 #include "tests/testing/gpu_test_util.h"
 

@@ -18,10 +18,10 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "kernels/block_select.h"
-#include "kernels/block_summary.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/dtype.h"
+#include "kernels/block_select.h"
+#include "kernels/block_summary.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/block_summary.h"
 #include "kernels/base/dtype.h"
+#include "kernels/block_summary.h"
 
 namespace kvtier {
 namespace {

@@ -17,8 +17,8 @@
 
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "kernels/cache_resolve.h"
 #include "kernels/base/cuda_handles.h"
+#include "kernels/cache_resolve.h"
 #include "tests/testing/drifting_selections.h"
 #include "tests/testing/gpu_test_util.h"
 

@@ -33,12 +33,12 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/decode_attention.h"
-#include "kernels/reference_attention.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/dtype.h"
 #include "kernels/base/status.h"
+#include "kernels/decode_attention.h"
+#include "kernels/reference_attention.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

@@ -8,6 +8,10 @@
 // ulps each, and the sums run over up to 5,000 clusters. Outputs are weighted means of value
 // sums of magnitude ~n (<= 50 here): |got - want| <= 1e-4 * max(|want|, 1) for out, and
 // 1e-4 * max(|lse|, 1) for lse, leaves an order of magnitude of margin over what fp32 gives.
+//
+// The fixed-stride list and exclusion modes (testing/estimation_lists.h) the same way, with
+// one and two centroids a cluster, list lengths from 0 to the stride, and the kernel's
+// clamping of list and exclusion counts outside [0, stride].
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -16,13 +20,16 @@
 #include <iostream>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/estimation.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/dtype.h"
+#include "kernels/estimation.h"
+#include "tests/testing/estimation_lists.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
@@ -161,6 +168,218 @@ TEST_F(EstimationGpuTest, EqualsTwin) {
       }
     }
   }
+}
+
+// ---- Fixed-stride lists and exclusion ---------------------------------------------------
+
+using testing_util::EstimationItemSpec;
+using testing_util::EstimationLists;
+
+// Launches on `batch`'s device copy (outputs poisoned) with `device_counts` / `device_exclude`
+// as the list and exclusion counts (the batch's own when empty), and compares with the twin
+// run on the batch's host arrays as they are.
+void CheckLists(EstimationLists& batch, const std::string& what, cudaStream_t stream,
+                std::vector<int32_t> device_counts = {}, std::vector<int32_t> device_exclude = {}) {
+  SCOPED_TRACE(what);
+  const size_t rows = batch.rows();
+  const int dim = batch.dim();
+  std::vector<float> want(rows * dim), want_lse(rows);
+  const EstimationParams host = batch.Params(want.data(), want_lse.data());
+  ASSERT_OK(ReferenceEstimation(host));
+
+  if (device_counts.empty()) device_counts = batch.list_count();
+  if (device_exclude.empty()) device_exclude = batch.exclude_count();
+  DeviceBuffer d_q = Upload(batch.q()), d_keys = Upload(batch.keys()),
+               d_sums = Upload(batch.sums()), d_counts = Upload(batch.counts()),
+               d_ids = Upload(batch.ids()), d_list = Upload(device_counts),
+               d_exclude = Upload(batch.exclude()), d_exclude_count = Upload(device_exclude);
+  const int items = host.num_items;
+  std::vector<const void*> dk;
+  std::vector<const float*> ds;
+  std::vector<const int32_t*> dc;
+  for (int i = 0; i < items; ++i) {
+    dk.push_back(d_keys.as<uint16_t>() + batch.key_at()[i]);
+    ds.push_back(d_sums.as<float>() + batch.sum_at()[i]);
+    dc.push_back(d_counts.as<int32_t>() + batch.count_at()[i]);
+  }
+  DeviceBuffer d_spreads = Upload(batch.spreads().empty() ? batch.keys() : batch.spreads());
+  std::vector<const void*> dv;
+  for (int i = 0; i < items; ++i) dv.push_back(d_spreads.as<uint16_t>() + batch.key_at()[i]);
+  DeviceBuffer d_kp = Upload(dk), d_sp = Upload(ds), d_cp = Upload(dc), d_vp = Upload(dv);
+  DeviceBuffer d_out =
+      Upload(std::vector<float>(rows * dim, std::numeric_limits<float>::quiet_NaN()));
+  DeviceBuffer d_lse = Upload(std::vector<float>(rows, std::numeric_limits<float>::quiet_NaN()));
+  EstimationParams p = host;
+  p.q = d_q.data();
+  p.cluster_ids = d_ids.as<int32_t>();
+  p.list_count = d_list.as<int32_t>();
+  if (host.exclude_ids != nullptr) {
+    p.exclude_ids = d_exclude.as<int32_t>();
+    p.exclude_count = d_exclude_count.as<int32_t>();
+  }
+  p.key_mean = d_kp.as<const void*>();
+  p.value_sum = d_sp.as<const float*>();
+  p.count = d_cp.as<const int32_t*>();
+  if (host.key_spread != nullptr) p.key_spread = d_vp.as<const void*>();
+  p.out = d_out.as<float>();
+  p.lse = d_lse.as<float>();
+  ASSERT_OK(LaunchEstimation(p, stream));
+  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+  const std::vector<float> got = Download<float>(d_out, rows * dim);
+  const std::vector<float> got_lse = Download<float>(d_lse, rows);
+  for (size_t r = 0; r < rows; ++r) {
+    if (std::isinf(want_lse[r])) {
+      ASSERT_EQ(got_lse[r], want_lse[r]) << "row " << r;
+    } else {
+      ASSERT_NEAR(got_lse[r], want_lse[r], kTolerance * std::max(1.0f, std::abs(want_lse[r])))
+          << "row " << r;
+    }
+    for (int d = 0; d < dim; ++d) {
+      const float w = want[r * dim + d];
+      ASSERT_NEAR(got[r * dim + d], w, kTolerance * std::max(1.0f, std::abs(w)))
+          << "row " << r << " d " << d;
+    }
+  }
+}
+
+class EstimationListsGpuTest : public GpuStreamTest {
+ protected:
+  EstimationListsGpuTest() : GpuStreamTest("GPU estimation list tests") {}
+};
+
+// Items of random sizes: no list, one id, the whole stride, random lengths; and an item with
+// thousands of ids (every warp folds many).
+std::vector<EstimationItemSpec> RandomItems(int stride, int exclude_stride, std::mt19937_64& rng) {
+  std::vector<EstimationItemSpec> out;
+  for (int i = 0; i < 9; ++i) {
+    EstimationItemSpec s;
+    s.clusters = 1 + static_cast<int>(rng() % 300);
+    const uint64_t kind = i < 4 ? i : rng() % 4 + 4;
+    s.count = kind == 0 ? 0 : kind == 1 ? 1 : kind == 2 ? stride : static_cast<int>(rng() % stride);
+    s.excluded = exclude_stride > 0 ? static_cast<int>(rng() % (exclude_stride + 1)) : 0;
+    out.push_back(s);
+  }
+  return out;
+}
+
+TEST_F(EstimationListsGpuTest, FixedStrideListsEqualTwin) {
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  rng.seed(seed);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 3, 4, 8}) {
+        for (int parts : {1, 2}) {
+          const int stride = rng() % 2 == 0 ? 1 + static_cast<int>(rng() % 64) : 2500;
+          EstimationLists batch(dtype, dim, group, parts, stride, 0, RandomItems(stride, 0, rng),
+                                rng());
+          ASSERT_NO_FATAL_FAILURE(
+              CheckLists(batch,
+                         absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
+                                      " stride ", stride, " seed ", seed),
+                         stream()));
+        }
+      }
+    }
+  }
+}
+
+// The spread correction (key_spread) on top of lists, parts and exclusion.
+TEST_F(EstimationListsGpuTest, SpreadCorrectionEqualsTwin) {
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  rng.seed(seed);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4, 6}) {
+        const int parts = 1 + static_cast<int>(rng() % 2);
+        const int stride = 1 + static_cast<int>(rng() % 400);
+        const int exclude_stride = 1 + static_cast<int>(rng() % std::min(stride, 50));
+        EstimationLists batch(dtype, dim, group, parts, stride, exclude_stride,
+                              RandomItems(stride, exclude_stride, rng), rng());
+        batch.AddSpread(rng());
+        ASSERT_NO_FATAL_FAILURE(
+            CheckLists(batch,
+                       absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
+                                    " stride ", stride, " spread, seed ", seed),
+                       stream()));
+      }
+    }
+  }
+}
+
+TEST_F(EstimationListsGpuTest, ExclusionEqualsTwin) {
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  rng.seed(seed);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4, 8}) {
+        for (int parts : {1, 2}) {
+          const int stride = rng() % 2 == 0 ? 1 + static_cast<int>(rng() % 64) : 2500;
+          const int exclude_stride = 1 + static_cast<int>(rng() % std::min(stride, 200));
+          EstimationLists batch(dtype, dim, group, parts, stride, exclude_stride,
+                                RandomItems(stride, exclude_stride, rng), rng());
+          ASSERT_NO_FATAL_FAILURE(CheckLists(
+              batch,
+              absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts, " stride ",
+                           stride, " exclude_stride ", exclude_stride, " seed ", seed),
+              stream()));
+        }
+      }
+    }
+  }
+}
+
+// estimation.h: list_count and exclude_count outside [0, stride] are clamped by the kernel:
+// the launch with out-of-range counts equals the twin with the clamped ones.
+TEST_F(EstimationListsGpuTest, ClampsCountsOutsideTheStride) {
+  const std::vector<EstimationItemSpec> items = {{50, 40, 6}, {30, 0, 0}, {70, 40, 6}, {9, 40, 3}};
+  EstimationLists batch(DType::kBF16, 128, 4, 1, 40, 6, items, 31);
+  // Device: item 0 lists 40 + 7, item 1 -5 ids; item 2 excludes 6 + 9, item 3 -1.
+  std::vector<int32_t> counts = batch.list_count(), exclude = batch.exclude_count();
+  ASSERT_EQ(counts[0], 40);
+  counts[0] = 47;
+  counts[1] = -5;
+  exclude[2] = 15;
+  exclude[3] = -1;
+  batch.exclude_count()[3] = 0;  // the twin's (valid) equivalents
+  ASSERT_NO_FATAL_FAILURE(CheckLists(batch, "clamped counts", stream(), counts, exclude));
+}
+
+// The launcher's checks of list and exclusion fields: InvalidArgument, nothing written.
+TEST_F(EstimationListsGpuTest, RejectsBadListFields) {
+  const std::vector<EstimationItemSpec> items = {{10, 5, 2}, {10, 5, 2}};
+  EstimationLists batch(DType::kFP16, 64, 2, 1, 8, 4, items, 3);
+  DeviceBuffer d_out =
+      Upload(std::vector<float>(batch.rows() * 64, std::numeric_limits<float>::quiet_NaN()));
+  DeviceBuffer d_lse =
+      Upload(std::vector<float>(batch.rows(), std::numeric_limits<float>::quiet_NaN()));
+  // Host pointers that the launcher must not read: it fails before launching.
+  const EstimationParams good = batch.Params(d_out.as<float>(), d_lse.as<float>());
+  auto expect = [&](const EstimationParams& p, const char* field) {
+    const absl::Status status = LaunchEstimation(p, stream());
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << field << ": " << status;
+    EXPECT_NE(std::string(status.message()).find(field), std::string::npos) << status;
+  };
+  EstimationParams p = good;
+  p.list_stride = 0;
+  expect(p, "list_stride");
+  p = good;
+  p.list_count = nullptr;
+  expect(p, "cluster_offsets is null");
+  p = good;
+  p.exclude_count = nullptr;
+  expect(p, "exclude_count is null");
+  p = good;
+  p.exclude_stride = -1;
+  expect(p, "exclude_stride");
+  p = good;
+  p.centroid_parts = 0;
+  expect(p, "centroid_parts");
+  ASSERT_CUDA_OK(cudaStreamSynchronize(stream()));
+  for (float x : Download<float>(d_out, batch.rows() * 64)) ASSERT_TRUE(std::isnan(x));
+  for (float x : Download<float>(d_lse, batch.rows())) ASSERT_TRUE(std::isnan(x));
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Host twin of estimation (estimation.h) against exact attention: clusters of one token are
 // attention over those tokens, and a cluster of n tokens with equal keys is attention over
-// them; estimates of disjoint cluster sets merge into the estimate of their union.
+// them; estimates of disjoint cluster sets merge into the estimate of their union. The
+// fixed-stride list and exclusion modes against a plain computation of the header's sums
+// (testing/estimation_lists.h), and their bad inputs.
 #include "kernels/estimation.h"
 
 #include <cmath>
@@ -11,9 +13,10 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/base/dtype.h"
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
-#include "kernels/base/dtype.h"
+#include "tests/testing/estimation_lists.h"
 
 namespace kvtier {
 namespace {
@@ -140,6 +143,10 @@ void ExpectClose(const std::vector<float>& actual, const std::vector<float>& exp
                  const std::string& what) {
   ASSERT_EQ(actual.size(), expected.size());
   for (size_t i = 0; i < actual.size(); ++i) {
+    if (std::isinf(expected[i])) {  // an lse of a row without contributions: exactly -inf
+      ASSERT_EQ(actual[i], expected[i]) << what << " " << i;
+      continue;
+    }
     ASSERT_NEAR(actual[i], expected[i], tol * (1.0 + std::abs(expected[i]))) << what << " " << i;
   }
 }
@@ -246,6 +253,237 @@ TEST(EstimationReferenceTest, RejectsBadParameters) {
   tokens.offsets = {0, -1};
   p = tokens.Params(ids, out, lse);
   EXPECT_NE(std::string(ReferenceEstimation(p).message()).find("cluster_offsets[1]"),
+            std::string::npos);
+}
+
+// ---- Fixed-stride lists and exclusion ---------------------------------------------------
+
+using testing_util::EstimationItemSpec;
+using testing_util::EstimationLists;
+
+// Runs the twin on `batch` (outputs poisoned) and compares it with the plain computation.
+void ExpectTwinEqualsPlain(const EstimationLists& batch, const std::string& what) {
+  std::vector<float> want, want_lse;
+  batch.Plain(&want, &want_lse);
+  std::vector<float> out(batch.rows() * batch.dim(), kPoison), lse(batch.rows(), kPoison);
+  const absl::Status status = ReferenceEstimation(batch.Params(out.data(), lse.data()));
+  ASSERT_TRUE(status.ok()) << what << ": " << status;
+  ExpectClose(lse, want_lse, 1e-6, what + " lse");
+  ExpectClose(out, want, 1e-6, what + " out");
+}
+
+// Random list lengths (0, 1, a few, the whole stride), ids with repeats, unused slots -1.
+std::vector<EstimationItemSpec> RandomItems(int items, int stride, int exclude_stride,
+                                            std::mt19937_64& rng) {
+  std::vector<EstimationItemSpec> out;
+  for (int i = 0; i < items; ++i) {
+    EstimationItemSpec s;
+    s.clusters = 1 + static_cast<int>(rng() % 60);
+    const uint64_t kind = rng() % 5;
+    s.count = kind == 0 ? 0 : kind == 1 ? 1 : kind == 2 ? stride : static_cast<int>(rng() % stride);
+    s.excluded = exclude_stride > 0 ? static_cast<int>(rng() % (exclude_stride + 1)) : 0;
+    out.push_back(s);
+  }
+  return out;
+}
+
+TEST(EstimationListsTest, FixedStrideListsEqualPlainSums) {
+  std::mt19937_64 rng(21);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 3, 8}) {
+        for (int parts : {1, 2}) {
+          const std::string what = std::string(DTypeName(dtype)) + " D " + std::to_string(dim) +
+                                   " G " + std::to_string(group) + " parts " +
+                                   std::to_string(parts);
+          const int stride = 1 + static_cast<int>(rng() % 40);
+          const EstimationLists batch(dtype, dim, group, parts, stride, 0,
+                                      RandomItems(7, stride, 0, rng), rng());
+          ASSERT_NO_FATAL_FAILURE(ExpectTwinEqualsPlain(batch, what));
+        }
+      }
+    }
+  }
+}
+
+TEST(EstimationListsTest, ExclusionEqualsPlainSumsWithoutTheExcluded) {
+  std::mt19937_64 rng(22);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4}) {
+        for (int parts : {1, 2}) {
+          const std::string what = std::string(DTypeName(dtype)) + " D " + std::to_string(dim) +
+                                   " G " + std::to_string(group) + " parts " +
+                                   std::to_string(parts);
+          const int stride = 1 + static_cast<int>(rng() % 40);
+          const int exclude_stride = 1 + static_cast<int>(rng() % 20);
+          const EstimationLists batch(dtype, dim, group, parts, stride, exclude_stride,
+                                      RandomItems(9, stride, exclude_stride, rng), rng());
+          ASSERT_NO_FATAL_FAILURE(ExpectTwinEqualsPlain(batch, what));
+        }
+      }
+    }
+  }
+}
+
+// The spread correction: the twin adds kSpreadWeight scale^2 / 2 sum q^2 var to each
+// centroid's logit, as the plain computation does; and a spread moves the result (the
+// correction is applied, not ignored).
+TEST(EstimationListsTest, SpreadCorrectionEqualsPlainSums) {
+  std::mt19937_64 rng(23);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int parts : {1, 2}) {
+        const std::string what = std::string(DTypeName(dtype)) + " D " + std::to_string(dim) +
+                                 " parts " + std::to_string(parts) + " spread";
+        const int stride = 1 + static_cast<int>(rng() % 40);
+        const int exclude_stride = 1 + static_cast<int>(rng() % 20);
+        EstimationLists batch(dtype, dim, 4, parts, stride, exclude_stride,
+                              RandomItems(9, stride, exclude_stride, rng), rng());
+        std::vector<float> plain_out(batch.rows() * dim), plain_lse(batch.rows());
+        ASSERT_TRUE(ReferenceEstimation(batch.Params(plain_out.data(), plain_lse.data())).ok());
+        batch.AddSpread(rng());
+        ASSERT_NO_FATAL_FAILURE(ExpectTwinEqualsPlain(batch, what));
+        std::vector<float> out(batch.rows() * dim), lse(batch.rows());
+        ASSERT_TRUE(ReferenceEstimation(batch.Params(out.data(), lse.data())).ok());
+        bool moved = false;
+        for (size_t r = 0; r < batch.rows(); ++r) {
+          if (std::isfinite(lse[r]) && lse[r] > plain_lse[r] + 1e-3f) moved = true;
+          if (std::isfinite(plain_lse[r])) {
+            EXPECT_GE(lse[r], plain_lse[r]) << what << " row " << r;
+          }
+        }
+        EXPECT_TRUE(moved) << what;
+      }
+    }
+  }
+}
+
+// The estimate of a list with exclusion equals the estimate of the list with the excluded
+// ids removed (offsets mode), and excluding nothing equals no exclusion at all; excluding
+// every listed id leaves an empty row (0, -inf).
+TEST(EstimationListsTest, ExclusionRemovesExactlyTheListedPages) {
+  const std::vector<EstimationItemSpec> items = {{20, 10, 6}, {15, 30, 12}, {40, 0, 3},
+                                                 {5, 30, 2},  {60, 17, 12}, {1, 1, 1}};
+  EstimationLists batch(DType::kBF16, 128, 2, 1, 30, 12, items, 99);
+  std::vector<float> out(batch.rows() * 128, kPoison), lse(batch.rows(), kPoison);
+  ASSERT_TRUE(ReferenceEstimation(batch.Params(out.data(), lse.data())).ok());
+
+  // The same lists, filtered on the host, in offsets mode without exclusion.
+  std::vector<int32_t> offsets = {0}, kept;
+  for (int i = 0; i < 6; ++i) {
+    const int32_t* row = batch.exclude().data() + i * 12;
+    for (int32_t j = 0; j < batch.list_count()[i]; ++j) {
+      const int32_t id = batch.ids()[i * 30 + j];
+      if (std::find(row, row + batch.exclude_count()[i], id) == row + batch.exclude_count()[i]) {
+        kept.push_back(id);
+      }
+    }
+    offsets.push_back(static_cast<int32_t>(kept.size()));
+  }
+  std::vector<float> filtered(out.size(), kPoison), filtered_lse(lse.size(), kPoison);
+  EstimationParams p = batch.Params(filtered.data(), filtered_lse.data());
+  p.list_count = nullptr;
+  p.list_stride = 0;
+  p.cluster_offsets = offsets.data();
+  p.cluster_ids = kept.data();
+  p.exclude_ids = nullptr;
+  p.exclude_count = nullptr;
+  p.exclude_stride = 0;
+  ASSERT_TRUE(ReferenceEstimation(p).ok());
+  ExpectClose(out, filtered, 1e-6, "exclusion vs filtered out");
+  ExpectClose(lse, filtered_lse, 1e-6, "exclusion vs filtered lse");
+
+  // Exclusion lists of count 0 (their rows still hold listed ids): as without exclusion.
+  std::vector<float> none(out.size(), kPoison), none_lse(lse.size(), kPoison);
+  std::vector<float> off(out.size(), kPoison), off_lse(lse.size(), kPoison);
+  const std::vector<int32_t> saved = batch.exclude_count();
+  std::fill(batch.exclude_count().begin(), batch.exclude_count().end(), 0);
+  ASSERT_TRUE(ReferenceEstimation(batch.Params(none.data(), none_lse.data())).ok());
+  p = batch.Params(off.data(), off_lse.data());
+  p.exclude_ids = nullptr;
+  p.exclude_count = nullptr;
+  p.exclude_stride = 0;
+  ASSERT_TRUE(ReferenceEstimation(p).ok());
+  EXPECT_EQ(none, off);
+  EXPECT_EQ(none_lse, off_lse);
+  EXPECT_NE(none, out) << "the exclusions of the random batch changed nothing";
+  batch.exclude_count() = saved;
+
+  // Item 0 excludes every id it lists: its rows are empty; the others are unchanged.
+  std::vector<int32_t> listed(batch.ids().begin(), batch.ids().begin() + batch.list_count()[0]);
+  std::sort(listed.begin(), listed.end());
+  listed.erase(std::unique(listed.begin(), listed.end()), listed.end());
+  ASSERT_LE(listed.size(), 12u);  // 10 listed
+  std::copy(listed.begin(), listed.end(), batch.exclude().begin());
+  batch.exclude_count()[0] = static_cast<int32_t>(listed.size());
+  std::vector<float> empty(out.size(), kPoison), empty_lse(lse.size(), kPoison);
+  ASSERT_TRUE(ReferenceEstimation(batch.Params(empty.data(), empty_lse.data())).ok());
+  for (size_t r = 0; r < 2; ++r) {
+    EXPECT_EQ(empty_lse[r], -std::numeric_limits<float>::infinity());
+    for (int d = 0; d < 128; ++d) EXPECT_EQ(empty[r * 128 + d], 0.0f);
+  }
+  for (size_t x = 2 * 128; x < out.size(); ++x) ASSERT_EQ(empty[x], out[x]) << x;
+  for (size_t r = 2; r < lse.size(); ++r) ASSERT_EQ(empty_lse[r], lse[r]) << r;
+}
+
+// Bad list and exclusion parameters: InvalidArgument naming the field, nothing written.
+TEST(EstimationListsTest, RejectsBadListsAndExclusions) {
+  std::vector<EstimationItemSpec> items = {{10, 5, 3}, {8, 7, 2}, {4, 0, 0}, {20, 8, 4}};
+  struct Case {
+    std::string expected;
+    void (*mutate)(EstimationLists&, EstimationParams&);
+  };
+  const std::vector<Case> cases = {
+      {"list_stride is 0", [](EstimationLists&, EstimationParams& p) { p.list_stride = 0; }},
+      {"list_count[3] is 9; expected in [0, 8]",
+       [](EstimationLists& b, EstimationParams&) { b.list_count()[3] = 9; }},
+      {"list_count[1] is -1",
+       [](EstimationLists& b, EstimationParams&) { b.list_count()[1] = -1; }},
+      {"cluster_ids[25] is -4",  // item 3's second slot
+       [](EstimationLists& b, EstimationParams&) { b.ids()[25] = -4; }},
+      {"exclude_stride is 0", [](EstimationLists&, EstimationParams& p) { p.exclude_stride = 0; }},
+      {"exclude_count is null",
+       [](EstimationLists&, EstimationParams& p) { p.exclude_count = nullptr; }},
+      {"exclude_count[3] is 5; expected in [0, 4]",
+       [](EstimationLists& b, EstimationParams&) { b.exclude_count()[3] = 5; }},
+      {"exclude_count[0] is -2",
+       [](EstimationLists& b, EstimationParams&) { b.exclude_count()[0] = -2; }},
+      {"exclude_ids of item 3 are not ascending",
+       [](EstimationLists& b, EstimationParams&) {
+         std::swap(b.exclude()[3 * 4], b.exclude()[3 * 4 + 3]);
+       }},
+      {"cluster_offsets is null (and no list_count)",
+       [](EstimationLists&, EstimationParams& p) { p.list_count = nullptr; }},
+      {"key_mean[3] is null",
+       [](EstimationLists&, EstimationParams& p) {
+         static std::vector<const void*> keys;
+         keys.assign(p.key_mean, p.key_mean + 4);
+         keys[3] = nullptr;
+         p.key_mean = keys.data();
+       }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.expected);
+    EstimationLists batch(DType::kFP16, 64, 2, 2, 8, 4, items, 5);
+    std::vector<float> out(batch.rows() * 64, kPoison), lse(batch.rows(), kPoison);
+    EstimationParams p = batch.Params(out.data(), lse.data());
+    ASSERT_TRUE(ReferenceEstimation(p).ok());  // the unmutated batch is fine
+    std::fill(out.begin(), out.end(), kPoison);
+    std::fill(lse.begin(), lse.end(), kPoison);
+    c.mutate(batch, p);
+    const absl::Status status = ReferenceEstimation(p);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(std::string(status.message()).find(c.expected), std::string::npos) << status;
+    for (float x : out) ASSERT_TRUE(std::isnan(x)) << "written despite the error";
+    for (float x : lse) ASSERT_TRUE(std::isnan(x)) << "written despite the error";
+  }
+  // centroid_parts outside {1, 2}.
+  EstimationLists batch(DType::kBF16, 64, 1, 1, 8, 0, items, 6);
+  std::vector<float> out(batch.rows() * 64, kPoison), lse(batch.rows(), kPoison);
+  EstimationParams p = batch.Params(out.data(), lse.data());
+  p.centroid_parts = 3;
+  EXPECT_NE(std::string(ReferenceEstimation(p).message()).find("centroid_parts is 3"),
             std::string::npos);
 }
 

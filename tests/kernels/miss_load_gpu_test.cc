@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/base/cuda_handles.h"
 #include "kernels/miss_load.h"
 #include "offload/pinned_buffer.h"
-#include "kernels/base/cuda_handles.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

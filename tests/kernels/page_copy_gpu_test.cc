@@ -17,10 +17,10 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "gtest/gtest.h"
-#include "kernels/page_copy.h"
-#include "offload/pinned_buffer.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/status.h"
+#include "kernels/page_copy.h"
+#include "offload/pinned_buffer.h"
 #include "tests/testing/aligned_bytes.h"
 #include "tests/testing/gpu_test_util.h"
 

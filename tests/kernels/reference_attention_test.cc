@@ -17,8 +17,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/decode_attention.h"
 #include "kernels/base/dtype.h"
+#include "kernels/decode_attention.h"
 #include "tbb/global_control.h"
 
 namespace kvtier {

@@ -18,9 +18,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
-#include "kernels/token_pack.h"
 #include "kernels/base/cuda_handles.h"
 #include "kernels/base/dtype.h"
+#include "kernels/token_pack.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {

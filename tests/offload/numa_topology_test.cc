@@ -3,8 +3,8 @@
 #include <cstring>
 
 #include "gtest/gtest.h"
-#include "offload/pinned_buffer.h"
 #include "kernels/base/cuda_device.h"
+#include "offload/pinned_buffer.h"
 
 namespace kvtier {
 namespace {

@@ -32,24 +32,15 @@
 namespace kvtier {
 namespace {
 
+using runtime_test::AnyNaN;
+using runtime_test::CudaTolerance;
 using runtime_test::DecodeInputs;
 using runtime_test::Driver;
 using runtime_test::ExpectClose;
 using runtime_test::Geometry;
 using runtime_test::PoisonedBuffer;
 using runtime_test::ToFloat;
-
-int64_t Uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {
-  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-}
-
-// Tolerance of a CUDA output against the host twin's, relative to max(|want|, 1): the kernel
-// rounds P to the input dtype for P.V (in both the hot and the selected part), and both
-// outputs are rounded to out_dtype.
-double CudaTolerance(DType dtype, DType out_dtype) {
-  const double p_rounding = dtype == DType::kBF16 ? 0x1p-8 : 0x1p-10;
-  return 2 * p_rounding + 2 * runtime_test::Roundoff(out_dtype) + 1e-5;
-}
+using runtime_test::Uniform;
 
 Options BaseOptions(int g, int head_dim, DType dtype, CachePolicy policy, Backend backend) {
   Options o;
@@ -132,10 +123,6 @@ std::vector<uint16_t> FastRandom(DType dtype, size_t n, uint64_t seed) {
     StoreFromFloat(dtype, (2.0f * u - 1.0f) * 1.7320508f, &e, 0);
   }
   return out;
-}
-
-bool AnyNaN(const std::vector<float>& v) {
-  return std::any_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
 }
 
 // Compares the two caches' page caches for `batch` after a step: selections, hits and misses

@@ -24,68 +24,23 @@
 namespace kvtier {
 namespace {
 
+using runtime_test::AnyNaN;
 using runtime_test::DecodeInputs;
 using runtime_test::Driver;
 using runtime_test::ExpectClose;
 using runtime_test::ExpectTopK;
 using runtime_test::Geometry;
+using runtime_test::HostOptions;
 using runtime_test::HostRelTolerance;
 using runtime_test::kHostAbsTolerance;
 using runtime_test::PageCacheModel;
 using runtime_test::QuestScores;
+using runtime_test::RandomBatch;
+using runtime_test::RandomOutDType;
+using runtime_test::Uniform;
 
 #define ASSERT_OK(expr) KVTIER_RT_ASSERT_OK(expr)
 #define EXPECT_OK(expr) KVTIER_RT_EXPECT_OK(expr)
-
-int64_t Uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {
-  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
-}
-
-DType RandomOutDType(std::mt19937_64& rng) {
-  constexpr DType kOut[] = {DType::kFP32, DType::kBF16, DType::kFP16};
-  return kOut[rng() % 3];
-}
-
-// A small host-backend configuration: 2 layers, 2 KV heads of group `g`.
-Options HostOptions(int g, int head_dim, DType dtype, int page, int sink, int window) {
-  Options o;
-  o.shape.num_layers = 2;
-  o.shape.num_kv_heads = 2;
-  o.shape.num_query_heads = 2 * g;
-  o.shape.head_dim = head_dim;
-  o.shape.dtype = dtype;
-  o.page_size = page;
-  o.sink_tokens = sink;
-  o.window_tokens = window;
-  o.budget.max_pages = 4;
-  o.cache_slots_per_budget = 2.0;
-  o.cache_policy = CachePolicy::kLowestScore;
-  o.host_memory_bytes = int64_t{64} << 20;
-  o.gpu_memory_bytes = int64_t{1} << 30;
-  o.max_sequences = 6;
-  o.max_batch_size = 4;
-  o.max_sequence_tokens = 2048;
-  o.max_prefill_chunk_tokens = 64;
-  o.backend = Backend::kHost;
-  return o;
-}
-
-// A random batch of 1..max distinct sequences of `live`, in random order.
-std::vector<SeqId> RandomBatch(std::vector<SeqId> live, int max, std::mt19937_64& rng) {
-  std::shuffle(live.begin(), live.end(), rng);
-  live.resize(static_cast<size_t>(Uniform(rng, 1, std::min<int64_t>(max, live.size()))));
-  return live;
-}
-
-bool AnyNaN(const std::vector<float>& v) {
-  return std::any_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
-}
-
-std::string Describe(const std::vector<SeqId>& seqs, const Driver& d, int layer) {
-  std::string s = absl::StrCat("layer ", layer, ", batch {");
-  for (SeqId seq : seqs) absl::StrAppend(&s, seq, ":", d.model().Tokens(seq, layer), " ");
-  return s + "tokens}";
-}
 
 // ---- 1. Full budget: exact attention ------------------------------------------------------
 
@@ -111,7 +66,8 @@ class FullBudgetTest : public ::testing::TestWithParam<ExactCase> {};
 
 // A budget covering every cold page: Decode equals full attention over every stored token, for
 // mixed lengths (some all hot, some far longer than sink + window), chunked prefill of odd
-// sizes, layers decoded in any order, and sequences joining and leaving between steps.
+// sizes, layers decoded in any order, and sequences joining and leaving between steps; Inspect
+// reports every cold page selected and their positions (runtime_test::ExpectFullBudgetExact).
 TEST_P(FullBudgetTest, DecodeEqualsExactAttention) {
   const ExactCase c = GetParam();
   Options o = HostOptions(c.g, c.head_dim, c.dtype, c.page, c.sink, c.window);
@@ -121,64 +77,10 @@ TEST_P(FullBudgetTest, DecodeEqualsExactAttention) {
   o.host_memory_bytes = int64_t{160} << 20;
   absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(o);
   ASSERT_TRUE(created.ok()) << created.status();
-  Driver& d = **created;
-  const Geometry& geo = d.geometry();
-  std::mt19937_64 rng(c.seed);
-
-  SeqId next_seq = 1000;
-  std::vector<SeqId> live;
-  auto add_sequence = [&](bool short_one) {
-    const SeqId seq = next_seq++;
-    const int64_t hot_span = c.sink + c.window;
-    const int64_t tokens =
-        short_one ? Uniform(rng, 1, hot_span - 1) : Uniform(rng, hot_span + c.page, 1700);
-    ASSERT_OK(d.Add(seq));
-    for (int layer = 0; layer < o.shape.num_layers; ++layer) {
-      ASSERT_OK(d.PrefillRandom(seq, layer, tokens, rng, c.prefill_call_chunk));
-    }
-    live.push_back(seq);
-  };
-  for (bool short_one : {true, false, false, true}) {
-    add_sequence(short_one);
-    if (HasFatalFailure()) return;
-  }
-
-  constexpr int kSteps = 14;
-  for (int step = 0; step < kSteps; ++step) {
-    if (step > 0 && step % 3 == 0) {  // one leaves, one joins
-      const size_t victim = rng() % live.size();
-      ASSERT_OK(d.Remove(live[victim]));
-      live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
-      add_sequence(rng() % 2 == 0);
-      if (HasFatalFailure()) return;
-    }
-    const int layer = static_cast<int>(rng() % o.shape.num_layers);
-    const std::vector<SeqId> batch = RandomBatch(live, o.max_batch_size, rng);
-    const DType out_dtype = RandomOutDType(rng);
-    const DecodeInputs in = d.RandomDecodeInputs(batch.size(), rng);
-    std::vector<float> out;
-    ASSERT_OK(d.Decode(layer, batch, in, out_dtype, &out));
-    const std::string what = absl::StrCat("step ", step, ", ", Describe(batch, d, layer), ", out ",
-                                          DTypeName(out_dtype));
-    ASSERT_FALSE(AnyNaN(out)) << what << ": unwritten (NaN) output";
-    ExpectClose(out, d.Reference(layer, batch, in, nullptr), HostRelTolerance(out_dtype),
-                kHostAbsTolerance, what);
-    // The selection is every cold page, all of them resident afterwards.
-    for (size_t b = 0; b < batch.size(); ++b) {
-      const int64_t tokens = d.model().Tokens(batch[b], layer);
-      ASSERT_EQ(*d.cache().NumTokens(batch[b], layer), tokens) << what;
-      for (int kh = 0; kh < o.shape.num_kv_heads; ++kh) {
-        absl::StatusOr<KvCache::CacheInspection> inspection =
-            d.cache().Inspect(batch[b], layer, kh);
-        ASSERT_TRUE(inspection.ok()) << inspection.status();
-        EXPECT_EQ(inspection->selected_pages, geo.AllCold(tokens)) << what << ", entry " << b;
-        EXPECT_EQ(inspection->hits + inspection->misses,
-                  static_cast<int32_t>(inspection->selected_pages.size()))
-            << what;
-      }
-    }
-    if (HasFailure()) return;
-  }
+  runtime_test::Schedule schedule;
+  schedule.prefill_call_chunk = c.prefill_call_chunk;
+  schedule.seed = c.seed;
+  runtime_test::ExpectFullBudgetExact(**created, schedule, runtime_test::HostTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FullBudgetTest,
@@ -258,7 +160,8 @@ TEST_P(SmallBudgetTest, SelectsTopKByBoundAndAttendsToIt) {
     const DecodeInputs in = d.RandomDecodeInputs(batch.size(), rng, 2.0f);
     std::vector<float> out;
     ASSERT_OK(d.Decode(layer, batch, in, out_dtype, &out));
-    const std::string what = absl::StrCat("step ", step, ", ", Describe(batch, d, layer));
+    const std::string what =
+        absl::StrCat("step ", step, ", ", runtime_test::DescribeBatch(batch, d, layer));
     ASSERT_FALSE(AnyNaN(out)) << what << ": unwritten (NaN) output";
 
     absl::StatusOr<std::vector<std::vector<KvCache::CacheInspection>>> inspections =
@@ -370,7 +273,8 @@ TEST_P(CacheInvariantsTest, ThousandSteps) {
     const DecodeInputs in = d.RandomDecodeInputs(batch.size(), rng, 2.0f);
     std::vector<float> out;
     ASSERT_OK(d.Decode(0, batch, in, DType::kFP32, &out));
-    const std::string what = absl::StrCat("step ", step, ", ", Describe(batch, d, 0));
+    const std::string what =
+        absl::StrCat("step ", step, ", ", runtime_test::DescribeBatch(batch, d, 0));
     bool selection_ran = false;
     for (SeqId seq : batch) selection_ran |= geo.NumCold(d.model().Tokens(seq, 0)) > 0;
 
@@ -609,9 +513,10 @@ TEST(KvCacheChurnTest, ThousandSequencesThroughFewSlots) {
             for (const KvCache::CacheInspection& i : (*x)[b])
               selected[b].push_back(i.selected_pages);
           }
-          ExpectClose(out, d.Reference(layer, batch, in, &selected), HostRelTolerance(DType::kBF16),
-                      kHostAbsTolerance,
-                      absl::StrCat("round ", round, ", ", Describe(batch, d, layer)));
+          ExpectClose(
+              out, d.Reference(layer, batch, in, &selected), HostRelTolerance(DType::kBF16),
+              kHostAbsTolerance,
+              absl::StrCat("round ", round, ", ", runtime_test::DescribeBatch(batch, d, layer)));
         }
       }
       for (SeqId seq : batch) --steps_left[seq];

@@ -2,13 +2,17 @@
 // host model of every token a KvCache stores, random inputs, a driver that feeds one cache and
 // its model identically, and the oracles: exact attention in double over any token subset,
 // the hot-set geometry of kernels/decode_plan.h, Quest page-bound scores in double, and an
-// independent model of the LRU and last-selection page caches. Header-only; no CUDA.
+// independent model of the LRU and last-selection page caches. Also the step schedules that
+// several files run against any index kind and backend: exactness at a budget covering every
+// cold page, and the consistency of a small budget's selection (Inspect) with the output.
+// Header-only; no CUDA.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -329,6 +333,79 @@ inline std::vector<std::byte> PoisonedBuffer(DType dtype, size_t n) {
   return buffer;
 }
 
+inline int64_t Uniform(std::mt19937_64& rng, int64_t lo, int64_t hi) {
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+
+// fp32, bf16 or fp16, uniformly.
+inline DType RandomOutDType(std::mt19937_64& rng) {
+  constexpr DType kOut[] = {DType::kFP32, DType::kBF16, DType::kFP16};
+  return kOut[rng() % 3];
+}
+
+// A random batch of 1..max distinct sequences of `live`, in random order.
+inline std::vector<SeqId> RandomBatch(std::vector<SeqId> live, int max, std::mt19937_64& rng) {
+  std::shuffle(live.begin(), live.end(), rng);
+  live.resize(static_cast<size_t>(Uniform(rng, 1, std::min<int64_t>(max, live.size()))));
+  return live;
+}
+
+inline bool AnyNaN(const std::vector<float>& v) {
+  return std::any_of(v.begin(), v.end(), [](float x) { return std::isnan(x); });
+}
+
+// A small host-backend configuration: 2 layers, 2 KV heads of group `g`, the page-bounds
+// index with a budget of 4 pages, sequences of up to 2048 tokens.
+inline Options HostOptions(int g, int head_dim, DType dtype, int page, int sink, int window) {
+  Options o;
+  o.shape.num_layers = 2;
+  o.shape.num_kv_heads = 2;
+  o.shape.num_query_heads = 2 * g;
+  o.shape.head_dim = head_dim;
+  o.shape.dtype = dtype;
+  o.page_size = page;
+  o.sink_tokens = sink;
+  o.window_tokens = window;
+  o.budget.max_pages = 4;
+  o.cache_slots_per_budget = 2.0;
+  o.cache_policy = CachePolicy::kLowestScore;
+  o.host_memory_bytes = int64_t{64} << 20;
+  o.gpu_memory_bytes = int64_t{1} << 30;
+  o.max_sequences = 6;
+  o.max_batch_size = 4;
+  o.max_sequence_tokens = 2048;
+  o.max_prefill_chunk_tokens = 64;
+  o.backend = Backend::kHost;
+  return o;
+}
+
+// Tolerance of a CUDA-backend output against the host twin's or exact attention, relative to
+// max(|want|, 1): the attention kernel rounds P to the input dtype for P.V (in both the hot
+// and the selected part), and both outputs are rounded to out_dtype.
+inline double CudaTolerance(DType dtype, DType out_dtype) {
+  const double p_rounding = dtype == DType::kBF16 ? 0x1p-8 : 0x1p-10;
+  return 2 * p_rounding + 2 * Roundoff(out_dtype) + 1e-5;
+}
+
+// Per query row (`dim` consecutive elements): ||got - want||_2 <= bound * ||want||_2 (the
+// relative error of an attention output); NaN fails. Reports the first few rows over.
+inline void ExpectRowRelativeError(const std::vector<float>& got, const std::vector<double>& want,
+                                   int dim, double bound, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int reported = 0;
+  for (size_t row = 0; row * dim < got.size(); ++row) {
+    double error = 0, norm = 0;
+    for (size_t i = row * dim; i < (row + 1) * dim; ++i) {
+      error += (got[i] - want[i]) * (got[i] - want[i]);
+      norm += want[i] * want[i];
+    }
+    if (!(std::sqrt(error) <= bound * std::sqrt(norm)) && reported++ < 5) {
+      ADD_FAILURE() << what << ": query row " << row << " has relative error "
+                    << std::sqrt(error / norm) << ", bound " << bound;
+    }
+  }
+}
+
 // Drives one KvCache with host-memory tensors and keeps its KvModel in step: a call that
 // succeeds is recorded in the model, one that fails is not.
 class Driver {
@@ -490,6 +567,32 @@ class Driver {
     return out;
   }
 
+  // Exact attention of the step just decoded (already recorded in the model) for the batch
+  // `seqs` with queries in.q: each entry attends to its hot set plus, per KV head, the token
+  // positions extra[b][kh] (e.g. Inspect's selected_positions: any cold positions, in any
+  // order).
+  std::vector<double> ReferenceAt(
+      int layer, const std::vector<SeqId>& seqs, const DecodeInputs& in,
+      const std::vector<std::vector<std::vector<int64_t>>>& extra) const {
+    const size_t hq = static_cast<size_t>(shape().num_query_heads);
+    const size_t d = static_cast<size_t>(shape().head_dim);
+    std::vector<double> out;
+    out.reserve(seqs.size() * hq * d);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      const LayerKv& kv = model_.Get(seqs[b], layer);
+      const std::vector<int64_t> hot = geometry_.HotTokens(kv.tokens);
+      std::vector<std::vector<int64_t>> attend;
+      for (int kh = 0; kh < shape().num_kv_heads; ++kh) {
+        attend.push_back(hot);
+        attend.back().insert(attend.back().end(), extra[b][kh].begin(), extra[b][kh].end());
+      }
+      const std::vector<double> o = ExactAttention(shape(), options_.EffectiveSoftmaxScale(), kv,
+                                                   in.q.data() + b * hq * d, attend);
+      out.insert(out.end(), o.begin(), o.end());
+    }
+    return out;
+  }
+
  private:
   Driver(const Options& options, std::unique_ptr<KvCache> cache)
       : options_(options), geometry_(options), cache_(std::move(cache)), model_(options.shape) {}
@@ -504,6 +607,204 @@ class Driver {
 // double and round each partial result to fp32 once, then the merged result to out_dtype.
 inline double HostRelTolerance(DType out_dtype) { return Roundoff(out_dtype) + 2e-6; }
 inline constexpr double kHostAbsTolerance = 1e-5;
+
+inline std::string DescribeBatch(const std::vector<SeqId>& seqs, const Driver& d, int layer) {
+  std::string s = absl::StrCat("layer ", layer, ", batch {");
+  for (SeqId seq : seqs) absl::StrAppend(&s, seq, ":", d.model().Tokens(seq, layer), " ");
+  return s + "tokens}";
+}
+
+// An output's element-wise tolerance against exact attention: |got - want| <= rel |want| + abs.
+struct Tolerance {
+  double rel = 0;
+  double abs = 0;
+};
+using ToleranceOf = std::function<Tolerance(DType out_dtype)>;
+inline Tolerance HostTolerance(DType out_dtype) {
+  return {HostRelTolerance(out_dtype), kHostAbsTolerance};
+}
+
+// The relative error per query row (ExpectRowRelativeError) that a full budget must meet on
+// every backend: an exact index loses nothing beyond the attention kernel's rounding.
+inline constexpr double kFullBudgetRowRelativeError = 1e-2;
+
+// Checks what Inspect reports for (seq, layer, kv head) after a Decode of `tokens` tokens by
+// an index with budget.max_pages = `budget` and budget.estimate_pages = `estimate`, whatever
+// the kind: min(budget, cold pages) pages selected, ascending, all cold; hits + misses the
+// selection; the selected positions P a page, distinct, all cold positions ([S P, ColdEnd P):
+// a clustered index permutes tokens within the cold pages only); the estimation zone the next
+// min(budget + estimate, cold pages) - selected pages; the hot set's bounds.
+inline void ExpectColdSelection(const KvCache::CacheInspection& x, const Geometry& geo,
+                                int64_t tokens, int budget, int estimate, const std::string& what) {
+  const int64_t cold = geo.NumCold(tokens);
+  const int64_t selected = std::min<int64_t>(budget, cold);
+  ASSERT_EQ(static_cast<int64_t>(x.selected_pages.size()), selected) << what << ": selected";
+  for (size_t i = 0; i < x.selected_pages.size(); ++i) {
+    ASSERT_GE(x.selected_pages[i], geo.S) << what << ": a sink page selected";
+    ASSERT_LT(x.selected_pages[i], geo.ColdEnd(tokens)) << what << ": a window page selected";
+    if (i > 0) {
+      ASSERT_LT(x.selected_pages[i - 1], x.selected_pages[i]) << what << ": not ascending";
+    }
+  }
+  EXPECT_EQ(x.hits + x.misses, static_cast<int32_t>(selected)) << what;
+  ASSERT_EQ(static_cast<int64_t>(x.selected_positions.size()), selected * geo.P)
+      << what << ": selected positions";
+  for (size_t i = 0; i < x.selected_positions.size(); ++i) {
+    ASSERT_GE(x.selected_positions[i], int64_t{geo.S} * geo.P) << what << ": not a cold position";
+    ASSERT_LT(x.selected_positions[i], geo.ColdEnd(tokens) * geo.P)
+        << what << ": not a cold position";
+    if (i > 0) {
+      ASSERT_LT(x.selected_positions[i - 1], x.selected_positions[i])
+          << what << ": position " << x.selected_positions[i] << " selected twice";
+    }
+  }
+  const int64_t zone = estimate > 0 ? std::min<int64_t>(int64_t{budget} + estimate, cold) : 0;
+  EXPECT_EQ(x.estimated_pages, std::max<int64_t>(0, zone - selected)) << what << ": estimated";
+  EXPECT_EQ(x.estimated_tokens, int64_t{x.estimated_pages} * geo.P) << what;
+  EXPECT_EQ(x.tokens, tokens) << what;
+  EXPECT_EQ(x.window_begin, std::min<int64_t>(geo.ColdEnd(tokens) * geo.P, tokens)) << what;
+}
+
+// A decode schedule over one cache: `sequences` sequences of mixed lengths (half of them, the
+// 1st, 4th, 5th, 8th, ..., shorter than sink + window: all hot; the others longer than sink +
+// window + a page, up to max_tokens), prefilled into every layer in calls of random odd sizes
+// up to prefill_call_chunk (0: one call a layer); `steps` steps of random layers, batches and
+// output dtypes; every `churn` steps one sequence leaves and a new one joins (short or long
+// at random).
+struct Schedule {
+  int sequences = 4;
+  int64_t max_tokens = 1700;
+  int64_t prefill_call_chunk = 0;
+  int steps = 14;
+  int churn = 3;
+  float q_scale = 1.0f;  // queries' standard deviation (keys have 1)
+  uint64_t seed = 1;
+};
+
+// Runs `schedule` on `d` and calls check(step, layer, batch, inputs, out_dtype, out) after
+// each Decode (the step already in the model).
+inline void RunSchedule(
+    Driver& d, const Schedule& schedule,
+    const std::function<void(int, int, const std::vector<SeqId>&, const DecodeInputs&, DType,
+                             const std::vector<float>&)>& check) {
+  const Options& o = d.options();
+  std::mt19937_64 rng(schedule.seed);
+  SeqId next_seq = 1000;
+  std::vector<SeqId> live;
+  const int64_t hot_span = o.sink_tokens + o.window_tokens;
+  auto add_sequence = [&](bool short_one) {
+    const SeqId seq = next_seq++;
+    const int64_t tokens = short_one
+                               ? Uniform(rng, 1, hot_span - 1)
+                               : Uniform(rng, std::min(hot_span + o.page_size, schedule.max_tokens),
+                                         schedule.max_tokens);
+    KVTIER_RT_ASSERT_OK(d.Add(seq));
+    for (int layer = 0; layer < o.shape.num_layers; ++layer) {
+      KVTIER_RT_ASSERT_OK(d.PrefillRandom(seq, layer, tokens, rng, schedule.prefill_call_chunk));
+    }
+    live.push_back(seq);
+  };
+  for (int i = 0; i < schedule.sequences; ++i) {
+    add_sequence(i % 4 == 0 || i % 4 == 3);
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+  for (int step = 0; step < schedule.steps; ++step) {
+    if (step > 0 && schedule.churn > 0 && step % schedule.churn == 0) {
+      const size_t victim = rng() % live.size();
+      KVTIER_RT_ASSERT_OK(d.Remove(live[victim]));
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
+      add_sequence(rng() % 2 == 0);
+      if (::testing::Test::HasFatalFailure()) return;
+    }
+    const int layer = static_cast<int>(rng() % o.shape.num_layers);
+    const std::vector<SeqId> batch = RandomBatch(live, o.max_batch_size, rng);
+    const DType out_dtype = RandomOutDType(rng);
+    const DecodeInputs in = d.RandomDecodeInputs(batch.size(), rng, schedule.q_scale);
+    std::vector<float> out;
+    KVTIER_RT_ASSERT_OK(d.Decode(layer, batch, in, out_dtype, &out));
+    check(step, layer, batch, in, out_dtype, out);
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
+// A budget covering every cold page (budget.max_pages >= max_sequence_tokens / page_size) on
+// any index and backend: each step's output equals full attention over every stored token,
+// within tolerance(out_dtype) element-wise and kFullBudgetRowRelativeError per query row;
+// Inspect reports every cold page selected, their positions exactly the cold positions, and
+// nothing estimated (a zone of budget + estimate pages holds only selected ones).
+inline void ExpectFullBudgetExact(Driver& d, const Schedule& schedule,
+                                  const ToleranceOf& tolerance) {
+  const Options& o = d.options();
+  ASSERT_GE(int64_t{o.budget.max_pages} * o.page_size, o.max_sequence_tokens)
+      << "the budget must cover every page";
+  const Geometry& geo = d.geometry();
+  RunSchedule(
+      d, schedule,
+      [&](int step, int layer, const std::vector<SeqId>& batch, const DecodeInputs& in,
+          DType out_dtype, const std::vector<float>& out) {
+        const std::string what = absl::StrCat("step ", step, ", ", DescribeBatch(batch, d, layer),
+                                              ", out ", DTypeName(out_dtype));
+        ASSERT_FALSE(AnyNaN(out)) << what << ": unwritten (NaN) output";
+        const std::vector<double> want = d.Reference(layer, batch, in, nullptr);
+        const Tolerance tol = tolerance(out_dtype);
+        ExpectClose(out, want, tol.rel, tol.abs, what);
+        ExpectRowRelativeError(out, want, o.shape.head_dim, kFullBudgetRowRelativeError, what);
+        for (size_t b = 0; b < batch.size(); ++b) {
+          const int64_t tokens = d.model().Tokens(batch[b], layer);
+          ASSERT_EQ(*d.cache().NumTokens(batch[b], layer), tokens) << what;
+          for (int kh = 0; kh < o.shape.num_kv_heads; ++kh) {
+            const std::string where = absl::StrCat(what, ", entry ", b, ", kv head ", kh);
+            absl::StatusOr<KvCache::CacheInspection> x = d.cache().Inspect(batch[b], layer, kh);
+            ASSERT_TRUE(x.ok()) << where << ": " << x.status();
+            EXPECT_EQ(x->selected_pages, geo.AllCold(tokens)) << where;
+            ASSERT_NO_FATAL_FAILURE(ExpectColdSelection(*x, geo, tokens, o.budget.max_pages,
+                                                        o.budget.estimate_pages, where));
+            EXPECT_EQ(x->estimated_pages, 0) << where;
+          }
+        }
+      });
+}
+
+// A small budget on any index and backend: each step's output is finite, and what Inspect
+// reports is a consistent selection (ExpectColdSelection). Without an estimation zone the
+// output is also exact attention over the hot set plus exactly the selected positions. With
+// `reordered`: how many (entry, KV head) selections held positions other than their pages'
+// [j P, (j + 1) P) (a clustered index's layout; 0 for page bounds).
+inline void ExpectSmallBudgetConsistent(Driver& d, const Schedule& schedule,
+                                        const ToleranceOf& tolerance,
+                                        int64_t* reordered = nullptr) {
+  if (reordered != nullptr) *reordered = 0;
+  const Options& o = d.options();
+  const Geometry& geo = d.geometry();
+  RunSchedule(
+      d, schedule,
+      [&](int step, int layer, const std::vector<SeqId>& batch, const DecodeInputs& in,
+          DType out_dtype, const std::vector<float>& out) {
+        const std::string what = absl::StrCat("step ", step, ", ", DescribeBatch(batch, d, layer),
+                                              ", out ", DTypeName(out_dtype));
+        for (float x : out) ASSERT_TRUE(std::isfinite(x)) << what << ": output " << x;
+        std::vector<std::vector<std::vector<int64_t>>> positions(batch.size());
+        for (size_t b = 0; b < batch.size(); ++b) {
+          const int64_t tokens = d.model().Tokens(batch[b], layer);
+          for (int kh = 0; kh < o.shape.num_kv_heads; ++kh) {
+            const std::string where = absl::StrCat(what, ", entry ", b, ", kv head ", kh);
+            absl::StatusOr<KvCache::CacheInspection> x = d.cache().Inspect(batch[b], layer, kh);
+            ASSERT_TRUE(x.ok()) << where << ": " << x.status();
+            ASSERT_NO_FATAL_FAILURE(ExpectColdSelection(*x, geo, tokens, o.budget.max_pages,
+                                                        o.budget.estimate_pages, where));
+            positions[b].push_back(x->selected_positions);
+            if (reordered != nullptr &&
+                x->selected_positions != geo.PageTokens(x->selected_pages)) {
+              ++*reordered;
+            }
+          }
+        }
+        if (o.budget.estimate_pages == 0) {
+          const Tolerance tol = tolerance(out_dtype);
+          ExpectClose(out, d.ReferenceAt(layer, batch, in, positions), tol.rel, tol.abs, what);
+        }
+      });
+}
 
 // An independent model of one page cache (one (sequence, layer, KV head)) under LRU or
 // last selection, fed only the selections (cache_resolve.h's rules): hits keep their slot;

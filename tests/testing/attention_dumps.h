@@ -11,8 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "kernels/block_summary.h"
 #include "kernels/base/dtype.h"
+#include "kernels/block_summary.h"
 #include "tools/workload/attention_dump.h"
 
 namespace kvtier::testing_util {

@@ -106,6 +106,18 @@ absl::StatusOr<AccuracyConfig> MakeAccuracyConfig(const AccuracyFlags& flags,
           absl::StrCat("must be >= ", kMinSyntheticContext, " tokens (the last ",
                        kSyntheticQuerySpan, " positions are the queries)"));
   }
+  c.generated = flags.generated;
+  if (flags.generated < 0) {
+    p.Add("generated", flags.generated, "must be >= 0");
+  } else if (flags.generated > 0 && !flags.synthetic) {
+    p.Add("generated", flags.generated, "needs --synthetic (a dump's prompt is fixed)");
+  } else if (flags.generated > 0 &&
+             flags.context - kSyntheticQuerySpan - flags.generated < kMinSyntheticContext / 2) {
+    p.Add("generated", flags.generated,
+          absl::StrCat("leaves a prompt of ", flags.context - kSyntheticQuerySpan - flags.generated,
+                       " tokens; keep it at least ", kMinSyntheticContext / 2,
+                       " (use a longer --context)"));
+  }
   c.needles = flags.needles;
   if (flags.needles < 0) {
     p.Add("needles", flags.needles, "must be >= 0");

@@ -23,10 +23,13 @@ inline constexpr int kSyntheticQuerySpan = 256;
 
 // The flags as the user gave them.
 struct AccuracyFlags {
-  std::vector<std::string> dumps;     // --dump, repeatable: learned-attention dumps (.npz)
-  bool synthetic = false;             // also (or only) the seeded synthetic workload
-  int64_t context = 32768;            // synthetic: tokens of the sequence at its last query
-  int needles = 0;                    // synthetic: planted needle keys
+  std::vector<std::string> dumps;  // --dump, repeatable: learned-attention dumps (.npz)
+  bool synthetic = false;          // also (or only) the seeded synthetic workload
+  int64_t context = 32768;         // synthetic: tokens of the sequence at its last query
+  int needles = 0;                 // synthetic: planted needle keys
+  // synthetic: tokens decoded between the prefill and the first query (the drift of an index
+  // as generation goes on: 0 is right after prefill)
+  int64_t generated = 0;
   std::string index = "page_bounds";  // page_bounds or wave; a comma list with --sweep
   double budget_fraction = 0.02;      // retrieval budget: share of the cold tokens, in (0, 1]
   double estimate_fraction = 0;       // estimation zone: share of the cold tokens, in [0, 1]
@@ -49,6 +52,7 @@ struct AccuracyConfig {
   bool synthetic = false;
   int64_t synthetic_context = 0;
   int needles = 0;
+  int64_t generated = 0;
   std::vector<IndexKind> indexes;        // distinct, in the order given
   std::vector<double> budget_fractions;  // distinct, ascending with --sweep
   bool sweep = false;

@@ -46,6 +46,9 @@ ABSL_FLAG(int64_t, context, kDefaults.context,
           "the queries)");
 ABSL_FLAG(int32_t, needles, kDefaults.needles,
           "--synthetic: needle keys planted in the cold tokens, each for one evaluated query");
+ABSL_FLAG(int64_t, generated, kDefaults.generated,
+          "--synthetic: tokens decoded between the prefill and the first query (drift: the "
+          "same context with its last N + 256 tokens generated instead of prefilled)");
 ABSL_FLAG(std::string, index, kDefaults.index,
           "block index: page_bounds or wave (with --sweep, a comma list)");
 ABSL_FLAG(double, budget_fraction, kDefaults.budget_fraction,
@@ -85,6 +88,7 @@ AccuracyFlags ReadFlags(std::vector<std::string> dumps) {
   f.synthetic = absl::GetFlag(FLAGS_synthetic);
   f.context = absl::GetFlag(FLAGS_context);
   f.needles = absl::GetFlag(FLAGS_needles);
+  f.generated = absl::GetFlag(FLAGS_generated);
   f.index = absl::GetFlag(FLAGS_index);
   f.budget_fraction = absl::GetFlag(FLAGS_budget_fraction);
   f.estimate_fraction = absl::GetFlag(FLAGS_estimate_fraction);

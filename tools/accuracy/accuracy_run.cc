@@ -136,6 +136,11 @@ absl::StatusOr<AccuracyInput> MakeSyntheticInput(const AccuracyConfig& c) {
   const int span = static_cast<int>(std::min<int64_t>(kSyntheticQuerySpan, in.tokens - 1));
   for (int i = 0; i < span; ++i) in.query_positions.push_back(in.tokens - span + i);
   in.evaluated = EvenlySpaced(span, c.queries);
+  in.prefill_tokens = in.query_positions.front() - c.generated;
+  if (c.generated > 0) {
+    in.notes.push_back(absl::StrCat("synthetic: ", in.prefill_tokens, " tokens prefilled, ",
+                                    c.generated, " generated before the first query"));
+  }
 
   workload::SyntheticOptions wo;
   wo.shape = in.shape;
@@ -289,7 +294,7 @@ absl::Status Run(const AccuracyInput& in, const Options& o, RunResult& r) {
   KvCache& cache = **created;
   KVTIER_RETURN_IF_ERROR(cache.AddSequence(kSeq));
 
-  const int64_t prompt = in.query_positions.front();
+  const int64_t prompt = in.prefill_tokens > 0 ? in.prefill_tokens : in.query_positions.front();
   KVTIER_RETURN_IF_ERROR(cache.Prefill(
       kSeq, 0, MakeConstTensor(in.keys.data(), in.shape.dtype, {prompt, hk, d}),
       MakeConstTensor(in.values.data(), in.shape.dtype, {prompt, hk, d}), ConstTensor{}, stream));

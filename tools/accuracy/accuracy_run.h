@@ -51,6 +51,9 @@ struct AccuracyInput {
   std::vector<int> evaluated;
   std::vector<workload::Needle> needles;  // planted (synthetic only), layer 0
   std::vector<std::string> notes;
+  // Tokens prefilled; the positions from here to the first query are decoded (each with the
+  // next query's query) before it. 0: up to the first query.
+  int64_t prefill_tokens = 0;
 
   // The last evaluated query's position.
   int64_t last_evaluated_position() const { return query_positions[evaluated.back()]; }

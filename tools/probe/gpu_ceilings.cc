@@ -20,11 +20,11 @@
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include "kernels/base/cuda_check.h"
+#include "kernels/base/cuda_handles.h"
 #include "kernels/page_copy.h"
 #include "offload/numa_topology.h"
 #include "offload/pinned_buffer.h"
-#include "kernels/base/cuda_check.h"
-#include "kernels/base/cuda_handles.h"
 #endif
 
 namespace kvtier::probe {

@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "offload/numa_topology.h"
 #include "kernels/base/status.h"
+#include "offload/numa_topology.h"
 
 namespace kvtier::probe {
 namespace {

@@ -22,9 +22,9 @@
 #include "absl/types/span.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernels/block_select.h"
 #include "kernels/base/dtype.h"
 #include "kernels/base/status.h"
+#include "kernels/block_select.h"
 #include "tbb/parallel_for.h"
 #include "tools/workload/npz.h"
 

@@ -1,0 +1,643 @@
+// The split centroid (centroid_parts = 2) on the GPU against the host twins, on fresh random
+// inputs (never zero), every output poisoned before each launch:
+//  - LaunchPageSummaries (the split kernel) bit for bit: the header defines the split's fp32
+//    arithmetic operation by operation, so the parts, their means, value sums and counts and
+//    the page bounds must be identical. Pages of 0 to P tokens (full pages too), of random
+//    keys, of two groups and of an outlier (so that the split does split), and one page with
+//    a NaN key, where a NaN output must be NaN on both sides (its bits may differ: the host
+//    keeps a NaN's payload, the GPU makes it canonical).
+//  - LaunchBlockSelect with two parts: the same selections as the twin, entry for entry (the
+//    scores are bit-identical, block_select.h), over batches of several items of mixed sizes,
+//    with empty parts, some of them with keys that would dominate if their logit counted.
+//  - LaunchEstimation with two parts against the twin (double precision): out within 1e-3 of
+//    max(|want|, 1) (out is a weighted mean of value sums over counts, of order 1 here) and lse
+//    within 1e-4; NaN-poisoned outputs, and NaN never passes.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
+#include "kernels/block_select.h"
+#include "kernels/block_summary.h"
+#include "kernels/estimation.h"
+#include "tests/testing/gpu_test_util.h"
+#include "tests/testing/poison.h"
+
+namespace kvtier {
+namespace {
+
+using testing_util::IsPoisoned;
+using testing_util::Poisoned;
+
+constexpr uint16_t kPoisonHalf = 0x7FC1;    // a NaN in bf16 and in fp16
+constexpr int32_t kPoisonInt = 0x7E7E7E7E;  // no valid index or count
+
+uint16_t Bits(DType dtype, float x) {
+  return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
+}
+float Value(DType dtype, uint16_t b) {
+  return dtype == DType::kBF16 ? BF16ToFloat(b) : FP16ToFloat(b);
+}
+
+class SplitCentroidGpuTest : public GpuStreamTest {
+ protected:
+  SplitCentroidGpuTest() : GpuStreamTest("GPU split centroid tests") {}
+};
+
+// ---- Page summaries ------------------------------------------------------------------------
+
+// Twin and kernel outputs agree: the same bits, or (NaN outputs) NaN on both sides where
+// neither is the poison left by a missing write.
+bool SameHalf(DType dtype, uint16_t got, uint16_t want) {
+  if (got == want) return true;
+  return got != kPoisonHalf && want != kPoisonHalf && std::isnan(Value(dtype, got)) &&
+         std::isnan(Value(dtype, want));
+}
+bool SameFloat(float got, float want) {
+  if (std::bit_cast<uint32_t>(got) == std::bit_cast<uint32_t>(want)) return true;
+  return !IsPoisoned(got) && !IsPoisoned(want) && std::isnan(got) && std::isnan(want);
+}
+
+// Runs twin and kernel on `num_pages` pages of `page` tokens and expects identical outputs.
+// Page j holds j % (page + 1) tokens; pages j % 3 == 1 are two groups of keys, pages j % 3 ==
+// 2 one outlier among similar keys, the others random keys; the last page (full) has a NaN
+// key element. Each page's outputs are followed by a guard slot, poisoned on both sides.
+void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint32_t seed,
+                         cudaStream_t stream) {
+  SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " D " << dim << " page " << page
+                                  << (all_outputs ? " all outputs" : " key_mean and count only")
+                                  << " seed " << seed);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  const int n = 2 * (page + 1);
+  std::vector<int32_t> tokens(n);
+  for (int j = 0; j < n; ++j) tokens[j] = j % (page + 1);
+  ASSERT_EQ(tokens[n - 1], page);
+  const size_t page_elements = static_cast<size_t>(page) * dim;
+  std::vector<uint16_t> k(n * page_elements), v(n * page_elements);
+  for (auto& x : k) x = Bits(dtype, 0.2f + normal(rng));
+  for (auto& x : v) x = Bits(dtype, normal(rng));
+  auto centre = [&](float sd) {
+    std::vector<float> c(dim);
+    for (float& x : c) x = sd * normal(rng);
+    return c;
+  };
+  auto place = [&](int j, int t, const std::vector<float>& c, float noise) {
+    for (int d = 0; d < dim; ++d) {
+      k[j * page_elements + static_cast<size_t>(t) * dim + d] =
+          Bits(dtype, c[d] + noise * normal(rng));
+    }
+  };
+  for (int j = 0; j < n; ++j) {
+    if (tokens[j] < 2) continue;
+    if (j % 3 == 1) {  // two groups, members at random
+      const std::vector<float> a = centre(1.0f);
+      std::vector<float> b = centre(1.5f);
+      for (int d = 0; d < dim; ++d) b[d] += a[d];
+      for (int t = 0; t < tokens[j]; ++t) place(j, t, rng() % 3 == 0 ? b : a, 0.05f);
+    } else if (j % 3 == 2) {  // one outlier
+      const std::vector<float> c = centre(1.0f);
+      for (int t = 0; t < tokens[j]; ++t) place(j, t, c, 0.05f);
+      std::vector<float> far = centre(2.0f);
+      for (int d = 0; d < dim; ++d) far[d] += c[d];
+      place(j, static_cast<int>(rng() % tokens[j]), far, 0.0f);
+    }
+  }
+  k[(n - 1) * page_elements + static_cast<size_t>(page / 3) * dim + dim / 2 + 1] =
+      dtype == DType::kBF16 ? 0x7FC0 : 0x7E00;  // a NaN key element
+
+  // Outputs: per page 3 slots (2 parts, 1 guard) of key_mean, value_sum, count; 3 rows of
+  // bounds (max, min, guard).
+  const size_t slots = static_cast<size_t>(n) * 3;
+  std::vector<uint16_t> bounds(slots * dim, kPoisonHalf), key_mean(slots * dim, kPoisonHalf);
+  std::vector<float> value_sum(slots * dim, Poisoned<float>());
+  std::vector<int32_t> count(slots, kPoisonInt);
+  DeviceBuffer d_k = Upload(k), d_v = Upload(v), d_tokens = Upload(tokens);
+  DeviceBuffer d_bounds = Upload(bounds), d_key_mean = Upload(key_mean);
+  DeviceBuffer d_value_sum = Upload(value_sum), d_count = Upload(count);
+  std::vector<const void*> hk, hv, dk, dv;
+  std::vector<void*> hb, hm, db, dm;
+  std::vector<float*> hs, ds;
+  std::vector<int32_t*> hc, dc;
+  for (int j = 0; j < n; ++j) {
+    const size_t at = static_cast<size_t>(j) * 3;
+    hk.push_back(k.data() + j * page_elements);
+    hv.push_back(v.data() + j * page_elements);
+    hb.push_back(bounds.data() + at * dim);
+    hm.push_back(key_mean.data() + at * dim);
+    hs.push_back(value_sum.data() + at * dim);
+    hc.push_back(count.data() + at);
+    dk.push_back(d_k.as<uint16_t>() + j * page_elements);
+    dv.push_back(d_v.as<uint16_t>() + j * page_elements);
+    db.push_back(d_bounds.as<uint16_t>() + at * dim);
+    dm.push_back(d_key_mean.as<uint16_t>() + at * dim);
+    ds.push_back(d_value_sum.as<float>() + at * dim);
+    dc.push_back(d_count.as<int32_t>() + at);
+  }
+  PageSummaryParams p;
+  p.dtype = dtype;
+  p.head_dim = dim;
+  p.page_size = page;
+  p.num_pages = n;
+  p.centroid_parts = 2;
+  PageSummaryParams host = p;
+  host.k_pages = hk.data();
+  host.v_pages = hv.data();
+  host.tokens = tokens.data();
+  host.bounds = all_outputs ? hb.data() : nullptr;
+  host.key_mean = hm.data();
+  host.value_sum = all_outputs ? hs.data() : nullptr;
+  host.count = hc.data();
+  ASSERT_OK(ReferencePageSummaries(host));
+  DeviceBuffer d_kp = Upload(dk), d_vp = Upload(dv), d_bp = Upload(db), d_mp = Upload(dm),
+               d_sp = Upload(ds), d_cp = Upload(dc);
+  p.k_pages = d_kp.as<const void*>();
+  p.v_pages = d_vp.as<const void*>();
+  p.tokens = d_tokens.as<int32_t>();
+  p.bounds = all_outputs ? d_bp.as<void*>() : nullptr;
+  p.key_mean = d_mp.as<void*>();
+  p.value_sum = all_outputs ? d_sp.as<float*>() : nullptr;
+  p.count = d_cp.as<int32_t*>();
+  ASSERT_OK(LaunchPageSummaries(p, stream));
+  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+  const std::vector<uint16_t> got_bounds = Download<uint16_t>(d_bounds, bounds.size());
+  const std::vector<uint16_t> got_key_mean = Download<uint16_t>(d_key_mean, key_mean.size());
+  const std::vector<float> got_value_sum = Download<float>(d_value_sum, value_sum.size());
+  const std::vector<int32_t> got_count = Download<int32_t>(d_count, count.size());
+
+  int split_pages = 0, nan_means = 0;
+  for (int j = 0; j < n; ++j) {
+    for (int s = 0; s < 3; ++s) {
+      const size_t at = static_cast<size_t>(j) * 3 + s;
+      ASSERT_EQ(got_count[at], count[at]) << "page " << j << " slot " << s;
+      for (int d = 0; d < dim; ++d) {
+        const size_t x = at * dim + d;
+        ASSERT_TRUE(SameHalf(dtype, got_key_mean[x], key_mean[x]))
+            << "key_mean page " << j << " slot " << s << " channel " << d << ": " << std::hex
+            << got_key_mean[x] << " vs " << key_mean[x];
+        ASSERT_TRUE(SameHalf(dtype, got_bounds[x], bounds[x]))
+            << "bounds page " << j << " row " << s << " channel " << d << ": " << std::hex
+            << got_bounds[x] << " vs " << bounds[x];
+        ASSERT_TRUE(SameFloat(got_value_sum[x], value_sum[x]))
+            << "value_sum page " << j << " slot " << s << " channel " << d << ": "
+            << got_value_sum[x] << " vs " << value_sum[x];
+        nan_means += s < 2 && key_mean[x] != kPoisonHalf && std::isnan(Value(dtype, key_mean[x]));
+      }
+    }
+    split_pages += count[static_cast<size_t>(j) * 3 + 1] > 0 ? 1 : 0;
+  }
+  // The batch exercised the split and the NaN page.
+  EXPECT_GE(split_pages, page) << "pages with a non-empty second part";
+  EXPECT_GT(nan_means, 0) << "the NaN key made no NaN mean";
+}
+
+TEST_F(SplitCentroidGpuTest, SplitSummariesEqualTwinBitForBit) {
+  uint32_t seed = 1;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int page : {16, 32, 64}) {
+        ASSERT_NO_FATAL_FAILURE(CheckSplitSummaries(dtype, dim, page, true, seed++, stream()));
+      }
+    }
+    ASSERT_NO_FATAL_FAILURE(CheckSplitSummaries(dtype, 128, 64, false, seed++, stream()));
+  }
+}
+
+TEST_F(SplitCentroidGpuTest, SplitSummariesRejectLargePages) {
+  const int32_t tokens[1] = {1};
+  const void* pages[1] = {tokens};
+  void* outputs[1] = {nullptr};
+  PageSummaryParams p;
+  p.dtype = DType::kBF16;
+  p.head_dim = 128;
+  p.page_size = kMaxSplitPageSize + 1;
+  p.num_pages = 1;
+  p.centroid_parts = 2;
+  p.k_pages = pages;
+  p.tokens = tokens;
+  p.key_mean = outputs;
+  // Host pointers the launcher must not read: it fails before launching.
+  absl::Status status = LaunchPageSummaries(p, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(std::string(status.message()).find("page_size"), std::string::npos) << status;
+  p.page_size = 16;
+  p.centroid_parts = 3;
+  status = LaunchPageSummaries(p, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(std::string(status.message()).find("centroid_parts"), std::string::npos) << status;
+}
+
+// ---- Block selection ------------------------------------------------------------------------
+
+struct ItemSpec {
+  int blocks;
+  int begin;
+  int end;
+};
+
+// Random two-part summaries and queries for a batch; every item's summaries in one pool.
+// Counts in [3, 40] with empty parts: part 0 of a few blocks, part 1 of about a third.
+struct SplitSelectBatch {
+  SplitSelectBatch(DType dtype, int dim, int group, std::vector<ItemSpec> specs, uint32_t seed)
+      : dtype(dtype), dim(dim), group(group), items(std::move(specs)) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    auto nonzero = [&](float mean, float sd) {
+      for (;;) {
+        const uint16_t b = Bits(dtype, mean + sd * normal(rng));
+        if (std::abs(Value(dtype, b)) >= 1e-2f) return b;
+      }
+    };
+    q.resize(items.size() * group * dim);
+    for (auto& x : q) x = nonzero(0.1f, 1.0f);
+    std::uniform_int_distribution<int> draw(3, 40), kind(0, 29);
+    for (const ItemSpec& item : items) {
+      max_blocks = std::max(max_blocks, item.blocks);
+      key_offset.push_back(pool.size());
+      count_offset.push_back(counts.size());
+      for (int b = 0; b < item.blocks; ++b) {
+        for (int x = 0; x < 2 * dim; ++x) pool.push_back(nonzero(0.2f, 1.0f));
+        const int k = kind(rng);
+        counts.push_back(k < 2 ? 0 : draw(rng));
+        counts.push_back(k == 0 || k >= 20 ? 0 : draw(rng));
+      }
+      begins.push_back(item.begin);
+      ends.push_back(item.end);
+    }
+    max_blocks = std::max(max_blocks, 1);
+  }
+
+  uint16_t* Key(int item, int block, int part) {
+    return pool.data() + key_offset[item] + (static_cast<size_t>(block) * 2 + part) * dim;
+  }
+  int32_t& Count(int item, int block, int part) {
+    return counts[count_offset[item] + static_cast<size_t>(block) * 2 + part];
+  }
+
+  // In item `item`, every `every`-th block gets an empty part (alternately part 0 and part 1)
+  // whose key is aligned with head 0's query: a logit of several hundred, which would zero
+  // every other weight if it set the maximum.
+  void PlantHeavyEmptyParts(int item, int every) {
+    int x = 0;
+    for (int b = 5; b < items[item].blocks; b += every, ++x) {
+      const int part = x % 2;
+      Count(item, b, part) = 0;
+      Count(item, b, 1 - part) = 4;
+      for (int d = 0; d < dim; ++d) {
+        const float qd = Value(dtype, q[static_cast<size_t>(item) * group * dim + d]);
+        Key(item, b, part)[d] = Bits(dtype, qd >= 0 ? 60.0f : -60.0f);
+      }
+    }
+  }
+
+  // Runs the twin and the kernel with these settings and expects identical selections.
+  void Check(BlockSelectMode mode, int k, float mass_target, cudaStream_t stream) {
+    SCOPED_TRACE(testing::Message()
+                 << DTypeName(dtype) << " D " << dim << " G " << group << " mode "
+                 << static_cast<int>(mode) << " k " << k << " target " << mass_target);
+    const int n = static_cast<int>(items.size());
+    BlockSelectParams p;
+    p.kind = BlockScoreKind::kCentroid;
+    p.mode = mode;
+    p.dtype = dtype;
+    p.head_dim = dim;
+    p.group_size = group;
+    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    p.num_items = n;
+    p.centroid_parts = 2;
+    p.max_blocks = max_blocks;
+    p.k = k;
+    p.mass_target = mass_target;
+
+    std::vector<const void*> host_keys;
+    std::vector<const int32_t*> host_counts;
+    for (int i = 0; i < n; ++i) {
+      host_keys.push_back(pool.data() + key_offset[i]);
+      host_counts.push_back(counts.data() + count_offset[i]);
+    }
+    std::vector<int32_t> want(static_cast<size_t>(n) * k, kPoisonInt), want_count(n, kPoisonInt);
+    BlockSelectParams host = p;
+    host.q = q.data();
+    host.block_begin = begins.data();
+    host.block_end = ends.data();
+    host.key_mean = host_keys.data();
+    host.count = host_counts.data();
+    host.selected = want.data();
+    host.num_selected = want_count.data();
+    ASSERT_OK(ReferenceBlockSelect(host));
+
+    DeviceBuffer d_q = Upload(q), d_begin = Upload(begins), d_end = Upload(ends);
+    DeviceBuffer d_pool = Upload(pool), d_counts = Upload(counts);
+    std::vector<const void*> dev_keys;
+    std::vector<const int32_t*> dev_counts;
+    for (int i = 0; i < n; ++i) {
+      dev_keys.push_back(d_pool.as<uint16_t>() + key_offset[i]);
+      dev_counts.push_back(d_counts.as<int32_t>() + count_offset[i]);
+    }
+    DeviceBuffer d_key_ptrs = Upload(dev_keys), d_count_ptrs = Upload(dev_counts);
+    DeviceBuffer selected = Upload(std::vector<int32_t>(want.size(), kPoisonInt));
+    DeviceBuffer num_selected = Upload(std::vector<int32_t>(n, kPoisonInt));
+    p.workspace_bytes = BlockSelectWorkspaceBytes(p);
+    ASSERT_GT(p.workspace_bytes, 0u);
+    ASSERT_OK_AND_ASSIGN(DeviceBuffer workspace, DeviceBuffer::Allocate(p.workspace_bytes));
+    ASSERT_CUDA_OK(cudaMemset(workspace.data(), 0xFF, workspace.size()));  // NaN garbage
+    p.q = d_q.data();
+    p.block_begin = d_begin.as<int32_t>();
+    p.block_end = d_end.as<int32_t>();
+    p.key_mean = d_key_ptrs.as<const void*>();
+    p.count = d_count_ptrs.as<const int32_t*>();
+    p.selected = selected.as<int32_t>();
+    p.num_selected = num_selected.as<int32_t>();
+    p.workspace = workspace.data();
+    ASSERT_OK(LaunchBlockSelect(p, stream));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+    const std::vector<int32_t> got = Download<int32_t>(selected, want.size());
+    const std::vector<int32_t> got_count = Download<int32_t>(num_selected, n);
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(got_count[i], want_count[i]) << "item " << i;
+      for (int j = 0; j < k; ++j) {
+        const size_t at = static_cast<size_t>(i) * k + j;
+        ASSERT_EQ(got[at], want[at]) << "item " << i << " entry " << j;
+      }
+    }
+  }
+
+  DType dtype;
+  int dim, group;
+  std::vector<ItemSpec> items;
+  int max_blocks = 0;
+  std::vector<uint16_t> q, pool;
+  std::vector<int32_t> counts, begins, ends;
+  std::vector<size_t> key_offset, count_offset;
+};
+
+std::vector<ItemSpec> MixedItems() {
+  return {{8192, 0, 8192}, {3000, 64, 2900}, {5, 0, 5},     {1, 0, 1},
+          {64, 10, 10},    {700, 3, 600},    {129, 0, 129}, {4500, 0, 4500}};
+}
+
+TEST_F(SplitCentroidGpuTest, SplitBlockSelectEqualsTwin) {
+  uint32_t seed = 100;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4, 8}) {
+        SplitSelectBatch batch(dtype, dim, group, MixedItems(), seed++);
+        batch.PlantHeavyEmptyParts(1, 97);
+        batch.PlantHeavyEmptyParts(5, 31);
+        batch.Check(BlockSelectMode::kTopK, 1, 0.0f, stream());
+        batch.Check(BlockSelectMode::kTopK, 300, 0.0f, stream());
+        batch.Check(BlockSelectMode::kTopK, 4096, 0.0f, stream());
+        batch.Check(BlockSelectMode::kMassTarget, 4096, 0.5f, stream());
+        batch.Check(BlockSelectMode::kMassTarget, 4096, 0.9f, stream());
+        batch.Check(BlockSelectMode::kMassTarget, 4096, 1.0f, stream());
+        batch.Check(BlockSelectMode::kMassTarget, 16, 0.99f, stream());
+        if (HasFatalFailure()) return;
+      }
+    }
+  }
+}
+
+// Many small items: every item's logit rows and score row in the workspace must stay its own
+// (a single item would not show an item stride that differs between the two kernels).
+TEST_F(SplitCentroidGpuTest, SplitBlockSelectOfManySmallItemsEqualsTwin) {
+  std::vector<ItemSpec> items;
+  for (int i = 0; i < 40; ++i) items.push_back({1 + (i * 37) % 200, 0, 1 + (i * 37) % 200});
+  SplitSelectBatch batch(DType::kBF16, 128, 4, items, 7);
+  batch.Check(BlockSelectMode::kTopK, 8, 0.0f, stream());
+  batch.Check(BlockSelectMode::kMassTarget, 64, 0.8f, stream());
+}
+
+// ---- Estimation -----------------------------------------------------------------------------
+
+struct ClusterSpec {
+  int clusters;  // summaries of the item, two parts each
+  int listed;    // ids listed (repeats allowed)
+  int excluded;  // ids in the exclusion list
+};
+
+// Random two-part clusters with lists in both addressing modes and ascending exclusion lists
+// (mostly listed ids); part counts in [-2, 50], some 0 or negative.
+struct SplitClusters {
+  SplitClusters(DType dtype, int dim, int group, std::vector<ClusterSpec> specs, uint32_t seed)
+      : dtype(dtype), dim(dim), group(group), items(std::move(specs)) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal;
+    auto nonzero = [&](float mean) {
+      for (;;) {
+        const uint16_t b = Bits(dtype, mean + normal(rng));
+        if (std::abs(Value(dtype, b)) >= 1e-2f) return b;
+      }
+    };
+    for (const ClusterSpec& s : items) {
+      stride = std::max(stride, std::max(1, s.listed));
+      exclude_stride = std::max(exclude_stride, std::max(1, s.excluded));
+    }
+    const int n = static_cast<int>(items.size());
+    q.resize(static_cast<size_t>(n) * group * dim);
+    for (auto& x : q) x = nonzero(0.1f);
+    offsets = {0};
+    strided.assign(static_cast<size_t>(n) * stride, -1);
+    exclude.assign(static_cast<size_t>(n) * exclude_stride, -1);
+    std::uniform_int_distribution<int> draw(-2, 50);
+    for (int i = 0; i < n; ++i) {
+      const ClusterSpec& s = items[i];
+      key_at.push_back(keys.size());
+      sum_at.push_back(sums.size());
+      count_at.push_back(counts.size());
+      for (int c = 0; c < s.clusters * 2; ++c) {
+        const int m = draw(rng);
+        counts.push_back(m);
+        for (int d = 0; d < dim; ++d) {
+          keys.push_back(nonzero(0.2f));
+          sums.push_back(static_cast<float>(std::max(m, 0)) * (0.5f + normal(rng)));
+        }
+      }
+      std::uniform_int_distribution<int32_t> pick(0, std::max(0, s.clusters - 1));
+      std::vector<int32_t> list;
+      for (int j = 0; j < s.listed; ++j) list.push_back(pick(rng));
+      flat.insert(flat.end(), list.begin(), list.end());
+      offsets.push_back(static_cast<int32_t>(flat.size()));
+      std::copy(list.begin(), list.end(), strided.begin() + static_cast<size_t>(i) * stride);
+      list_count.push_back(s.listed);
+      std::set<int32_t> ex;
+      for (int guard = 0; static_cast<int>(ex.size()) < s.excluded && guard < 10000; ++guard) {
+        if (rng() % 4 != 0 && !list.empty()) {
+          ex.insert(list[rng() % list.size()]);
+        } else {
+          ex.insert(pick(rng) + static_cast<int32_t>(rng() % 2) * s.clusters);  // some beyond
+        }
+      }
+      int32_t* row = exclude.data() + static_cast<size_t>(i) * exclude_stride;
+      std::copy(ex.begin(), ex.end(), row);
+      exclude_count.push_back(static_cast<int32_t>(ex.size()));
+      for (int32_t j = exclude_count[i]; j < exclude_stride; ++j)
+        row[j] = list.empty() ? 0 : list[0];
+    }
+  }
+
+  size_t rows() const { return items.size() * group; }
+
+  DType dtype;
+  int dim, group;
+  std::vector<ClusterSpec> items;
+  int32_t stride = 1, exclude_stride = 1;
+  std::vector<uint16_t> q, keys;
+  std::vector<float> sums;
+  std::vector<int32_t> counts, offsets, flat, strided, list_count, exclude, exclude_count;
+  std::vector<size_t> key_at, sum_at, count_at;
+};
+
+// Twin (host arrays) against kernel (device copies) in one addressing mode.
+void CheckEstimation(const SplitClusters& batch, bool with_stride, bool with_exclusion,
+                     cudaStream_t stream) {
+  SCOPED_TRACE(testing::Message() << DTypeName(batch.dtype) << " D " << batch.dim << " G "
+                                  << batch.group << (with_stride ? " stride" : " offsets")
+                                  << (with_exclusion ? " exclusion" : ""));
+  const int n = static_cast<int>(batch.items.size());
+  const int dim = batch.dim;
+  const size_t rows = batch.rows();
+  EstimationParams p;
+  p.dtype = batch.dtype;
+  p.head_dim = dim;
+  p.group_size = batch.group;
+  p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  p.num_items = n;
+  p.centroid_parts = 2;
+  p.list_stride = with_stride ? batch.stride : 0;
+  p.exclude_stride = with_exclusion ? batch.exclude_stride : 0;
+
+  std::vector<const void*> hk;
+  std::vector<const float*> hs;
+  std::vector<const int32_t*> hc;
+  for (int i = 0; i < n; ++i) {
+    hk.push_back(batch.keys.data() + batch.key_at[i]);
+    hs.push_back(batch.sums.data() + batch.sum_at[i]);
+    hc.push_back(batch.counts.data() + batch.count_at[i]);
+  }
+  std::vector<float> want(rows * dim, Poisoned<float>()), want_lse(rows, Poisoned<float>());
+  EstimationParams host = p;
+  host.q = batch.q.data();
+  host.cluster_ids = with_stride ? batch.strided.data() : batch.flat.data();
+  host.cluster_offsets = with_stride ? nullptr : batch.offsets.data();
+  host.list_count = with_stride ? batch.list_count.data() : nullptr;
+  host.exclude_ids = with_exclusion ? batch.exclude.data() : nullptr;
+  host.exclude_count = with_exclusion ? batch.exclude_count.data() : nullptr;
+  host.key_mean = hk.data();
+  host.value_sum = hs.data();
+  host.count = hc.data();
+  host.out = want.data();
+  host.lse = want_lse.data();
+  ASSERT_OK(ReferenceEstimation(host));
+
+  DeviceBuffer d_q = Upload(batch.q), d_keys = Upload(batch.keys), d_sums = Upload(batch.sums),
+               d_counts = Upload(batch.counts), d_flat = Upload(batch.flat),
+               d_offsets = Upload(batch.offsets), d_strided = Upload(batch.strided),
+               d_list = Upload(batch.list_count), d_exclude = Upload(batch.exclude),
+               d_exclude_count = Upload(batch.exclude_count);
+  std::vector<const void*> dk;
+  std::vector<const float*> ds;
+  std::vector<const int32_t*> dc;
+  for (int i = 0; i < n; ++i) {
+    dk.push_back(d_keys.as<uint16_t>() + batch.key_at[i]);
+    ds.push_back(d_sums.as<float>() + batch.sum_at[i]);
+    dc.push_back(d_counts.as<int32_t>() + batch.count_at[i]);
+  }
+  DeviceBuffer d_kp = Upload(dk), d_sp = Upload(ds), d_cp = Upload(dc);
+  DeviceBuffer d_out = Upload(std::vector<float>(rows * dim, Poisoned<float>()));
+  DeviceBuffer d_lse = Upload(std::vector<float>(rows, Poisoned<float>()));
+  p.q = d_q.data();
+  p.cluster_ids = with_stride ? d_strided.as<int32_t>() : d_flat.as<int32_t>();
+  p.cluster_offsets = with_stride ? nullptr : d_offsets.as<int32_t>();
+  p.list_count = with_stride ? d_list.as<int32_t>() : nullptr;
+  p.exclude_ids = with_exclusion ? d_exclude.as<int32_t>() : nullptr;
+  p.exclude_count = with_exclusion ? d_exclude_count.as<int32_t>() : nullptr;
+  p.key_mean = d_kp.as<const void*>();
+  p.value_sum = d_sp.as<const float*>();
+  p.count = d_cp.as<const int32_t*>();
+  p.out = d_out.as<float>();
+  p.lse = d_lse.as<float>();
+  ASSERT_OK(LaunchEstimation(p, stream));
+  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+  const std::vector<float> got = Download<float>(d_out, rows * dim);
+  const std::vector<float> got_lse = Download<float>(d_lse, rows);
+  int empty_rows = 0;
+  for (size_t r = 0; r < rows; ++r) {
+    if (std::isinf(want_lse[r])) {
+      ASSERT_EQ(got_lse[r], want_lse[r]) << "row " << r;
+      ++empty_rows;
+    } else {
+      ASSERT_NEAR(got_lse[r], want_lse[r], 1e-4) << "row " << r;
+    }
+    for (int d = 0; d < dim; ++d) {
+      const float w = want[r * dim + d];
+      ASSERT_NEAR(got[r * dim + d], w, 1e-3 * std::max(1.0f, std::abs(w)))
+          << "row " << r << " d " << d;
+    }
+  }
+  EXPECT_LT(empty_rows, static_cast<int>(rows)) << "no row had contributing parts";
+}
+
+TEST_F(SplitCentroidGpuTest, SplitEstimationEqualsTwin) {
+  std::mt19937 rng(300);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 3, 4, 8}) {  // 3: a partial group of heads in one thread block
+        // No list, one id, a few, thousands (every warp folds many), random ones.
+        std::vector<ClusterSpec> items = {{10, 0, 2}, {5, 1, 0},         {7, 5, 2},
+                                          {1, 3, 1},  {2000, 5000, 100}, {300, 300, 20}};
+        for (int i = 0; i < 4; ++i) {
+          items.push_back({1 + static_cast<int>(rng() % 200), static_cast<int>(rng() % 400),
+                           static_cast<int>(rng() % 30)});
+        }
+        const SplitClusters batch(dtype, dim, group, items, rng());
+        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, false, false, stream()));
+        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, false, true, stream()));
+        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, true, false, stream()));
+        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, true, true, stream()));
+      }
+    }
+  }
+}
+
+TEST_F(SplitCentroidGpuTest, SplitEstimationRejectsBadParts) {
+  const SplitClusters batch(DType::kBF16, 64, 2, {{4, 3, 1}}, 5);
+  EstimationParams p;
+  p.dtype = DType::kBF16;
+  p.head_dim = 64;
+  p.group_size = 2;
+  p.softmax_scale = 0.125f;
+  p.num_items = 1;
+  p.centroid_parts = 3;
+  const void* keys[1] = {batch.keys.data()};
+  const float* sums[1] = {batch.sums.data()};
+  const int32_t* counts[1] = {batch.counts.data()};
+  std::vector<float> out(2 * 64), lse(2);
+  // Host pointers the launcher must not read: it fails before launching.
+  p.q = batch.q.data();
+  p.cluster_offsets = batch.offsets.data();
+  p.cluster_ids = batch.flat.data();
+  p.key_mean = keys;
+  p.value_sum = sums;
+  p.count = counts;
+  p.out = out.data();
+  p.lse = lse.data();
+  const absl::Status status = LaunchEstimation(p, stream());
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(std::string(status.message()).find("centroid_parts"), std::string::npos) << status;
+}
+
+}  // namespace
+}  // namespace kvtier

@@ -1,0 +1,1144 @@
+// The split centroid (centroid_parts = 2) in the host twins of the page summaries
+// (block_summary.h), block selection (block_select.h) and estimation (estimation.h), against
+// constructed pages whose split is known, against the single centroid (centroid_parts = 1) it
+// refines, and against brute force in double written here. Fresh random data from seeded
+// generators; every output poisoned before each call (a NaN where the type has one), so an
+// element left unwritten fails, and NaN never passes a comparison.
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gtest/gtest.h"
+#include "kernels/base/dtype.h"
+#include "kernels/block_select.h"
+#include "kernels/block_summary.h"
+#include "kernels/estimation.h"
+
+namespace kvtier {
+namespace {
+
+constexpr uint16_t kPoisonHalf = 0x7FC1;  // a NaN in bf16 and in fp16
+constexpr int32_t kPoisonInt = 0x7E7E7E7E;
+const float kPoisonFloat = std::numeric_limits<float>::quiet_NaN();
+const float kInf = std::numeric_limits<float>::infinity();
+
+uint16_t Bits(DType dtype, float x) {
+  return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
+}
+float Value(DType dtype, uint16_t b) {
+  return dtype == DType::kBF16 ? BF16ToFloat(b) : FP16ToFloat(b);
+}
+// Half an ulp, relative: the error of one rounding to the dtype.
+double Rounding(DType dtype) { return dtype == DType::kBF16 ? 0x1p-8 : 0x1p-11; }
+
+bool HasMessage(const absl::Status& status, const std::string& text) {
+  return std::string(status.message()).find(text) != std::string::npos;
+}
+
+// ---- Page summaries ------------------------------------------------------------------------
+
+// Pages of keys and values, [num_pages, P, D] each, rows past a page's tokens random too (a
+// summary that read them would change).
+struct Pages {
+  Pages(DType dtype, int dim, int page_size, std::vector<int32_t> tokens, uint32_t seed)
+      : dtype(dtype), dim(dim), page_size(page_size), tokens(std::move(tokens)), rng(seed) {
+    const size_t n = this->tokens.size() * page_size * dim;
+    k.resize(n);
+    v.resize(n);
+    for (auto& x : k) x = Bits(dtype, 0.2f + normal(rng));
+    for (auto& x : v) x = Bits(dtype, normal(rng));
+  }
+
+  int num_pages() const { return static_cast<int>(tokens.size()); }
+  uint16_t* Key(int j, int t) { return k.data() + (static_cast<size_t>(j) * page_size + t) * dim; }
+  uint16_t* Val(int j, int t) { return v.data() + (static_cast<size_t>(j) * page_size + t) * dim; }
+  float K(int j, int t, int d) { return Value(dtype, Key(j, t)[d]); }
+  float V(int j, int t, int d) { return Value(dtype, Val(j, t)[d]); }
+
+  // Page j's tokens `members` (the others untouched) become keys around `centre` with noise
+  // of standard deviation `noise`.
+  void Around(int j, const std::vector<int>& members, const std::vector<float>& centre,
+              float noise) {
+    for (int t : members) {
+      for (int d = 0; d < dim; ++d) Key(j, t)[d] = Bits(dtype, centre[d] + noise * normal(rng));
+    }
+  }
+  std::vector<float> RandomVector(float mean, float sd) {
+    std::vector<float> x(dim);
+    for (float& e : x) e = mean + sd * normal(rng);
+    return x;
+  }
+  // Page j as two groups: `group_b` tokens (a random subset) around a centre at distance
+  // ~3 sqrt(D) from the others' centre. Returns the tokens of group b.
+  std::vector<bool> TwoGroups(int j, int group_b) {
+    std::vector<int> order(tokens[j]);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<bool> in_b(tokens[j], false);
+    for (int i = 0; i < group_b; ++i) in_b[order[i]] = true;
+    const std::vector<float> a = RandomVector(0.0f, 1.0f);
+    std::vector<float> b = RandomVector(0.0f, 1.5f);
+    for (int d = 0; d < dim; ++d) b[d] += a[d];
+    std::vector<int> members_a, members_b;
+    for (int t = 0; t < tokens[j]; ++t) (in_b[t] ? members_b : members_a).push_back(t);
+    Around(j, members_a, a, 0.05f);
+    Around(j, members_b, b, 0.05f);
+    return in_b;
+  }
+  // Page j as similar keys with one far outlier at a random token; returns the outlier.
+  int Outlier(int j) {
+    std::vector<int> all(tokens[j]);
+    std::iota(all.begin(), all.end(), 0);
+    const std::vector<float> centre = RandomVector(0.2f, 1.0f);
+    Around(j, all, centre, 0.05f);
+    const int outlier = std::uniform_int_distribution<int>(0, tokens[j] - 1)(rng);
+    std::vector<float> far = RandomVector(0.0f, 2.0f);
+    for (int d = 0; d < dim; ++d) far[d] += centre[d];
+    Around(j, {outlier}, far, 0.0f);
+    return outlier;
+  }
+
+  DType dtype;
+  int dim, page_size;
+  std::vector<int32_t> tokens;
+  std::mt19937 rng;
+  std::normal_distribution<float> normal;
+  std::vector<uint16_t> k, v;
+};
+
+// One call's outputs. Each page's arrays are followed by a guard (one more part, D more bound
+// elements) that stays poisoned unless the call writes past what it should.
+struct Summaries {
+  int parts = 1, dim = 0, num_pages = 0;
+  std::vector<uint16_t> bounds, key_mean;
+  std::vector<float> value_sum;
+  std::vector<int32_t> count;
+
+  uint16_t KeyMeanBits(int j, int part, int d) const {
+    return key_mean[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
+  }
+  float ValueSum(int j, int part, int d) const {
+    return value_sum[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
+  }
+  int32_t Count(int j, int part) const {
+    return count[static_cast<size_t>(j) * (parts + 1) + part];
+  }
+  uint16_t BoundBits(int j, int row, int d) const {
+    return bounds[(static_cast<size_t>(j) * 3 + row) * dim + d];
+  }
+
+  // The guards are still poisoned (checks only the arrays that were requested).
+  void ExpectGuardsIntact() const {
+    for (int j = 0; j < num_pages; ++j) {
+      for (int d = 0; d < dim; ++d) {
+        if (!bounds.empty()) {
+          ASSERT_EQ(BoundBits(j, 2, d), kPoisonHalf) << "page " << j;
+        }
+        if (!key_mean.empty()) {
+          ASSERT_EQ(KeyMeanBits(j, parts, d), kPoisonHalf) << "page " << j;
+        }
+        if (!value_sum.empty()) {
+          ASSERT_TRUE(std::isnan(ValueSum(j, parts, d))) << "page " << j;
+        }
+      }
+      if (!count.empty()) {
+        ASSERT_EQ(Count(j, parts), kPoisonInt) << "page " << j;
+      }
+    }
+  }
+};
+
+struct Requested {
+  bool bounds = true;
+  bool key_mean = true;
+  bool value_sum = true;
+  bool count = true;
+};
+
+// Runs the twin on `pages` with `parts` centroids a page into poisoned outputs.
+absl::Status Summarise(Pages& pages, int parts, Requested want, Summaries* out) {
+  const int n = pages.num_pages(), dim = pages.dim;
+  out->parts = parts;
+  out->dim = dim;
+  out->num_pages = n;
+  const size_t slots = static_cast<size_t>(n) * (parts + 1);
+  out->bounds.assign(want.bounds ? static_cast<size_t>(n) * 3 * dim : 0, kPoisonHalf);
+  out->key_mean.assign(want.key_mean ? slots * dim : 0, kPoisonHalf);
+  out->value_sum.assign(want.value_sum ? slots * dim : 0, kPoisonFloat);
+  out->count.assign(want.count ? slots : 0, kPoisonInt);
+  std::vector<const void*> kp, vp;
+  std::vector<void*> bp, mp;
+  std::vector<float*> sp;
+  std::vector<int32_t*> cp;
+  for (int j = 0; j < n; ++j) {
+    kp.push_back(pages.Key(j, 0));
+    vp.push_back(pages.Val(j, 0));
+    bp.push_back(out->bounds.data() + static_cast<size_t>(j) * 3 * dim);
+    mp.push_back(out->key_mean.data() + static_cast<size_t>(j) * (parts + 1) * dim);
+    sp.push_back(out->value_sum.data() + static_cast<size_t>(j) * (parts + 1) * dim);
+    cp.push_back(out->count.data() + static_cast<size_t>(j) * (parts + 1));
+  }
+  PageSummaryParams p;
+  p.dtype = pages.dtype;
+  p.head_dim = dim;
+  p.page_size = pages.page_size;
+  p.num_pages = n;
+  p.centroid_parts = parts;
+  p.k_pages = kp.data();
+  p.v_pages = vp.data();
+  p.tokens = pages.tokens.data();
+  p.bounds = want.bounds ? bp.data() : nullptr;
+  p.key_mean = want.key_mean ? mp.data() : nullptr;
+  p.value_sum = want.value_sum ? sp.data() : nullptr;
+  p.count = want.count ? cp.data() : nullptr;
+  return ReferencePageSummaries(p);
+}
+
+// Part `part` of page j is exactly the tokens with in_group[t]: its count, its mean key (to
+// the fp32 sum's and the dtype's rounding) and its value sum (to the fp32 sum's rounding).
+void ExpectPartIsGroup(Pages& pages, const Summaries& s, int j, int part,
+                       const std::vector<bool>& in_group) {
+  const int members = static_cast<int>(std::count(in_group.begin(), in_group.end(), true));
+  ASSERT_EQ(s.Count(j, part), members) << "page " << j << " part " << part;
+  for (int d = 0; d < pages.dim; ++d) {
+    double key_sum = 0, key_abs = 0, value_sum = 0, value_abs = 0;
+    for (int t = 0; t < pages.tokens[j]; ++t) {
+      if (!in_group[t]) continue;
+      key_sum += pages.K(j, t, d);
+      key_abs += std::abs(pages.K(j, t, d));
+      value_sum += pages.V(j, t, d);
+      value_abs += std::abs(pages.V(j, t, d));
+    }
+    const double mean = key_sum / members;
+    const double sum_error = 1e-6 * key_abs / members;  // fp32 sum of <= 64 terms, relative 2^-24
+    ASSERT_NEAR(Value(pages.dtype, s.KeyMeanBits(j, part, d)), mean,
+                std::abs(mean) * Rounding(pages.dtype) + 2 * sum_error + 1e-7)
+        << "page " << j << " part " << part << " channel " << d;
+    ASSERT_NEAR(s.ValueSum(j, part, d), value_sum, 1e-6 * value_abs + 1e-7)
+        << "page " << j << " part " << part << " channel " << d;
+  }
+}
+
+TEST(SplitSummaryTest, TwoGroupsSplitIntoTheirGroups) {
+  struct Case {
+    int page, group_a, group_b;
+  };
+  const Case cases[] = {{16, 9, 7}, {16, 12, 4}, {32, 5, 27}, {64, 40, 24}, {64, 33, 30}};
+  uint32_t seed = 1;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (const Case& c : cases) {
+        SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " D " << dim << " page " << c.page
+                                        << " groups " << c.group_a << " + " << c.group_b);
+        // Three pages of two groups each, the groups' tokens placed at random.
+        const int n = c.group_a + c.group_b;
+        Pages pages(dtype, dim, c.page, {n, n, n}, seed++);
+        std::vector<std::vector<bool>> in_b;
+        for (int j = 0; j < 3; ++j) in_b.push_back(pages.TwoGroups(j, c.group_b));
+        Summaries s;
+        ASSERT_TRUE(Summarise(pages, 2, {}, &s).ok());
+        for (int j = 0; j < 3; ++j) {
+          ASSERT_EQ(s.Count(j, 0) + s.Count(j, 1), c.group_a + c.group_b);
+          // Either part may hold either group; the counts tell which.
+          ASSERT_TRUE(s.Count(j, 0) == c.group_a || s.Count(j, 0) == c.group_b)
+              << "page " << j << " counts " << s.Count(j, 0) << ", " << s.Count(j, 1);
+          const int part_b = s.Count(j, 0) == c.group_b ? 0 : 1;
+          std::vector<bool> in_a(in_b[j].size());
+          for (size_t t = 0; t < in_a.size(); ++t) in_a[t] = !in_b[j][t];
+          ASSERT_NO_FATAL_FAILURE(ExpectPartIsGroup(pages, s, j, part_b, in_b[j]));
+          ASSERT_NO_FATAL_FAILURE(ExpectPartIsGroup(pages, s, j, 1 - part_b, in_a));
+        }
+        ASSERT_NO_FATAL_FAILURE(s.ExpectGuardsIntact());
+      }
+    }
+  }
+}
+
+TEST(SplitSummaryTest, OutlierIsIsolatedInPartZero) {
+  uint32_t seed = 100;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int page : {16, 64}) {
+        SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " D " << dim << " page " << page);
+        // Full pages: one outlier among 15 (or 63) similar keys; and a partly filled one.
+        Pages pages(dtype, dim, page, {page, page, page / 2 + 1}, seed++);
+        std::vector<int> outlier;
+        for (int j = 0; j < 3; ++j) outlier.push_back(pages.Outlier(j));
+        Summaries s;
+        ASSERT_TRUE(Summarise(pages, 2, {}, &s).ok());
+        for (int j = 0; j < 3; ++j) {
+          // Part 0 holds the seed, the token farthest from the mean: the outlier, alone. A
+          // mean of one token is that token, exactly.
+          ASSERT_EQ(s.Count(j, 0), 1) << "page " << j;
+          ASSERT_EQ(s.Count(j, 1), pages.tokens[j] - 1) << "page " << j;
+          for (int d = 0; d < dim; ++d) {
+            ASSERT_EQ(s.KeyMeanBits(j, 0, d), pages.Key(j, outlier[j])[d]) << j << " " << d;
+            ASSERT_EQ(s.ValueSum(j, 0, d), pages.V(j, outlier[j], d)) << j << " " << d;
+          }
+          std::vector<bool> rest(pages.tokens[j], true);
+          rest[outlier[j]] = false;
+          ASSERT_NO_FATAL_FAILURE(ExpectPartIsGroup(pages, s, j, 1, rest));
+        }
+        ASSERT_NO_FATAL_FAILURE(s.ExpectGuardsIntact());
+      }
+    }
+  }
+}
+
+// On random pages of every fill (random keys, two groups, outliers): the parts partition the
+// page's tokens; their token-weighted mean is the single centroid's mean and their value sums
+// add to its value sum, to rounding; the bounds are the parts = 1 bounds, bit for bit; an
+// empty second part is all zeros.
+TEST(SplitSummaryTest, PartsAddUpToTheSingleCentroid) {
+  uint32_t seed = 200;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int page : {16, 32, 64}) {
+        SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " D " << dim << " page " << page);
+        std::vector<int32_t> tokens;
+        for (int t = 0; t <= page; ++t) tokens.push_back(t);
+        Pages pages(dtype, dim, page, tokens, seed++);
+        for (int j = 0; j < pages.num_pages(); ++j) {
+          if (j >= 4 && j % 3 == 1) pages.TwoGroups(j, j / 3);
+          if (j >= 4 && j % 3 == 2) pages.Outlier(j);
+        }
+        Summaries one, two;
+        ASSERT_TRUE(Summarise(pages, 1, {}, &one).ok());
+        ASSERT_TRUE(Summarise(pages, 2, {}, &two).ok());
+        int split_pages = 0;
+        for (int j = 0; j < pages.num_pages(); ++j) {
+          const int n = pages.tokens[j];
+          ASSERT_EQ(one.Count(j, 0), n);
+          const int n0 = two.Count(j, 0), n1 = two.Count(j, 1);
+          ASSERT_EQ(n0 + n1, n) << "page " << j;
+          ASSERT_GE(n0, 0);
+          ASSERT_GE(n1, 0);
+          if (n > 0) {
+            ASSERT_GE(n0, 1) << "page " << j << ": part 0 holds the seed";
+          }
+          split_pages += n1 > 0 ? 1 : 0;
+          for (int d = 0; d < dim; ++d) {
+            ASSERT_EQ(two.BoundBits(j, 0, d), one.BoundBits(j, 0, d)) << j << " " << d;
+            ASSERT_EQ(two.BoundBits(j, 1, d), one.BoundBits(j, 1, d)) << j << " " << d;
+            const double m = Value(dtype, one.KeyMeanBits(j, 0, d));
+            const double m0 = Value(dtype, two.KeyMeanBits(j, 0, d));
+            const double m1 = Value(dtype, two.KeyMeanBits(j, 1, d));
+            double key_abs = 0, value_abs = 0;
+            for (int t = 0; t < n; ++t) {
+              key_abs += std::abs(pages.K(j, t, d));
+              value_abs += std::abs(pages.V(j, t, d));
+            }
+            if (n == 0) {
+              ASSERT_EQ(two.KeyMeanBits(j, 0, d), 0) << "empty page: key_mean +0";
+              ASSERT_EQ(two.ValueSum(j, 0, d), 0.0f);
+            } else {
+              // Each of the three means is rounded once to the dtype, after fp32 sums.
+              const double weighted = (n0 * m0 + n1 * m1) / n;
+              const double tol = ((n0 * std::abs(m0) + n1 * std::abs(m1)) / n + std::abs(m)) *
+                                     Rounding(dtype) * 1.01 +
+                                 1e-6 * key_abs / n + 1e-7;
+              ASSERT_NEAR(weighted, m, tol) << "page " << j << " channel " << d;
+              ASSERT_NEAR(static_cast<double>(two.ValueSum(j, 0, d)) + two.ValueSum(j, 1, d),
+                          one.ValueSum(j, 0, d), 2e-6 * value_abs + 1e-7)
+                  << "page " << j << " channel " << d;
+            }
+            if (n1 == 0) {
+              ASSERT_EQ(two.KeyMeanBits(j, 1, d), 0) << "empty part 1: key_mean +0, page " << j;
+              ASSERT_EQ(std::bit_cast<uint32_t>(two.ValueSum(j, 1, d)), 0u)
+                  << "empty part 1: value_sum +0, page " << j;
+            }
+          }
+        }
+        // The constructed pages do split (a test of the split, not of one centroid twice).
+        EXPECT_GE(split_pages, page / 2) << "pages with a non-empty second part";
+        ASSERT_NO_FATAL_FAILURE(one.ExpectGuardsIntact());
+        ASSERT_NO_FATAL_FAILURE(two.ExpectGuardsIntact());
+      }
+    }
+  }
+}
+
+// Pages of 0 and 1 token and of identical keys: everything in part 0, part 1 empty and zero.
+TEST(SplitSummaryTest, ShortAndUniformPagesLeavePartOneEmpty) {
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " D " << dim);
+      Pages pages(dtype, dim, 16, {0, 1, 10, 16}, 300 + dim);
+      for (int j : {2, 3}) {  // identical keys
+        for (int t = 1; t < pages.tokens[j]; ++t) {
+          std::copy(pages.Key(j, 0), pages.Key(j, 0) + dim, pages.Key(j, t));
+        }
+      }
+      Summaries one, two;
+      ASSERT_TRUE(Summarise(pages, 1, {}, &one).ok());
+      ASSERT_TRUE(Summarise(pages, 2, {}, &two).ok());
+      for (int j = 0; j < pages.num_pages(); ++j) {
+        const int n = pages.tokens[j];
+        ASSERT_EQ(two.Count(j, 0), n) << "page " << j;
+        ASSERT_EQ(two.Count(j, 1), 0) << "page " << j;
+        for (int d = 0; d < dim; ++d) {
+          // Part 0 is the whole page: the single centroid, bit for bit (the same sums).
+          ASSERT_EQ(two.KeyMeanBits(j, 0, d), one.KeyMeanBits(j, 0, d)) << j << " " << d;
+          ASSERT_EQ(two.ValueSum(j, 0, d), one.ValueSum(j, 0, d)) << j << " " << d;
+          ASSERT_EQ(two.KeyMeanBits(j, 1, d), 0) << j << " " << d;
+          ASSERT_EQ(std::bit_cast<uint32_t>(two.ValueSum(j, 1, d)), 0u) << j << " " << d;
+          ASSERT_EQ(two.BoundBits(j, 0, d), one.BoundBits(j, 0, d));
+          ASSERT_EQ(two.BoundBits(j, 1, d), one.BoundBits(j, 1, d));
+          if (n == 0) {
+            ASSERT_EQ(two.KeyMeanBits(j, 0, d), 0);
+            ASSERT_EQ(std::bit_cast<uint32_t>(two.ValueSum(j, 0, d)), 0u);
+            ASSERT_EQ(Value(dtype, two.BoundBits(j, 0, d)), -kInf);
+            ASSERT_EQ(Value(dtype, two.BoundBits(j, 1, d)), kInf);
+          } else {
+            // A mean of equal keys is that key, exactly (the fp32 sum of <= 64 equal
+            // half-precision values is exact).
+            ASSERT_EQ(two.KeyMeanBits(j, 0, d), pages.Key(j, 0)[d]) << j << " " << d;
+          }
+        }
+        if (n == 1) {
+          for (int d = 0; d < dim; ++d) ASSERT_EQ(two.ValueSum(j, 0, d), pages.V(j, 0, d));
+        }
+      }
+      ASSERT_NO_FATAL_FAILURE(two.ExpectGuardsIntact());
+    }
+  }
+}
+
+// Only key_mean (no bounds, value sums or counts): the same key means as the full call.
+TEST(SplitSummaryTest, KeyMeanAloneEqualsTheFullCall) {
+  Pages pages(DType::kBF16, 128, 32, {32, 17, 2, 0, 1, 32}, 400);
+  pages.TwoGroups(0, 11);
+  pages.Outlier(5);
+  Summaries full, alone;
+  ASSERT_TRUE(Summarise(pages, 2, {}, &full).ok());
+  ASSERT_TRUE(Summarise(pages, 2, {false, true, false, false}, &alone).ok());
+  EXPECT_EQ(alone.key_mean, full.key_mean);
+  EXPECT_GT(full.Count(0, 1), 0);
+}
+
+// ---- Block selection ------------------------------------------------------------------------
+
+struct ItemSpec {
+  int blocks;  // summary entries the item owns
+  int begin;   // candidate range
+  int end;
+};
+
+std::vector<ItemSpec> MixedItems() {
+  return {{300, 0, 300}, {1000, 16, 990}, {5, 0, 5}, {1, 0, 1}, {64, 10, 10}, {700, 3, 600}};
+}
+
+// Queries and split-centroid summaries (key_mean [blocks, 2, D], count [blocks, 2]) with
+// random, never-zero keys; counts random in [1, 40], with some parts empty: part 1 of about a
+// third of the blocks, part 0 of a few, both of a few.
+struct SplitSelectBatch {
+  SplitSelectBatch(DType dtype, int dim, int group, std::vector<ItemSpec> specs, uint32_t seed)
+      : dtype(dtype), dim(dim), group(group), items(std::move(specs)), rng(seed) {
+    q.resize(items.size() * group * dim);
+    for (auto& x : q) x = Nonzero(0.1f, 1.0f);
+    std::uniform_int_distribution<int> draw(1, 40), kind(0, 29);
+    for (const ItemSpec& item : items) {
+      max_blocks = std::max(max_blocks, item.blocks);
+      std::vector<uint16_t> keys;
+      std::vector<int32_t> counts;
+      for (int b = 0; b < item.blocks; ++b) {
+        for (int x = 0; x < 2 * dim; ++x) keys.push_back(Nonzero(0.2f, 1.0f));
+        const int k = kind(rng);
+        counts.push_back(k < 2 ? 0 : draw(rng));              // part 0: a few empty
+        counts.push_back(k == 0 || k >= 20 ? 0 : draw(rng));  // part 1: a third empty
+      }
+      // The first candidate holds tokens: no item is all empty (its masses would be 0 / 0).
+      if (item.end > item.begin) counts[static_cast<size_t>(item.begin) * 2] = 3;
+      key_mean.push_back(std::move(keys));
+      count.push_back(std::move(counts));
+    }
+    max_blocks = std::max(max_blocks, 1);
+  }
+
+  uint16_t Nonzero(float mean, float sd) {
+    for (;;) {
+      const uint16_t b = Bits(dtype, mean + sd * normal(rng));
+      if (std::abs(Value(dtype, b)) >= 1e-2f) return b;
+    }
+  }
+  uint16_t* Key(int item, int block, int part) {
+    return key_mean[item].data() + (static_cast<size_t>(block) * 2 + part) * dim;
+  }
+  int32_t& Count(int item, int block, int part) {
+    return count[item][static_cast<size_t>(block) * 2 + part];
+  }
+  float Q(int item, int h, int d) const {
+    return Value(dtype, q[(static_cast<size_t>(item) * group + h) * dim + d]);
+  }
+
+  // Parameters over the batch (outputs poisoned), `parts` 2 unless a test says otherwise.
+  BlockSelectParams Params(BlockSelectMode mode, int k, float mass_target = 0.0f) {
+    const int n = static_cast<int>(items.size());
+    selected.assign(static_cast<size_t>(n) * k, kPoisonInt);
+    num_selected.assign(n, kPoisonInt);
+    key_ptrs.clear();
+    count_ptrs.clear();
+    begins.clear();
+    ends.clear();
+    for (int i = 0; i < n; ++i) {
+      key_ptrs.push_back(key_mean[i].data());
+      count_ptrs.push_back(count[i].data());
+      begins.push_back(items[i].begin);
+      ends.push_back(items[i].end);
+    }
+    BlockSelectParams p;
+    p.kind = BlockScoreKind::kCentroid;
+    p.mode = mode;
+    p.dtype = dtype;
+    p.head_dim = dim;
+    p.group_size = group;
+    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    p.num_items = n;
+    p.centroid_parts = 2;
+    p.max_blocks = max_blocks;
+    p.k = k;
+    p.mass_target = mass_target;
+    p.q = q.data();
+    p.block_begin = begins.data();
+    p.block_end = ends.data();
+    p.key_mean = key_ptrs.data();
+    p.count = count_ptrs.data();
+    p.selected = selected.data();
+    p.num_selected = num_selected.data();
+    return p;
+  }
+
+  // Textbook scores of item i's candidates in double: per head, logits l = scale q.c of the
+  // parts with tokens, block weight sum_p n_p e^{l_p}, mass = weight / sum of the weights;
+  // score = sum over heads. The maximum subtracted is over the parts with tokens only.
+  std::vector<double> BruteScores(int i, double scale) {
+    const ItemSpec& item = items[i];
+    std::vector<double> scores(item.end - item.begin, 0.0);
+    for (int h = 0; h < group; ++h) {
+      std::vector<double> logit(scores.size() * 2, 0.0);
+      double top = -std::numeric_limits<double>::infinity();
+      for (int b = item.begin; b < item.end; ++b) {
+        for (int part = 0; part < 2; ++part) {
+          if (Count(i, b, part) <= 0) continue;
+          double dot = 0;
+          for (int d = 0; d < dim; ++d) {
+            dot += static_cast<double>(Q(i, h, d)) * Value(dtype, Key(i, b, part)[d]);
+          }
+          logit[(b - item.begin) * 2 + part] = scale * dot;
+          top = std::max(top, scale * dot);
+        }
+      }
+      std::vector<double> weight(scores.size(), 0.0);
+      double total = 0;
+      for (size_t r = 0; r < scores.size(); ++r) {
+        for (int part = 0; part < 2; ++part) {
+          const int32_t n = Count(i, item.begin + static_cast<int>(r), part);
+          if (n > 0) weight[r] += n * std::exp(logit[r * 2 + part] - top);
+        }
+        total += weight[r];
+      }
+      for (size_t r = 0; r < scores.size(); ++r) scores[r] += weight[r] / total;
+    }
+    return scores;
+  }
+
+  DType dtype;
+  int dim, group;
+  std::vector<ItemSpec> items;
+  std::mt19937 rng;
+  std::normal_distribution<float> normal;
+  int max_blocks = 0;
+  std::vector<uint16_t> q;
+  std::vector<std::vector<uint16_t>> key_mean;
+  std::vector<std::vector<int32_t>> count;
+  std::vector<const void*> key_ptrs;
+  std::vector<const int32_t*> count_ptrs;
+  std::vector<int32_t> begins, ends, selected, num_selected;
+};
+
+// The selection a full sort of `scores` gives: score descending (NaN first), index ascending;
+// the first k, or the shortest prefix reaching `target` fixed-point mass.
+std::vector<int32_t> SortSelect(const std::vector<float>& scores, int begin, int k,
+                                uint64_t target) {
+  std::vector<int> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto key = [&](int r) {
+    return std::isnan(scores[r]) ? std::numeric_limits<double>::infinity()
+                                 : static_cast<double>(scores[r]);
+  };
+  std::sort(order.begin(), order.end(),
+            [&](int a, int b) { return key(a) != key(b) ? key(a) > key(b) : a < b; });
+  std::vector<int32_t> chosen;
+  uint64_t mass = 0;
+  for (int r : order) {
+    if (static_cast<int>(chosen.size()) >= k || mass >= target) break;
+    chosen.push_back(begin + r);
+    mass += internal::FixedMass(scores[r]);
+  }
+  std::sort(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+// Item i's scores under the twin (NaN-poisoned first).
+std::vector<float> TwinScores(const BlockSelectParams& p, const ItemSpec& item, int i) {
+  std::vector<float> scores(item.end - item.begin, kPoisonFloat);
+  const absl::Status status = ReferenceBlockScores(p, i, scores.data());
+  EXPECT_TRUE(status.ok()) << status;
+  return scores;
+}
+
+TEST(SplitSelectTest, ScoresMatchBruteForce) {
+  uint32_t seed = 500;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4, 8}) {
+        SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " D " << dim << " G " << group);
+        SplitSelectBatch batch(dtype, dim, group, MixedItems(), seed++);
+        const BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 8);
+        for (int i = 0; i < p.num_items; ++i) {
+          const std::vector<double> want = batch.BruteScores(i, p.softmax_scale);
+          const std::vector<float> got = TwinScores(p, batch.items[i], i);
+          double total = 0;
+          bool any = false;
+          for (size_t r = 0; r < want.size(); ++r) {
+            // fp32 logits (D terms), CanonicalExp (~2 ulp) and a sum of up to 1000 weights:
+            // a few 1e-6 relative; 1e-4 leaves margin and still sees a wrong weight.
+            ASSERT_NEAR(got[r], want[r], 1e-4 * want[r] + 1e-12) << "item " << i << " block " << r;
+            total += got[r];
+            const int b = batch.items[i].begin + static_cast<int>(r);
+            any |= batch.Count(i, b, 0) > 0 || batch.Count(i, b, 1) > 0;
+          }
+          if (any) {
+            EXPECT_NEAR(total, group, 1e-4 * group) << "item " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+// With every second part empty (whatever its key holds, NaN included), a split-centroid item
+// is a single-centroid item of the first parts: the same scores bit for bit (the twin sums
+// the same terms in the same order, an empty part adding +0) and the same selections.
+TEST(SplitSelectTest, EmptySecondPartsScoreAsOneCentroid) {
+  uint32_t seed = 600;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int group : {1, 4}) {
+      SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " G " << group);
+      SplitSelectBatch batch(dtype, 128, group, MixedItems(), seed++);
+      std::vector<std::vector<uint16_t>> single_keys(batch.items.size());
+      std::vector<std::vector<int32_t>> single_counts(batch.items.size());
+      for (int i = 0; i < static_cast<int>(batch.items.size()); ++i) {
+        for (int b = 0; b < batch.items[i].blocks; ++b) {
+          batch.Count(i, b, 1) = 0;
+          uint16_t* garbage = batch.Key(i, b, 1);
+          for (int d = 0; d < 128; ++d) garbage[d] = Bits(dtype, b % 2 ? 60.0f : -60.0f);
+          if (b % 7 == 0) garbage[b % 128] = kPoisonHalf;  // NaN
+          single_keys[i].insert(single_keys[i].end(), batch.Key(i, b, 0), batch.Key(i, b, 0) + 128);
+          single_counts[i].push_back(batch.Count(i, b, 0));
+        }
+      }
+      for (auto [mode, k, target] : {std::tuple{BlockSelectMode::kTopK, 37, 0.0f},
+                                     std::tuple{BlockSelectMode::kMassTarget, 4096, 0.9f}}) {
+        BlockSelectParams two = batch.Params(mode, k, target);
+        BlockSelectParams one = two;
+        std::vector<const void*> key_ptrs;
+        std::vector<const int32_t*> count_ptrs;
+        for (size_t i = 0; i < batch.items.size(); ++i) {
+          key_ptrs.push_back(single_keys[i].data());
+          count_ptrs.push_back(single_counts[i].data());
+        }
+        std::vector<int32_t> selected(batch.selected.size(), kPoisonInt);
+        std::vector<int32_t> num_selected(batch.num_selected.size(), kPoisonInt);
+        one.centroid_parts = 1;
+        one.key_mean = key_ptrs.data();
+        one.count = count_ptrs.data();
+        one.selected = selected.data();
+        one.num_selected = num_selected.data();
+        for (int i = 0; i < two.num_items; ++i) {
+          const std::vector<float> got = TwinScores(two, batch.items[i], i);
+          const std::vector<float> want = TwinScores(one, batch.items[i], i);
+          for (size_t r = 0; r < got.size(); ++r) {
+            ASSERT_FALSE(std::isnan(want[r])) << "item " << i << " block " << r;
+            ASSERT_EQ(std::bit_cast<uint32_t>(got[r]), std::bit_cast<uint32_t>(want[r]))
+                << "item " << i << " block " << r << ": " << got[r] << " vs " << want[r];
+          }
+        }
+        ASSERT_TRUE(ReferenceBlockSelect(two).ok());
+        ASSERT_TRUE(ReferenceBlockSelect(one).ok());
+        EXPECT_EQ(batch.num_selected, num_selected);
+        EXPECT_EQ(batch.selected, selected);
+        EXPECT_GT(num_selected[0], 0);
+      }
+    }
+  }
+}
+
+// An empty part whose key would give a logit far above every other (beyond CanonicalExp's
+// range below the maximum) must not set the maximum: if it did, every weight would underflow
+// to 0 and the masses be 0 / 0. Empty first parts and empty second parts alike. The same
+// part with a token takes (nearly) all of head 0's mass, so the test can tell.
+TEST(SplitSelectTest, EmptyPartsDoNotSetTheMaximum) {
+  uint32_t seed = 700;
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int group : {1, 4}) {
+      SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " G " << group);
+      const int dim = 128;
+      SplitSelectBatch batch(dtype, dim, group, {{200, 0, 200}}, seed++);
+      // Blocks 10, 50, ...: a huge-logit key (aligned with head 0's query) in an empty part,
+      // part 0 of block 10 and part 1 of block 50 and so on.
+      const std::vector<int> planted = {10, 50, 90, 130, 170};
+      for (size_t x = 0; x < planted.size(); ++x) {
+        const int b = planted[x];
+        const int part = static_cast<int>(x % 2);
+        batch.Count(0, b, part) = 0;
+        batch.Count(0, b, 1 - part) = 5;
+        for (int d = 0; d < dim; ++d) {
+          batch.Key(0, b, part)[d] = Bits(dtype, batch.Q(0, 0, d) >= 0 ? 60.0f : -60.0f);
+        }
+      }
+      const BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 8);
+      const std::vector<double> want = batch.BruteScores(0, p.softmax_scale);
+      const std::vector<float> got = TwinScores(p, batch.items[0], 0);
+      double total = 0;
+      for (size_t r = 0; r < want.size(); ++r) {
+        ASSERT_NEAR(got[r], want[r], 1e-4 * want[r] + 1e-12) << "block " << r;
+        total += got[r];
+      }
+      EXPECT_NEAR(total, group, 1e-4 * group);
+      // Sanity: given a token, the planted part takes head 0's mass (score ~1 from head 0).
+      batch.Count(0, 10, 0) = 1;
+      const BlockSelectParams q = batch.Params(BlockSelectMode::kTopK, 1);
+      const std::vector<float> heavy = TwinScores(q, batch.items[0], 0);
+      EXPECT_GT(heavy[10], 0.999f);
+      ASSERT_TRUE(ReferenceBlockSelect(q).ok());
+      EXPECT_EQ(batch.num_selected[0], 1);
+      EXPECT_EQ(batch.selected[0], 10);
+    }
+  }
+}
+
+TEST(SplitSelectTest, SelectionIsTheSortedRanking) {
+  struct Case {
+    BlockSelectMode mode;
+    int k;
+    float target;
+  };
+  const Case cases[] = {{BlockSelectMode::kTopK, 1, 0},
+                        {BlockSelectMode::kTopK, 37, 0},
+                        {BlockSelectMode::kTopK, 4096, 0},
+                        {BlockSelectMode::kMassTarget, 4096, 0.5f},
+                        {BlockSelectMode::kMassTarget, 4096, 0.9f},
+                        {BlockSelectMode::kMassTarget, 20, 0.9f},
+                        {BlockSelectMode::kMassTarget, 4096, 1.0f}};
+  for (int group : {1, 4, 8}) {
+    SplitSelectBatch batch(DType::kBF16, 64, group, MixedItems(), 800 + group);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(testing::Message() << "G " << group << " mode " << static_cast<int>(c.mode)
+                                      << " k " << c.k << " target " << c.target);
+      const BlockSelectParams p = batch.Params(c.mode, c.k, c.target);
+      ASSERT_TRUE(ReferenceBlockSelect(p).ok());
+      const uint64_t target = c.mode == BlockSelectMode::kMassTarget
+                                  ? internal::FixedMassTarget(c.target, group)
+                                  : std::numeric_limits<uint64_t>::max();
+      for (int i = 0; i < p.num_items; ++i) {
+        const ItemSpec& item = batch.items[i];
+        const std::vector<int32_t> want =
+            SortSelect(TwinScores(p, item, i), item.begin, c.k, target);
+        ASSERT_EQ(batch.num_selected[i], static_cast<int>(want.size())) << "item " << i;
+        for (int j = 0; j < c.k; ++j) {
+          ASSERT_EQ(batch.selected[static_cast<size_t>(i) * c.k + j],
+                    j < static_cast<int>(want.size()) ? want[j] : -1)
+              << "item " << i << " entry " << j;
+        }
+      }
+    }
+  }
+}
+
+TEST(SplitSelectTest, WorkspaceHasOneMoreRow) {
+  BlockSelectParams p;
+  p.kind = BlockScoreKind::kCentroid;
+  p.group_size = 4;
+  p.num_items = 3;
+  p.max_blocks = 100;
+  p.centroid_parts = 1;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 4864u);  // 3 x 4 x 100 floats, to 256 bytes
+  p.centroid_parts = 2;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 11008u);  // 3 x (4 x 2 + 1) x 100 floats
+  p.centroid_parts = 0;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 0u);
+  p.centroid_parts = 3;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 0u);
+}
+
+// ---- Estimation -----------------------------------------------------------------------------
+
+struct ClusterSpec {
+  int clusters;  // summaries of the item, two parts each
+  int listed;    // ids listed (repeats allowed), <= the stride
+  int excluded;  // ids in the exclusion list, <= the exclude stride
+};
+
+// Random two-part clusters and their lists, in both addressing modes (offsets, and fixed
+// stride with -1 in unused slots), with an ascending exclusion list per item (mostly listed
+// ids, some not listed, some beyond the item's clusters). Part counts in [-2, 50]: some 0 or
+// negative, part 0 empty with part 1 not, and the reverse.
+struct SplitClusters {
+  SplitClusters(DType dtype, int dim, int group, std::vector<ClusterSpec> specs, uint32_t seed)
+      : dtype(dtype), dim(dim), group(group), items(std::move(specs)), rng(seed) {
+    for (const ClusterSpec& s : items) {
+      stride = std::max(stride, std::max(1, s.listed));
+      exclude_stride = std::max(exclude_stride, std::max(1, s.excluded));
+    }
+    const int n = static_cast<int>(items.size());
+    q.resize(static_cast<size_t>(n) * group * dim);
+    for (auto& x : q) x = Nonzero(0.1f);
+    offsets = {0};
+    strided.assign(static_cast<size_t>(n) * stride, -1);
+    exclude.assign(static_cast<size_t>(n) * exclude_stride, -1);
+    std::uniform_int_distribution<int> count(-2, 50);
+    for (int i = 0; i < n; ++i) {
+      const ClusterSpec& s = items[i];
+      key_at.push_back(keys.size());
+      sum_at.push_back(sums.size());
+      count_at.push_back(counts.size());
+      for (int c = 0; c < s.clusters * 2; ++c) {
+        const int m = count(rng);
+        counts.push_back(m);
+        for (int d = 0; d < dim; ++d) {
+          keys.push_back(Nonzero(0.2f));
+          sums.push_back(static_cast<float>(std::max(m, 0)) * (0.5f + normal(rng)));
+        }
+      }
+      if (s.clusters >= 2) {
+        counts[count_at[i] + 0] = 0;  // cluster 0: only part 1 holds tokens
+        counts[count_at[i] + 1] = 7;
+        counts[count_at[i] + 2] = 9;  // cluster 1: only part 0
+        counts[count_at[i] + 3] = 0;
+      }
+      std::uniform_int_distribution<int32_t> pick(0, std::max(0, s.clusters - 1));
+      std::vector<int32_t> list;
+      for (int j = 0; j < s.listed; ++j) list.push_back(j < 2 ? j % s.clusters : pick(rng));
+      std::shuffle(list.begin(), list.end(), rng);
+      flat.insert(flat.end(), list.begin(), list.end());
+      offsets.push_back(static_cast<int32_t>(flat.size()));
+      std::copy(list.begin(), list.end(), strided.begin() + static_cast<size_t>(i) * stride);
+      list_count.push_back(s.listed);
+      std::set<int32_t> ex;
+      for (int guard = 0; static_cast<int>(ex.size()) < s.excluded && guard < 10000; ++guard) {
+        const uint32_t kind = rng() % 4;
+        if (kind < 2 && !list.empty()) {
+          ex.insert(list[rng() % list.size()]);
+        } else if (kind == 2) {
+          ex.insert(pick(rng));
+        } else {
+          ex.insert(s.clusters + static_cast<int32_t>(rng() % 50));
+        }
+      }
+      int32_t* row = exclude.data() + static_cast<size_t>(i) * exclude_stride;
+      std::copy(ex.begin(), ex.end(), row);
+      exclude_count.push_back(static_cast<int32_t>(ex.size()));
+      // Past the count: a listed id (a reader that went past the count would exclude it).
+      for (int32_t j = exclude_count[i]; j < exclude_stride; ++j)
+        row[j] = list.empty() ? 0 : list[0];
+    }
+    for (int i = 0; i < n; ++i) {
+      key_ptr.push_back(keys.data() + key_at[i]);
+      sum_ptr.push_back(sums.data() + sum_at[i]);
+      count_ptr.push_back(counts.data() + count_at[i]);
+    }
+  }
+
+  uint16_t Nonzero(float mean) {
+    for (;;) {
+      const uint16_t b = Bits(dtype, mean + normal(rng));
+      if (std::abs(Value(dtype, b)) >= 1e-2f) return b;
+    }
+  }
+  size_t rows() const { return items.size() * group; }
+
+  // Two-part parameters in the offsets (`strided` false) or fixed-stride mode, with or
+  // without the exclusion lists, writing to `out` and `lse`.
+  EstimationParams Params(bool with_stride, bool with_exclusion, float* out, float* lse) const {
+    EstimationParams p;
+    p.dtype = dtype;
+    p.head_dim = dim;
+    p.group_size = group;
+    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    p.num_items = static_cast<int>(items.size());
+    p.centroid_parts = 2;
+    p.q = q.data();
+    if (with_stride) {
+      p.cluster_ids = strided.data();
+      p.list_count = list_count.data();
+      p.list_stride = stride;
+    } else {
+      p.cluster_ids = flat.data();
+      p.cluster_offsets = offsets.data();
+    }
+    if (with_exclusion) {
+      p.exclude_ids = exclude.data();
+      p.exclude_count = exclude_count.data();
+      p.exclude_stride = exclude_stride;
+    }
+    p.key_mean = key_ptr.data();
+    p.value_sum = sum_ptr.data();
+    p.count = count_ptr.data();
+    p.out = out;
+    p.lse = lse;
+    return p;
+  }
+
+  // The listed clusters of item i that are not excluded (when `with_exclusion`), in order.
+  std::vector<int32_t> Kept(int i, bool with_exclusion) const {
+    std::vector<int32_t> kept;
+    const int32_t* ex = exclude.data() + static_cast<size_t>(i) * exclude_stride;
+    for (int32_t j = offsets[i]; j < offsets[i + 1]; ++j) {
+      if (with_exclusion &&
+          std::find(ex, ex + exclude_count[i], flat[j]) != ex + exclude_count[i]) {
+        continue;
+      }
+      kept.push_back(flat[j]);
+    }
+    return kept;
+  }
+
+  // estimation.h's sums in double over the parts of the kept clusters: each part c * 2 + p
+  // with count n > 0 and logit l = scale q.c adds n e^l to the denominator and e^l s to the
+  // numerator (both relative to the largest logit); out = numerator / denominator and lse =
+  // log(denominator); 0 and -inf for a row without contributing parts.
+  void Plain(bool with_exclusion, std::vector<float>* out, std::vector<float>* lse) const {
+    out->assign(rows() * dim, kPoisonFloat);
+    lse->assign(rows(), kPoisonFloat);
+    const double scale = 1.0f / std::sqrt(static_cast<float>(dim));  // the Params' float
+    for (size_t i = 0; i < items.size(); ++i) {
+      const std::vector<int32_t> kept = Kept(static_cast<int>(i), with_exclusion);
+      for (int h = 0; h < group; ++h) {
+        const size_t row = i * group + h;
+        std::vector<double> logit;
+        std::vector<size_t> part_of;
+        for (int32_t c : kept) {
+          for (int part = 0; part < 2; ++part) {
+            const size_t id = static_cast<size_t>(c) * 2 + part;
+            if (counts[count_at[i] + id] <= 0) continue;
+            double dot = 0;
+            for (int d = 0; d < dim; ++d) {
+              dot += static_cast<double>(Value(dtype, q[row * dim + d])) *
+                     Value(dtype, keys[key_at[i] + id * dim + d]);
+            }
+            logit.push_back(scale * dot);
+            part_of.push_back(id);
+          }
+        }
+        float* o = out->data() + row * dim;
+        if (logit.empty()) {
+          std::fill(o, o + dim, 0.0f);
+          (*lse)[row] = -kInf;
+          continue;
+        }
+        const double top = *std::max_element(logit.begin(), logit.end());
+        double denominator = 0;
+        std::vector<double> numerator(dim, 0.0);
+        for (size_t x = 0; x < logit.size(); ++x) {
+          const double e = std::exp(logit[x] - top);
+          denominator += counts[count_at[i] + part_of[x]] * e;
+          for (int d = 0; d < dim; ++d) numerator[d] += e * sums[sum_at[i] + part_of[x] * dim + d];
+        }
+        for (int d = 0; d < dim; ++d) o[d] = static_cast<float>(numerator[d] / denominator);
+        (*lse)[row] = static_cast<float>(top + std::log(denominator));
+      }
+    }
+  }
+
+  DType dtype;
+  int dim, group;
+  std::vector<ClusterSpec> items;
+  std::mt19937 rng;
+  std::normal_distribution<float> normal;
+  int32_t stride = 1, exclude_stride = 1;
+  std::vector<uint16_t> q, keys;
+  std::vector<float> sums;
+  std::vector<int32_t> counts, offsets, flat, strided, list_count, exclude, exclude_count;
+  std::vector<size_t> key_at, sum_at, count_at;
+  std::vector<const void*> key_ptr;
+  std::vector<const float*> sum_ptr;
+  std::vector<const int32_t*> count_ptr;
+};
+
+std::vector<ClusterSpec> RandomClusterItems(std::mt19937& rng) {
+  // No list, one id, a short list, an item of one cluster, a long list; random ones.
+  std::vector<ClusterSpec> items = {{10, 0, 2}, {5, 1, 0}, {3, 6, 3}, {1, 3, 1}, {300, 900, 40}};
+  for (int i = 0; i < 5; ++i) {
+    const int clusters = 2 + static_cast<int>(rng() % 60);
+    items.push_back({clusters, static_cast<int>(rng() % 80), static_cast<int>(rng() % 12)});
+  }
+  return items;
+}
+
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double tol,
+                 const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t x = 0; x < got.size(); ++x) {
+    if (std::isinf(want[x])) {
+      ASSERT_EQ(got[x], want[x]) << what << " " << x;
+    } else {
+      ASSERT_NEAR(got[x], want[x], tol * (1.0 + std::abs(want[x]))) << what << " " << x;
+    }
+  }
+}
+
+TEST(SplitEstimationTest, EqualsPlainSumsOverTheParts) {
+  std::mt19937 rng(900);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4}) {
+        const SplitClusters batch(dtype, dim, group, RandomClusterItems(rng), rng());
+        for (bool with_stride : {false, true}) {
+          for (bool with_exclusion : {false, true}) {
+            const std::string what = std::string(DTypeName(dtype)) + " D " + std::to_string(dim) +
+                                     " G " + std::to_string(group) +
+                                     (with_stride ? " stride" : " offsets") +
+                                     (with_exclusion ? " exclusion" : "");
+            std::vector<float> want, want_lse;
+            batch.Plain(with_exclusion, &want, &want_lse);
+            std::vector<float> out(batch.rows() * dim, kPoisonFloat);
+            std::vector<float> lse(batch.rows(), kPoisonFloat);
+            const absl::Status status = ReferenceEstimation(
+                batch.Params(with_stride, with_exclusion, out.data(), lse.data()));
+            ASSERT_TRUE(status.ok()) << what << ": " << status;
+            // Both in double, rounded to float once.
+            ASSERT_NO_FATAL_FAILURE(ExpectClose(out, want, 1e-6, what + " out"));
+            ASSERT_NO_FATAL_FAILURE(ExpectClose(lse, want_lse, 1e-6, what + " lse"));
+            // Item 0 lists nothing: 0 and -inf; item 4 lists hundreds of parts.
+            EXPECT_EQ(lse[0], -kInf) << what;
+            EXPECT_TRUE(std::isfinite(lse[4 * group])) << what;
+          }
+        }
+      }
+    }
+  }
+}
+
+// A two-part call is the one-part call over the expanded list: cluster c part p is cluster
+// 2c + p of the same arrays read as [2 * clusters, D]. The twin folds the same centroids in
+// the same order either way, so the results are identical.
+TEST(SplitEstimationTest, EqualsOnePartCallOverTheExpandedList) {
+  std::mt19937 rng(901);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int group : {1, 4}) {
+      const SplitClusters batch(dtype, 128, group, RandomClusterItems(rng), rng());
+      for (bool with_stride : {false, true}) {
+        SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " G " << group
+                                        << (with_stride ? " stride" : " offsets"));
+        std::vector<float> out(batch.rows() * 128, kPoisonFloat), lse(batch.rows(), kPoisonFloat);
+        ASSERT_TRUE(
+            ReferenceEstimation(batch.Params(with_stride, true, out.data(), lse.data())).ok());
+        std::vector<int32_t> offsets = {0}, expanded;
+        for (size_t i = 0; i < batch.items.size(); ++i) {
+          for (int32_t c : batch.Kept(static_cast<int>(i), true)) {
+            expanded.push_back(2 * c);
+            expanded.push_back(2 * c + 1);
+          }
+          offsets.push_back(static_cast<int32_t>(expanded.size()));
+        }
+        std::vector<float> one_out(out.size(), kPoisonFloat), one_lse(lse.size(), kPoisonFloat);
+        EstimationParams one = batch.Params(false, false, one_out.data(), one_lse.data());
+        one.centroid_parts = 1;
+        one.cluster_offsets = offsets.data();
+        one.cluster_ids = expanded.data();
+        ASSERT_TRUE(ReferenceEstimation(one).ok());
+        for (size_t x = 0; x < out.size(); ++x) {
+          ASSERT_FALSE(std::isnan(out[x])) << x;
+          ASSERT_EQ(out[x], one_out[x]) << x;
+        }
+        for (size_t r = 0; r < lse.size(); ++r) {
+          ASSERT_FALSE(std::isnan(lse[r])) << r;
+          ASSERT_EQ(lse[r], one_lse[r]) << r;
+        }
+      }
+    }
+  }
+}
+
+// ---- Bad parameters --------------------------------------------------------------------------
+
+TEST(SplitCentroidParamsTest, PageSummariesRejectBadParts) {
+  Pages pages(DType::kBF16, 64, 16, {16, 3}, 1000);
+  for (int parts : {0, 3, -1}) {
+    Summaries s;
+    const absl::Status status = Summarise(pages, parts, {}, &s);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << parts;
+    EXPECT_TRUE(HasMessage(status, "centroid_parts")) << status;
+    for (uint16_t x : s.key_mean) ASSERT_EQ(x, kPoisonHalf) << "written despite the error";
+    for (int32_t x : s.count) ASSERT_EQ(x, kPoisonInt) << "written despite the error";
+  }
+  // The split takes pages of at most kMaxSplitPageSize tokens; one centroid takes any.
+  Pages large(DType::kFP16, 64, kMaxSplitPageSize + 1, {kMaxSplitPageSize + 1, 2}, 1001);
+  Summaries s;
+  absl::Status status = Summarise(large, 2, {}, &s);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_TRUE(HasMessage(status, "page_size")) << status;
+  for (uint16_t x : s.key_mean) ASSERT_EQ(x, kPoisonHalf) << "written despite the error";
+  EXPECT_TRUE(Summarise(large, 1, {}, &s).ok());
+  Pages largest(DType::kFP16, 64, kMaxSplitPageSize, {kMaxSplitPageSize}, 1002);
+  EXPECT_TRUE(Summarise(largest, 2, {}, &s).ok());
+  // The split writes a centroid: key_mean is required (bounds alone are not enough).
+  status = Summarise(pages, 2, {true, false, false, false}, &s);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_TRUE(HasMessage(status, "key_mean")) << status;
+}
+
+TEST(SplitCentroidParamsTest, BlockSelectRejectsBadParts) {
+  SplitSelectBatch batch(DType::kBF16, 64, 2, {{10, 0, 10}}, 1003);
+  for (int parts : {0, 3}) {
+    BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 4);
+    p.centroid_parts = parts;
+    const absl::Status status = ReferenceBlockSelect(p);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << parts;
+    EXPECT_TRUE(HasMessage(status, "centroid_parts")) << status;
+    EXPECT_EQ(batch.num_selected[0], kPoisonInt) << "written despite the error";
+    EXPECT_EQ(batch.selected[0], kPoisonInt) << "written despite the error";
+    float score = kPoisonFloat;
+    EXPECT_EQ(ReferenceBlockScores(p, 0, &score).code(), absl::StatusCode::kInvalidArgument);
+  }
+  // Page bounds have no parts.
+  std::vector<const void*> bounds = {batch.key_mean[0].data()};
+  BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 4);
+  p.kind = BlockScoreKind::kPageBounds;
+  p.bounds = bounds.data();
+  const absl::Status status = ReferenceBlockSelect(p);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_TRUE(HasMessage(status, "centroid_parts")) << status;
+  EXPECT_EQ(batch.num_selected[0], kPoisonInt) << "written despite the error";
+  p.centroid_parts = 1;
+  EXPECT_TRUE(ReferenceBlockSelect(p).ok());
+}
+
+TEST(SplitCentroidParamsTest, EstimationRejectsBadParts) {
+  std::mt19937 rng(1004);
+  const SplitClusters batch(DType::kBF16, 64, 2, RandomClusterItems(rng), 1005);
+  for (int parts : {0, 3}) {
+    std::vector<float> out(batch.rows() * 64, kPoisonFloat), lse(batch.rows(), kPoisonFloat);
+    EstimationParams p = batch.Params(true, true, out.data(), lse.data());
+    p.centroid_parts = parts;
+    const absl::Status status = ReferenceEstimation(p);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << parts;
+    EXPECT_TRUE(HasMessage(status, "centroid_parts")) << status;
+    for (float x : out) ASSERT_TRUE(std::isnan(x)) << "written despite the error";
+    for (float x : lse) ASSERT_TRUE(std::isnan(x)) << "written despite the error";
+  }
+}
+
+}  // namespace
+}  // namespace kvtier
