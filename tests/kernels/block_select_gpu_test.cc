@@ -22,6 +22,7 @@
 #include "kernels/base/dtype.h"
 #include "kernels/block_select.h"
 #include "kernels/block_summary.h"
+#include "tests/testing/block_select_gpu.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
@@ -42,11 +43,12 @@ struct ItemSpec {
   int end;
 };
 
-// Random summaries and queries for a batch; every item's summaries live in one pool.
-struct SelectBatch {
+// Random summaries and queries for a batch (testing/block_select_gpu.h: every item's summaries
+// in one pool, and the check of the kernel against the twin).
+struct SelectBatch : testing_util::BlockSelectPool {
   SelectBatch(BlockScoreKind kind, DType dtype, int dim, int group, std::vector<ItemSpec> specs,
               uint32_t seed)
-      : kind(kind), dtype(dtype), dim(dim), group(group), items(std::move(specs)) {
+      : BlockSelectPool({kind, 1, dtype, dim, group}), items(std::move(specs)) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal;
     auto nonzero = [&](float mean, float sd) {
@@ -84,7 +86,6 @@ struct SelectBatch {
       begins.push_back(item.begin);
       ends.push_back(item.end);
     }
-    max_blocks = std::max(max_blocks, 1);
   }
 
   uint16_t* Summary(int item, int block) {
@@ -92,96 +93,15 @@ struct SelectBatch {
     return pool.data() + summary_offset[item] + static_cast<size_t>(block) * rows * dim;
   }
 
-  // Runs the twin and the kernel with these settings and expects identical selections.
-  void Check(BlockSelectMode mode, int k, float mass_target = 0.0f) {
-    SCOPED_TRACE(testing::Message()
-                 << "kind " << static_cast<int>(kind) << " dtype " << DTypeName(dtype) << " D "
-                 << dim << " G " << group << " mode " << static_cast<int>(mode) << " k " << k
-                 << " target " << mass_target);
-    const int n = static_cast<int>(items.size());
-    BlockSelectParams p;
-    p.kind = kind;
-    p.mode = mode;
-    p.dtype = dtype;
-    p.head_dim = dim;
-    p.group_size = group;
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-    p.num_items = n;
-    p.max_blocks = max_blocks;
-    p.k = k;
-    p.mass_target = mass_target;
-
-    // Host twin.
-    std::vector<const void*> host_summaries;
-    std::vector<const int32_t*> host_counts;
-    for (int i = 0; i < n; ++i) {
-      host_summaries.push_back(pool.data() + summary_offset[i]);
-      host_counts.push_back(counts.data() + count_offset[i]);
-    }
-    std::vector<int32_t> want(static_cast<size_t>(n) * k, 0x7E7E7E7E), want_count(n, -5);
-    BlockSelectParams host = p;
-    host.q = q.data();
-    host.block_begin = begins.data();
-    host.block_end = ends.data();
-    host.bounds = host_summaries.data();
-    host.key_mean = host_summaries.data();
-    host.count = host_counts.data();
-    host.selected = want.data();
-    host.num_selected = want_count.data();
-    ASSERT_OK(ReferenceBlockSelect(host));
-
-    // Device.
-    DeviceBuffer d_q = Upload(q), d_begin = Upload(begins), d_end = Upload(ends);
-    DeviceBuffer d_pool = Upload(pool), d_counts = Upload(counts);
-    std::vector<const void*> dev_summaries;
-    std::vector<const int32_t*> dev_counts;
-    for (int i = 0; i < n; ++i) {
-      dev_summaries.push_back(d_pool.as<uint16_t>() + summary_offset[i]);
-      dev_counts.push_back(d_counts.as<int32_t>() + count_offset[i]);
-    }
-    DeviceBuffer d_summary_ptrs = Upload(dev_summaries), d_count_ptrs = Upload(dev_counts);
-    auto selected = DeviceBuffer::Allocate(want.size() * sizeof(int32_t));
-    auto num_selected = DeviceBuffer::Allocate(n * sizeof(int32_t));
-    p.workspace_bytes = BlockSelectWorkspaceBytes(p);
-    auto workspace = DeviceBuffer::Allocate(p.workspace_bytes);
-    ASSERT_OK(selected.status());
-    ASSERT_OK(num_selected.status());
-    ASSERT_OK(workspace.status());
-    ASSERT_CUDA_OK(cudaMemset(selected->data(), kPoisonByte, selected->size()));
-    ASSERT_CUDA_OK(cudaMemset(num_selected->data(), kPoisonByte, num_selected->size()));
-    ASSERT_CUDA_OK(cudaMemset(workspace->data(), 0xFF, workspace->size()));  // NaN garbage
-    p.q = d_q.data();
-    p.block_begin = d_begin.as<int32_t>();
-    p.block_end = d_end.as<int32_t>();
-    p.bounds = d_summary_ptrs.as<const void*>();
-    p.key_mean = d_summary_ptrs.as<const void*>();
-    p.count = d_count_ptrs.as<const int32_t*>();
-    p.selected = selected->as<int32_t>();
-    p.num_selected = num_selected->as<int32_t>();
-    p.workspace = workspace->data();
+  // The kernel against the twin (BlockSelectPool::Check) on a stream of its own.
+  using BlockSelectPool::Check;
+  void Check(BlockSelectMode mode, int k, float mass_target = 0.0f) const {
     auto stream = CudaStream::Create();
     ASSERT_OK(stream.status());
-    ASSERT_OK(LaunchBlockSelect(p, stream->get()));
-    ASSERT_CUDA_OK(cudaStreamSynchronize(stream->get()));
-    const std::vector<int32_t> got = Download<int32_t>(*selected, want.size());
-    const std::vector<int32_t> got_count = Download<int32_t>(*num_selected, n);
-    for (int i = 0; i < n; ++i) {
-      ASSERT_EQ(got_count[i], want_count[i]) << "item " << i;
-      for (int j = 0; j < k; ++j) {
-        const size_t at = static_cast<size_t>(i) * k + j;
-        ASSERT_EQ(got[at], want[at]) << "item " << i << " entry " << j;
-      }
-    }
+    Check(mode, k, mass_target, stream->get());
   }
 
-  BlockScoreKind kind;
-  DType dtype;
-  int dim, group;
   std::vector<ItemSpec> items;
-  int max_blocks = 0;
-  std::vector<uint16_t> q, pool;
-  std::vector<int32_t> counts, begins, ends;
-  std::vector<size_t> summary_offset, count_offset;
 };
 
 std::vector<ItemSpec> MixedItems() {

@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -16,9 +15,14 @@
 #include "gtest/gtest.h"
 #include "kernels/base/dtype.h"
 #include "kernels/block_summary.h"
+#include "tests/testing/block_select_oracle.h"
 
 namespace kvtier {
 namespace {
+
+using testing_util::ExpectSelection;
+using testing_util::SortSelect;
+using testing_util::TwinScores;
 
 uint16_t ToBits(DType dtype, float x) {
   return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
@@ -34,10 +38,10 @@ struct ItemSpec {
 };
 
 // A batch of summaries and queries with random, never-zero values.
-struct SelectBatch {
+struct SelectBatch : testing_util::BlockSelectShape {
   SelectBatch(BlockScoreKind kind, DType dtype, int dim, int group, std::vector<ItemSpec> items,
               uint32_t seed)
-      : kind(kind), dtype(dtype), dim(dim), group(group), items(std::move(items)), rng(seed) {
+      : BlockSelectShape{kind, 1, dtype, dim, group}, items(std::move(items)), rng(seed) {
     std::normal_distribution<float> normal;
     auto nonzero = [&](float mean, float sd) {
       for (;;) {
@@ -88,17 +92,7 @@ struct SelectBatch {
     const int n = static_cast<int>(items.size());
     selected.assign(static_cast<size_t>(n) * k, 0x7EADBEEF);
     num_selected.assign(n, 0x7EADBEEF);
-    BlockSelectParams p;
-    p.kind = kind;
-    p.mode = mode;
-    p.dtype = dtype;
-    p.head_dim = dim;
-    p.group_size = group;
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-    p.num_items = n;
-    p.max_blocks = std::max(1, max_blocks);
-    p.k = k;
-    p.mass_target = mass_target;
+    BlockSelectParams p = Settings(n, std::max(1, max_blocks), mode, k, mass_target);
     p.q = q.data();
     p.block_begin = begins.data();
     p.block_end = ends.data();
@@ -121,9 +115,6 @@ struct SelectBatch {
     return FromBits(dtype, summaries[item][(static_cast<size_t>(b) * rows + row) * dim + d]);
   }
 
-  BlockScoreKind kind;
-  DType dtype;
-  int dim, group;
   std::vector<ItemSpec> items;
   std::mt19937 rng;
   int max_blocks = 0;
@@ -167,29 +158,6 @@ std::vector<double> BruteScores(const SelectBatch& b, int i, float scale) {
     }
   }
   return scores;
-}
-
-// The selection a full sort of `scores` gives: top k (score desc, index asc), or the shortest
-// prefix reaching `target` fixed-point mass.
-std::vector<int32_t> SortSelect(const std::vector<float>& scores, int begin, int k,
-                                uint64_t target) {
-  std::vector<int> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  auto key = [&](int r) {
-    const float s = scores[r];
-    return std::isnan(s) ? std::numeric_limits<double>::infinity() : static_cast<double>(s);
-  };
-  std::sort(order.begin(), order.end(),
-            [&](int a, int b) { return key(a) != key(b) ? key(a) > key(b) : a < b; });
-  std::vector<int32_t> chosen;
-  uint64_t mass = 0;
-  for (int r : order) {
-    if (static_cast<int>(chosen.size()) >= k || mass >= target) break;
-    chosen.push_back(begin + r);
-    mass += internal::FixedMass(scores[r]);
-  }
-  std::sort(chosen.begin(), chosen.end());
-  return chosen;
 }
 
 std::vector<ItemSpec> MixedItems() {
@@ -262,15 +230,9 @@ TEST(BlockSelectReferenceTest, SelectionIsTheSortedRanking) {
                                 : std::numeric_limits<uint64_t>::max();
     for (int i = 0; i < p.num_items; ++i) {
       const ItemSpec& item = batch.items[i];
-      std::vector<float> scores(item.end - item.begin);
-      ASSERT_TRUE(ReferenceBlockScores(p, i, scores.data()).ok());
+      const std::vector<float> scores = TwinScores(p, i);
       const std::vector<int32_t> expected = SortSelect(scores, item.begin, c.k, target);
-      ASSERT_EQ(batch.num_selected[i], static_cast<int>(expected.size())) << "item " << i;
-      for (int j = 0; j < c.k; ++j) {
-        ASSERT_EQ(batch.selected[static_cast<size_t>(i) * c.k + j],
-                  j < static_cast<int>(expected.size()) ? expected[j] : -1)
-            << "item " << i << " entry " << j;
-      }
+      ASSERT_NO_FATAL_FAILURE(ExpectSelection(p, i, expected));
       if (c.mode == BlockSelectMode::kTopK) {
         EXPECT_EQ(batch.num_selected[i], std::min(c.k, item.end - item.begin));
       }

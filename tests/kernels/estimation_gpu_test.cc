@@ -30,6 +30,7 @@
 #include "kernels/base/dtype.h"
 #include "kernels/estimation.h"
 #include "tests/testing/estimation_lists.h"
+#include "tests/testing/estimation_lists_gpu.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
@@ -172,6 +173,7 @@ TEST_F(EstimationGpuTest, EqualsTwin) {
 
 // ---- Fixed-stride lists and exclusion ---------------------------------------------------
 
+using testing_util::DeviceEstimationLists;
 using testing_util::EstimationItemSpec;
 using testing_util::EstimationLists;
 
@@ -179,7 +181,8 @@ using testing_util::EstimationLists;
 // as the list and exclusion counts (the batch's own when empty), and compares with the twin
 // run on the batch's host arrays as they are.
 void CheckLists(EstimationLists& batch, const std::string& what, cudaStream_t stream,
-                std::vector<int32_t> device_counts = {}, std::vector<int32_t> device_exclude = {}) {
+                const std::vector<int32_t>& device_counts = {},
+                const std::vector<int32_t>& device_exclude = {}) {
   SCOPED_TRACE(what);
   const size_t rows = batch.rows();
   const int dim = batch.dim();
@@ -187,42 +190,11 @@ void CheckLists(EstimationLists& batch, const std::string& what, cudaStream_t st
   const EstimationParams host = batch.Params(want.data(), want_lse.data());
   ASSERT_OK(ReferenceEstimation(host));
 
-  if (device_counts.empty()) device_counts = batch.list_count();
-  if (device_exclude.empty()) device_exclude = batch.exclude_count();
-  DeviceBuffer d_q = Upload(batch.q()), d_keys = Upload(batch.keys()),
-               d_sums = Upload(batch.sums()), d_counts = Upload(batch.counts()),
-               d_ids = Upload(batch.ids()), d_list = Upload(device_counts),
-               d_exclude = Upload(batch.exclude()), d_exclude_count = Upload(device_exclude);
-  const int items = host.num_items;
-  std::vector<const void*> dk;
-  std::vector<const float*> ds;
-  std::vector<const int32_t*> dc;
-  for (int i = 0; i < items; ++i) {
-    dk.push_back(d_keys.as<uint16_t>() + batch.key_at()[i]);
-    ds.push_back(d_sums.as<float>() + batch.sum_at()[i]);
-    dc.push_back(d_counts.as<int32_t>() + batch.count_at()[i]);
-  }
-  DeviceBuffer d_spreads = Upload(batch.spreads().empty() ? batch.keys() : batch.spreads());
-  std::vector<const void*> dv;
-  for (int i = 0; i < items; ++i) dv.push_back(d_spreads.as<uint16_t>() + batch.key_at()[i]);
-  DeviceBuffer d_kp = Upload(dk), d_sp = Upload(ds), d_cp = Upload(dc), d_vp = Upload(dv);
+  const DeviceEstimationLists device(batch, device_counts, device_exclude);
   DeviceBuffer d_out =
       Upload(std::vector<float>(rows * dim, std::numeric_limits<float>::quiet_NaN()));
   DeviceBuffer d_lse = Upload(std::vector<float>(rows, std::numeric_limits<float>::quiet_NaN()));
-  EstimationParams p = host;
-  p.q = d_q.data();
-  p.cluster_ids = d_ids.as<int32_t>();
-  p.list_count = d_list.as<int32_t>();
-  if (host.exclude_ids != nullptr) {
-    p.exclude_ids = d_exclude.as<int32_t>();
-    p.exclude_count = d_exclude_count.as<int32_t>();
-  }
-  p.key_mean = d_kp.as<const void*>();
-  p.value_sum = d_sp.as<const float*>();
-  p.count = d_cp.as<const int32_t*>();
-  if (host.key_spread != nullptr) p.key_spread = d_vp.as<const void*>();
-  p.out = d_out.as<float>();
-  p.lse = d_lse.as<float>();
+  const EstimationParams p = device.Params(d_out.as<float>(), d_lse.as<float>());
   ASSERT_OK(LaunchEstimation(p, stream));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
   const std::vector<float> got = Download<float>(d_out, rows * dim);

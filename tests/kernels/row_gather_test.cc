@@ -17,13 +17,15 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "tests/testing/poison.h"
+#include "tests/testing/row_gather_cases.h"
 
 namespace kvtier {
 namespace {
 
+using testing_util::Describe;
+using testing_util::GatherCase;
 using testing_util::IsPoisoned;
 using testing_util::kPoisonByte;
 using testing_util::Poisoned;
@@ -32,25 +34,6 @@ using testing_util::Poisoned;
 struct alignas(16) Vec16 {
   uint8_t b[16];
 };
-
-struct GatherCase {
-  int32_t tokens = 0;
-  int32_t heads = 1;
-  int32_t row_bytes = 16;
-  int32_t segment_begin = 0;
-  int32_t segment_tokens = 0;
-  bool two_arrays = true;
-  bool positions = true;
-  int64_t position_base = 0;
-};
-
-std::string Describe(const GatherCase& c) {
-  return absl::StrCat(c.tokens, " tokens x ", c.heads, " heads x ", c.row_bytes,
-                      " bytes, segment [", c.segment_begin, ", ",
-                      c.segment_begin + c.segment_tokens, ")",
-                      c.two_arrays ? ", K and V" : ", K only",
-                      c.positions ? ", positions from " : "", c.positions ? c.position_base : 0);
-}
 
 constexpr int32_t kGuard = 3;  // int32 entries past each positions array that stay poisoned
 

@@ -21,7 +21,6 @@
 #include <limits>
 #include <numeric>
 #include <random>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -33,13 +32,21 @@
 #include "kernels/block_select.h"
 #include "kernels/block_summary.h"
 #include "kernels/estimation.h"
+#include "tests/testing/block_select_gpu.h"
+#include "tests/testing/estimation_lists.h"
+#include "tests/testing/estimation_lists_gpu.h"
 #include "tests/testing/gpu_test_util.h"
 #include "tests/testing/poison.h"
 
 namespace kvtier {
 namespace {
 
+using testing_util::DeviceEstimationLists;
+using testing_util::EstimationItemSpec;
+using testing_util::EstimationLists;
 using testing_util::IsPoisoned;
+using testing_util::ListAddressing;
+using testing_util::ListAddressingName;
 using testing_util::Poisoned;
 
 constexpr uint16_t kPoisonHalf = 0x7FC1;    // a NaN in bf16 and in fp16
@@ -248,11 +255,13 @@ struct ItemSpec {
   int end;
 };
 
-// Random two-part summaries and queries for a batch; every item's summaries in one pool.
-// Counts in [3, 40] with empty parts: part 0 of a few blocks, part 1 of about a third.
-struct SplitSelectBatch {
+// Random two-part summaries and queries for a batch (testing/block_select_gpu.h: every item's
+// summaries in one pool, and the check of the kernel against the twin). Counts in [3, 40] with
+// empty parts: part 0 of a few blocks, part 1 of about a third.
+struct SplitSelectBatch : testing_util::BlockSelectPool {
   SplitSelectBatch(DType dtype, int dim, int group, std::vector<ItemSpec> specs, uint32_t seed)
-      : dtype(dtype), dim(dim), group(group), items(std::move(specs)) {
+      : BlockSelectPool({BlockScoreKind::kCentroid, 2, dtype, dim, group}),
+        items(std::move(specs)) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> normal;
     auto nonzero = [&](float mean, float sd) {
@@ -263,25 +272,24 @@ struct SplitSelectBatch {
     };
     q.resize(items.size() * group * dim);
     for (auto& x : q) x = nonzero(0.1f, 1.0f);
-    std::uniform_int_distribution<int> draw(3, 40), kind(0, 29);
+    std::uniform_int_distribution<int> draw(3, 40), empties(0, 29);
     for (const ItemSpec& item : items) {
       max_blocks = std::max(max_blocks, item.blocks);
-      key_offset.push_back(pool.size());
+      summary_offset.push_back(pool.size());
       count_offset.push_back(counts.size());
       for (int b = 0; b < item.blocks; ++b) {
         for (int x = 0; x < 2 * dim; ++x) pool.push_back(nonzero(0.2f, 1.0f));
-        const int k = kind(rng);
+        const int k = empties(rng);
         counts.push_back(k < 2 ? 0 : draw(rng));
         counts.push_back(k == 0 || k >= 20 ? 0 : draw(rng));
       }
       begins.push_back(item.begin);
       ends.push_back(item.end);
     }
-    max_blocks = std::max(max_blocks, 1);
   }
 
   uint16_t* Key(int item, int block, int part) {
-    return pool.data() + key_offset[item] + (static_cast<size_t>(block) * 2 + part) * dim;
+    return pool.data() + summary_offset[item] + (static_cast<size_t>(block) * 2 + part) * dim;
   }
   int32_t& Count(int item, int block, int part) {
     return counts[count_offset[item] + static_cast<size_t>(block) * 2 + part];
@@ -303,85 +311,7 @@ struct SplitSelectBatch {
     }
   }
 
-  // Runs the twin and the kernel with these settings and expects identical selections.
-  void Check(BlockSelectMode mode, int k, float mass_target, cudaStream_t stream) {
-    SCOPED_TRACE(testing::Message()
-                 << DTypeName(dtype) << " D " << dim << " G " << group << " mode "
-                 << static_cast<int>(mode) << " k " << k << " target " << mass_target);
-    const int n = static_cast<int>(items.size());
-    BlockSelectParams p;
-    p.kind = BlockScoreKind::kCentroid;
-    p.mode = mode;
-    p.dtype = dtype;
-    p.head_dim = dim;
-    p.group_size = group;
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-    p.num_items = n;
-    p.centroid_parts = 2;
-    p.max_blocks = max_blocks;
-    p.k = k;
-    p.mass_target = mass_target;
-
-    std::vector<const void*> host_keys;
-    std::vector<const int32_t*> host_counts;
-    for (int i = 0; i < n; ++i) {
-      host_keys.push_back(pool.data() + key_offset[i]);
-      host_counts.push_back(counts.data() + count_offset[i]);
-    }
-    std::vector<int32_t> want(static_cast<size_t>(n) * k, kPoisonInt), want_count(n, kPoisonInt);
-    BlockSelectParams host = p;
-    host.q = q.data();
-    host.block_begin = begins.data();
-    host.block_end = ends.data();
-    host.key_mean = host_keys.data();
-    host.count = host_counts.data();
-    host.selected = want.data();
-    host.num_selected = want_count.data();
-    ASSERT_OK(ReferenceBlockSelect(host));
-
-    DeviceBuffer d_q = Upload(q), d_begin = Upload(begins), d_end = Upload(ends);
-    DeviceBuffer d_pool = Upload(pool), d_counts = Upload(counts);
-    std::vector<const void*> dev_keys;
-    std::vector<const int32_t*> dev_counts;
-    for (int i = 0; i < n; ++i) {
-      dev_keys.push_back(d_pool.as<uint16_t>() + key_offset[i]);
-      dev_counts.push_back(d_counts.as<int32_t>() + count_offset[i]);
-    }
-    DeviceBuffer d_key_ptrs = Upload(dev_keys), d_count_ptrs = Upload(dev_counts);
-    DeviceBuffer selected = Upload(std::vector<int32_t>(want.size(), kPoisonInt));
-    DeviceBuffer num_selected = Upload(std::vector<int32_t>(n, kPoisonInt));
-    p.workspace_bytes = BlockSelectWorkspaceBytes(p);
-    ASSERT_GT(p.workspace_bytes, 0u);
-    ASSERT_OK_AND_ASSIGN(DeviceBuffer workspace, DeviceBuffer::Allocate(p.workspace_bytes));
-    ASSERT_CUDA_OK(cudaMemset(workspace.data(), 0xFF, workspace.size()));  // NaN garbage
-    p.q = d_q.data();
-    p.block_begin = d_begin.as<int32_t>();
-    p.block_end = d_end.as<int32_t>();
-    p.key_mean = d_key_ptrs.as<const void*>();
-    p.count = d_count_ptrs.as<const int32_t*>();
-    p.selected = selected.as<int32_t>();
-    p.num_selected = num_selected.as<int32_t>();
-    p.workspace = workspace.data();
-    ASSERT_OK(LaunchBlockSelect(p, stream));
-    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
-    const std::vector<int32_t> got = Download<int32_t>(selected, want.size());
-    const std::vector<int32_t> got_count = Download<int32_t>(num_selected, n);
-    for (int i = 0; i < n; ++i) {
-      ASSERT_EQ(got_count[i], want_count[i]) << "item " << i;
-      for (int j = 0; j < k; ++j) {
-        const size_t at = static_cast<size_t>(i) * k + j;
-        ASSERT_EQ(got[at], want[at]) << "item " << i << " entry " << j;
-      }
-    }
-  }
-
-  DType dtype;
-  int dim, group;
   std::vector<ItemSpec> items;
-  int max_blocks = 0;
-  std::vector<uint16_t> q, pool;
-  std::vector<int32_t> counts, begins, ends;
-  std::vector<size_t> key_offset, count_offset;
 };
 
 std::vector<ItemSpec> MixedItems() {
@@ -422,154 +352,24 @@ TEST_F(SplitCentroidGpuTest, SplitBlockSelectOfManySmallItemsEqualsTwin) {
 
 // ---- Estimation -----------------------------------------------------------------------------
 
-struct ClusterSpec {
-  int clusters;  // summaries of the item, two parts each
-  int listed;    // ids listed (repeats allowed)
-  int excluded;  // ids in the exclusion list
-};
-
-// Random two-part clusters with lists in both addressing modes and ascending exclusion lists
-// (mostly listed ids); part counts in [-2, 50], some 0 or negative.
-struct SplitClusters {
-  SplitClusters(DType dtype, int dim, int group, std::vector<ClusterSpec> specs, uint32_t seed)
-      : dtype(dtype), dim(dim), group(group), items(std::move(specs)) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal;
-    auto nonzero = [&](float mean) {
-      for (;;) {
-        const uint16_t b = Bits(dtype, mean + normal(rng));
-        if (std::abs(Value(dtype, b)) >= 1e-2f) return b;
-      }
-    };
-    for (const ClusterSpec& s : items) {
-      stride = std::max(stride, std::max(1, s.listed));
-      exclude_stride = std::max(exclude_stride, std::max(1, s.excluded));
-    }
-    const int n = static_cast<int>(items.size());
-    q.resize(static_cast<size_t>(n) * group * dim);
-    for (auto& x : q) x = nonzero(0.1f);
-    offsets = {0};
-    strided.assign(static_cast<size_t>(n) * stride, -1);
-    exclude.assign(static_cast<size_t>(n) * exclude_stride, -1);
-    std::uniform_int_distribution<int> draw(-2, 50);
-    for (int i = 0; i < n; ++i) {
-      const ClusterSpec& s = items[i];
-      key_at.push_back(keys.size());
-      sum_at.push_back(sums.size());
-      count_at.push_back(counts.size());
-      for (int c = 0; c < s.clusters * 2; ++c) {
-        const int m = draw(rng);
-        counts.push_back(m);
-        for (int d = 0; d < dim; ++d) {
-          keys.push_back(nonzero(0.2f));
-          sums.push_back(static_cast<float>(std::max(m, 0)) * (0.5f + normal(rng)));
-        }
-      }
-      std::uniform_int_distribution<int32_t> pick(0, std::max(0, s.clusters - 1));
-      std::vector<int32_t> list;
-      for (int j = 0; j < s.listed; ++j) list.push_back(pick(rng));
-      flat.insert(flat.end(), list.begin(), list.end());
-      offsets.push_back(static_cast<int32_t>(flat.size()));
-      std::copy(list.begin(), list.end(), strided.begin() + static_cast<size_t>(i) * stride);
-      list_count.push_back(s.listed);
-      std::set<int32_t> ex;
-      for (int guard = 0; static_cast<int>(ex.size()) < s.excluded && guard < 10000; ++guard) {
-        if (rng() % 4 != 0 && !list.empty()) {
-          ex.insert(list[rng() % list.size()]);
-        } else {
-          ex.insert(pick(rng) + static_cast<int32_t>(rng() % 2) * s.clusters);  // some beyond
-        }
-      }
-      int32_t* row = exclude.data() + static_cast<size_t>(i) * exclude_stride;
-      std::copy(ex.begin(), ex.end(), row);
-      exclude_count.push_back(static_cast<int32_t>(ex.size()));
-      for (int32_t j = exclude_count[i]; j < exclude_stride; ++j)
-        row[j] = list.empty() ? 0 : list[0];
-    }
-  }
-
-  size_t rows() const { return items.size() * group; }
-
-  DType dtype;
-  int dim, group;
-  std::vector<ClusterSpec> items;
-  int32_t stride = 1, exclude_stride = 1;
-  std::vector<uint16_t> q, keys;
-  std::vector<float> sums;
-  std::vector<int32_t> counts, offsets, flat, strided, list_count, exclude, exclude_count;
-  std::vector<size_t> key_at, sum_at, count_at;
-};
-
-// Twin (host arrays) against kernel (device copies) in one addressing mode.
-void CheckEstimation(const SplitClusters& batch, bool with_stride, bool with_exclusion,
+// Twin (host arrays) against kernel (device copies) with the lists in `addressing`, with or
+// without the exclusion lists.
+void CheckEstimation(const EstimationLists& batch, ListAddressing addressing, bool exclusion,
                      cudaStream_t stream) {
-  SCOPED_TRACE(testing::Message() << DTypeName(batch.dtype) << " D " << batch.dim << " G "
-                                  << batch.group << (with_stride ? " stride" : " offsets")
-                                  << (with_exclusion ? " exclusion" : ""));
-  const int n = static_cast<int>(batch.items.size());
-  const int dim = batch.dim;
   const size_t rows = batch.rows();
-  EstimationParams p;
-  p.dtype = batch.dtype;
-  p.head_dim = dim;
-  p.group_size = batch.group;
-  p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  p.num_items = n;
-  p.centroid_parts = 2;
-  p.list_stride = with_stride ? batch.stride : 0;
-  p.exclude_stride = with_exclusion ? batch.exclude_stride : 0;
-
-  std::vector<const void*> hk;
-  std::vector<const float*> hs;
-  std::vector<const int32_t*> hc;
-  for (int i = 0; i < n; ++i) {
-    hk.push_back(batch.keys.data() + batch.key_at[i]);
-    hs.push_back(batch.sums.data() + batch.sum_at[i]);
-    hc.push_back(batch.counts.data() + batch.count_at[i]);
-  }
+  const int dim = batch.dim();
   std::vector<float> want(rows * dim, Poisoned<float>()), want_lse(rows, Poisoned<float>());
-  EstimationParams host = p;
-  host.q = batch.q.data();
-  host.cluster_ids = with_stride ? batch.strided.data() : batch.flat.data();
-  host.cluster_offsets = with_stride ? nullptr : batch.offsets.data();
-  host.list_count = with_stride ? batch.list_count.data() : nullptr;
-  host.exclude_ids = with_exclusion ? batch.exclude.data() : nullptr;
-  host.exclude_count = with_exclusion ? batch.exclude_count.data() : nullptr;
-  host.key_mean = hk.data();
-  host.value_sum = hs.data();
-  host.count = hc.data();
-  host.out = want.data();
-  host.lse = want_lse.data();
+  const EstimationParams host = batch.Params(want.data(), want_lse.data(), addressing, exclusion);
+  SCOPED_TRACE(testing::Message() << DTypeName(host.dtype) << " D " << dim << " G "
+                                  << host.group_size << ListAddressingName(addressing)
+                                  << (exclusion ? " exclusion" : ""));
   ASSERT_OK(ReferenceEstimation(host));
 
-  DeviceBuffer d_q = Upload(batch.q), d_keys = Upload(batch.keys), d_sums = Upload(batch.sums),
-               d_counts = Upload(batch.counts), d_flat = Upload(batch.flat),
-               d_offsets = Upload(batch.offsets), d_strided = Upload(batch.strided),
-               d_list = Upload(batch.list_count), d_exclude = Upload(batch.exclude),
-               d_exclude_count = Upload(batch.exclude_count);
-  std::vector<const void*> dk;
-  std::vector<const float*> ds;
-  std::vector<const int32_t*> dc;
-  for (int i = 0; i < n; ++i) {
-    dk.push_back(d_keys.as<uint16_t>() + batch.key_at[i]);
-    ds.push_back(d_sums.as<float>() + batch.sum_at[i]);
-    dc.push_back(d_counts.as<int32_t>() + batch.count_at[i]);
-  }
-  DeviceBuffer d_kp = Upload(dk), d_sp = Upload(ds), d_cp = Upload(dc);
+  const DeviceEstimationLists device(batch);
   DeviceBuffer d_out = Upload(std::vector<float>(rows * dim, Poisoned<float>()));
   DeviceBuffer d_lse = Upload(std::vector<float>(rows, Poisoned<float>()));
-  p.q = d_q.data();
-  p.cluster_ids = with_stride ? d_strided.as<int32_t>() : d_flat.as<int32_t>();
-  p.cluster_offsets = with_stride ? nullptr : d_offsets.as<int32_t>();
-  p.list_count = with_stride ? d_list.as<int32_t>() : nullptr;
-  p.exclude_ids = with_exclusion ? d_exclude.as<int32_t>() : nullptr;
-  p.exclude_count = with_exclusion ? d_exclude_count.as<int32_t>() : nullptr;
-  p.key_mean = d_kp.as<const void*>();
-  p.value_sum = d_sp.as<const float*>();
-  p.count = d_cp.as<const int32_t*>();
-  p.out = d_out.as<float>();
-  p.lse = d_lse.as<float>();
-  ASSERT_OK(LaunchEstimation(p, stream));
+  ASSERT_OK(LaunchEstimation(
+      device.Params(d_out.as<float>(), d_lse.as<float>(), addressing, exclusion), stream));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
   const std::vector<float> got = Download<float>(d_out, rows * dim);
   const std::vector<float> got_lse = Download<float>(d_lse, rows);
@@ -596,44 +396,29 @@ TEST_F(SplitCentroidGpuTest, SplitEstimationEqualsTwin) {
     for (int dim : {64, 128, 256}) {
       for (int group : {1, 3, 4, 8}) {  // 3: a partial group of heads in one thread block
         // No list, one id, a few, thousands (every warp folds many), random ones.
-        std::vector<ClusterSpec> items = {{10, 0, 2}, {5, 1, 0},         {7, 5, 2},
-                                          {1, 3, 1},  {2000, 5000, 100}, {300, 300, 20}};
+        std::vector<EstimationItemSpec> items = {{10, 0, 2}, {5, 1, 0},         {7, 5, 2},
+                                                 {1, 3, 1},  {2000, 5000, 100}, {300, 300, 20}};
         for (int i = 0; i < 4; ++i) {
           items.push_back({1 + static_cast<int>(rng() % 200), static_cast<int>(rng() % 400),
                            static_cast<int>(rng() % 30)});
         }
-        const SplitClusters batch(dtype, dim, group, items, rng());
-        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, false, false, stream()));
-        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, false, true, stream()));
-        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, true, false, stream()));
-        ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, true, true, stream()));
+        const EstimationLists batch(dtype, dim, group, 2, items, rng());
+        for (ListAddressing addressing : {ListAddressing::kOffsets, ListAddressing::kStride}) {
+          for (bool exclusion : {false, true}) {
+            ASSERT_NO_FATAL_FAILURE(CheckEstimation(batch, addressing, exclusion, stream()));
+          }
+        }
       }
     }
   }
 }
 
 TEST_F(SplitCentroidGpuTest, SplitEstimationRejectsBadParts) {
-  const SplitClusters batch(DType::kBF16, 64, 2, {{4, 3, 1}}, 5);
-  EstimationParams p;
-  p.dtype = DType::kBF16;
-  p.head_dim = 64;
-  p.group_size = 2;
-  p.softmax_scale = 0.125f;
-  p.num_items = 1;
-  p.centroid_parts = 3;
-  const void* keys[1] = {batch.keys.data()};
-  const float* sums[1] = {batch.sums.data()};
-  const int32_t* counts[1] = {batch.counts.data()};
-  std::vector<float> out(2 * 64), lse(2);
+  const EstimationLists batch(DType::kBF16, 64, 2, 2, {{4, 3, 1}}, 5);
+  std::vector<float> out(batch.rows() * 64), lse(batch.rows());
   // Host pointers the launcher must not read: it fails before launching.
-  p.q = batch.q.data();
-  p.cluster_offsets = batch.offsets.data();
-  p.cluster_ids = batch.flat.data();
-  p.key_mean = keys;
-  p.value_sum = sums;
-  p.count = counts;
-  p.out = out.data();
-  p.lse = lse.data();
+  EstimationParams p = batch.Params(out.data(), lse.data(), ListAddressing::kOffsets, false);
+  p.centroid_parts = 3;
   const absl::Status status = LaunchEstimation(p, stream());
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
   EXPECT_NE(std::string(status.message()).find("centroid_parts"), std::string::npos) << status;

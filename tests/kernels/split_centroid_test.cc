@@ -1,9 +1,10 @@
 // The split centroid (centroid_parts = 2) in the host twins of the page summaries
 // (block_summary.h), block selection (block_select.h) and estimation (estimation.h), against
 // constructed pages whose split is known, against the single centroid (centroid_parts = 1) it
-// refines, and against brute force in double written here. Fresh random data from seeded
-// generators; every output poisoned before each call (a NaN where the type has one), so an
-// element left unwritten fails, and NaN never passes a comparison.
+// refines, and against brute force in double (written here; estimation's plain sums in
+// testing/estimation_lists.h). Fresh random data from seeded generators; every output poisoned
+// before each call (a NaN where the type has one), so an element left unwritten fails, and NaN
+// never passes a comparison.
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -12,7 +13,6 @@
 #include <limits>
 #include <numeric>
 #include <random>
-#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -23,9 +23,19 @@
 #include "kernels/block_select.h"
 #include "kernels/block_summary.h"
 #include "kernels/estimation.h"
+#include "tests/testing/block_select_oracle.h"
+#include "tests/testing/estimation_lists.h"
 
 namespace kvtier {
 namespace {
+
+using testing_util::EstimationItemSpec;
+using testing_util::EstimationLists;
+using testing_util::ExpectSelection;
+using testing_util::ListAddressing;
+using testing_util::ListAddressingName;
+using testing_util::SortSelect;
+using testing_util::TwinScores;
 
 constexpr uint16_t kPoisonHalf = 0x7FC1;  // a NaN in bf16 and in fp16
 constexpr int32_t kPoisonInt = 0x7E7E7E7E;
@@ -441,19 +451,21 @@ std::vector<ItemSpec> MixedItems() {
 // Queries and split-centroid summaries (key_mean [blocks, 2, D], count [blocks, 2]) with
 // random, never-zero keys; counts random in [1, 40], with some parts empty: part 1 of about a
 // third of the blocks, part 0 of a few, both of a few.
-struct SplitSelectBatch {
+struct SplitSelectBatch : testing_util::BlockSelectShape {
   SplitSelectBatch(DType dtype, int dim, int group, std::vector<ItemSpec> specs, uint32_t seed)
-      : dtype(dtype), dim(dim), group(group), items(std::move(specs)), rng(seed) {
+      : BlockSelectShape{BlockScoreKind::kCentroid, 2, dtype, dim, group},
+        items(std::move(specs)),
+        rng(seed) {
     q.resize(items.size() * group * dim);
     for (auto& x : q) x = Nonzero(0.1f, 1.0f);
-    std::uniform_int_distribution<int> draw(1, 40), kind(0, 29);
+    std::uniform_int_distribution<int> draw(1, 40), empties(0, 29);
     for (const ItemSpec& item : items) {
       max_blocks = std::max(max_blocks, item.blocks);
       std::vector<uint16_t> keys;
       std::vector<int32_t> counts;
       for (int b = 0; b < item.blocks; ++b) {
         for (int x = 0; x < 2 * dim; ++x) keys.push_back(Nonzero(0.2f, 1.0f));
-        const int k = kind(rng);
+        const int k = empties(rng);
         counts.push_back(k < 2 ? 0 : draw(rng));              // part 0: a few empty
         counts.push_back(k == 0 || k >= 20 ? 0 : draw(rng));  // part 1: a third empty
       }
@@ -496,18 +508,7 @@ struct SplitSelectBatch {
       begins.push_back(items[i].begin);
       ends.push_back(items[i].end);
     }
-    BlockSelectParams p;
-    p.kind = BlockScoreKind::kCentroid;
-    p.mode = mode;
-    p.dtype = dtype;
-    p.head_dim = dim;
-    p.group_size = group;
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-    p.num_items = n;
-    p.centroid_parts = 2;
-    p.max_blocks = max_blocks;
-    p.k = k;
-    p.mass_target = mass_target;
+    BlockSelectParams p = Settings(n, max_blocks, mode, k, mass_target);
     p.q = q.data();
     p.block_begin = begins.data();
     p.block_end = ends.data();
@@ -552,8 +553,6 @@ struct SplitSelectBatch {
     return scores;
   }
 
-  DType dtype;
-  int dim, group;
   std::vector<ItemSpec> items;
   std::mt19937 rng;
   std::normal_distribution<float> normal;
@@ -566,37 +565,6 @@ struct SplitSelectBatch {
   std::vector<int32_t> begins, ends, selected, num_selected;
 };
 
-// The selection a full sort of `scores` gives: score descending (NaN first), index ascending;
-// the first k, or the shortest prefix reaching `target` fixed-point mass.
-std::vector<int32_t> SortSelect(const std::vector<float>& scores, int begin, int k,
-                                uint64_t target) {
-  std::vector<int> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  auto key = [&](int r) {
-    return std::isnan(scores[r]) ? std::numeric_limits<double>::infinity()
-                                 : static_cast<double>(scores[r]);
-  };
-  std::sort(order.begin(), order.end(),
-            [&](int a, int b) { return key(a) != key(b) ? key(a) > key(b) : a < b; });
-  std::vector<int32_t> chosen;
-  uint64_t mass = 0;
-  for (int r : order) {
-    if (static_cast<int>(chosen.size()) >= k || mass >= target) break;
-    chosen.push_back(begin + r);
-    mass += internal::FixedMass(scores[r]);
-  }
-  std::sort(chosen.begin(), chosen.end());
-  return chosen;
-}
-
-// Item i's scores under the twin (NaN-poisoned first).
-std::vector<float> TwinScores(const BlockSelectParams& p, const ItemSpec& item, int i) {
-  std::vector<float> scores(item.end - item.begin, kPoisonFloat);
-  const absl::Status status = ReferenceBlockScores(p, i, scores.data());
-  EXPECT_TRUE(status.ok()) << status;
-  return scores;
-}
-
 TEST(SplitSelectTest, ScoresMatchBruteForce) {
   uint32_t seed = 500;
   for (DType dtype : {DType::kBF16, DType::kFP16}) {
@@ -607,7 +575,7 @@ TEST(SplitSelectTest, ScoresMatchBruteForce) {
         const BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 8);
         for (int i = 0; i < p.num_items; ++i) {
           const std::vector<double> want = batch.BruteScores(i, p.softmax_scale);
-          const std::vector<float> got = TwinScores(p, batch.items[i], i);
+          const std::vector<float> got = TwinScores(p, i);
           double total = 0;
           bool any = false;
           for (size_t r = 0; r < want.size(); ++r) {
@@ -666,8 +634,8 @@ TEST(SplitSelectTest, EmptySecondPartsScoreAsOneCentroid) {
         one.selected = selected.data();
         one.num_selected = num_selected.data();
         for (int i = 0; i < two.num_items; ++i) {
-          const std::vector<float> got = TwinScores(two, batch.items[i], i);
-          const std::vector<float> want = TwinScores(one, batch.items[i], i);
+          const std::vector<float> got = TwinScores(two, i);
+          const std::vector<float> want = TwinScores(one, i);
           for (size_t r = 0; r < got.size(); ++r) {
             ASSERT_FALSE(std::isnan(want[r])) << "item " << i << " block " << r;
             ASSERT_EQ(std::bit_cast<uint32_t>(got[r]), std::bit_cast<uint32_t>(want[r]))
@@ -709,7 +677,7 @@ TEST(SplitSelectTest, EmptyPartsDoNotSetTheMaximum) {
       }
       const BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 8);
       const std::vector<double> want = batch.BruteScores(0, p.softmax_scale);
-      const std::vector<float> got = TwinScores(p, batch.items[0], 0);
+      const std::vector<float> got = TwinScores(p, 0);
       double total = 0;
       for (size_t r = 0; r < want.size(); ++r) {
         ASSERT_NEAR(got[r], want[r], 1e-4 * want[r] + 1e-12) << "block " << r;
@@ -719,7 +687,7 @@ TEST(SplitSelectTest, EmptyPartsDoNotSetTheMaximum) {
       // Sanity: given a token, the planted part takes head 0's mass (score ~1 from head 0).
       batch.Count(0, 10, 0) = 1;
       const BlockSelectParams q = batch.Params(BlockSelectMode::kTopK, 1);
-      const std::vector<float> heavy = TwinScores(q, batch.items[0], 0);
+      const std::vector<float> heavy = TwinScores(q, 0);
       EXPECT_GT(heavy[10], 0.999f);
       ASSERT_TRUE(ReferenceBlockSelect(q).ok());
       EXPECT_EQ(batch.num_selected[0], 1);
@@ -753,14 +721,8 @@ TEST(SplitSelectTest, SelectionIsTheSortedRanking) {
                                   : std::numeric_limits<uint64_t>::max();
       for (int i = 0; i < p.num_items; ++i) {
         const ItemSpec& item = batch.items[i];
-        const std::vector<int32_t> want =
-            SortSelect(TwinScores(p, item, i), item.begin, c.k, target);
-        ASSERT_EQ(batch.num_selected[i], static_cast<int>(want.size())) << "item " << i;
-        for (int j = 0; j < c.k; ++j) {
-          ASSERT_EQ(batch.selected[static_cast<size_t>(i) * c.k + j],
-                    j < static_cast<int>(want.size()) ? want[j] : -1)
-              << "item " << i << " entry " << j;
-        }
+        ASSERT_NO_FATAL_FAILURE(
+            ExpectSelection(p, i, SortSelect(TwinScores(p, i), item.begin, c.k, target)));
       }
     }
   }
@@ -784,205 +746,19 @@ TEST(SplitSelectTest, WorkspaceHasOneMoreRow) {
 
 // ---- Estimation -----------------------------------------------------------------------------
 
-struct ClusterSpec {
-  int clusters;  // summaries of the item, two parts each
-  int listed;    // ids listed (repeats allowed), <= the stride
-  int excluded;  // ids in the exclusion list, <= the exclude stride
-};
-
-// Random two-part clusters and their lists, in both addressing modes (offsets, and fixed
-// stride with -1 in unused slots), with an ascending exclusion list per item (mostly listed
-// ids, some not listed, some beyond the item's clusters). Part counts in [-2, 50]: some 0 or
-// negative, part 0 empty with part 1 not, and the reverse.
-struct SplitClusters {
-  SplitClusters(DType dtype, int dim, int group, std::vector<ClusterSpec> specs, uint32_t seed)
-      : dtype(dtype), dim(dim), group(group), items(std::move(specs)), rng(seed) {
-    for (const ClusterSpec& s : items) {
-      stride = std::max(stride, std::max(1, s.listed));
-      exclude_stride = std::max(exclude_stride, std::max(1, s.excluded));
-    }
-    const int n = static_cast<int>(items.size());
-    q.resize(static_cast<size_t>(n) * group * dim);
-    for (auto& x : q) x = Nonzero(0.1f);
-    offsets = {0};
-    strided.assign(static_cast<size_t>(n) * stride, -1);
-    exclude.assign(static_cast<size_t>(n) * exclude_stride, -1);
-    std::uniform_int_distribution<int> count(-2, 50);
-    for (int i = 0; i < n; ++i) {
-      const ClusterSpec& s = items[i];
-      key_at.push_back(keys.size());
-      sum_at.push_back(sums.size());
-      count_at.push_back(counts.size());
-      for (int c = 0; c < s.clusters * 2; ++c) {
-        const int m = count(rng);
-        counts.push_back(m);
-        for (int d = 0; d < dim; ++d) {
-          keys.push_back(Nonzero(0.2f));
-          sums.push_back(static_cast<float>(std::max(m, 0)) * (0.5f + normal(rng)));
-        }
-      }
-      if (s.clusters >= 2) {
-        counts[count_at[i] + 0] = 0;  // cluster 0: only part 1 holds tokens
-        counts[count_at[i] + 1] = 7;
-        counts[count_at[i] + 2] = 9;  // cluster 1: only part 0
-        counts[count_at[i] + 3] = 0;
-      }
-      std::uniform_int_distribution<int32_t> pick(0, std::max(0, s.clusters - 1));
-      std::vector<int32_t> list;
-      for (int j = 0; j < s.listed; ++j) list.push_back(j < 2 ? j % s.clusters : pick(rng));
-      std::shuffle(list.begin(), list.end(), rng);
-      flat.insert(flat.end(), list.begin(), list.end());
-      offsets.push_back(static_cast<int32_t>(flat.size()));
-      std::copy(list.begin(), list.end(), strided.begin() + static_cast<size_t>(i) * stride);
-      list_count.push_back(s.listed);
-      std::set<int32_t> ex;
-      for (int guard = 0; static_cast<int>(ex.size()) < s.excluded && guard < 10000; ++guard) {
-        const uint32_t kind = rng() % 4;
-        if (kind < 2 && !list.empty()) {
-          ex.insert(list[rng() % list.size()]);
-        } else if (kind == 2) {
-          ex.insert(pick(rng));
-        } else {
-          ex.insert(s.clusters + static_cast<int32_t>(rng() % 50));
-        }
-      }
-      int32_t* row = exclude.data() + static_cast<size_t>(i) * exclude_stride;
-      std::copy(ex.begin(), ex.end(), row);
-      exclude_count.push_back(static_cast<int32_t>(ex.size()));
-      // Past the count: a listed id (a reader that went past the count would exclude it).
-      for (int32_t j = exclude_count[i]; j < exclude_stride; ++j)
-        row[j] = list.empty() ? 0 : list[0];
-    }
-    for (int i = 0; i < n; ++i) {
-      key_ptr.push_back(keys.data() + key_at[i]);
-      sum_ptr.push_back(sums.data() + sum_at[i]);
-      count_ptr.push_back(counts.data() + count_at[i]);
-    }
-  }
-
-  uint16_t Nonzero(float mean) {
-    for (;;) {
-      const uint16_t b = Bits(dtype, mean + normal(rng));
-      if (std::abs(Value(dtype, b)) >= 1e-2f) return b;
-    }
-  }
-  size_t rows() const { return items.size() * group; }
-
-  // Two-part parameters in the offsets (`strided` false) or fixed-stride mode, with or
-  // without the exclusion lists, writing to `out` and `lse`.
-  EstimationParams Params(bool with_stride, bool with_exclusion, float* out, float* lse) const {
-    EstimationParams p;
-    p.dtype = dtype;
-    p.head_dim = dim;
-    p.group_size = group;
-    p.softmax_scale = 1.0f / std::sqrt(static_cast<float>(dim));
-    p.num_items = static_cast<int>(items.size());
-    p.centroid_parts = 2;
-    p.q = q.data();
-    if (with_stride) {
-      p.cluster_ids = strided.data();
-      p.list_count = list_count.data();
-      p.list_stride = stride;
-    } else {
-      p.cluster_ids = flat.data();
-      p.cluster_offsets = offsets.data();
-    }
-    if (with_exclusion) {
-      p.exclude_ids = exclude.data();
-      p.exclude_count = exclude_count.data();
-      p.exclude_stride = exclude_stride;
-    }
-    p.key_mean = key_ptr.data();
-    p.value_sum = sum_ptr.data();
-    p.count = count_ptr.data();
-    p.out = out;
-    p.lse = lse;
-    return p;
-  }
-
-  // The listed clusters of item i that are not excluded (when `with_exclusion`), in order.
-  std::vector<int32_t> Kept(int i, bool with_exclusion) const {
-    std::vector<int32_t> kept;
-    const int32_t* ex = exclude.data() + static_cast<size_t>(i) * exclude_stride;
-    for (int32_t j = offsets[i]; j < offsets[i + 1]; ++j) {
-      if (with_exclusion &&
-          std::find(ex, ex + exclude_count[i], flat[j]) != ex + exclude_count[i]) {
-        continue;
-      }
-      kept.push_back(flat[j]);
-    }
-    return kept;
-  }
-
-  // estimation.h's sums in double over the parts of the kept clusters: each part c * 2 + p
-  // with count n > 0 and logit l = scale q.c adds n e^l to the denominator and e^l s to the
-  // numerator (both relative to the largest logit); out = numerator / denominator and lse =
-  // log(denominator); 0 and -inf for a row without contributing parts.
-  void Plain(bool with_exclusion, std::vector<float>* out, std::vector<float>* lse) const {
-    out->assign(rows() * dim, kPoisonFloat);
-    lse->assign(rows(), kPoisonFloat);
-    const double scale = 1.0f / std::sqrt(static_cast<float>(dim));  // the Params' float
-    for (size_t i = 0; i < items.size(); ++i) {
-      const std::vector<int32_t> kept = Kept(static_cast<int>(i), with_exclusion);
-      for (int h = 0; h < group; ++h) {
-        const size_t row = i * group + h;
-        std::vector<double> logit;
-        std::vector<size_t> part_of;
-        for (int32_t c : kept) {
-          for (int part = 0; part < 2; ++part) {
-            const size_t id = static_cast<size_t>(c) * 2 + part;
-            if (counts[count_at[i] + id] <= 0) continue;
-            double dot = 0;
-            for (int d = 0; d < dim; ++d) {
-              dot += static_cast<double>(Value(dtype, q[row * dim + d])) *
-                     Value(dtype, keys[key_at[i] + id * dim + d]);
-            }
-            logit.push_back(scale * dot);
-            part_of.push_back(id);
-          }
-        }
-        float* o = out->data() + row * dim;
-        if (logit.empty()) {
-          std::fill(o, o + dim, 0.0f);
-          (*lse)[row] = -kInf;
-          continue;
-        }
-        const double top = *std::max_element(logit.begin(), logit.end());
-        double denominator = 0;
-        std::vector<double> numerator(dim, 0.0);
-        for (size_t x = 0; x < logit.size(); ++x) {
-          const double e = std::exp(logit[x] - top);
-          denominator += counts[count_at[i] + part_of[x]] * e;
-          for (int d = 0; d < dim; ++d) numerator[d] += e * sums[sum_at[i] + part_of[x] * dim + d];
-        }
-        for (int d = 0; d < dim; ++d) o[d] = static_cast<float>(numerator[d] / denominator);
-        (*lse)[row] = static_cast<float>(top + std::log(denominator));
-      }
-    }
-  }
-
-  DType dtype;
-  int dim, group;
-  std::vector<ClusterSpec> items;
-  std::mt19937 rng;
-  std::normal_distribution<float> normal;
-  int32_t stride = 1, exclude_stride = 1;
-  std::vector<uint16_t> q, keys;
-  std::vector<float> sums;
-  std::vector<int32_t> counts, offsets, flat, strided, list_count, exclude, exclude_count;
-  std::vector<size_t> key_at, sum_at, count_at;
-  std::vector<const void*> key_ptr;
-  std::vector<const float*> sum_ptr;
-  std::vector<const int32_t*> count_ptr;
-};
-
-std::vector<ClusterSpec> RandomClusterItems(std::mt19937& rng) {
+// Random two-part clusters and their lists (testing/estimation_lists.h), in both addressing
+// modes, with an ascending exclusion list per item (mostly listed ids, some not listed, some
+// beyond the item's clusters). Part counts in [-2, 50]: some 0 or negative, and in every item
+// of two clusters or more part 0 empty with part 1 not, and the reverse, both listed.
+std::vector<EstimationItemSpec> RandomClusterItems(std::mt19937& rng) {
   // No list, one id, a short list, an item of one cluster, a long list; random ones.
-  std::vector<ClusterSpec> items = {{10, 0, 2}, {5, 1, 0}, {3, 6, 3}, {1, 3, 1}, {300, 900, 40}};
+  std::vector<EstimationItemSpec> items = {
+      {10, 0, 2}, {5, 1, 0}, {3, 6, 3}, {1, 3, 1}, {300, 900, 40}};
   for (int i = 0; i < 5; ++i) {
     const int clusters = 2 + static_cast<int>(rng() % 60);
     items.push_back({clusters, static_cast<int>(rng() % 80), static_cast<int>(rng() % 12)});
   }
+  for (EstimationItemSpec& item : items) item.one_sided_parts = true;
   return items;
 }
 
@@ -1003,19 +779,19 @@ TEST(SplitEstimationTest, EqualsPlainSumsOverTheParts) {
   for (DType dtype : {DType::kBF16, DType::kFP16}) {
     for (int dim : {64, 128, 256}) {
       for (int group : {1, 4}) {
-        const SplitClusters batch(dtype, dim, group, RandomClusterItems(rng), rng());
-        for (bool with_stride : {false, true}) {
+        const EstimationLists batch(dtype, dim, group, 2, RandomClusterItems(rng), rng());
+        for (ListAddressing addressing : {ListAddressing::kOffsets, ListAddressing::kStride}) {
           for (bool with_exclusion : {false, true}) {
             const std::string what = std::string(DTypeName(dtype)) + " D " + std::to_string(dim) +
                                      " G " + std::to_string(group) +
-                                     (with_stride ? " stride" : " offsets") +
+                                     ListAddressingName(addressing) +
                                      (with_exclusion ? " exclusion" : "");
             std::vector<float> want, want_lse;
-            batch.Plain(with_exclusion, &want, &want_lse);
+            batch.Plain(&want, &want_lse, with_exclusion);
             std::vector<float> out(batch.rows() * dim, kPoisonFloat);
             std::vector<float> lse(batch.rows(), kPoisonFloat);
             const absl::Status status = ReferenceEstimation(
-                batch.Params(with_stride, with_exclusion, out.data(), lse.data()));
+                batch.Params(out.data(), lse.data(), addressing, with_exclusion));
             ASSERT_TRUE(status.ok()) << what << ": " << status;
             // Both in double, rounded to float once.
             ASSERT_NO_FATAL_FAILURE(ExpectClose(out, want, 1e-6, what + " out"));
@@ -1037,23 +813,24 @@ TEST(SplitEstimationTest, EqualsOnePartCallOverTheExpandedList) {
   std::mt19937 rng(901);
   for (DType dtype : {DType::kBF16, DType::kFP16}) {
     for (int group : {1, 4}) {
-      const SplitClusters batch(dtype, 128, group, RandomClusterItems(rng), rng());
-      for (bool with_stride : {false, true}) {
-        SCOPED_TRACE(testing::Message() << DTypeName(dtype) << " G " << group
-                                        << (with_stride ? " stride" : " offsets"));
+      const EstimationLists batch(dtype, 128, group, 2, RandomClusterItems(rng), rng());
+      for (ListAddressing addressing : {ListAddressing::kOffsets, ListAddressing::kStride}) {
+        SCOPED_TRACE(testing::Message()
+                     << DTypeName(dtype) << " G " << group << ListAddressingName(addressing));
         std::vector<float> out(batch.rows() * 128, kPoisonFloat), lse(batch.rows(), kPoisonFloat);
         ASSERT_TRUE(
-            ReferenceEstimation(batch.Params(with_stride, true, out.data(), lse.data())).ok());
+            ReferenceEstimation(batch.Params(out.data(), lse.data(), addressing, true)).ok());
         std::vector<int32_t> offsets = {0}, expanded;
-        for (size_t i = 0; i < batch.items.size(); ++i) {
-          for (int32_t c : batch.Kept(static_cast<int>(i), true)) {
+        for (int i = 0; i < batch.num_items(); ++i) {
+          for (int32_t c : batch.Kept(i, true)) {
             expanded.push_back(2 * c);
             expanded.push_back(2 * c + 1);
           }
           offsets.push_back(static_cast<int32_t>(expanded.size()));
         }
         std::vector<float> one_out(out.size(), kPoisonFloat), one_lse(lse.size(), kPoisonFloat);
-        EstimationParams one = batch.Params(false, false, one_out.data(), one_lse.data());
+        EstimationParams one =
+            batch.Params(one_out.data(), one_lse.data(), ListAddressing::kOffsets, false);
         one.centroid_parts = 1;
         one.cluster_offsets = offsets.data();
         one.cluster_ids = expanded.data();
@@ -1127,10 +904,10 @@ TEST(SplitCentroidParamsTest, BlockSelectRejectsBadParts) {
 
 TEST(SplitCentroidParamsTest, EstimationRejectsBadParts) {
   std::mt19937 rng(1004);
-  const SplitClusters batch(DType::kBF16, 64, 2, RandomClusterItems(rng), 1005);
+  const EstimationLists batch(DType::kBF16, 64, 2, 2, RandomClusterItems(rng), 1005);
   for (int parts : {0, 3}) {
     std::vector<float> out(batch.rows() * 64, kPoisonFloat), lse(batch.rows(), kPoisonFloat);
-    EstimationParams p = batch.Params(true, true, out.data(), lse.data());
+    EstimationParams p = batch.Params(out.data(), lse.data());
     p.centroid_parts = parts;
     const absl::Status status = ReferenceEstimation(p);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << parts;

@@ -8,55 +8,27 @@
 // positions distinct cold positions, and without a zone the output equals exact attention
 // over the hot set plus those positions. Skips without a device.
 #include <cstdint>
-#include <memory>
-#include <string>
 
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "runtime/kv_cache.h"
 #include "tests/runtime/runtime_test_util.h"
+#include "tests/runtime/wave_test_cases.h"
 #include "tests/testing/gpu_test_util.h"
 
 namespace kvtier {
 namespace {
 
 using runtime_test::CudaTolerance;
-using runtime_test::Driver;
 using runtime_test::Tolerance;
-
-struct WaveCase {
-  int g;
-  int head_dim;
-  DType dtype;
-  int page;
-  int sink;
-  int window;
-  int max_prefill_chunk;       // Options::max_prefill_chunk_tokens: the largest segment
-  int64_t prefill_call_chunk;  // largest Prefill call (0: one call per layer)
-  int budget;                  // budget.max_pages (0: every page)
-  int estimate;                // budget.estimate_pages
-  uint64_t seed;
-};
-
-std::string WaveCaseName(const ::testing::TestParamInfo<WaveCase>& info) {
-  const WaveCase& c = info.param;
-  return absl::StrCat("G", c.g, "_D", c.head_dim, "_", DTypeName(c.dtype), "_P", c.page, "_S",
-                      c.sink, "_W", c.window, "_chunk", c.max_prefill_chunk, "_k", c.budget, "_e",
-                      c.estimate);
-}
+using runtime_test::WaveCase;
+using runtime_test::WaveCaseName;
 
 // 2 layers, 4 KV heads of group g, sequences of up to 8192 tokens.
 Options CudaWaveOptions(const WaveCase& c) {
-  Options o = runtime_test::HostOptions(c.g, c.head_dim, c.dtype, c.page, c.sink, c.window);
+  Options o = runtime_test::WaveOptions(c, 8192);
   o.backend = Backend::kCuda;
   o.shape.num_kv_heads = 4;
   o.shape.num_query_heads = 4 * c.g;
-  o.max_sequence_tokens = 8192;
-  o.index = IndexKind::kWave;
-  o.budget.max_pages = c.budget > 0 ? c.budget : static_cast<int>(o.max_sequence_tokens / c.page);
-  o.budget.estimate_pages = c.estimate;
-  o.cache_slots_per_budget = c.budget > 0 ? 1.5 : 1.0;
-  o.max_prefill_chunk_tokens = c.max_prefill_chunk;
   o.host_memory_bytes = int64_t{512} << 20;
   o.gpu_memory_bytes = int64_t{4} << 30;
   return o;
@@ -76,14 +48,8 @@ class WaveCudaFullBudgetTest : public GpuTestBase<::testing::TestWithParam<WaveC
 
 TEST_P(WaveCudaFullBudgetTest, DecodeEqualsExactAttention) {
   const WaveCase c = GetParam();
-  absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(CudaWaveOptions(c));
-  ASSERT_TRUE(created.ok()) << created.status();
-  runtime_test::Schedule schedule;
-  schedule.max_tokens = 6000;
-  schedule.prefill_call_chunk = c.prefill_call_chunk;
-  schedule.steps = 20;
-  schedule.seed = c.seed;
-  runtime_test::ExpectFullBudgetExact(**created, schedule, CudaToleranceOf(c.dtype));
+  runtime_test::ExpectWaveFullBudgetExact(
+      CudaWaveOptions(c), runtime_test::WaveSchedule(c, 6000, 20), CudaToleranceOf(c.dtype));
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -102,20 +68,9 @@ class WaveCudaSmallBudgetTest : public GpuTestBase<::testing::TestWithParam<Wave
 
 TEST_P(WaveCudaSmallBudgetTest, SelectsDistinctColdPositionsAndStaysFinite) {
   const WaveCase c = GetParam();
-  absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(CudaWaveOptions(c));
-  ASSERT_TRUE(created.ok()) << created.status();
-  runtime_test::Schedule schedule;
-  schedule.max_tokens = 6000;
-  schedule.prefill_call_chunk = c.prefill_call_chunk;
-  schedule.steps = 20;
-  schedule.churn = 5;
-  schedule.q_scale = 2.0f;  // a peaked softmax, so the selection matters
-  schedule.seed = c.seed;
-  int64_t reordered = 0;
-  runtime_test::ExpectSmallBudgetConsistent(**created, schedule, CudaToleranceOf(c.dtype),
-                                            &reordered);
-  // The segment layout is in use: some selected pages hold tokens out of position order.
-  EXPECT_GT(reordered, 0) << "every selected page held its positions in order";
+  runtime_test::ExpectWaveSmallBudgetConsistent(CudaWaveOptions(c),
+                                                runtime_test::WaveSmallBudgetSchedule(c, 6000, 20),
+                                                CudaToleranceOf(c.dtype));
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -12,48 +12,23 @@
 #include <cstdint>
 #include <memory>
 #include <random>
-#include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "runtime/kv_cache.h"
 #include "tests/runtime/runtime_test_util.h"
+#include "tests/runtime/wave_test_cases.h"
 
 namespace kvtier {
 namespace {
 
 using runtime_test::Driver;
-using runtime_test::HostOptions;
+using runtime_test::WaveCase;
+using runtime_test::WaveCaseName;
 
-struct WaveCase {
-  int g;
-  int head_dim;
-  DType dtype;
-  int page;
-  int sink;
-  int window;
-  int max_prefill_chunk;       // Options::max_prefill_chunk_tokens: the largest segment
-  int64_t prefill_call_chunk;  // largest Prefill call (0: one call per layer)
-  int budget;                  // budget.max_pages (0: every page)
-  int estimate;                // budget.estimate_pages
-  uint64_t seed;
-};
-
-std::string WaveCaseName(const ::testing::TestParamInfo<WaveCase>& info) {
-  const WaveCase& c = info.param;
-  return absl::StrCat("G", c.g, "_D", c.head_dim, "_", DTypeName(c.dtype), "_P", c.page, "_S",
-                      c.sink, "_W", c.window, "_chunk", c.max_prefill_chunk, "_k", c.budget, "_e",
-                      c.estimate);
-}
-
-Options WaveOptions(const WaveCase& c) {
-  Options o = HostOptions(c.g, c.head_dim, c.dtype, c.page, c.sink, c.window);
-  o.index = IndexKind::kWave;
-  o.budget.max_pages = c.budget > 0 ? c.budget : static_cast<int>(o.max_sequence_tokens / c.page);
-  o.budget.estimate_pages = c.estimate;
-  o.cache_slots_per_budget = c.budget > 0 ? 1.5 : 1.0;
-  o.max_prefill_chunk_tokens = c.max_prefill_chunk;
+// 2 layers, 2 KV heads of group g, sequences of up to 2048 tokens.
+Options HostWaveOptions(const WaveCase& c) {
+  Options o = runtime_test::WaveOptions(c, 2048);
   o.host_memory_bytes = int64_t{160} << 20;
   return o;
 }
@@ -62,14 +37,8 @@ class WaveFullBudgetTest : public ::testing::TestWithParam<WaveCase> {};
 
 TEST_P(WaveFullBudgetTest, DecodeEqualsExactAttention) {
   const WaveCase c = GetParam();
-  absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(WaveOptions(c));
-  ASSERT_TRUE(created.ok()) << created.status();
-  runtime_test::Schedule schedule;
-  schedule.max_tokens = 1700;
-  schedule.prefill_call_chunk = c.prefill_call_chunk;
-  schedule.steps = 24;
-  schedule.seed = c.seed;
-  runtime_test::ExpectFullBudgetExact(**created, schedule, runtime_test::HostTolerance);
+  runtime_test::ExpectWaveFullBudgetExact(
+      HostWaveOptions(c), runtime_test::WaveSchedule(c, 1700, 24), runtime_test::HostTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -87,20 +56,9 @@ class WaveSmallBudgetTest : public ::testing::TestWithParam<WaveCase> {};
 
 TEST_P(WaveSmallBudgetTest, SelectsDistinctColdPositionsAndStaysFinite) {
   const WaveCase c = GetParam();
-  absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(WaveOptions(c));
-  ASSERT_TRUE(created.ok()) << created.status();
-  runtime_test::Schedule schedule;
-  schedule.max_tokens = 1700;
-  schedule.prefill_call_chunk = c.prefill_call_chunk;
-  schedule.steps = 24;
-  schedule.churn = 5;
-  schedule.q_scale = 2.0f;  // a peaked softmax, so the selection matters
-  schedule.seed = c.seed;
-  int64_t reordered = 0;
-  runtime_test::ExpectSmallBudgetConsistent(**created, schedule, runtime_test::HostTolerance,
-                                            &reordered);
-  // The segment layout is in use: some selected pages hold tokens out of position order.
-  EXPECT_GT(reordered, 0) << "every selected page held its positions in order";
+  runtime_test::ExpectWaveSmallBudgetConsistent(HostWaveOptions(c),
+                                                runtime_test::WaveSmallBudgetSchedule(c, 1700, 24),
+                                                runtime_test::HostTolerance);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -117,7 +75,7 @@ INSTANTIATE_TEST_SUITE_P(
 // value sum, key spread and count).
 TEST(WaveStatsTest, EstimationZoneBytesAreCounted) {
   const WaveCase c{2, 64, DType::kBF16, 16, 16, 32, 256, 0, 3, 5, 21};
-  absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(WaveOptions(c));
+  absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(HostWaveOptions(c));
   ASSERT_TRUE(created.ok()) << created.status();
   Driver& driver = **created;
   std::mt19937_64 rng(c.seed);

@@ -1,12 +1,13 @@
-// A random batch for estimation's fixed-stride list and exclusion modes (kernels/estimation.h),
-// shared by the host test (twin against a plain computation) and the GPU test (kernel against
-// the twin). Per item: `clusters` summaries of `parts` centroids each (mean keys and queries
-// never near zero, value sums random, counts random in [-2, 50] with some 0 and negative), a
-// list of `count` ids (repeats allowed) in a row of `stride` slots whose unused slots hold -1,
-// and optionally an ascending exclusion list of `excluded` ids, most of them listed ones, in a
-// row of `exclude_stride` slots whose unused slots hold listed ids (so that reading past the
-// count would change the result). Host memory; summaries at offsets of shared arrays so that a
-// device copy can use the same offsets. Header-only; no CUDA.
+// A random batch for estimation (kernels/estimation.h), shared by the host tests (twin against
+// a plain computation) and the GPU tests (kernel against the twin; a device copy in
+// estimation_lists_gpu.h) of the list modes, the exclusion and the split centroid. Per item:
+// `clusters` summaries of `parts` centroids each (mean keys and queries never near zero, value
+// sums random, counts random in [-2, 50] with some 0 and negative), a list of `count` ids
+// (repeats allowed) in a row of `stride` slots whose unused slots hold -1, the same lists in
+// offsets addressing too, and optionally an ascending exclusion list of `excluded` ids, most of
+// them listed ones, in a row of `exclude_stride` slots whose unused slots hold listed ids (so
+// that reading past the count would change the result). Host memory; summaries at offsets of
+// shared arrays so that a device copy can use the same offsets. Header-only; no CUDA.
 #pragma once
 
 #include <algorithm>
@@ -27,7 +28,20 @@ struct EstimationItemSpec {
   int clusters = 0;  // summaries of the item (each of `parts` centroids)
   int count = 0;     // ids listed, <= the batch's stride
   int excluded = 0;  // ids excluded (with exclusion), <= the batch's exclude_stride
+  // With two parts and at least two clusters: cluster 0 holds tokens in part 1 only (counts 0
+  // and 7), cluster 1 in part 0 only (9 and 0), and with count >= 2 both are listed (the list
+  // shuffled).
+  bool one_sided_parts = false;
 };
+
+// How a call addresses the lists (EstimationParams): fixed-stride rows with counts, or offsets
+// into one concatenated list.
+enum class ListAddressing { kStride, kOffsets };
+
+// " stride" or " offsets", for failure messages.
+inline const char* ListAddressingName(ListAddressing addressing) {
+  return addressing == ListAddressing::kStride ? " stride" : " offsets";
+}
 
 class EstimationLists {
  public:
@@ -73,10 +87,19 @@ class EstimationLists {
           sums_.push_back(static_cast<float>(std::max(n, 0)) * (0.5f + normal(rng)));
         }
       }
+      const bool one_sided = spec.one_sided_parts && parts == 2 && spec.clusters >= 2;
+      if (one_sided) {
+        int32_t* n = counts_.data() + count_at_.back();
+        n[0] = 0;  // cluster 0: only part 1 holds tokens
+        n[1] = 7;
+        n[2] = 9;  // cluster 1: only part 0
+        n[3] = 0;
+      }
       list_count_[i] = spec.count;
       std::uniform_int_distribution<int32_t> pick(0, std::max(0, spec.clusters - 1));
       int32_t* list = ids_.data() + static_cast<size_t>(i) * stride;
-      for (int j = 0; j < spec.count; ++j) list[j] = pick(rng);
+      for (int j = 0; j < spec.count; ++j) list[j] = one_sided && j < 2 ? j : pick(rng);
+      if (one_sided) std::shuffle(list, list + spec.count, rng);
       if (exclude_stride == 0) continue;
       // Mostly listed ids, some ids of the item's clusters that may not be listed, and ids
       // beyond its clusters (excluding what is never listed changes nothing).
@@ -101,12 +124,23 @@ class EstimationLists {
         row[j] = spec.count > 0 ? list[rng() % static_cast<uint64_t>(spec.count)] : 0;
       }
     }
+    offsets_ = {0};
     for (int i = 0; i < items_; ++i) {
       key_ptr_.push_back(keys_.data() + key_at_[i]);
       sum_ptr_.push_back(sums_.data() + sum_at_[i]);
       count_ptr_.push_back(counts_.data() + count_at_[i]);
+      const int32_t* list = ids_.data() + static_cast<size_t>(i) * stride;
+      flat_.insert(flat_.end(), list, list + list_count_[i]);
+      offsets_.push_back(static_cast<int32_t>(flat_.size()));
     }
   }
+
+  // A batch with the strides that fit every item: the longest list and the longest exclusion
+  // (at least 1 each; every item has an exclusion list).
+  EstimationLists(DType dtype, int dim, int group, int parts,
+                  const std::vector<EstimationItemSpec>& items, uint64_t seed)
+      : EstimationLists(dtype, dim, group, parts, LongestCount(items, &EstimationItemSpec::count),
+                        LongestCount(items, &EstimationItemSpec::excluded), items, seed) {}
 
   // Adds per-channel key variances (EstimationParams::key_spread): positive, of the size
   // trained keys' spreads have, so that the correction moves logits by up to a few nats.
@@ -125,10 +159,15 @@ class EstimationLists {
   EstimationLists& operator=(const EstimationLists&) = delete;
 
   size_t rows() const { return static_cast<size_t>(items_) * group_; }
+  int num_items() const { return items_; }
   int dim() const { return dim_; }
 
-  // Parameters over the host arrays, writing to `out` [rows, D] and `lse` [rows].
-  EstimationParams Params(float* out, float* lse) const {
+  // Parameters over the host arrays, writing to `out` [rows, D] and `lse` [rows]: the lists in
+  // `addressing` (kOffsets: the lists as constructed), the exclusion lists when the batch has
+  // them and `exclusion` is true.
+  EstimationParams Params(float* out, float* lse,
+                          ListAddressing addressing = ListAddressing::kStride,
+                          bool exclusion = true) const {
     EstimationParams p;
     p.dtype = dtype_;
     p.head_dim = dim_;
@@ -137,10 +176,15 @@ class EstimationLists {
     p.num_items = items_;
     p.centroid_parts = parts_;
     p.q = q_.data();
-    p.cluster_ids = ids_.data();
-    p.list_count = list_count_.data();
-    p.list_stride = stride_;
-    if (exclude_stride_ > 0) {
+    if (addressing == ListAddressing::kStride) {
+      p.cluster_ids = ids_.data();
+      p.list_count = list_count_.data();
+      p.list_stride = stride_;
+    } else {
+      p.cluster_ids = flat_.data();
+      p.cluster_offsets = offsets_.data();
+    }
+    if (exclude_stride_ > 0 && exclusion) {
       p.exclude_ids = exclude_.data();
       p.exclude_count = exclude_count_.data();
       p.exclude_stride = exclude_stride_;
@@ -154,31 +198,40 @@ class EstimationLists {
     return p;
   }
 
+  // Item i's listed ids in list order (repeats kept), without the excluded ones when the batch
+  // has an exclusion list and `exclusion` is true (searched linearly).
+  std::vector<int32_t> Kept(int i, bool exclusion = true) const {
+    const int32_t* list = ids_.data() + static_cast<size_t>(i) * stride_;
+    const int32_t* ex =
+        exclude_stride_ > 0 ? exclude_.data() + static_cast<size_t>(i) * exclude_stride_ : nullptr;
+    const int32_t num_ex = exclude_stride_ > 0 && exclusion ? exclude_count_[i] : 0;
+    std::vector<int32_t> kept;
+    for (int32_t j = 0; j < list_count_[i]; ++j) {
+      if (std::find(ex, ex + num_ex, list[j]) == ex + num_ex) kept.push_back(list[j]);
+    }
+    return kept;
+  }
+
   // The header's definition, computed directly in double: for each query row, over the listed
-  // ids j (repeats counted) not in the exclusion list (searched linearly) and each part of
+  // ids j (repeats counted) not in the exclusion list (Kept(i, exclusion)) and each part of
   // cluster j with count n > 0, at centroid c = j * parts + part with logit l = scale q.c:
   // denominator += n e^l, numerator += e^l * value_sum; out = numerator / denominator,
   // lse = log(denominator); 0 and -inf without contributions. Sums are taken relative to the
   // largest logit (the same quotient, without overflow). With spreads, l += kSpreadWeight *
   // scale^2 / 2 * sum_d q_d^2 var_d.
-  void Plain(std::vector<float>* out, std::vector<float>* lse) const {
+  void Plain(std::vector<float>* out, std::vector<float>* lse, bool exclusion = true) const {
     out->assign(rows() * dim_, std::numeric_limits<float>::quiet_NaN());
     lse->assign(rows(), std::numeric_limits<float>::quiet_NaN());
     const double scale = softmax_scale();
     for (int i = 0; i < items_; ++i) {
-      const int32_t* list = ids_.data() + static_cast<size_t>(i) * stride_;
-      const int32_t* ex = exclude_stride_ > 0
-                              ? exclude_.data() + static_cast<size_t>(i) * exclude_stride_
-                              : nullptr;
-      const int32_t num_ex = exclude_stride_ > 0 ? exclude_count_[i] : 0;
+      const std::vector<int32_t> kept = Kept(i, exclusion);
       for (int g = 0; g < group_; ++g) {
         const size_t row = static_cast<size_t>(i) * group_ + g;
         std::vector<double> logit;
         std::vector<size_t> centroid;
-        for (int32_t j = 0; j < list_count_[i]; ++j) {
-          if (std::find(ex, ex + num_ex, list[j]) != ex + num_ex) continue;
+        for (int32_t id : kept) {
           for (int part = 0; part < parts_; ++part) {
-            const size_t c = static_cast<size_t>(list[j]) * parts_ + part;
+            const size_t c = static_cast<size_t>(id) * parts_ + part;
             if (counts_[count_at_[i] + c] <= 0) continue;
             double dot = 0, spread = 0;
             for (int d = 0; d < dim_; ++d) {
@@ -222,21 +275,34 @@ class EstimationLists {
   const std::vector<float>& sums() const { return sums_; }
   const std::vector<int32_t>& counts() const { return counts_; }
   std::vector<int32_t>& ids() { return ids_; }
+  const std::vector<int32_t>& ids() const { return ids_; }
   std::vector<int32_t>& list_count() { return list_count_; }
+  const std::vector<int32_t>& list_count() const { return list_count_; }
   std::vector<int32_t>& exclude() { return exclude_; }
+  const std::vector<int32_t>& exclude() const { return exclude_; }
   std::vector<int32_t>& exclude_count() { return exclude_count_; }
+  const std::vector<int32_t>& exclude_count() const { return exclude_count_; }
+  const std::vector<int32_t>& flat() const { return flat_; }        // kOffsets: the ids
+  const std::vector<int32_t>& offsets() const { return offsets_; }  // kOffsets: [items + 1]
   const std::vector<size_t>& key_at() const { return key_at_; }
   const std::vector<size_t>& sum_at() const { return sum_at_; }
   const std::vector<size_t>& count_at() const { return count_at_; }
 
  private:
+  static int32_t LongestCount(const std::vector<EstimationItemSpec>& items,
+                              int EstimationItemSpec::*field) {
+    int32_t longest = 1;
+    for (const EstimationItemSpec& spec : items) longest = std::max(longest, spec.*field);
+    return longest;
+  }
+
   DType dtype_;
   int dim_, group_, parts_;
   int32_t stride_, exclude_stride_;
   int items_;
   std::vector<uint16_t> q_, keys_, spreads_;
   std::vector<float> sums_;
-  std::vector<int32_t> counts_, ids_, list_count_, exclude_, exclude_count_;
+  std::vector<int32_t> counts_, ids_, list_count_, exclude_, exclude_count_, flat_, offsets_;
   std::vector<size_t> key_at_, sum_at_, count_at_;
   std::vector<const void*> key_ptr_, spread_ptr_;
   std::vector<const float*> sum_ptr_;

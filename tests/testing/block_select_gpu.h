@@ -1,0 +1,118 @@
+// A block-selection batch (kernels/block_select.h) in host memory for the GPU tests that
+// compare LaunchBlockSelect with its twin (block_select_gpu_test.cc, split_centroid_gpu_test.cc),
+// every item's summaries in one pool so that a device copy keeps each item's offsets, and the
+// check itself: the twin and the kernel evaluate every score with the same fp32 operations in
+// the same order, so the selections must be identical, entry for entry, -1 padding included.
+// The tests fill the arrays. Header-only; for test code built with KVTIER_WITH_CUDA.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/base/cuda_handles.h"
+#include "kernels/base/dtype.h"
+#include "kernels/block_select.h"
+#include "tests/testing/block_select_oracle.h"
+#include "tests/testing/gpu_test_util.h"
+
+namespace kvtier::testing_util {
+
+struct BlockSelectPool : BlockSelectShape {
+  explicit BlockSelectPool(const BlockSelectShape& shape) : BlockSelectShape(shape) {}
+
+  int num_items() const { return static_cast<int>(begins.size()); }
+
+  // Runs the twin on the host arrays and the kernel on a device copy (selections poisoned on
+  // both sides, the workspace NaN garbage) with these settings, and expects the same count and
+  // the same entries for every item.
+  void Check(BlockSelectMode mode, int k, float mass_target, cudaStream_t stream) const {
+    SCOPED_TRACE(testing::Message()
+                 << "kind " << static_cast<int>(kind) << " parts " << parts << " dtype "
+                 << DTypeName(dtype) << " D " << dim << " G " << group << " mode "
+                 << static_cast<int>(mode) << " k " << k << " target " << mass_target);
+    const int n = num_items();
+    BlockSelectParams p = Settings(n, max_blocks, mode, k, mass_target);
+
+    // Host twin. A count the twin left unwritten differs from the kernel's poison.
+    std::vector<const void*> host_summaries;
+    std::vector<const int32_t*> host_counts;
+    for (int i = 0; i < n; ++i) {
+      host_summaries.push_back(pool.data() + summary_offset[i]);
+      host_counts.push_back(counts.data() + count_offset[i]);
+    }
+    std::vector<int32_t> want(static_cast<size_t>(n) * k, kPoisonInt), want_count(n, -5);
+    BlockSelectParams host = p;
+    host.q = q.data();
+    host.block_begin = begins.data();
+    host.block_end = ends.data();
+    SetSummaries(host, host_summaries.data(), host_counts.data());
+    host.selected = want.data();
+    host.num_selected = want_count.data();
+    ASSERT_OK(ReferenceBlockSelect(host));
+
+    // Device.
+    DeviceBuffer d_q = Upload(q), d_begin = Upload(begins), d_end = Upload(ends);
+    DeviceBuffer d_pool = Upload(pool), d_counts = Upload(counts);
+    std::vector<const void*> dev_summaries;
+    std::vector<const int32_t*> dev_counts;
+    for (int i = 0; i < n; ++i) {
+      dev_summaries.push_back(d_pool.as<uint16_t>() + summary_offset[i]);
+      dev_counts.push_back(d_counts.as<int32_t>() + count_offset[i]);
+    }
+    DeviceBuffer d_summary_ptrs = Upload(dev_summaries), d_count_ptrs = Upload(dev_counts);
+    DeviceBuffer selected = Upload(std::vector<int32_t>(want.size(), kPoisonInt));
+    DeviceBuffer num_selected = Upload(std::vector<int32_t>(n, kPoisonInt));
+    p.workspace_bytes = BlockSelectWorkspaceBytes(p);
+    ASSERT_GT(p.workspace_bytes, 0u);
+    ASSERT_OK_AND_ASSIGN(DeviceBuffer workspace, DeviceBuffer::Allocate(p.workspace_bytes));
+    ASSERT_CUDA_OK(cudaMemset(workspace.data(), 0xFF, workspace.size()));  // NaN garbage
+    p.q = d_q.data();
+    p.block_begin = d_begin.as<int32_t>();
+    p.block_end = d_end.as<int32_t>();
+    SetSummaries(p, d_summary_ptrs.as<const void*>(), d_count_ptrs.as<const int32_t*>());
+    p.selected = selected.as<int32_t>();
+    p.num_selected = num_selected.as<int32_t>();
+    p.workspace = workspace.data();
+    ASSERT_OK(LaunchBlockSelect(p, stream));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+    const std::vector<int32_t> got = Download<int32_t>(selected, want.size());
+    const std::vector<int32_t> got_count = Download<int32_t>(num_selected, n);
+    for (int i = 0; i < n; ++i) {
+      ASSERT_EQ(got_count[i], want_count[i]) << "item " << i;
+      for (int j = 0; j < k; ++j) {
+        const size_t at = static_cast<size_t>(i) * k + j;
+        ASSERT_EQ(got[at], want[at]) << "item " << i << " entry " << j;
+      }
+    }
+  }
+
+  static constexpr int32_t kPoisonInt = 0x7E7E7E7E;  // no valid index or count
+
+  int max_blocks = 1;       // the largest item's blocks, at least 1
+  std::vector<uint16_t> q;  // [items, G, D]
+  // Item i's summaries from summary_offset[i]: [blocks, 2, D] bounds (kPageBounds) or
+  // [blocks, parts, D] mean keys (kCentroid); its token counts (kCentroid) [blocks, parts] from
+  // count_offset[i].
+  std::vector<uint16_t> pool;
+  std::vector<int32_t> counts;
+  std::vector<size_t> summary_offset, count_offset;
+  std::vector<int32_t> begins, ends;  // item i's candidates: [begins[i], ends[i])
+
+ private:
+  void SetSummaries(BlockSelectParams& p, const void* const* summaries,
+                    const int32_t* const* item_counts) const {
+    if (kind == BlockScoreKind::kPageBounds) {
+      p.bounds = summaries;
+    } else {
+      p.key_mean = summaries;
+      p.count = item_counts;
+    }
+  }
+};
+
+}  // namespace kvtier::testing_util
