@@ -98,6 +98,10 @@ struct EstimateBatch {
   const int32_t* zone_count = nullptr;
   float* out = nullptr;
   float* lse = nullptr;
+  // The same workspace as the step's SelectBatch (Estimate runs after Select, and the next
+  // Select after this estimate is merged).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
 
 // Prefill: the cold full pages of one prefill piece, per KV head, that a kind may lay out in

@@ -41,7 +41,12 @@ class WaveIndex final : public BlockIndex {
     // Regions start 16-byte aligned (mean keys are read with 16-byte vectors).
     layout_.bytes_per_page = (bytes + 15) / 16 * 16;
     BlockSelectParams p = SelectParams(config.budget_pages);
-    workspace_bytes_ = BlockSelectWorkspaceBytes(p);
+    select_workspace_bytes_ = (BlockSelectWorkspaceBytes(p) + 255) / 256 * 256;
+    workspace_bytes_ =
+        select_workspace_bytes_ +
+        (estimates() ? EstimationWorkspaceBytes(config.max_items, config.group_size,
+                                                config.head_dim)
+                     : 0);
     SegmentClusterParams c = ClusterParams();
     segment_workspace_bytes_ = SegmentClusterWorkspaceBytes(c);
   }
@@ -131,6 +136,10 @@ class WaveIndex final : public BlockIndex {
     p.key_spread = batch.summaries[kKeySpread];
     p.out = batch.out;
     p.lse = batch.lse;
+    if (batch.workspace != nullptr && batch.workspace_bytes >= workspace_bytes_) {
+      p.workspace = static_cast<char*>(batch.workspace) + select_workspace_bytes_;
+      p.workspace_bytes = batch.workspace_bytes - select_workspace_bytes_;
+    }
     return backend.Estimation(p, stream);
   }
 
@@ -181,7 +190,8 @@ class WaveIndex final : public BlockIndex {
 
   const IndexConfig config_;
   SummaryLayout layout_;
-  size_t workspace_bytes_ = 0;
+  size_t select_workspace_bytes_ = 0;  // the first part of the workspace: Select's
+  size_t workspace_bytes_ = 0;         // then Estimate's partial results
   size_t segment_workspace_bytes_ = 0;
 };
 

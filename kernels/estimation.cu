@@ -1,14 +1,17 @@
-// Estimation on the GPU (contract in estimation.h). A thread block per item and group of up to
-// kHeadsPerBlock query heads; the item's exclusion list sits in shared memory; each warp reads
-// clusters warp, warp + W, ... once (both parts' loads in flight together) and folds each into
-// an online softmax per head (running max, denominator and numerator, the numerator's D values
-// spread over the lanes), then the warps' states merge by log-sum-exp.
-// Estimation zones are hundreds to a few thousand clusters, so a block has enough work, and
-// a centroid's key and value sum are read once for four heads rather than once per head.
+// Estimation on the GPU (contract in estimation.h). A thread block per item, group of up to
+// kHeadsPerBlock query heads and run of the item's list; the item's exclusion list sits in
+// shared memory; each warp reads the run's clusters warp, warp + W, ... once (both parts' loads
+// in flight together) and folds each into an online softmax per head (running max, denominator
+// and numerator, the numerator's D values spread over the lanes), then the warps' states merge
+// by log-sum-exp. A centroid's key and value sum are read once for four heads rather than once
+// per head. With several runs an item (a batch of few items: 6 x 8 KV heads left two thirds of
+// an H200's SMs idle at one block an item), each run writes a partial result to the workspace
+// and the split-K merge (merge.cu) combines them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -16,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/status.h"
+#include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/estimation.h"
 #include "kernels/launch.cuh"
@@ -52,15 +56,51 @@ __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t
   return lo < n && list[lo] == id;
 }
 
+// The warp sums of four values, each left on every lane: a reduce-scatter (the first step
+// trades two of the four with the partner lane, the second one of the two, then the butterfly
+// of one sum over 8 lanes) and an all-gather back; 9 shuffles where four butterflies take 20.
+// Each sum pairs the same lanes' values as the butterfly does, so every lane gets the same
+// bits and the lanes' online-softmax states stay identical.
+__device__ __forceinline__ void HeadQuadWarpSum(float (&value)[4], int lane) {
+  const bool upper = (lane & 16) != 0;
+  const float pair0 = (upper ? value[2] : value[0]) +
+                      __shfl_xor_sync(0xFFFFFFFFu, upper ? value[0] : value[2], 16);
+  const float pair1 = (upper ? value[3] : value[1]) +
+                      __shfl_xor_sync(0xFFFFFFFFu, upper ? value[1] : value[3], 16);
+  const bool odd = (lane & 8) != 0;
+  float sum = (odd ? pair1 : pair0) + __shfl_xor_sync(0xFFFFFFFFu, odd ? pair0 : pair1, 8);
+#pragma unroll
+  for (int offset = 4; offset >= 1; offset /= 2) {
+    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+  }
+  // This lane holds sum 2 * upper + odd; gather the other three.
+  const float neighbour = __shfl_xor_sync(0xFFFFFFFFu, sum, 8);
+  const float even_sum = odd ? neighbour : sum, odd_sum = odd ? sum : neighbour;
+  const float far_even = __shfl_xor_sync(0xFFFFFFFFu, even_sum, 16);
+  const float far_odd = __shfl_xor_sync(0xFFFFFFFFu, odd_sum, 16);
+  value[0] = upper ? far_even : even_sum;
+  value[1] = upper ? far_odd : odd_sum;
+  value[2] = upper ? even_sum : far_even;
+  value[3] = upper ? odd_sum : far_odd;
+}
+
 // The largest exclusion list a block holds (shared memory): 16K ids, beyond any budget.
 constexpr size_t kMaxExcludeBytes = 64 * 1024;
 
 // Heads a thread block estimates together: its warps read each centroid once for all of them.
-constexpr int kHeadsPerBlock = 4;
+constexpr int kHeadsPerBlock = 4;  // HeadQuadWarpSum's four
+
+// Where the blocks of one launch write: p.out / p.lse with one run an item, else run r's
+// partial rows at partial_out[(r * rows + row) * D] and partial_lse[r * rows + row].
+struct RunOutput {
+  int runs = 1;
+  float* partial_out = nullptr;
+  float* partial_lse = nullptr;
+};
 
 template <typename T, int kDim>
 __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
-    EstimationKernel(EstimationParams p) {
+    EstimationKernel(EstimationParams p, RunOutput runs) {
   internal::ChainedKernelStart();
   constexpr int kWarps = EstimationWarps<kDim>();
   constexpr int kThreads = kWarps * 32;
@@ -73,8 +113,9 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
   extern __shared__ int32_t exclude[];  // the item's exclusion list, [exclude_stride]
 
   const int chunks = (p.group_size + H - 1) / H;
-  const int item = static_cast<int>(blockIdx.x / chunks);
-  const int first_head = static_cast<int>(blockIdx.x % chunks) * H;
+  const int run = static_cast<int>(blockIdx.x % runs.runs);
+  const int item = static_cast<int>(blockIdx.x / runs.runs / chunks);
+  const int first_head = static_cast<int>(blockIdx.x / runs.runs % chunks) * H;
   const int heads = min(H, p.group_size - first_head);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -96,6 +137,11 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
   } else {
     begin = p.cluster_offsets[item];
     end = p.cluster_offsets[item + 1];
+  }
+  if (runs.runs > 1) {  // this block's run of the list
+    const int32_t length = (max(end - begin, 0) + runs.runs - 1) / runs.runs;
+    begin = min(end, begin + run * length);
+    end = min(end, begin + length);
   }
   const int32_t num_exclude =
       p.exclude_ids != nullptr ? min(max(p.exclude_count[item], 0), p.exclude_stride) : 0;
@@ -144,18 +190,19 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
 #pragma unroll
       for (int part = 0; part < kParts; ++part) {
         if (n[part] <= 0) continue;  // warp-uniform (also a missing part)
+        float dot[H];
 #pragma unroll
         for (int h = 0; h < H; ++h) {
-          float dot = 0.0f;
+          dot[h] = 0.0f;
 #pragma unroll
           for (int d = 0; d < kPerLane; ++d) {
-            dot = fmaf(q[h][d], key[part][d] + half_scale * q[h][d] * spread[part][d], dot);
+            dot[h] = fmaf(q[h][d], key[part][d] + half_scale * q[h][d] * spread[part][d], dot[h]);
           }
+        }
+        HeadQuadWarpSum(dot, lane);
 #pragma unroll
-          for (int offset = 16; offset >= 1; offset /= 2) {
-            dot += __shfl_xor_sync(0xFFFFFFFFu, dot, offset);
-          }
-          const float logit = dot * p.softmax_scale;
+        for (int h = 0; h < H; ++h) {
+          const float logit = dot[h] * p.softmax_scale;
           const float new_max = NanMax(running_max[h], logit);
           // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it.
           const float correction = expf(running_max[h] - new_max);
@@ -184,14 +231,17 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
   }
   __syncthreads();
 
+  const int64_t rows = static_cast<int64_t>(p.num_items) * p.group_size;
   for (int h = 0; h < heads; ++h) {
-    const int64_t row = static_cast<int64_t>(item) * p.group_size + first_head + h;
+    const int64_t item_row = static_cast<int64_t>(item) * p.group_size + first_head + h;
+    const int64_t row = runs.runs > 1 ? run * rows + item_row : item_row;
+    float* out = (runs.runs > 1 ? runs.partial_out : p.out) + row * kDim;
+    float* lse = (runs.runs > 1 ? runs.partial_lse : p.lse) + row;
     float total_max = -INFINITY;
     for (int w = 0; w < kWarps; ++w) total_max = NanMax(total_max, warp_max[w][h]);
-    float* out = p.out + row * kDim;
     if (total_max == -INFINITY) {  // no contributing cluster
       for (int d = threadIdx.x; d < kDim; d += kThreads) out[d] = 0.0f;
-      if (threadIdx.x == 0) p.lse[row] = -INFINITY;
+      if (threadIdx.x == 0) *lse = -INFINITY;
       continue;
     }
     float total_denominator = 0.0f;
@@ -207,8 +257,43 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
       }
       out[d] = value / total_denominator;
     }
-    if (threadIdx.x == 0) p.lse[row] = total_max + logf(total_denominator);
+    if (threadIdx.x == 0) *lse = total_max + logf(total_denominator);
   }
+}
+
+// Runs an item's list is cut into: enough blocks to fill the GPU's block slots about twice
+// (whole waves, the last one not nearly empty), at least kMinClustersPerWarp clusters a warp
+// of a fixed-stride list, at most what the workspace holds.
+constexpr int kMinClustersPerWarp = 8;
+
+template <typename Kernel>
+absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, size_t smem,
+                        int64_t blocks, int* runs) {
+  *runs = 1;
+  if (p.workspace == nullptr) return absl::OkStatus();
+  if (p.workspace_bytes < EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EstimationParams: workspace has ", p.workspace_bytes, " bytes; expected at least ",
+        "EstimationWorkspaceBytes = ",
+        EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)));
+  }
+  if (reinterpret_cast<uintptr_t>(p.workspace) % 16 != 0) {
+    return absl::InvalidArgumentError("EstimationParams: workspace is not 16-byte aligned");
+  }
+  int device = 0, sm_count = 0, per_sm = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem));
+  const int64_t slots = int64_t{sm_count} * std::max(per_sm, 1);
+  int64_t want = (2 * slots + blocks - 1) / blocks;
+  if (p.list_count != nullptr) {
+    want = std::min<int64_t>(want, std::max<int64_t>(
+                                       1, p.list_stride / (int64_t{warps} * kMinClustersPerWarp)));
+  }
+  *runs = static_cast<int>(std::clamp<int64_t>(want, 1, kMaxEstimationSplits));
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -218,10 +303,6 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
   if (params.num_items == 0) return absl::OkStatus();
   const int64_t blocks = static_cast<int64_t>(params.num_items) *
                          ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);
-  if (blocks > std::numeric_limits<int32_t>::max()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("EstimationParams: ", params.num_items, " items exceed one grid"));
-  }
   return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
     return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
       using T = typename decltype(element)::type;
@@ -239,11 +320,28 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
       KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(EstimationKernel<T, kDim>,
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                        static_cast<int>(kMaxExcludeBytes)));
-      KVTIER_CUDA_RETURN_IF_ERROR(
-          internal::LaunchChained(EstimationKernel<T, kDim>, static_cast<int>(blocks),
-                                  EstimationWarps<kDim>() * 32, exclude_bytes, stream, params));
+      RunOutput runs;
+      KVTIER_RETURN_IF_ERROR(ChooseRuns(params, EstimationKernel<T, kDim>,
+                                        EstimationWarps<kDim>(), exclude_bytes, blocks,
+                                        &runs.runs));
+      const int64_t rows = int64_t{params.num_items} * params.group_size;
+      if (runs.runs > 1) {
+        runs.partial_out = static_cast<float*>(params.workspace);
+        const size_t out_bytes = (size_t{kMaxEstimationSplits} * rows * kDim * 4 + 255) / 256 * 256;
+        runs.partial_lse = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + out_bytes);
+      }
+      if (blocks * runs.runs > std::numeric_limits<int32_t>::max()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("EstimationParams: ", params.num_items, " items exceed one grid"));
+      }
+      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(
+          EstimationKernel<T, kDim>, static_cast<int>(blocks * runs.runs),
+          EstimationWarps<kDim>() * 32, exclude_bytes, stream, params, runs));
       KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
-      return absl::OkStatus();
+      if (runs.runs == 1) return absl::OkStatus();
+      return internal::LaunchMergeStridedPartials(runs.partial_out, runs.partial_lse, runs.runs,
+                                                  static_cast<int>(rows), kDim, DType::kFP32,
+                                                  params.out, params.lse, stream);
     });
   });
 }

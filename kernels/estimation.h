@@ -65,7 +65,27 @@ struct EstimationParams {
 
   float* out = nullptr;  // [num_items, G, D]; 0 for a row without contributing clusters
   float* lse = nullptr;  // [num_items, G]; -inf for a row without contributing clusters
+
+  // Optional backend scratch (the CUDA launcher's; the twin ignores it): with
+  // EstimationWorkspaceBytes(num_items, group_size, head_dim) bytes, 16-byte aligned, long
+  // lists are cut into runs estimated by thread blocks of their own and merged by log-sum-exp;
+  // without it each item's list is one block's. The results are the same up to rounding.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
+
+// The most runs an item's list is cut into (the CUDA launcher's choice, from the batch's shape).
+inline constexpr int kMaxEstimationSplits = 16;
+
+// Workspace bytes that let a launch of up to num_items items cut its lists into runs: fp32
+// partial outputs and log-sum-exps of every run, each array 256-byte aligned.
+inline size_t EstimationWorkspaceBytes(int num_items, int group_size, int head_dim) {
+  if (num_items <= 0 || group_size <= 0 || head_dim <= 0) return 0;
+  auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+  const size_t rows = size_t{kMaxEstimationSplits} * static_cast<size_t>(num_items) *
+                      static_cast<size_t>(group_size);
+  return aligned(rows * static_cast<size_t>(head_dim) * 4) + aligned(rows * 4);
+}
 
 namespace internal {
 // Checks of sizes and pointers that need no per-item data, shared by launcher and twin.
@@ -79,10 +99,12 @@ absl::Status ValidateEstimationShape(const EstimationParams& params);
 absl::Status ReferenceEstimation(const EstimationParams& params);
 
 #ifdef KVTIER_WITH_CUDA
-// One launch for the batch on `stream`: a thread block per query row, its warps each fold a
-// share of the item's clusters with an online softmax, merged at the end. Per-item data is
-// not read on the host. InvalidArgument on bad sizes; Unimplemented for an unsupported dtype
-// or head_dim.
+// One launch for the batch on `stream` (a second, the merge of the runs, with a workspace): a
+// thread block per item, group of query heads and run of the item's list, its warps each fold
+// a share of the run's clusters with an online softmax, merged at the end. The run count fills
+// the GPU's block slots about twice and leaves each warp at least a few clusters (fixed-stride
+// lists). Per-item data is not read on the host. InvalidArgument on bad sizes or a workspace
+// too small; Unimplemented for an unsupported dtype or head_dim.
 absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t stream);
 #endif
 

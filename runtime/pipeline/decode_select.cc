@@ -47,6 +47,8 @@ absl::Status KvCacheImpl::DecodeEstimate(const DecodeStep& step) {
     estimate.zone_count = a.zone_count;
     estimate.out = scratch_.estimate_out;
     estimate.lse = scratch_.estimate_lse;
+    estimate.workspace = scratch_.select_workspace;
+    estimate.workspace_bytes = scratch_.select_workspace_bytes;
     KVTIER_RETURN_IF_ERROR(index_->Estimate(*backend_, estimate, hot_stream));
   }
   return backend_->Record(step.hot_attended, hot_stream);

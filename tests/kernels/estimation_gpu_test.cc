@@ -43,6 +43,49 @@ class EstimationGpuTest : public GpuTest {
   EstimationGpuTest() : GpuTest("GPU estimation tests") {}
 };
 
+// Launches `p` (device arrays; out and lse are overwritten) twice: without a workspace (one
+// block an item) and with one (lists cut into runs, merged by log-sum-exp), outputs poisoned
+// with NaN before each; both must equal the twin's `want` / `want_lse`. `worst` (optional)
+// gets the largest relative out error seen.
+void ExpectLaunchesEqualTwin(EstimationParams p, const std::vector<float>& want,
+                             const std::vector<float>& want_lse, cudaStream_t stream,
+                             double* worst = nullptr) {
+  const size_t rows = want_lse.size();
+  const int dim = p.head_dim;
+  auto workspace =
+      DeviceBuffer::Allocate(EstimationWorkspaceBytes(p.num_items, p.group_size, dim));
+  ASSERT_OK(workspace.status());
+  for (const bool runs : {false, true}) {
+    SCOPED_TRACE(runs ? "lists cut into runs" : "one block an item");
+    const std::vector<float> poison(rows * dim, std::numeric_limits<float>::quiet_NaN());
+    ASSERT_CUDA_OK(cudaMemcpy(p.out, poison.data(), rows * dim * 4, cudaMemcpyHostToDevice));
+    ASSERT_CUDA_OK(cudaMemcpy(p.lse, poison.data(), rows * 4, cudaMemcpyHostToDevice));
+    p.workspace = runs ? workspace->data() : nullptr;
+    p.workspace_bytes = runs ? workspace->size() : 0;
+    ASSERT_OK(LaunchEstimation(p, stream));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+    std::vector<float> got(rows * dim), got_lse(rows);
+    ASSERT_CUDA_OK(cudaMemcpy(got.data(), p.out, got.size() * 4, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA_OK(cudaMemcpy(got_lse.data(), p.lse, rows * 4, cudaMemcpyDeviceToHost));
+    for (size_t r = 0; r < rows; ++r) {
+      if (std::isinf(want_lse[r])) {
+        ASSERT_EQ(got_lse[r], want_lse[r]) << "row " << r;
+      } else {
+        ASSERT_NEAR(got_lse[r], want_lse[r], kTolerance * std::max(1.0f, std::abs(want_lse[r])))
+            << "row " << r;
+      }
+      for (int d = 0; d < dim; ++d) {
+        const float w = want[r * dim + d];
+        const float g = got[r * dim + d];
+        ASSERT_NEAR(g, w, kTolerance * std::max(1.0f, std::abs(w))) << "row " << r << " d " << d;
+        if (worst != nullptr) {
+          *worst = std::max<double>(*worst, std::abs(g - w) / std::max(1.0f, std::abs(w)));
+        }
+      }
+    }
+  }
+}
+
 // Items with `clusters[i]` summaries each, and `listed[i]` cluster ids drawn from them.
 void CheckRandomBatch(DType dtype, int dim, int group, const std::vector<int>& clusters,
                       const std::vector<int>& listed, uint32_t seed) {
@@ -121,9 +164,8 @@ void CheckRandomBatch(DType dtype, int dim, int group, const std::vector<int>& c
     dc.push_back(d_counts.as<int32_t>() + count_at[i]);
   }
   DeviceBuffer d_kp = Upload(dk), d_sp = Upload(ds), d_cp = Upload(dc);
-  const std::vector<float> poison(rows * dim, std::numeric_limits<float>::quiet_NaN());
-  DeviceBuffer d_out = Upload(poison);
-  DeviceBuffer d_lse = Upload(std::vector<float>(rows, std::numeric_limits<float>::quiet_NaN()));
+  DeviceBuffer d_out = Upload(std::vector<float>(rows * dim));
+  DeviceBuffer d_lse = Upload(std::vector<float>(rows));
   p.q = d_q.data();
   p.cluster_offsets = d_offsets.as<int32_t>();
   p.cluster_ids = d_ids.as<int32_t>();
@@ -134,26 +176,9 @@ void CheckRandomBatch(DType dtype, int dim, int group, const std::vector<int>& c
   p.lse = d_lse.as<float>();
   auto stream = CudaStream::Create();
   ASSERT_OK(stream.status());
-  ASSERT_OK(LaunchEstimation(p, stream->get()));
-  ASSERT_CUDA_OK(cudaStreamSynchronize(stream->get()));
-  std::vector<float> got(rows * dim), got_lse(rows);
-  ASSERT_CUDA_OK(cudaMemcpy(got.data(), p.out, got.size() * 4, cudaMemcpyDeviceToHost));
-  ASSERT_CUDA_OK(cudaMemcpy(got_lse.data(), p.lse, got_lse.size() * 4, cudaMemcpyDeviceToHost));
   double worst = 0.0;
-  for (size_t r = 0; r < rows; ++r) {
-    if (std::isinf(want_lse[r])) {
-      ASSERT_EQ(got_lse[r], want_lse[r]) << "row " << r;
-    } else {
-      ASSERT_NEAR(got_lse[r], want_lse[r], kTolerance * std::max(1.0f, std::abs(want_lse[r])))
-          << "row " << r;
-    }
-    for (int d = 0; d < dim; ++d) {
-      const float w = want[r * dim + d];
-      ASSERT_NEAR(got[r * dim + d], w, kTolerance * std::max(1.0f, std::abs(w)))
-          << "row " << r << " d " << d;
-      worst = std::max<double>(worst, std::abs(got[r * dim + d] - w) / std::max(1.0f, std::abs(w)));
-    }
-  }
+  ExpectLaunchesEqualTwin(p, want, want_lse, stream->get(), &worst);
+  if (::testing::Test::HasFatalFailure()) return;
   std::cout << "  [estimation " << DTypeName(dtype) << " D " << dim << " G " << group
             << "] largest relative out error " << worst << "\n";
 }
@@ -191,27 +216,10 @@ void CheckLists(EstimationLists& batch, const std::string& what, cudaStream_t st
   ASSERT_OK(ReferenceEstimation(host));
 
   const DeviceEstimationLists device(batch, device_counts, device_exclude);
-  DeviceBuffer d_out =
-      Upload(std::vector<float>(rows * dim, std::numeric_limits<float>::quiet_NaN()));
-  DeviceBuffer d_lse = Upload(std::vector<float>(rows, std::numeric_limits<float>::quiet_NaN()));
-  const EstimationParams p = device.Params(d_out.as<float>(), d_lse.as<float>());
-  ASSERT_OK(LaunchEstimation(p, stream));
-  ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
-  const std::vector<float> got = Download<float>(d_out, rows * dim);
-  const std::vector<float> got_lse = Download<float>(d_lse, rows);
-  for (size_t r = 0; r < rows; ++r) {
-    if (std::isinf(want_lse[r])) {
-      ASSERT_EQ(got_lse[r], want_lse[r]) << "row " << r;
-    } else {
-      ASSERT_NEAR(got_lse[r], want_lse[r], kTolerance * std::max(1.0f, std::abs(want_lse[r])))
-          << "row " << r;
-    }
-    for (int d = 0; d < dim; ++d) {
-      const float w = want[r * dim + d];
-      ASSERT_NEAR(got[r * dim + d], w, kTolerance * std::max(1.0f, std::abs(w)))
-          << "row " << r << " d " << d;
-    }
-  }
+  DeviceBuffer d_out = Upload(std::vector<float>(rows * dim));
+  DeviceBuffer d_lse = Upload(std::vector<float>(rows));
+  ExpectLaunchesEqualTwin(device.Params(d_out.as<float>(), d_lse.as<float>()), want, want_lse,
+                          stream);
 }
 
 class EstimationListsGpuTest : public GpuStreamTest {
@@ -349,6 +357,13 @@ TEST_F(EstimationListsGpuTest, RejectsBadListFields) {
   p = good;
   p.centroid_parts = 0;
   expect(p, "centroid_parts");
+  p = good;
+  p.workspace = d_out.data();
+  p.workspace_bytes = EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim) - 1;
+  expect(p, "workspace has");
+  p.workspace_bytes += 1;
+  p.workspace = d_out.data() + 4;
+  expect(p, "16-byte aligned");
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream()));
   for (float x : Download<float>(d_out, batch.rows() * 64)) ASSERT_TRUE(std::isnan(x));
   for (float x : Download<float>(d_lse, batch.rows())) ASSERT_TRUE(std::isnan(x));
