@@ -42,11 +42,10 @@ class WaveIndex final : public BlockIndex {
     layout_.bytes_per_page = (bytes + 15) / 16 * 16;
     BlockSelectParams p = SelectParams(config.budget_pages);
     select_workspace_bytes_ = (BlockSelectWorkspaceBytes(p) + 255) / 256 * 256;
-    workspace_bytes_ =
-        select_workspace_bytes_ +
-        (estimates() ? EstimationWorkspaceBytes(config.max_items, config.group_size,
-                                                config.head_dim)
-                     : 0);
+    workspace_bytes_ = select_workspace_bytes_ +
+                       (estimates() ? EstimationWorkspaceBytes(config.max_items, config.group_size,
+                                                               config.head_dim)
+                                    : 0);
     SegmentClusterParams c = ClusterParams();
     segment_workspace_bytes_ = SegmentClusterWorkspaceBytes(c);
   }

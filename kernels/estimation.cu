@@ -63,10 +63,10 @@ __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t
 // bits and the lanes' online-softmax states stay identical.
 __device__ __forceinline__ void HeadQuadWarpSum(float (&value)[4], int lane) {
   const bool upper = (lane & 16) != 0;
-  const float pair0 = (upper ? value[2] : value[0]) +
-                      __shfl_xor_sync(0xFFFFFFFFu, upper ? value[0] : value[2], 16);
-  const float pair1 = (upper ? value[3] : value[1]) +
-                      __shfl_xor_sync(0xFFFFFFFFu, upper ? value[1] : value[3], 16);
+  const float pair0 =
+      (upper ? value[2] : value[0]) + __shfl_xor_sync(0xFFFFFFFFu, upper ? value[0] : value[2], 16);
+  const float pair1 =
+      (upper ? value[3] : value[1]) + __shfl_xor_sync(0xFFFFFFFFu, upper ? value[1] : value[3], 16);
   const bool odd = (lane & 8) != 0;
   float sum = (odd ? pair1 : pair0) + __shfl_xor_sync(0xFFFFFFFFu, odd ? pair0 : pair1, 8);
 #pragma unroll
@@ -272,10 +272,10 @@ absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, siz
   *runs = 1;
   if (p.workspace == nullptr) return absl::OkStatus();
   if (p.workspace_bytes < EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "EstimationParams: workspace has ", p.workspace_bytes, " bytes; expected at least ",
-        "EstimationWorkspaceBytes = ",
-        EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("EstimationParams: workspace has ", p.workspace_bytes,
+                     " bytes; expected at least ", "EstimationWorkspaceBytes = ",
+                     EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)));
   }
   if (reinterpret_cast<uintptr_t>(p.workspace) % 16 != 0) {
     return absl::InvalidArgumentError("EstimationParams: workspace is not 16-byte aligned");
@@ -289,8 +289,8 @@ absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, siz
   const int64_t slots = int64_t{sm_count} * std::max(per_sm, 1);
   int64_t want = (2 * slots + blocks - 1) / blocks;
   if (p.list_count != nullptr) {
-    want = std::min<int64_t>(want, std::max<int64_t>(
-                                       1, p.list_stride / (int64_t{warps} * kMinClustersPerWarp)));
+    want = std::min<int64_t>(
+        want, std::max<int64_t>(1, p.list_stride / (int64_t{warps} * kMinClustersPerWarp)));
   }
   *runs = static_cast<int>(std::clamp<int64_t>(want, 1, kMaxEstimationSplits));
   return absl::OkStatus();
@@ -321,14 +321,14 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
                                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                        static_cast<int>(kMaxExcludeBytes)));
       RunOutput runs;
-      KVTIER_RETURN_IF_ERROR(ChooseRuns(params, EstimationKernel<T, kDim>,
-                                        EstimationWarps<kDim>(), exclude_bytes, blocks,
-                                        &runs.runs));
+      KVTIER_RETURN_IF_ERROR(ChooseRuns(params, EstimationKernel<T, kDim>, EstimationWarps<kDim>(),
+                                        exclude_bytes, blocks, &runs.runs));
       const int64_t rows = int64_t{params.num_items} * params.group_size;
       if (runs.runs > 1) {
         runs.partial_out = static_cast<float*>(params.workspace);
         const size_t out_bytes = (size_t{kMaxEstimationSplits} * rows * kDim * 4 + 255) / 256 * 256;
-        runs.partial_lse = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + out_bytes);
+        runs.partial_lse =
+            reinterpret_cast<float*>(static_cast<char*>(params.workspace) + out_bytes);
       }
       if (blocks * runs.runs > std::numeric_limits<int32_t>::max()) {
         return absl::InvalidArgumentError(

@@ -52,8 +52,7 @@ void ExpectLaunchesEqualTwin(EstimationParams p, const std::vector<float>& want,
                              double* worst = nullptr) {
   const size_t rows = want_lse.size();
   const int dim = p.head_dim;
-  auto workspace =
-      DeviceBuffer::Allocate(EstimationWorkspaceBytes(p.num_items, p.group_size, dim));
+  auto workspace = DeviceBuffer::Allocate(EstimationWorkspaceBytes(p.num_items, p.group_size, dim));
   ASSERT_OK(workspace.status());
   for (const bool runs : {false, true}) {
     SCOPED_TRACE(runs ? "lists cut into runs" : "one block an item");
