@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <system_error>
+#include <type_traits>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
@@ -115,39 +116,30 @@ class JsonLine {
     return absl::OkStatus();
   }
 
-  // An integer in [min, max], written without fraction or exponent; `name` for errors.
-  absl::Status Integer(absl::string_view name, int64_t min, int64_t max, int64_t* value) {
+  // A number into *value (the whole text read by from_chars; an integral T takes no fraction
+  // or exponent), which `accept` must take; `name` and `expected` for errors.
+  template <typename T, typename Accept>
+  absl::Status Number(absl::string_view name, T* value, Accept accept, absl::string_view expected) {
     const size_t start = (SkipSpace(), at_);
     absl::string_view text;
     bool integer = false;
-    if (absl::Status s = NumberText(&text, &integer); !s.ok()) {
-      return Error(absl::StrCat(name, " is not a number"));
-    }
+    if (!NumberText(&text, &integer).ok()) return Error(absl::StrCat(name, " is not a number"));
     const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *value);
-    if (!integer || ec != std::errc() || end != text.data() + text.size() || *value < min ||
-        *value > max) {
+    if ((std::is_integral_v<T> && !integer) || ec != std::errc() ||
+        end != text.data() + text.size() || !accept(*value)) {
       at_ = start;
-      return Error(
-          absl::StrCat(name, " is ", text, "; expected an integer in [", min, ", ", max, "]"));
+      return Error(absl::StrCat(name, " is ", text, "; expected ", expected));
     }
     return absl::OkStatus();
   }
-
-  // A finite number >= 0; `name` for errors.
+  absl::Status Integer(absl::string_view name, int64_t min, int64_t max, int64_t* value) {
+    return Number(
+        name, value, [&](int64_t v) { return v >= min && v <= max; },
+        absl::StrCat("an integer in [", min, ", ", max, "]"));
+  }
   absl::Status NonNegative(absl::string_view name, double* value) {
-    const size_t start = (SkipSpace(), at_);
-    absl::string_view text;
-    bool integer = false;
-    if (absl::Status s = NumberText(&text, &integer); !s.ok()) {
-      return Error(absl::StrCat(name, " is not a number"));
-    }
-    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), *value);
-    if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(*value) ||
-        *value < 0.0) {
-      at_ = start;
-      return Error(absl::StrCat(name, " is ", text, "; expected a finite number >= 0"));
-    }
-    return absl::OkStatus();
+    return Number(
+        name, value, [](double v) { return std::isfinite(v) && v >= 0.0; }, "a finite number >= 0");
   }
 
   // Any JSON value, discarded.
