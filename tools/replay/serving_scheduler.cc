@@ -139,4 +139,55 @@ void ServingScheduler::Complete(const Iteration& it, double seconds, std::vector
   }
 }
 
+Percentiles PercentilesOf(std::vector<double> values) {
+  Percentiles p;
+  if (values.empty()) return p;
+  std::sort(values.begin(), values.end());
+  auto rank = [&](double q) {
+    const size_t k = static_cast<size_t>(std::ceil(q * static_cast<double>(values.size())));
+    return values[std::clamp<size_t>(k, 1, values.size()) - 1];
+  };
+  p.p50 = rank(0.50);
+  p.p90 = rank(0.90);
+  p.p99 = rank(0.99);
+  return p;
+}
+
+ServingSummary Summarize(const ServingScheduler& s) {
+  ServingSummary out;
+  out.requests = static_cast<int64_t>(s.requests().size());
+  out.rejected = s.rejected();
+  std::vector<double> ttft, tpot, queueing;
+  double first_arrival = -1, last_finish = 0;
+  for (size_t i = 0; i < s.requests().size(); ++i) {
+    const RequestTimes& t = s.times()[i];
+    if (t.finished < 0) continue;
+    const int64_t output = s.requests()[i].output_tokens;
+    ++out.completed;
+    out.output_tokens += output;
+    if (first_arrival < 0 || t.arrival < first_arrival) first_arrival = t.arrival;
+    last_finish = std::max(last_finish, t.finished);
+    ttft.push_back((t.first_token - t.arrival) * 1e3);
+    queueing.push_back((t.admitted - t.arrival) * 1e3);
+    if (output > 1) tpot.push_back((t.finished - t.first_token) * 1e3 / (output - 1));
+  }
+  out.makespan_s = out.completed > 0 ? last_finish - first_arrival : 0;
+  if (out.makespan_s > 0) {
+    out.output_tokens_per_second = out.output_tokens / out.makespan_s;
+    out.requests_per_second = out.completed / out.makespan_s;
+  }
+  out.ttft_ms = PercentilesOf(std::move(ttft));
+  out.tpot_ms = PercentilesOf(std::move(tpot));
+  out.queueing_ms = PercentilesOf(std::move(queueing));
+  int64_t batch_sum = 0;
+  for (int b : s.batch_sizes()) {
+    batch_sum += b;
+    out.max_batch = std::max(out.max_batch, b);
+  }
+  if (!s.batch_sizes().empty()) {
+    out.mean_batch = static_cast<double>(batch_sum) / static_cast<double>(s.batch_sizes().size());
+  }
+  return out;
+}
+
 }  // namespace kvtier::replay

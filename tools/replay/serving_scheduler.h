@@ -108,4 +108,27 @@ class ServingScheduler {
   std::vector<double> iteration_ends_;
 };
 
+// Percentiles by the nearest rank of the sorted values (0 for none).
+struct Percentiles {
+  double p50 = 0, p90 = 0, p99 = 0;
+};
+Percentiles PercentilesOf(std::vector<double> values);
+
+// What a user of a serving stack reads off a run (times in seconds unless named _ms).
+struct ServingSummary {
+  int64_t requests = 0;       // in the trace given
+  int64_t completed = 0;      // finished
+  int64_t rejected = 0;       // could never fit
+  int64_t output_tokens = 0;  // of the completed requests
+  double makespan_s = 0;      // first arrival to last finish
+  double output_tokens_per_second = 0;
+  double requests_per_second = 0;  // completed over the makespan
+  Percentiles ttft_ms;             // arrival to first token
+  Percentiles tpot_ms;             // (finish - first token) / (output - 1), outputs > 1
+  Percentiles queueing_ms;         // arrival to admission
+  double mean_batch = 0;           // decode batch over the iterations
+  int max_batch = 0;
+};
+ServingSummary Summarize(const ServingScheduler& scheduler);
+
 }  // namespace kvtier::replay

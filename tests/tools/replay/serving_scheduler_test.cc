@@ -189,6 +189,36 @@ TEST(ServingSchedulerTest, BadLimitsAreNamed) {
   EXPECT_NE(unordered.status().message().find("arrives before"), absl::string_view::npos);
 }
 
+TEST(ServingSchedulerTest, TheSummaryGivesThroughputAndLatencyPercentiles) {
+  ServingLimits limits = Limits();
+  auto s = ServingScheduler::Create(limits, {Request(5.0, 150, 4), Request(5.0, 10, 1)});
+  ASSERT_TRUE(s.ok());
+  RunToEnd(*s, limits, 0.5);
+  const ServingSummary sum = Summarize(*s);
+  EXPECT_EQ(sum.completed, 2);
+  EXPECT_EQ(sum.output_tokens, 5);
+  // Prefill serves the oldest prompt first: 64 + 64 tokens of request 0, then its last 22
+  // beside request 1's 10; both first tokens at 6.5; request 0 decodes 3 more to 8.0.
+  EXPECT_DOUBLE_EQ(sum.makespan_s, 3.0);
+  EXPECT_DOUBLE_EQ(sum.output_tokens_per_second, 5 / 3.0);
+  EXPECT_DOUBLE_EQ(sum.ttft_ms.p50, 1500.0);
+  EXPECT_DOUBLE_EQ(sum.ttft_ms.p99, 1500.0);
+  EXPECT_DOUBLE_EQ(sum.tpot_ms.p50, 500.0);  // only request 0 has more than one token
+  EXPECT_DOUBLE_EQ(sum.queueing_ms.p99, 0.0);
+  EXPECT_EQ(sum.max_batch, 1);
+}
+
+TEST(ServingSchedulerTest, PercentilesTakeTheNearestRank) {
+  std::vector<double> v;
+  for (int i = 100; i >= 1; --i) v.push_back(i);
+  const Percentiles p = PercentilesOf(v);
+  EXPECT_EQ(p.p50, 50);
+  EXPECT_EQ(p.p90, 90);
+  EXPECT_EQ(p.p99, 99);
+  EXPECT_EQ(PercentilesOf({}).p99, 0);
+  EXPECT_EQ(PercentilesOf({7}).p50, 7);
+}
+
 TEST(ServingSchedulerTest, AnEmptyTraceIsDoneAtOnce) {
   auto s = ServingScheduler::Create(Limits(), {});
   ASSERT_TRUE(s.ok());
