@@ -20,15 +20,8 @@
 #include "tbb/parallel_for.h"
 #include "tbb/task_arena.h"
 #include "tools/common/attention_accuracy.h"
+#include "tools/replay/step_buffers.h"
 #include "tools/workload/synthetic_kv.h"
-
-#ifdef KVTIER_WITH_CUDA
-#include <cuda_profiler_api.h>
-#include <cuda_runtime_api.h>
-
-#include "kernels/base/cuda_check.h"
-#include "kernels/base/cuda_handles.h"
-#endif
 
 namespace kvtier::replay {
 namespace {
@@ -106,162 +99,6 @@ class Shadows {
   int layers_;
   std::vector<int> index_;  // [sequence * layers + layer] -> slot, -1 when not sampled
   std::vector<std::vector<uint16_t>> k_, v_;
-};
-
-// Runs fn(i) for i in [0, n) on oneTBB and returns the first error, if any.
-template <typename Fn>
-absl::Status ParallelFor(int n, Fn fn) {
-  std::vector<absl::Status> status(static_cast<size_t>(n));
-  tbb::parallel_for(0, n, [&](int i) { status[i] = fn(i); });
-  for (absl::Status& s : status) {
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
-}
-
-// Starts (`begin`) or ends the range that a profiler started with "profile from start off"
-// records (ncu --profile-from-start off): the timed decode steps. No effect without one.
-absl::Status MarkProfiledRange(bool device, bool begin) {
-#ifdef KVTIER_WITH_CUDA
-  if (device) KVTIER_CUDA_RETURN_IF_ERROR(begin ? cudaProfilerStart() : cudaProfilerStop());
-#else
-  (void)device;
-  (void)begin;
-#endif
-  return absl::OkStatus();
-}
-
-// The decode step's inputs and outputs for every layer, on the host, and on the device
-// for the CUDA backend.
-class StepBuffers {
- public:
-  static absl::StatusOr<StepBuffers> Create(const ReplayConfig& c) {
-    StepBuffers b;
-    b.shape_ = c.shape;
-    b.batch_ = c.batch;
-    b.device_ = c.backend == Backend::kCuda;
-    const size_t layers = c.shape.num_layers;
-    b.q_elems_ = int64_t{c.batch} * c.shape.num_query_heads * c.shape.head_dim;
-    b.kv_elems_ = int64_t{c.batch} * c.shape.num_kv_heads * c.shape.head_dim;
-    b.q_.resize(layers * b.q_elems_);
-    b.k_.resize(layers * b.kv_elems_);
-    b.v_.resize(layers * b.kv_elems_);
-    b.out_.resize(layers * b.q_elems_);
-#ifdef KVTIER_WITH_CUDA
-    if (b.device_) {
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(c.device_id));
-      KVTIER_ASSIGN_OR_RETURN(b.stream_, CudaStream::Create());
-      KVTIER_ASSIGN_OR_RETURN(b.q_dev_, DeviceBuffer::Allocate(b.q_.size() * sizeof(uint16_t)));
-      KVTIER_ASSIGN_OR_RETURN(b.k_dev_, DeviceBuffer::Allocate(b.k_.size() * sizeof(uint16_t)));
-      KVTIER_ASSIGN_OR_RETURN(b.v_dev_, DeviceBuffer::Allocate(b.v_.size() * sizeof(uint16_t)));
-      KVTIER_ASSIGN_OR_RETURN(b.out_dev_, DeviceBuffer::Allocate(b.out_.size() * sizeof(float)));
-    }
-#else
-    if (b.device_) {
-      return absl::FailedPreconditionError("the CUDA backend needs a build with KVTIER_WITH_CUDA");
-    }
-#endif
-    return b;
-  }
-
-  uint16_t* q(int layer) { return q_.data() + layer * q_elems_; }
-  uint16_t* k(int layer) { return k_.data() + layer * kv_elems_; }
-  uint16_t* v(int layer) { return v_.data() + layer * kv_elems_; }
-  const float* out(int layer) const { return out_.data() + layer * q_elems_; }
-
-  bool on_device() const { return device_; }
-
-  cudaStream_t stream() const {
-#ifdef KVTIER_WITH_CUDA
-    return stream_.get();
-#else
-    return nullptr;
-#endif
-  }
-
-  // Moves the step's inputs to where Decode reads them and poisons `out` (NaN) so an
-  // element Decode does not write shows; returns when that is done, so none of it is timed.
-  absl::Status Stage() {
-#ifdef KVTIER_WITH_CUDA
-    if (device_) {
-      cudaStream_t s = stream_.get();
-      KVTIER_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(q_dev_.data(), q_.data(), q_dev_.size(), cudaMemcpyHostToDevice, s));
-      KVTIER_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(k_dev_.data(), k_.data(), k_dev_.size(), cudaMemcpyHostToDevice, s));
-      KVTIER_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(v_dev_.data(), v_.data(), v_dev_.size(), cudaMemcpyHostToDevice, s));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(out_dev_.data(), 0xFF, out_dev_.size(), s));
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
-      return absl::OkStatus();
-    }
-#endif
-    std::fill(out_.begin(), out_.end(), std::numeric_limits<float>::quiet_NaN());
-    return absl::OkStatus();
-  }
-
-  ConstTensor QTensor(int layer) const {
-    return Tensor(Pick(q_dev_ptr(), q_.data(), layer * q_elems_), shape_.num_query_heads);
-  }
-  ConstTensor KTensor(int layer) const {
-    return Tensor(Pick(k_dev_ptr(), k_.data(), layer * kv_elems_), shape_.num_kv_heads);
-  }
-  ConstTensor VTensor(int layer) const {
-    return Tensor(Pick(v_dev_ptr(), v_.data(), layer * kv_elems_), shape_.num_kv_heads);
-  }
-  MutableTensor OutTensor(int layer) {
-    float* base = device_ ? static_cast<float*>(out_dev_ptr()) : out_.data();
-    return MakeMutableTensor(base + layer * q_elems_, DType::kFP32,
-                             {batch_, shape_.num_query_heads, shape_.head_dim}, Space());
-  }
-
-  // Waits for the step's work on the caller's stream.
-  absl::Status Synchronize() {
-#ifdef KVTIER_WITH_CUDA
-    if (device_) KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()));
-#endif
-    return absl::OkStatus();
-  }
-
-  // Brings `out` of every layer to the host (after Synchronize).
-  absl::Status FetchOut() {
-#ifdef KVTIER_WITH_CUDA
-    if (device_) {
-      KVTIER_CUDA_RETURN_IF_ERROR(
-          cudaMemcpy(out_.data(), out_dev_.data(), out_dev_.size(), cudaMemcpyDeviceToHost));
-    }
-#endif
-    return absl::OkStatus();
-  }
-
- private:
-  MemorySpace Space() const { return device_ ? MemorySpace::kDevice : MemorySpace::kHost; }
-  const void* Pick(const void* device, const uint16_t* host, int64_t offset) const {
-    return device_ ? static_cast<const uint16_t*>(device) + offset : host + offset;
-  }
-  ConstTensor Tensor(const void* data, int heads) const {
-    return MakeConstTensor(data, shape_.dtype, {batch_, heads, shape_.head_dim}, Space());
-  }
-#ifdef KVTIER_WITH_CUDA
-  void* q_dev_ptr() const { return q_dev_.data(); }
-  void* k_dev_ptr() const { return k_dev_.data(); }
-  void* v_dev_ptr() const { return v_dev_.data(); }
-  void* out_dev_ptr() const { return out_dev_.data(); }
-  CudaStream stream_;
-  DeviceBuffer q_dev_, k_dev_, v_dev_, out_dev_;
-#else
-  void* q_dev_ptr() const { return nullptr; }
-  void* k_dev_ptr() const { return nullptr; }
-  void* v_dev_ptr() const { return nullptr; }
-  void* out_dev_ptr() const { return nullptr; }
-#endif
-  ModelShape shape_;
-  int64_t batch_ = 0;
-  bool device_ = false;
-  int64_t q_elems_ = 0;   // per layer: [batch, Hq, D]
-  int64_t kv_elems_ = 0;  // per layer: [batch, Hk, D]
-  std::vector<uint16_t> q_, k_, v_;
-  std::vector<float> out_;
 };
 
 std::string DescribeDevice(const ReplayConfig& c) {
@@ -355,7 +192,9 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
                           workload::SyntheticWorkload::Create(wo));
 
   // Device buffers and the stream come before the cache so the cache's device is current.
-  KVTIER_ASSIGN_OR_RETURN(StepBuffers buffers, StepBuffers::Create(c));
+  KVTIER_ASSIGN_OR_RETURN(
+      StepBuffers buffers,
+      StepBuffers::Create(c.shape, c.batch, c.backend == Backend::kCuda, c.device_id));
   const cudaStream_t stream = buffers.stream();
 
   Clock::time_point start = Clock::now();
