@@ -85,6 +85,7 @@ class ServingScheduler {
   const std::vector<int>& batch_sizes() const { return batch_sizes_; }
   const std::vector<double>& iteration_ends() const { return iteration_ends_; }
   int64_t rejected() const { return rejected_; }
+  int64_t completed() const { return finished_; }
   int64_t pages_reserved() const { return pages_reserved_; }
 
  private:

@@ -1,0 +1,177 @@
+#include "tools/replay/serving_run.h"
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/base/status.h"
+#include "runtime/kv_cache.h"
+#include "tbb/task_arena.h"
+#include "tools/replay/step_buffers.h"
+#include "tools/workload/synthetic_kv.h"
+
+namespace kvtier::replay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+SeqId SequenceOf(int request) { return SeqId{1} + static_cast<SeqId>(request); }
+
+// One prompt piece's K and V for every layer, generated before the iteration's clock starts.
+struct PieceKv {
+  Iteration::Chunk chunk;
+  std::vector<std::vector<uint16_t>> k, v;  // [layer] -> [tokens, Hk, D]
+};
+
+}  // namespace
+
+absl::StatusOr<Options> MakeServingOptions(const ServingConfig& c) {
+  KVTIER_ASSIGN_OR_RETURN(Options o, MakeOptions(c.replay));
+  const int p = c.replay.page_size;
+  o.max_batch_size = c.replay.batch;
+  o.max_sequences = c.max_sequences;
+  o.max_sequence_tokens = (c.max_sequence_tokens + p - 1) / p * p;
+  o.max_prefill_chunk_tokens = (c.prefill_chunk + p - 1) / p * p;
+  o.host_memory_bytes = c.host_memory_bytes;
+  if (absl::Status s = ValidateOptions(o); !s.ok()) return s;
+  return o;
+}
+
+absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& trace,
+                                         const ProgressFn& progress) {
+  const Clock::time_point wall_start = Clock::now();
+  ServingResult result;
+  KVTIER_ASSIGN_OR_RETURN(result.options, MakeServingOptions(c));
+  const Options& o = result.options;
+  const ModelShape& shape = c.replay.shape;
+  const int layers = shape.num_layers;
+  result.device =
+      c.replay.backend == Backend::kCuda
+          ? absl::StrCat("CUDA device ", c.replay.device_id)
+          : absl::StrCat("host (", tbb::this_task_arena::max_concurrency(), " threads)");
+
+  workload::SyntheticOptions wo;
+  wo.shape = shape;
+  wo.seed = c.replay.seed;
+  wo.softmax_scale = o.softmax_scale;
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<workload::SyntheticWorkload> workload,
+                          workload::SyntheticWorkload::Create(wo));
+  KVTIER_ASSIGN_OR_RETURN(
+      StepBuffers buffers,
+      StepBuffers::Create(shape, c.replay.batch, c.replay.backend == Backend::kCuda,
+                          c.replay.device_id));
+  const cudaStream_t stream = buffers.stream();
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(o));
+  const Stats created = cache->GetStats();
+  result.host_pages_capacity = created.host_pages_capacity;
+  result.gpu_bytes_reserved = created.gpu_bytes_reserved;
+
+  // The scheduler counts a request's pages once; the store holds a frame per layer and KV
+  // head of each.
+  result.limits.max_batch = c.replay.batch;
+  result.limits.max_sequences = c.max_sequences;
+  result.limits.max_sequence_tokens = o.max_sequence_tokens;
+  result.limits.store_pages = created.host_pages_capacity / (int64_t{layers} * shape.num_kv_heads);
+  result.limits.page_size = c.replay.page_size;
+  result.limits.prefill_chunk = c.prefill_chunk;
+  KVTIER_ASSIGN_OR_RETURN(ServingScheduler scheduler,
+                          ServingScheduler::Create(result.limits, trace.requests));
+
+  const int64_t kv_row = int64_t{shape.num_kv_heads} * shape.head_dim;
+  const int64_t q_row = int64_t{shape.num_query_heads} * shape.head_dim;
+  std::vector<int64_t> decoded(trace.requests.size(), 0);  // decode steps run, per request
+  std::vector<int> finished;
+  std::vector<SeqId> batch;
+  while (!scheduler.done()) {
+    const Iteration it = scheduler.Next();
+    if (it.empty()) break;  // the last requests were rejected on arrival
+    for (int i : it.admitted) KVTIER_RETURN_IF_ERROR(cache->AddSequence(SequenceOf(i)));
+
+    // Off the clock: the prompt pieces' K/V and the decode batch's q, k, v.
+    std::vector<PieceKv> pieces(it.prefill.size());
+    for (size_t j = 0; j < it.prefill.size(); ++j) {
+      PieceKv& piece = pieces[j];
+      piece.chunk = it.prefill[j];
+      piece.k.resize(layers);
+      piece.v.resize(layers);
+      KVTIER_RETURN_IF_ERROR(ParallelFor(layers, [&](int l) -> absl::Status {
+        piece.k[l].resize(static_cast<size_t>(piece.chunk.tokens * kv_row));
+        piece.v[l].resize(static_cast<size_t>(piece.chunk.tokens * kv_row));
+        return workload->Kv(SequenceOf(piece.chunk.request), l, piece.chunk.first_token,
+                            piece.chunk.tokens, piece.k[l].data(), piece.v[l].data());
+      }));
+    }
+    const int n = static_cast<int>(it.decode.size());
+    batch.clear();
+    for (int i : it.decode) batch.push_back(SequenceOf(i));
+    if (n > 0) {
+      buffers.set_batch(n);
+      KVTIER_RETURN_IF_ERROR(ParallelFor(layers * n, [&](int x) -> absl::Status {
+        const int l = x / n, s = x % n;
+        const int i = it.decode[s];
+        const int64_t position = trace.requests[i].input_tokens + decoded[i];
+        KVTIER_RETURN_IF_ERROR(workload->Query(batch[s], l, position, buffers.q(l) + s * q_row));
+        return workload->DecodeKv(batch[s], l, position, buffers.k(l) + s * kv_row,
+                                  buffers.v(l) + s * kv_row);
+      }));
+      KVTIER_RETURN_IF_ERROR(buffers.Stage());
+    }
+
+    // On the clock: kvtier's calls until the stream has finished them.
+    const Clock::time_point start = Clock::now();
+    for (const PieceKv& piece : pieces) {
+      for (int l = 0; l < layers; ++l) {
+        const ConstTensor k =
+            MakeConstTensor(piece.k[l].data(), shape.dtype,
+                            {piece.chunk.tokens, shape.num_kv_heads, shape.head_dim});
+        const ConstTensor v =
+            MakeConstTensor(piece.v[l].data(), shape.dtype,
+                            {piece.chunk.tokens, shape.num_kv_heads, shape.head_dim});
+        KVTIER_RETURN_IF_ERROR(
+            cache->Prefill(SequenceOf(piece.chunk.request), l, k, v, ConstTensor{}, stream));
+      }
+    }
+    if (n > 0) {
+      for (int l = 0; l < layers; ++l) {
+        KVTIER_RETURN_IF_ERROR(cache->Decode(l, batch, buffers.QTensor(l), buffers.KTensor(l),
+                                             buffers.VTensor(l), buffers.OutTensor(l), stream));
+      }
+    }
+    KVTIER_RETURN_IF_ERROR(buffers.Synchronize());
+    const double seconds = SecondsSince(start);
+    result.kvtier_seconds += seconds;
+    ++result.iterations;
+    for (int i : it.decode) ++decoded[i];
+
+    finished.clear();
+    scheduler.Complete(it, seconds, &finished);
+    for (int i : finished) KVTIER_RETURN_IF_ERROR(cache->RemoveSequence(SequenceOf(i)));
+    if (!it.prefill.empty()) {  // the store's use grows with the prompts
+      result.peak_host_pages = std::max(result.peak_host_pages, cache->GetStats().host_pages_used);
+    }
+    if (progress) {
+      progress("serve", scheduler.completed() + scheduler.rejected(),
+               static_cast<int64_t>(trace.requests.size()));
+    }
+  }
+  const Stats stats = cache->GetStats();
+  result.stats = stats.Total();
+  result.decode_bound_ms = stats.DecodeBoundMs();
+  result.summary = Summarize(scheduler);
+  result.batch_sizes = scheduler.batch_sizes();
+  if (c.replay.backend == Backend::kHost) {
+    result.notes.push_back(
+        "host backend: iteration times are the kernels' host twins on the CPU, so tokens/s, "
+        "TTFT and TPOT say nothing about a GPU");
+  }
+  result.wall_seconds = SecondsSince(wall_start);
+  return result;
+}
+
+}  // namespace kvtier::replay
