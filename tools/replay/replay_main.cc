@@ -9,8 +9,10 @@
 //   kvtier-replay --json > replay.json
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,9 +26,14 @@
 #include "tools/replay/replay_config.h"
 #include "tools/replay/replay_report.h"
 #include "tools/replay/replay_run.h"
+#include "tools/replay/serving_report.h"
+#include "tools/replay/serving_run.h"
+#include "tools/workload/trace.h"
 
 namespace {
 const kvtier::replay::ReplayFlags kDefaults;
+const kvtier::replay::ServingFlags kServingDefaults;
+const kvtier::TraceOptions kTraceDefaults;
 }  // namespace
 
 ABSL_FLAG(std::string, model, kDefaults.model,
@@ -92,6 +99,26 @@ ABSL_FLAG(bool, json, false, "print JSON instead of a table");
 ABSL_FLAG(std::string, json_out, "", "also write the JSON report to this file");
 ABSL_FLAG(bool, samples, false, "table: one line per accuracy sample");
 ABSL_FLAG(bool, progress, true, "draw a progress bar on stderr when it is a terminal");
+// Serving a real trace (continuous batching) instead of one fixed batch.
+ABSL_FLAG(std::string, trace, "",
+          "serve this request trace (Azure CSV or Mooncake JSONL) instead of one fixed batch: "
+          "--batch is then the largest decode batch; --context, --steps and the accuracy "
+          "flags are not used");
+ABSL_FLAG(std::string, trace_format, "", "azure or mooncake (empty: from the extension)");
+ABSL_FLAG(int64_t, trace_requests, kTraceDefaults.max_requests,
+          "serve the first N requests (0: all)");
+ABSL_FLAG(double, time_scale, kTraceDefaults.time_scale, "arrivals come X times faster");
+ABSL_FLAG(int64_t, max_context, kTraceDefaults.max_context,
+          "prompts longer than this are clipped or skipped (--long_prompts; 0: no limit)");
+ABSL_FLAG(std::string, long_prompts, "clip", "clip or skip prompts over --max_context");
+ABSL_FLAG(bool, skip_bad_lines, kTraceDefaults.skip_bad_lines,
+          "skip and count malformed trace lines instead of stopping at the first");
+ABSL_FLAG(int64_t, prefill_chunk, kServingDefaults.prefill_chunk,
+          "prompt tokens prefilled per iteration, beside the decode batch");
+ABSL_FLAG(int32_t, max_sequences, kServingDefaults.max_sequences,
+          "requests stored at once (0: twice --batch)");
+ABSL_FLAG(double, host_memory_gib, kServingDefaults.host_memory_gib,
+          "the pinned host store (0: room for --max_sequences requests of the longest size)");
 
 namespace kvtier::replay {
 namespace {
@@ -131,6 +158,71 @@ ReplayFlags ReadFlags() {
   return f;
 }
 
+// kvtier-replay --trace: reads the trace, serves it, prints the serving report.
+int Serve(const ReplayConfig& config, bool json, bool bar, const ProgressFn& progress) {
+  TraceOptions options;
+  options.max_requests = absl::GetFlag(FLAGS_trace_requests);
+  options.time_scale = absl::GetFlag(FLAGS_time_scale);
+  options.max_context = absl::GetFlag(FLAGS_max_context);
+  options.skip_bad_lines = absl::GetFlag(FLAGS_skip_bad_lines);
+  const std::string long_prompts = absl::GetFlag(FLAGS_long_prompts);
+  if (long_prompts != "clip" && long_prompts != "skip") {
+    std::cerr << "kvtier-replay: --long_prompts=" << long_prompts << ": allowed clip or skip\n";
+    return 2;
+  }
+  options.long_prompts = long_prompts == "skip" ? LongPrompts::kSkip : LongPrompts::kClip;
+  std::optional<TraceFormat> format;
+  if (const std::string name = absl::GetFlag(FLAGS_trace_format); !name.empty()) {
+    absl::StatusOr<TraceFormat> parsed = ParseTraceFormat(name);
+    if (!parsed.ok()) {
+      std::cerr << "kvtier-replay: --trace_format: " << parsed.status().message() << "\n";
+      return 2;
+    }
+    format = *parsed;
+  }
+  absl::StatusOr<Trace> trace = ReadTrace(absl::GetFlag(FLAGS_trace), format, options);
+  if (!trace.ok()) {
+    std::cerr << "kvtier-replay: " << trace.status().message() << "\n";
+    return 2;
+  }
+  ServingFlags flags;
+  flags.max_sequences = absl::GetFlag(FLAGS_max_sequences);
+  flags.prefill_chunk = absl::GetFlag(FLAGS_prefill_chunk);
+  flags.host_memory_gib = absl::GetFlag(FLAGS_host_memory_gib);
+  if (options.max_context > 0) {  // clipped prompts plus their outputs
+    for (const TraceRequest& r : trace->requests) {
+      flags.max_sequence_tokens =
+          std::max(flags.max_sequence_tokens, r.input_tokens + r.output_tokens);
+    }
+  }
+  absl::StatusOr<ServingConfig> serving = MakeServingConfig(config, flags, *trace);
+  if (!serving.ok()) {
+    std::cerr << "kvtier-replay: " << serving.status().message() << "\n";
+    return 2;
+  }
+  absl::StatusOr<ServingResult> result = RunServing(*serving, *trace, progress);
+  if (bar) std::cerr << "\r" << std::string(60, ' ') << "\r" << std::flush;
+  if (!result.ok()) {
+    std::cerr << "kvtier-replay: error: " << result.status() << "\n";
+    return 1;
+  }
+  if (json) {
+    PrintServingJson(*result, *trace, std::cout);
+  } else {
+    PrintServingTable(*result, *trace, std::cout);
+  }
+  std::cout.flush();
+  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
+    std::ofstream file(path);
+    PrintServingJson(*result, *trace, file);
+    if (!file.good()) {
+      std::cerr << "kvtier-replay: cannot write " << path << "\n";
+      return 1;
+    }
+  }
+  return 0;
+}
+
 int Run(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Replays an engine's prefill and decode steps on a kvtier KvCache with a synthetic "
@@ -166,6 +258,7 @@ int Run(int argc, char** argv) {
       std::cerr << "\r" << FormatProgress(phase, done, total) << std::flush;
     };
   }
+  if (!absl::GetFlag(FLAGS_trace).empty()) return Serve(*config, json, bar, progress);
   absl::StatusOr<ReplayResult> result = RunReplay(*config, progress);
   if (bar) std::cerr << "\r" << std::string(60, ' ') << "\r" << std::flush;
   if (!result.ok()) {

@@ -31,6 +31,47 @@ struct PieceKv {
 
 }  // namespace
 
+absl::StatusOr<ServingConfig> MakeServingConfig(const ReplayConfig& replay,
+                                                const ServingFlags& flags, const Trace& trace) {
+  std::string bad;
+  auto check = [&](bool ok, absl::string_view flag, double value, absl::string_view allowed) {
+    if (!ok) absl::StrAppend(&bad, bad.empty() ? "" : "; ", "--", flag, "=", value, ": ", allowed);
+  };
+  check(flags.max_sequences == 0 || flags.max_sequences >= replay.batch, "max_sequences",
+        flags.max_sequences,
+        absl::StrCat("must be 0 (twice --batch) or >= --batch (", replay.batch, ")"));
+  check(flags.prefill_chunk >= replay.page_size, "prefill_chunk",
+        static_cast<double>(flags.prefill_chunk),
+        absl::StrCat("must be >= --page_size (", replay.page_size, ")"));
+  check(flags.max_sequence_tokens >= 0, "max_sequence_tokens",
+        static_cast<double>(flags.max_sequence_tokens), "must be >= 0 (0: the longest request)");
+  check(flags.host_memory_gib >= 0, "host_memory_gib", flags.host_memory_gib,
+        "must be >= 0 (0: room for every admitted request)");
+  if (!bad.empty()) return absl::InvalidArgumentError(bad);
+  ServingConfig c;
+  c.replay = replay;
+  c.max_sequences = flags.max_sequences > 0 ? flags.max_sequences : 2 * replay.batch;
+  c.prefill_chunk = flags.prefill_chunk;
+  c.max_sequence_tokens = flags.max_sequence_tokens;
+  if (c.max_sequence_tokens == 0) {
+    for (const TraceRequest& r : trace.requests) {
+      c.max_sequence_tokens = std::max(c.max_sequence_tokens, r.input_tokens + r.output_tokens);
+    }
+    c.max_sequence_tokens = std::max<int64_t>(c.max_sequence_tokens, replay.page_size);
+  }
+  if (flags.host_memory_gib > 0) {
+    c.host_memory_bytes = static_cast<int64_t>(flags.host_memory_gib * (int64_t{1} << 30));
+  } else {  // the fixed-batch replay's store for max_sequences sequences of the longest size
+    ReplayConfig sizing = replay;
+    sizing.batch = c.max_sequences;
+    sizing.context_tokens = c.max_sequence_tokens;
+    sizing.steps = 0;
+    sizing.warmup_steps = 0;
+    c.host_memory_bytes = HostStoreBytes(sizing);
+  }
+  return c;
+}
+
 absl::StatusOr<Options> MakeServingOptions(const ServingConfig& c) {
   KVTIER_ASSIGN_OR_RETURN(Options o, MakeOptions(c.replay));
   const int p = c.replay.page_size;

@@ -57,6 +57,19 @@ struct ServingResult {
   std::vector<std::string> notes;
 };
 
+// The serving flags as given; 0 means the default named.
+struct ServingFlags {
+  int max_sequences = 0;            // 0: twice --batch
+  int64_t prefill_chunk = 2048;     // prompt tokens an iteration
+  int64_t max_sequence_tokens = 0;  // 0: the trace's longest request (prompt + output)
+  double host_memory_gib = 0;       // 0: room for max_sequences requests of the longest size
+};
+
+// Resolves the flags against the replay config and the trace. InvalidArgument listing every
+// bad flag as "--flag=value: what is allowed".
+absl::StatusOr<ServingConfig> MakeServingConfig(const ReplayConfig& replay,
+                                                const ServingFlags& flags, const Trace& trace);
+
 // The options a serving run creates its cache with: the fixed-batch replay's (MakeOptions)
 // with the serving sizes. InvalidArgument (every bad field) when the runtime rejects them.
 absl::StatusOr<Options> MakeServingOptions(const ServingConfig& config);

@@ -128,5 +128,30 @@ TEST(ServingRunTest, BadSizesAreRefusedBeforeAnythingRuns) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
 }
 
+TEST(ServingRunTest, ServingFlagsResolveTheirDefaultsAndNameBadOnes) {
+  const ServingConfig base = TinyServing("page_bounds", 0);
+  const Trace trace = RandomTrace(5, 9);
+  int64_t longest = 0;
+  for (const TraceRequest& r : trace.requests) {
+    longest = std::max(longest, r.input_tokens + r.output_tokens);
+  }
+  absl::StatusOr<ServingConfig> c = MakeServingConfig(base.replay, ServingFlags{}, trace);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->max_sequences, 6);  // twice the batch of 3
+  EXPECT_EQ(c->max_sequence_tokens, longest);
+  EXPECT_GT(c->host_memory_bytes, 0);
+  EXPECT_TRUE(MakeServingOptions(*c).ok());
+
+  ServingFlags bad;
+  bad.max_sequences = 2;
+  bad.prefill_chunk = 8;
+  bad.host_memory_gib = -1;
+  absl::StatusOr<ServingConfig> refused = MakeServingConfig(base.replay, bad, trace);
+  ASSERT_FALSE(refused.ok());
+  for (const char* flag : {"--max_sequences=2", "--prefill_chunk=8", "--host_memory_gib=-1"}) {
+    EXPECT_NE(refused.status().message().find(flag), absl::string_view::npos) << refused.status();
+  }
+}
+
 }  // namespace
 }  // namespace kvtier::replay
