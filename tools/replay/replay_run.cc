@@ -169,6 +169,39 @@ void FillSample(const tools::GroupAccuracy& group, AccuracySample* sample) {
 
 }  // namespace
 
+absl::StatusOr<AccuracySample> MeasureSample(const KvCache& cache, const Options& o,
+                                             const SampleInputs& in, bool* derived) {
+  KVTIER_ASSIGN_OR_RETURN(KvCache::CacheInspection inspection,
+                          cache.Inspect(in.seq, in.layer, in.kv_head));
+  tools::ExactTokens exact;
+  KVTIER_RETURN_IF_ERROR(tools::ExactTokensOf(inspection, o, in.tokens, &exact));
+  *derived = exact.derived;
+  AccuracySample sample;
+  sample.layer = in.layer;
+  sample.kv_head = in.kv_head;
+  sample.selected_pages = static_cast<int>(inspection.selected_pages.size());
+  sample.hits = inspection.hits;
+  sample.misses = inspection.misses;
+  sample.estimated_tokens = inspection.estimated_tokens;
+  tools::GroupAttention group;
+  group.dtype = o.shape.dtype;
+  group.group_size = o.shape.group_size();
+  group.head_dim = o.shape.head_dim;
+  group.softmax_scale = o.EffectiveSoftmaxScale();
+  group.q = in.q;
+  group.k = in.k;
+  group.v = in.v;
+  group.tokens = in.tokens;
+  group.kv_row_stride = in.kv_row_stride;
+  group.out = in.out;
+  group.captured = exact.captured;
+  group.hot = exact.hot;
+  group.page_size = o.page_size;
+  group.oracle_pages = sample.selected_pages;
+  FillSample(tools::MeasureGroupAccuracy(group), &sample);
+  return sample;
+}
+
 absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& progress) {
   ReplayResult result;
   result.config = c;
@@ -224,8 +257,6 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
   const int g = c.shape.group_size();
   const int64_t d = c.shape.head_dim;
   const int64_t kv_row = int64_t{c.shape.num_kv_heads} * d;
-  const float scale = o.EffectiveSoftmaxScale();
-  tools::ExactTokens exact;
   bool derived_noted = false;
   for (int step = 0; step < total_steps; ++step) {
     if (step == c.warmup_steps) cache->ResetStats();
@@ -260,42 +291,28 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
       KVTIER_RETURN_IF_ERROR(buffers.FetchOut());
       const int64_t tokens = position + 1;
       for (const Triple& t : triples) {
-        KVTIER_ASSIGN_OR_RETURN(KvCache::CacheInspection inspection,
-                                cache->Inspect(seqs[t.sequence], t.layer, t.kv_head));
-        KVTIER_RETURN_IF_ERROR(tools::ExactTokensOf(inspection, o, tokens, &exact));
-        if (exact.derived && !derived_noted) {
+        const int64_t q_offset =
+            (int64_t{t.sequence} * c.shape.num_query_heads + t.kv_head * g) * d;
+        SampleInputs in;
+        in.seq = seqs[t.sequence];
+        in.layer = t.layer;
+        in.kv_head = t.kv_head;
+        in.tokens = tokens;
+        in.q = buffers.q(t.layer) + q_offset;
+        in.out = buffers.out(t.layer) + q_offset;
+        in.k = shadows.K(t.sequence, t.layer) + t.kv_head * d;
+        in.v = shadows.V(t.sequence, t.layer) + t.kv_head * d;
+        in.kv_row_stride = kv_row;
+        bool derived = false;
+        KVTIER_ASSIGN_OR_RETURN(AccuracySample sample, MeasureSample(*cache, o, in, &derived));
+        if (derived && !derived_noted) {
           result.notes.push_back(
               "KvCache::Inspect reported no token positions: the accuracy samples take page j "
               "as tokens [j P, (j + 1) P)");
           derived_noted = true;
         }
-        AccuracySample sample;
         sample.step = timed_step;
         sample.sequence = t.sequence;
-        sample.layer = t.layer;
-        sample.kv_head = t.kv_head;
-        sample.selected_pages = static_cast<int>(inspection.selected_pages.size());
-        sample.hits = inspection.hits;
-        sample.misses = inspection.misses;
-        sample.estimated_tokens = inspection.estimated_tokens;
-        const int64_t q_offset =
-            (int64_t{t.sequence} * c.shape.num_query_heads + t.kv_head * g) * d;
-        tools::GroupAttention group;
-        group.dtype = c.shape.dtype;
-        group.group_size = g;
-        group.head_dim = c.shape.head_dim;
-        group.softmax_scale = scale;
-        group.q = buffers.q(t.layer) + q_offset;
-        group.k = shadows.K(t.sequence, t.layer) + t.kv_head * d;
-        group.v = shadows.V(t.sequence, t.layer) + t.kv_head * d;
-        group.tokens = tokens;
-        group.kv_row_stride = kv_row;
-        group.out = buffers.out(t.layer) + q_offset;
-        group.captured = exact.captured;
-        group.hot = exact.hot;
-        group.page_size = c.page_size;
-        group.oracle_pages = sample.selected_pages;
-        FillSample(tools::MeasureGroupAccuracy(group), &sample);
         result.samples.push_back(sample);
       }
     }

@@ -26,6 +26,8 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "runtime/core/options.h"
+#include "runtime/core/sequence_id.h"
+#include "runtime/kv_cache.h"
 #include "runtime/stats.h"
 #include "tools/replay/replay_config.h"
 
@@ -77,6 +79,25 @@ struct ReplayResult {
   std::vector<AccuracySample> samples;
   std::vector<std::string> notes;  // things a reader should know about this run
 };
+
+// Where a sampled (sequence, layer, KV head) stands right after a Decode of `layer` that
+// included the sequence: its G query rows and the output Decode wrote ([G, D] each, host), and
+// every token's K and V so far (token t's KV head row at k + t * kv_row_stride).
+struct SampleInputs {
+  SeqId seq = 0;
+  int layer = 0;
+  int kv_head = 0;
+  int64_t tokens = 0;  // stored after the step's append
+  const uint16_t* q = nullptr;
+  const float* out = nullptr;
+  const uint16_t* k = nullptr;
+  const uint16_t* v = nullptr;
+  int64_t kv_row_stride = 0;
+};
+// Measures it against exact attention (KvCache::Inspect for what was attended; the oracle at
+// the same page count). `derived` is set when Inspect gave no positions (ExactTokens).
+absl::StatusOr<AccuracySample> MeasureSample(const KvCache& cache, const Options& options,
+                                             const SampleInputs& in, bool* derived);
 
 // Called after each prefill chunk ("prefill", chunks done, chunks in all) and each decode
 // step ("decode", steps done, steps), from the calling thread.

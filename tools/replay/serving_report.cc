@@ -1,5 +1,7 @@
 #include "tools/replay/serving_report.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +22,25 @@ void JsonPercentiles(tools::JsonObject& parent, absl::string_view key, const Per
   tools::JsonObject o(out, 2);
   o.Num("p50", p.p50).Num("p90", p.p90).Num("p99", p.p99);
   o.Close();
+}
+
+// Means (and the largest output error) over the samples; NaN stays NaN.
+struct SampledAccuracy {
+  int count = 0;
+  double mass = 0, oracle_mass = 0, output_error = 0, max_output_error = 0;
+};
+SampledAccuracy Accuracy(const ServingResult& r) {
+  SampledAccuracy a;
+  a.count = static_cast<int>(r.samples.size());
+  for (const AccuracySample& s : r.samples) {
+    a.mass += s.mass_captured / a.count;
+    a.oracle_mass += s.oracle_mass_captured / a.count;
+    a.output_error += s.output_error / a.count;
+    a.max_output_error = std::isnan(s.output_error) || std::isnan(a.max_output_error)
+                             ? std::nan("")
+                             : std::max(a.max_output_error, s.output_error);
+  }
+  return a;
 }
 
 }  // namespace
@@ -56,6 +77,13 @@ void PrintServingTable(const ServingResult& r, const Trace& trace, std::ostream&
                                     FormatBytes(static_cast<double>(r.stats.pcie_bytes()))));
   row("time", absl::StrFormat("kvtier %.3f s (decode bound %.3f s), wall %.1f s", r.kvtier_seconds,
                               r.decode_bound_ms / 1e3, r.wall_seconds));
+  const SampledAccuracy a = Accuracy(r);
+  if (a.count > 0) {
+    row("accuracy",
+        absl::StrFormat("%d sampled requests: mass captured %.4f (oracle %.4f), "
+                        "output error %.3f mean, %.3f max",
+                        a.count, a.mass, a.oracle_mass, a.output_error, a.max_output_error));
+  }
   for (const std::string& note : r.notes) out << "  note: " << note << "\n";
 }
 
@@ -83,6 +111,10 @@ void PrintServingJson(const ServingResult& r, const Trace& trace, std::ostream& 
   o.Num("hit_rate", r.stats.hit_rate()).Int("pcie_bytes", r.stats.pcie_bytes());
   o.Num("kvtier_seconds", r.kvtier_seconds).Num("decode_bound_seconds", r.decode_bound_ms / 1e3);
   o.Num("wall_seconds", r.wall_seconds);
+  const SampledAccuracy a = Accuracy(r);
+  o.Int("accuracy_samples", a.count).Num("mean_mass_captured", a.mass);
+  o.Num("mean_oracle_mass", a.oracle_mass).Num("mean_output_error", a.output_error);
+  o.Num("max_output_error", a.max_output_error);
   std::string notes = "[";
   for (size_t i = 0; i < r.notes.size(); ++i) {
     absl::StrAppend(&notes, i ? ", " : "", tools::JsonString(r.notes[i]));

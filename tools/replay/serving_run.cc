@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -28,6 +29,87 @@ struct PieceKv {
   Iteration::Chunk chunk;
   std::vector<std::vector<uint16_t>> k, v;  // [layer] -> [tokens, Hk, D]
 };
+
+// The requests whose accuracy is measured, each with its (layer, KV head), and the host
+// copy of that layer's K and V (every KV head) as they are generated.
+class SampledRequests {
+ public:
+  SampledRequests(const Trace& trace, const ModelShape& shape, int count)
+      : row_(int64_t{shape.num_kv_heads} * shape.head_dim) {
+    std::vector<int> eligible;
+    for (size_t i = 0; i < trace.requests.size(); ++i) {
+      if (trace.requests[i].output_tokens > 1) eligible.push_back(static_cast<int>(i));
+    }
+    const int n = std::min<int>(count, static_cast<int>(eligible.size()));
+    for (int j = 0; j < n; ++j) {  // spread evenly over the eligible ones
+      const int i = eligible[static_cast<size_t>(int64_t{j} * eligible.size() / n)];
+      const TraceRequest& r = trace.requests[i];
+      Entry e;
+      e.layer = i % shape.num_layers;
+      e.kv_head = (i / shape.num_layers) % shape.num_kv_heads;
+      e.k.resize(static_cast<size_t>((r.input_tokens + r.output_tokens) * row_));
+      e.v.resize(e.k.size());
+      entries_.emplace(i, std::move(e));
+    }
+  }
+  struct Entry {
+    int layer = 0, kv_head = 0;
+    std::vector<uint16_t> k, v;  // [tokens, Hk, D]
+  };
+  Entry* Find(int request) {
+    auto it = entries_.find(request);
+    return it == entries_.end() ? nullptr : &it->second;
+  }
+  // Keeps tokens [first, first + count) of `request`'s sampled layer `layer`, if sampled.
+  void Keep(int request, int layer, int64_t first, int64_t count, const uint16_t* k,
+            const uint16_t* v) {
+    Entry* e = Find(request);
+    if (e == nullptr || e->layer != layer) return;
+    std::copy_n(k, count * row_, e->k.data() + first * row_);
+    std::copy_n(v, count * row_, e->v.data() + first * row_);
+  }
+  int64_t row() const { return row_; }
+
+ private:
+  int64_t row_;
+  std::map<int, Entry> entries_;
+};
+
+// After an iteration's decode: measures each sampled request whose last decode step it was.
+absl::Status MeasureLastSteps(const KvCache& cache, const Options& o, const Trace& trace,
+                              const Iteration& it, const std::vector<int64_t>& decoded,
+                              StepBuffers& buffers, SampledRequests& sampled,
+                              ServingResult* result) {
+  const ModelShape& shape = o.shape;
+  bool fetched = false;
+  for (size_t s = 0; s < it.decode.size(); ++s) {
+    const int i = it.decode[s];
+    SampledRequests::Entry* e = sampled.Find(i);
+    const TraceRequest& r = trace.requests[i];
+    if (e == nullptr || decoded[i] != r.output_tokens - 1) continue;
+    if (!fetched) KVTIER_RETURN_IF_ERROR(buffers.FetchOut());
+    fetched = true;
+    const int64_t q_offset =
+        (int64_t(s) * shape.num_query_heads + int64_t{e->kv_head} * shape.group_size()) *
+        shape.head_dim;
+    SampleInputs in;
+    in.seq = SequenceOf(i);
+    in.layer = e->layer;
+    in.kv_head = e->kv_head;
+    in.tokens = r.input_tokens + decoded[i];
+    in.q = buffers.q(e->layer) + q_offset;
+    in.out = buffers.out(e->layer) + q_offset;
+    in.k = e->k.data() + int64_t{e->kv_head} * shape.head_dim;
+    in.v = e->v.data() + int64_t{e->kv_head} * shape.head_dim;
+    in.kv_row_stride = sampled.row();
+    bool derived = false;
+    KVTIER_ASSIGN_OR_RETURN(AccuracySample sample, MeasureSample(cache, o, in, &derived));
+    sample.sequence = i;
+    sample.step = static_cast<int>(decoded[i] - 1);
+    result->samples.push_back(sample);
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -123,6 +205,7 @@ absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& tr
   result.limits.prefill_chunk = c.prefill_chunk;
   KVTIER_ASSIGN_OR_RETURN(ServingScheduler scheduler,
                           ServingScheduler::Create(result.limits, trace.requests));
+  SampledRequests sampled(trace, shape, c.replay.accuracy_samples);
 
   const int64_t kv_row = int64_t{shape.num_kv_heads} * shape.head_dim;
   const int64_t q_row = int64_t{shape.num_query_heads} * shape.head_dim;
@@ -144,8 +227,12 @@ absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& tr
       KVTIER_RETURN_IF_ERROR(ParallelFor(layers, [&](int l) -> absl::Status {
         piece.k[l].resize(static_cast<size_t>(piece.chunk.tokens * kv_row));
         piece.v[l].resize(static_cast<size_t>(piece.chunk.tokens * kv_row));
-        return workload->Kv(SequenceOf(piece.chunk.request), l, piece.chunk.first_token,
-                            piece.chunk.tokens, piece.k[l].data(), piece.v[l].data());
+        KVTIER_RETURN_IF_ERROR(workload->Kv(SequenceOf(piece.chunk.request), l,
+                                            piece.chunk.first_token, piece.chunk.tokens,
+                                            piece.k[l].data(), piece.v[l].data()));
+        sampled.Keep(piece.chunk.request, l, piece.chunk.first_token, piece.chunk.tokens,
+                     piece.k[l].data(), piece.v[l].data());
+        return absl::OkStatus();
       }));
     }
     const int n = static_cast<int>(it.decode.size());
@@ -158,8 +245,10 @@ absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& tr
         const int i = it.decode[s];
         const int64_t position = trace.requests[i].input_tokens + decoded[i];
         KVTIER_RETURN_IF_ERROR(workload->Query(batch[s], l, position, buffers.q(l) + s * q_row));
-        return workload->DecodeKv(batch[s], l, position, buffers.k(l) + s * kv_row,
-                                  buffers.v(l) + s * kv_row);
+        KVTIER_RETURN_IF_ERROR(workload->DecodeKv(batch[s], l, position, buffers.k(l) + s * kv_row,
+                                                  buffers.v(l) + s * kv_row));
+        sampled.Keep(i, l, position, 1, buffers.k(l) + s * kv_row, buffers.v(l) + s * kv_row);
+        return absl::OkStatus();
       }));
       KVTIER_RETURN_IF_ERROR(buffers.Stage());
     }
@@ -189,6 +278,8 @@ absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& tr
     result.kvtier_seconds += seconds;
     ++result.iterations;
     for (int i : it.decode) ++decoded[i];
+    KVTIER_RETURN_IF_ERROR(
+        MeasureLastSteps(*cache, o, trace, it, decoded, buffers, sampled, &result));
 
     finished.clear();
     scheduler.Complete(it, seconds, &finished);

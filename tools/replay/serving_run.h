@@ -5,6 +5,9 @@
 // by the time taken, so arrivals (scaled by the trace's time_scale) meet a system that is
 // as fast as kvtier is. Finished requests leave (RemoveSequence) between iterations.
 //
+// Accuracy is sampled as in the fixed-batch replay (MeasureSample): the chosen requests'
+// keys and values are kept on the host as they are generated.
+//
 // Keys, values and queries come from the synthetic generator (tools/workload/synthetic_kv.h)
 // with the run's seed; request i is sequence i, so each request's attention behaves as in
 // the fixed-batch replay. Generating them is off the clock: an iteration's time is kvtier's
@@ -54,6 +57,10 @@ struct ServingResult {
   int64_t host_pages_capacity = 0;
   int64_t peak_host_pages = 0;  // the most host-store frames in use after an iteration
   int64_t gpu_bytes_reserved = 0;
+  // Accuracy against exact attention, sampled: up to accuracy_samples requests with more
+  // than one output token, spread over the trace, each one (layer, KV head) at its last
+  // decode step (`sequence` is the request's index, `step` its decode steps before).
+  std::vector<AccuracySample> samples;
   std::vector<std::string> notes;
 };
 

@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "tools/replay/replay_config.h"
@@ -90,6 +92,28 @@ TEST(ServingRunTest, EveryRequestFinishesWithinTheLimits) {
     EXPECT_GE(r->summary.tpot_ms.p99, r->summary.tpot_ms.p50);
     for (int b : r->batch_sizes) EXPECT_LE(b, 3);
     EXPECT_GT(r->summary.mean_batch, 1.0);  // sequences decoded together
+    // Sampled accuracy: the kernels are exact given the selection, and a 4-page budget
+    // misses some of the mass.
+    ASSERT_FALSE(r->samples.empty());
+    for (const AccuracySample& s : r->samples) {
+      EXPECT_LT(s.restricted_error, index == std::string("wave") ? 1.0 : 1e-2);
+      EXPECT_TRUE(std::isfinite(s.output_error));
+      EXPECT_GT(s.mass_captured, 0.0);
+      EXPECT_LE(s.mass_captured, 1.0 + 1e-9);
+    }
+  }
+}
+
+TEST(ServingRunTest, ABudgetCoveringEveryPageMatchesFullAttention) {
+  ServingConfig c = TinyServing("page_bounds", int64_t{16} << 20);
+  c.replay.budget_pages = 64;  // a request holds at most 45 pages
+  const Trace trace = RandomTrace(6, 21);
+  absl::StatusOr<ServingResult> r = RunServing(c, trace);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_FALSE(r->samples.empty());
+  for (const AccuracySample& s : r->samples) {
+    EXPECT_NEAR(s.mass_captured, 1.0, 1e-9);
+    EXPECT_LT(s.output_error, 1e-2);
   }
 }
 
