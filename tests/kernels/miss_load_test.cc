@@ -132,8 +132,9 @@ TEST(MissLoadTest, BadParametersWriteNothing) {
   EXPECT_EQ(ReferenceMissLoad(b.Params()).code(), absl::StatusCode::kInvalidArgument);
   b.miss_slots[2 * 6] = 0;
   b.k_table[b.table_offset[3] + b.miss_pages[3 * 6]] = nullptr;
-  if (b.miss_count[3] > 0)
+  if (b.miss_count[3] > 0) {
     EXPECT_EQ(ReferenceMissLoad(b.Params()).code(), absl::StatusCode::kInvalidArgument);
+  }
   EXPECT_TRUE(untouched());
 }
 

@@ -56,7 +56,9 @@ std::vector<Iteration> RunToEnd(ServingScheduler& s, const ServingLimits& limits
       EXPECT_EQ(c.first_token, prefilled[c.request]);
       prefilled[c.request] += c.tokens;
       EXPECT_EQ(c.last, prefilled[c.request] == s.requests()[c.request].input_tokens);
-      if (!c.last) EXPECT_EQ(prefilled[c.request] % limits.page_size, 0);
+      if (!c.last) {
+        EXPECT_EQ(prefilled[c.request] % limits.page_size, 0);
+      }
       chunk_tokens += c.tokens;
     }
     EXPECT_LE(chunk_tokens, limits.prefill_chunk);
