@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -117,6 +118,7 @@ ABSL_FLAG(int64_t, prefill_chunk, kServingDefaults.prefill_chunk,
           "prompt tokens prefilled per iteration, beside the decode batch");
 ABSL_FLAG(int32_t, max_sequences, kServingDefaults.max_sequences,
           "requests stored at once (0: twice --batch)");
+ABSL_FLAG(std::string, csv, "", "--trace: write one CSV row a request to this file");
 ABSL_FLAG(double, host_memory_gib, kServingDefaults.host_memory_gib,
           "the pinned host store (0: room for --max_sequences requests of the longest size)");
 
@@ -220,6 +222,14 @@ int Serve(const ReplayConfig& config, bool json, bool bar, const ProgressFn& pro
       return 1;
     }
   }
+  if (const std::string path = absl::GetFlag(FLAGS_csv); !path.empty()) {
+    std::ofstream file(path);
+    WriteServingCsv(*result, *trace, file);
+    if (!file.good()) {
+      std::cerr << "kvtier-replay: cannot write " << path << "\n";
+      return 1;
+    }
+  }
   return 0;
 }
 
@@ -254,8 +264,16 @@ int Run(int argc, char** argv) {
   const bool bar = absl::GetFlag(FLAGS_progress) && isatty(STDERR_FILENO) == 1;
   ProgressFn progress;
   if (bar) {
-    progress = [](absl::string_view phase, int64_t done, int64_t total) {
-      std::cerr << "\r" << FormatProgress(phase, done, total) << std::flush;
+    // Each phase's clock starts at its first report.
+    progress = [phase_name = std::string(), start = std::chrono::steady_clock::now()](
+                   absl::string_view phase, int64_t done, int64_t total) mutable {
+      if (phase != phase_name) {
+        phase_name = std::string(phase);
+        start = std::chrono::steady_clock::now();
+      }
+      const double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::cerr << "\r" << FormatProgress(phase, done, total, 60, elapsed) << std::flush;
     };
   }
   if (!absl::GetFlag(FLAGS_trace).empty()) return Serve(*config, json, bar, progress);

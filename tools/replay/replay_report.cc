@@ -338,8 +338,20 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
   out << "\n";
 }
 
-std::string FormatProgress(absl::string_view phase, int64_t done, int64_t total, int width) {
-  const std::string count = absl::StrCat(done, "/", total);
+std::string FormatEta(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::llround(std::max(seconds, 0.0)));
+  if (s < 60) return absl::StrCat(s, "s");
+  if (s < 3600) return absl::StrFormat("%dm%02ds", s / 60, s % 60);
+  return absl::StrFormat("%dh%02dm", s / 3600, s / 60 % 60);
+}
+
+std::string FormatProgress(absl::string_view phase, int64_t done, int64_t total, int width,
+                           double elapsed_seconds) {
+  std::string count = absl::StrCat(done, "/", total);
+  if (elapsed_seconds >= 0 && done > 0 && done < total) {
+    absl::StrAppend(&count, "  ETA ",
+                    FormatEta(elapsed_seconds * static_cast<double>(total - done) / done));
+  }
   const int label = 8;
   const int bar = std::max(10, width - label - 4 - static_cast<int>(count.size()) - 2);
   const int filled =

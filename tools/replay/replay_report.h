@@ -60,7 +60,11 @@ void PrintTable(const ReplayResult& result, std::ostream& out, bool per_sample =
 void PrintJson(const ReplayResult& result, std::ostream& out);
 
 // "decode  [##########..........]  16/32" padded to `width` columns, for a terminal line
-// redrawn with '\r'.
-std::string FormatProgress(absl::string_view phase, int64_t done, int64_t total, int width = 60);
+// redrawn with '\r'; with `elapsed_seconds` (>= 0) since the phase began, and work left,
+// "  ETA 1m05s" after the count (the rate so far carried on).
+std::string FormatProgress(absl::string_view phase, int64_t done, int64_t total, int width = 60,
+                           double elapsed_seconds = -1);
+// 42 -> "42s", 65 -> "1m05s", 3720 -> "1h02m".
+std::string FormatEta(double seconds);
 
 }  // namespace kvtier::replay

@@ -43,6 +43,11 @@ SampledAccuracy Accuracy(const ServingResult& r) {
   return a;
 }
 
+double PcieGbps(const ServingResult& r) {
+  return r.kvtier_seconds > 0 ? static_cast<double>(r.stats.pcie_bytes()) / r.kvtier_seconds / 1e9
+                              : 0.0;
+}
+
 }  // namespace
 
 void PrintServingTable(const ServingResult& r, const Trace& trace, std::ostream& out) {
@@ -73,8 +78,10 @@ void PrintServingTable(const ServingResult& r, const Trace& trace, std::ostream&
   row("host store",
       absl::StrCat(r.peak_host_pages, " of ", r.host_pages_capacity, " frames at the peak"));
   row("GPU reserved", FormatBytes(static_cast<double>(r.gpu_bytes_reserved)));
-  row("page cache", absl::StrFormat("%.1f %% hits, %s over PCIe", 100 * r.stats.hit_rate(),
-                                    FormatBytes(static_cast<double>(r.stats.pcie_bytes()))));
+  row("page cache",
+      absl::StrFormat("%.1f %% hits, %s over PCIe (%.2f GB/s over kvtier's time)",
+                      100 * r.stats.hit_rate(),
+                      FormatBytes(static_cast<double>(r.stats.pcie_bytes())), PcieGbps(r)));
   row("time", absl::StrFormat("kvtier %.3f s (decode bound %.3f s), wall %.1f s", r.kvtier_seconds,
                               r.decode_bound_ms / 1e3, r.wall_seconds));
   const SampledAccuracy a = Accuracy(r);
@@ -109,6 +116,16 @@ void PrintServingJson(const ServingResult& r, const Trace& trace, std::ostream& 
   o.Int("host_frames_peak", r.peak_host_pages).Int("host_frames_capacity", r.host_pages_capacity);
   o.Int("gpu_bytes_reserved", r.gpu_bytes_reserved);
   o.Num("hit_rate", r.stats.hit_rate()).Int("pcie_bytes", r.stats.pcie_bytes());
+  o.Num("pcie_gbps", PcieGbps(r));
+  std::string batches = "[";
+  const size_t n = r.batch_sizes.size();
+  const size_t points = std::min<size_t>(n, 200);
+  for (size_t j = 0; j < points; ++j) {
+    const size_t i = points > 1 ? j * (n - 1) / (points - 1) : 0;
+    absl::StrAppend(&batches, j ? ", " : "", "[", tools::JsonNumber(r.iteration_ends[i]), ", ",
+                    r.batch_sizes[i], "]");
+  }
+  o.Raw("batch_over_time", batches + "]");
   o.Num("kvtier_seconds", r.kvtier_seconds).Num("decode_bound_seconds", r.decode_bound_ms / 1e3);
   o.Num("wall_seconds", r.wall_seconds);
   const SampledAccuracy a = Accuracy(r);
@@ -122,6 +139,26 @@ void PrintServingJson(const ServingResult& r, const Trace& trace, std::ostream& 
   o.Raw("notes", notes + "]");
   o.Close();
   out << "\n";
+}
+
+void WriteServingCsv(const ServingResult& r, const Trace& trace, std::ostream& out) {
+  out << "request,line,arrival_s,admitted_s,first_token_s,finished_s,input_tokens,"
+         "stated_input_tokens,output_tokens,rejected,ttft_ms,tpot_ms\n";
+  auto time = [](double t) { return t < 0 ? std::string() : absl::StrFormat("%.6f", t); };
+  for (size_t i = 0; i < trace.requests.size() && i < r.times.size(); ++i) {
+    const TraceRequest& q = trace.requests[i];
+    const RequestTimes& t = r.times[i];
+    std::string ttft, tpot;
+    if (t.first_token >= 0) ttft = absl::StrFormat("%.3f", (t.first_token - t.arrival) * 1e3);
+    if (t.finished >= 0 && q.output_tokens > 1) {
+      tpot = absl::StrFormat("%.3f", (t.finished - t.first_token) * 1e3 / (q.output_tokens - 1));
+    }
+    out << absl::StrCat(i, ",", q.line, ",", time(t.arrival), ",", time(t.admitted), ",",
+                        time(t.first_token), ",", time(t.finished), ",", q.input_tokens, ",",
+                        q.stated_input_tokens, ",", q.output_tokens, ",", t.rejected ? 1 : 0, ",",
+                        ttft, ",", tpot)
+        << "\n";
+  }
 }
 
 }  // namespace kvtier::replay

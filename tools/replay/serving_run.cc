@@ -296,7 +296,9 @@ absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& tr
   result.stats = stats.Total();
   result.decode_bound_ms = stats.DecodeBoundMs();
   result.summary = Summarize(scheduler);
+  result.times = scheduler.times();
   result.batch_sizes = scheduler.batch_sizes();
+  result.iteration_ends = scheduler.iteration_ends();
   if (c.replay.backend == Backend::kHost) {
     result.notes.push_back(
         "host backend: iteration times are the kernels' host twins on the CPU, so tokens/s, "

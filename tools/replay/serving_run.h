@@ -46,9 +46,11 @@ struct ServingConfig {
 struct ServingResult {
   Options options;  // what the KvCache was created with
   std::string device;
-  ServingLimits limits;    // what the scheduler ran with
-  ServingSummary summary;  // throughput and latency on the scheduler's clock
-  std::vector<int> batch_sizes;
+  ServingLimits limits;                // what the scheduler ran with
+  ServingSummary summary;              // throughput and latency on the scheduler's clock
+  std::vector<RequestTimes> times;     // per request of the trace, on the scheduler's clock
+  std::vector<int> batch_sizes;        // decode batch of each iteration
+  std::vector<double> iteration_ends;  // and when it ended
   int64_t iterations = 0;
   double wall_seconds = 0;     // the whole loop, generation included
   double kvtier_seconds = 0;   // the iterations' timed calls (the clock's advance)

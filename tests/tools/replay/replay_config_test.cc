@@ -594,6 +594,16 @@ TEST(ReplayReportTest, ProgressBarFillsInProportion) {
   EXPECT_EQ(std::count(none.begin(), none.end(), '#'), 0);
 }
 
+TEST(ReplayReportTest, ProgressShowsAnEtaFromTheRateSoFar) {
+  // A quarter done in 20 s: 60 s to go.
+  const std::string line = FormatProgress("serve", 25, 100, 70, 20.0);
+  EXPECT_NE(line.find("25/100  ETA 1m00s"), std::string::npos) << line;
+  EXPECT_EQ(FormatProgress("serve", 100, 100, 70, 20.0).find("ETA"), std::string::npos);
+  EXPECT_EQ(FormatProgress("serve", 0, 100, 70, 20.0).find("ETA"), std::string::npos);
+  EXPECT_EQ(FormatEta(42), "42s");
+  EXPECT_EQ(FormatEta(3720), "1h02m");
+}
+
 TEST(ReplayReportTest, FormatBytesPicksAUnit) {
   EXPECT_EQ(FormatBytes(512), "512 B");
   EXPECT_EQ(FormatBytes(4096), "4 KiB");

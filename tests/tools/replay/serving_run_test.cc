@@ -10,10 +10,12 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "tools/replay/replay_config.h"
+#include "tools/replay/serving_report.h"
 #include "tools/workload/trace.h"
 
 namespace kvtier::replay {
@@ -150,6 +152,31 @@ TEST(ServingRunTest, BadSizesAreRefusedBeforeAnythingRuns) {
   absl::StatusOr<ServingResult> r = RunServing(c, RandomTrace(2, 1));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+}
+
+TEST(ServingRunTest, ReportsHoldTheDocumentedKeysAndOneCsvRowARequest) {
+  const ServingConfig c = TinyServing("page_bounds", int64_t{16} << 20);
+  Trace trace = RandomTrace(5, 4);
+  trace.bad_lines = 2;
+  trace.skipped = 1;
+  absl::StatusOr<ServingResult> r = RunServing(c, trace);
+  ASSERT_TRUE(r.ok()) << r.status();
+  std::ostringstream json, table, csv;
+  PrintServingJson(*r, trace, json);
+  for (const char* key :
+       {"\"output_tokens_per_second\"", "\"ttft_ms\": {", "\"tpot_ms\": {", "\"p50\"", "\"p90\"",
+        "\"p99\"", "\"requests_completed\": 5", "\"requests_skipped\": 1", "\"bad_lines\": 2",
+        "\"batch_over_time\": [[", "\"mean_output_error\""}) {
+    EXPECT_NE(json.str().find(key), std::string::npos) << key << " not in " << json.str();
+  }
+  PrintServingTable(*r, trace, table);
+  for (const char* line : {"output tokens/s", "TTFT p50/p90/p99", "TPOT p50/p90/p99", "accuracy"}) {
+    EXPECT_NE(table.str().find(line), std::string::npos) << line << " not in " << table.str();
+  }
+  WriteServingCsv(*r, trace, csv);
+  const std::string text = csv.str();
+  EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 6);  // header + 5 requests
+  EXPECT_EQ(text.rfind("request,line,arrival_s,", 0), 0u);
 }
 
 TEST(ServingRunTest, ServingFlagsResolveTheirDefaultsAndNameBadOnes) {
