@@ -160,6 +160,18 @@ ReplayFlags ReadFlags() {
   return f;
 }
 
+// Writes a report to `path` with `write` unless the path is empty; false (and a message) when
+// the file cannot be written.
+template <typename Write>
+bool WriteIfAsked(const std::string& path, Write write) {
+  if (path.empty()) return true;
+  std::ofstream file(path);
+  write(file);
+  if (file.good()) return true;
+  std::cerr << "kvtier-replay: cannot write " << path << "\n";
+  return false;
+}
+
 // kvtier-replay --trace: reads the trace, serves it, prints the serving report.
 int Serve(const ReplayConfig& config, bool json, bool bar, const ProgressFn& progress) {
   TraceOptions options;
@@ -214,23 +226,12 @@ int Serve(const ReplayConfig& config, bool json, bool bar, const ProgressFn& pro
     PrintServingTable(*result, *trace, std::cout);
   }
   std::cout.flush();
-  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
-    std::ofstream file(path);
-    PrintServingJson(*result, *trace, file);
-    if (!file.good()) {
-      std::cerr << "kvtier-replay: cannot write " << path << "\n";
-      return 1;
-    }
-  }
-  if (const std::string path = absl::GetFlag(FLAGS_csv); !path.empty()) {
-    std::ofstream file(path);
-    WriteServingCsv(*result, *trace, file);
-    if (!file.good()) {
-      std::cerr << "kvtier-replay: cannot write " << path << "\n";
-      return 1;
-    }
-  }
-  return 0;
+  const bool written =
+      WriteIfAsked(absl::GetFlag(FLAGS_json_out),
+                   [&](std::ostream& out) { PrintServingJson(*result, *trace, out); }) &&
+      WriteIfAsked(absl::GetFlag(FLAGS_csv),
+                   [&](std::ostream& out) { WriteServingCsv(*result, *trace, out); });
+  return written ? 0 : 1;
 }
 
 int Run(int argc, char** argv) {
@@ -290,15 +291,10 @@ int Run(int argc, char** argv) {
     PrintTable(*result, std::cout, absl::GetFlag(FLAGS_samples));
   }
   std::cout.flush();
-  if (const std::string path = absl::GetFlag(FLAGS_json_out); !path.empty()) {
-    std::ofstream file(path);
-    PrintJson(*result, file);
-    if (!file.good()) {
-      std::cerr << "kvtier-replay: cannot write " << path << "\n";
-      return 1;
-    }
-  }
-  return 0;
+  return WriteIfAsked(absl::GetFlag(FLAGS_json_out),
+                      [&](std::ostream& out) { PrintJson(*result, out); })
+             ? 0
+             : 1;
 }
 
 }  // namespace
