@@ -9,8 +9,9 @@
 namespace kvtier::internal {
 namespace {
 
-// Summary arrays of a page: mean key, value sum, key spread, token count (each per centroid
-// part), stored positions. The vector-read arrays come first, so they stay 16-byte aligned.
+// Summary arrays of a page: mean key, value sum, key spread (a scalar), token count (each per
+// centroid part), stored positions. The vector-read arrays come first, so they stay 16-byte
+// aligned.
 enum SummaryArray { kKeyMean = 0, kValueSum = 1, kKeySpread = 2, kCount = 3, kPositions = 4 };
 constexpr int kArrays = 5;
 
@@ -27,7 +28,7 @@ class WaveIndex final : public BlockIndex {
     const int64_t d = config.head_dim;
     const int64_t pages = config.max_pages;
     const int64_t key_bytes = kParts * d * static_cast<int64_t>(DTypeSize(config.dtype));
-    const int64_t strides[kArrays] = {key_bytes, kParts * d * 4, key_bytes, kParts * 4,
+    const int64_t strides[kArrays] = {key_bytes, kParts * d * 4, kParts * 4, kParts * 4,
                                       int64_t{config.page_size} * 4};
     int64_t offset = 0;
     int64_t bytes = 0;
@@ -73,7 +74,7 @@ class WaveIndex final : public BlockIndex {
     p.key_mean = pages.dst[kKeyMean];
     p.value_sum = reinterpret_cast<float* const*>(pages.dst[kValueSum]);
     p.count = reinterpret_cast<int32_t* const*>(pages.dst[kCount]);
-    p.key_spread = pages.dst[kKeySpread];
+    p.key_spread = reinterpret_cast<float* const*>(pages.dst[kKeySpread]);
     return backend.PageSummaries(p, stream);
   }
 
@@ -132,7 +133,7 @@ class WaveIndex final : public BlockIndex {
     p.key_mean = batch.summaries[kKeyMean];
     p.value_sum = reinterpret_cast<const float* const*>(batch.summaries[kValueSum]);
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
-    p.key_spread = batch.summaries[kKeySpread];
+    p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
     p.out = batch.out;
     p.lse = batch.lse;
     if (batch.workspace != nullptr && batch.workspace_bytes >= workspace_bytes_) {

@@ -57,16 +57,13 @@ absl::Status ValidatePageSummaryShape(const PageSummaryParams& p) {
 
 namespace {
 
-// dist(t, c) of the split (block_summary.h): 32-channel groups, each an xor butterfly of the
-// squared differences, the groups summed in order.
-float SplitDistance(const float* key, const float* centre, int dim) {
+// The channel sum of the kernels: 32-channel groups, each an xor butterfly (offsets 16, 8, .. 1),
+// the groups added in order.
+float ChannelSum(const float* values, int dim) {
   float total = 0.0f;
   for (int w = 0; w < dim / 32; ++w) {
     float lanes[32], next[32];
-    for (int l = 0; l < 32; ++l) {
-      const float diff = key[32 * w + l] - centre[32 * w + l];
-      lanes[l] = diff * diff;
-    }
+    std::copy(values + 32 * w, values + 32 * w + 32, lanes);
     for (int offset = 16; offset >= 1; offset /= 2) {
       for (int l = 0; l < 32; ++l) next[l] = lanes[l] + lanes[l ^ offset];
       std::copy(next, next + 32, lanes);
@@ -74,6 +71,17 @@ float SplitDistance(const float* key, const float* centre, int dim) {
     total = w == 0 ? lanes[0] : total + lanes[0];
   }
   return total;
+}
+
+// dist(t, c) of the split (block_summary.h): 32-channel groups, each an xor butterfly of the
+// squared differences, the groups summed in order.
+float SplitDistance(const float* key, const float* centre, int dim) {
+  float squares[256];  // D <= 256
+  for (int d = 0; d < dim; ++d) {
+    const float diff = key[d] - centre[d];
+    squares[d] = diff * diff;
+  }
+  return ChannelSum(squares, dim);
 }
 
 // The token farthest from `centre` (lowest on ties; 0 when every distance is NaN).
@@ -168,6 +176,7 @@ absl::Status ReferencePageSummaries(const PageSummaryParams& p) {
     const std::vector<int> part =
         p.centroid_parts == 2 ? SplitParts(p, j) : std::vector<int>(tokens, 0);
     const int parts = p.centroid_parts;
+    std::vector<float> variance(p.key_spread != nullptr ? parts * dim : 0);  // [parts, D]
     for (int d = 0; d < dim; ++d) {
       float max = -inf, min = inf;
       float key_sum[kMaxCentroidParts] = {}, value_sum[kMaxCentroidParts] = {};
@@ -215,10 +224,15 @@ absl::Status ReferencePageSummaries(const PageSummaryParams& p) {
           ++seen[which];
         }
         for (int which = 0; which < parts; ++which) {
-          const float variance =
+          variance[which * dim + d] =
               count[which] == 0 ? 0.0f : square_sum[which] / static_cast<float>(count[which]);
-          StoreFromFloat(p.dtype, variance, p.key_spread[j], static_cast<size_t>(which) * dim + d);
         }
+      }
+    }
+    if (p.key_spread != nullptr) {
+      for (int which = 0; which < parts; ++which) {
+        p.key_spread[j][which] =
+            ChannelSum(variance.data() + which * dim, dim) / static_cast<float>(dim);
       }
     }
   });

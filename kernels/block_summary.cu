@@ -30,6 +30,23 @@ __device__ __forceinline__ __half FromFloat(float x) {
   return __float2half_rn(x);
 }
 
+// The mean over the channels of one value a thread (a thread a channel, blockDim.x = D): each
+// warp's xor butterfly, the groups added in order, / D (block_summary.cc's ChannelSum). Every
+// thread of the block calls it and gets the same bits; `scratch` holds D / 32 floats.
+__device__ __forceinline__ float ChannelMean(float v, float* scratch) {
+  const int dim = blockDim.x;
+#pragma unroll
+  for (int offset = 16; offset >= 1; offset /= 2) {
+    v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  }
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = scratch[0];
+  for (int w = 1; w < dim / 32; ++w) total = __fadd_rn(total, scratch[w]);
+  __syncthreads();  // scratch free for the next call
+  return __fdiv_rn(total, static_cast<float>(dim));
+}
+
 template <typename T>
 __global__ void PageSummaryKernel(PageSummaryParams p) {
   internal::ChainedKernelStart();
@@ -82,7 +99,9 @@ __global__ void PageSummaryKernel(PageSummaryParams p) {
       square_sum = t == 0 ? square : __fadd_rn(square_sum, square);
     }
     const float variance = tokens == 0 ? 0.0f : __fdiv_rn(square_sum, static_cast<float>(tokens));
-    static_cast<T*>(p.key_spread[j])[d] = FromFloat<T>(variance);
+    __shared__ float scratch[8];  // D <= 256
+    const float spread = ChannelMean(variance, scratch);
+    if (d == 0) p.key_spread[j][0] = spread;
   }
 }
 
@@ -214,7 +233,8 @@ __global__ void SplitSummaryKernel(PageSummaryParams p) {
     for (int which = 0; which < 2; ++which) {
       const float variance =
           count[which] == 0 ? 0.0f : __fdiv_rn(square_sum[which], static_cast<float>(count[which]));
-      static_cast<T*>(p.key_spread[j])[which * dim + d] = FromFloat<T>(variance);
+      const float spread = ChannelMean(variance, group_sum[0]);
+      if (d == 0) p.key_spread[j][which] = spread;
     }
   }
 }

@@ -97,7 +97,11 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
   const int dim = p.head_dim;
   const int64_t row = static_cast<int64_t>(item) * p.group_size + head;
   std::vector<double> q(dim);
-  for (int d = 0; d < dim; ++d) q[d] = LoadAsFloat(p.dtype, p.q, row * dim + d);
+  double q_square = 0.0;  // |q|^2, the spread term's weight
+  for (int d = 0; d < dim; ++d) {
+    q[d] = LoadAsFloat(p.dtype, p.q, row * dim + d);
+    q_square += q[d] * q[d];
+  }
 
   // Logits of the contributing clusters, then the max-subtracted sums.
   int32_t begin = 0, end = 0;
@@ -111,14 +115,11 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
     for (int part = 0; part < p.centroid_parts; ++part) {
       const int32_t id = p.cluster_ids[j] * p.centroid_parts + part;  // the part's centroid
       if (p.count[item][id] <= 0) continue;
-      double dot = 0.0, spread = 0.0;
+      double dot = 0.0;
       for (int d = 0; d < dim; ++d) {
         dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
-        if (p.key_spread != nullptr) {
-          spread += q[d] * q[d] *
-                    LoadAsFloat(p.dtype, p.key_spread[item], static_cast<size_t>(id) * dim + d);
-        }
       }
+      const double spread = p.key_spread != nullptr ? q_square * p.key_spread[item][id] : 0.0;
       const double scale = p.softmax_scale;
       const double logit = scale * dot + 0.5 * kSpreadWeight * scale * scale * spread;
       any_nan |= std::isnan(logit);

@@ -159,32 +159,41 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
     for (int d = 0; d < kPerLane; ++d) numerator[h][d] = 0.0f;
   }
   const int parts = min(p.centroid_parts, kParts);
-  // scale q.c + kSpreadWeight scale^2 / 2 sum q^2 var, as one lane sum.
-  const float half_scale = 0.5f * kSpreadWeight * p.softmax_scale;
+  // The spread term's weight a head: kSpreadWeight scale^2 / 2 |q|^2 (estimation.h).
+  float spread_weight[H];
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    spread_weight[h] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) spread_weight[h] = fmaf(q[h][j], q[h][j], spread_weight[h]);
+  }
+  HeadQuadWarpSum(spread_weight, lane);
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    spread_weight[h] *= 0.5f * kSpreadWeight * p.softmax_scale * p.softmax_scale;
+  }
   if (end > begin) {
     const T* key_mean = static_cast<const T*>(p.key_mean[item]);
     const float* value_sum = p.value_sum[item];
     const int32_t* count = p.count[item];
-    const T* key_spread =
-        p.key_spread != nullptr ? static_cast<const T*>(p.key_spread[item]) : nullptr;
+    const float* key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
     for (int32_t j = begin + warp; j < end; j += kWarps) {
       const int32_t cluster = p.cluster_ids[j];
       if (Contains(exclude, num_exclude, cluster)) continue;  // warp-uniform
       // Every part's loads first, so that they are in flight together.
       int32_t n[kParts];
-      float key[kParts][kPerLane], value[kParts][kPerLane], spread[kParts][kPerLane];
+      float key[kParts][kPerLane], value[kParts][kPerLane], spread[kParts];
 #pragma unroll
       for (int part = 0; part < kParts; ++part) {
         const size_t id = static_cast<size_t>(cluster) * parts + part;  // the part's centroid
         n[part] = part < parts ? count[id] : 0;
+        spread[part] = part < parts && key_spread != nullptr ? key_spread[id] : 0.0f;
         const T* c = key_mean + id * kDim + lane * kPerLane;
         const float* sv = value_sum + id * kDim + lane * kPerLane;
-        const T* v = key_spread + id * kDim + lane * kPerLane;
 #pragma unroll
         for (int d = 0; d < kPerLane; ++d) {
           key[part][d] = part < parts ? ToFloat(c[d]) : 0.0f;
           value[part][d] = part < parts ? sv[d] : 0.0f;
-          spread[part][d] = part < parts && key_spread != nullptr ? ToFloat(v[d]) : 0.0f;
         }
       }
 #pragma unroll
@@ -196,13 +205,13 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
           dot[h] = 0.0f;
 #pragma unroll
           for (int d = 0; d < kPerLane; ++d) {
-            dot[h] = fmaf(q[h][d], key[part][d] + half_scale * q[h][d] * spread[part][d], dot[h]);
+            dot[h] = fmaf(q[h][d], key[part][d], dot[h]);
           }
         }
         HeadQuadWarpSum(dot, lane);
 #pragma unroll
         for (int h = 0; h < H; ++h) {
-          const float logit = dot[h] * p.softmax_scale;
+          const float logit = fmaf(spread_weight[h], spread[part], dot[h] * p.softmax_scale);
           const float new_max = NanMax(running_max[h], logit);
           // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it.
           const float correction = expf(running_max[h] - new_max);

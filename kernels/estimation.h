@@ -20,10 +20,10 @@
 
 namespace kvtier {
 
-// The share of the Gaussian spread correction applied. The per-channel variances ignore the
-// channels' correlations, which in trained keys mostly overstates Var(q.k): on the dev
-// learned-attention dumps (2% retrieval, 25-100% estimation) half of it gave the lowest output
-// error of 0.25, 0.5, 0.75 and 1 on every concentrated dump.
+// The share of the Gaussian spread correction applied. Independent channels ignore their
+// correlations, which in trained keys mostly overstates Var(q.k): on the dev learned-attention
+// dumps (2% retrieval, 25-100% estimation) half of it gave the lowest output error of 0.25,
+// 0.5, 0.75 and 1 on every concentrated dump.
 inline constexpr float kSpreadWeight = 0.5f;
 
 struct EstimationParams {
@@ -56,12 +56,13 @@ struct EstimationParams {
   const void* const* key_mean = nullptr;    // [num_items] -> [clusters, parts, D] of dtype
   const float* const* value_sum = nullptr;  // [num_items] -> [clusters, parts, D]
   const int32_t* const* count = nullptr;    // [num_items] -> [clusters, parts]
-  // Optional [num_items] -> [clusters, parts, D] of dtype: per-channel key variances
-  // (block_summary.h). With them a cluster's logit becomes
-  //   l_c + kSpreadWeight * scale^2 / 2 * sum_i q_i^2 var_i:
-  // with kSpreadWeight = 1, e^{q.k} averaged over keys spread normally (independent channels)
-  // around c, where e^{q.c} underestimates every spread cluster (Jensen).
-  const void* const* key_spread = nullptr;
+  // Optional [num_items] -> [clusters, parts] fp32: each centroid's key spread s, the mean of
+  // its per-channel key variances (block_summary.h). With them a cluster's logit becomes
+  //   l_c + kSpreadWeight * scale^2 / 2 * |q|^2 * s:
+  // with kSpreadWeight = 1, e^{q.k} averaged over keys spread normally and evenly (independent
+  // channels, each of variance s) around c, where e^{q.c} underestimates every spread cluster
+  // (Jensen).
+  const float* const* key_spread = nullptr;
 
   float* out = nullptr;  // [num_items, G, D]; 0 for a row without contributing clusters
   float* lse = nullptr;  // [num_items, G]; -inf for a row without contributing clusters

@@ -326,7 +326,7 @@ TEST(EstimationListsTest, ExclusionEqualsPlainSumsWithoutTheExcluded) {
   }
 }
 
-// The spread correction: the twin adds kSpreadWeight scale^2 / 2 sum q^2 var to each
+// The spread correction: the twin adds kSpreadWeight scale^2 / 2 |q|^2 spread to each
 // centroid's logit, as the plain computation does; and a spread moves the result (the
 // correction is applied, not ignored).
 TEST(EstimationListsTest, SpreadCorrectionEqualsPlainSums) {

@@ -132,12 +132,14 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
   std::vector<uint16_t> bounds(slots * dim, kPoisonHalf), key_mean(slots * dim, kPoisonHalf);
   std::vector<float> value_sum(slots * dim, Poisoned<float>());
   std::vector<int32_t> count(slots, kPoisonInt);
+  std::vector<float> spread(slots, Poisoned<float>());
+  DeviceBuffer d_spread = Upload(spread);
   DeviceBuffer d_k = Upload(k), d_v = Upload(v), d_tokens = Upload(tokens);
   DeviceBuffer d_bounds = Upload(bounds), d_key_mean = Upload(key_mean);
   DeviceBuffer d_value_sum = Upload(value_sum), d_count = Upload(count);
   std::vector<const void*> hk, hv, dk, dv;
   std::vector<void*> hb, hm, db, dm;
-  std::vector<float*> hs, ds;
+  std::vector<float*> hs, ds, hv_spread, dv_spread;
   std::vector<int32_t*> hc, dc;
   for (int j = 0; j < n; ++j) {
     const size_t at = static_cast<size_t>(j) * 3;
@@ -147,6 +149,8 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
     hm.push_back(key_mean.data() + at * dim);
     hs.push_back(value_sum.data() + at * dim);
     hc.push_back(count.data() + at);
+    hv_spread.push_back(spread.data() + at);
+    dv_spread.push_back(d_spread.as<float>() + at);
     dk.push_back(d_k.as<uint16_t>() + j * page_elements);
     dv.push_back(d_v.as<uint16_t>() + j * page_elements);
     db.push_back(d_bounds.as<uint16_t>() + at * dim);
@@ -168,9 +172,10 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
   host.key_mean = hm.data();
   host.value_sum = all_outputs ? hs.data() : nullptr;
   host.count = hc.data();
+  host.key_spread = all_outputs ? hv_spread.data() : nullptr;
   ASSERT_OK(ReferencePageSummaries(host));
   DeviceBuffer d_kp = Upload(dk), d_vp = Upload(dv), d_bp = Upload(db), d_mp = Upload(dm),
-               d_sp = Upload(ds), d_cp = Upload(dc);
+               d_sp = Upload(ds), d_cp = Upload(dc), d_spread_ptr = Upload(dv_spread);
   p.k_pages = d_kp.as<const void*>();
   p.v_pages = d_vp.as<const void*>();
   p.tokens = d_tokens.as<int32_t>();
@@ -178,18 +183,23 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
   p.key_mean = d_mp.as<void*>();
   p.value_sum = all_outputs ? d_sp.as<float*>() : nullptr;
   p.count = d_cp.as<int32_t*>();
+  p.key_spread = all_outputs ? d_spread_ptr.as<float*>() : nullptr;
   ASSERT_OK(LaunchPageSummaries(p, stream));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
   const std::vector<uint16_t> got_bounds = Download<uint16_t>(d_bounds, bounds.size());
   const std::vector<uint16_t> got_key_mean = Download<uint16_t>(d_key_mean, key_mean.size());
   const std::vector<float> got_value_sum = Download<float>(d_value_sum, value_sum.size());
   const std::vector<int32_t> got_count = Download<int32_t>(d_count, count.size());
+  const std::vector<float> got_spread = Download<float>(d_spread, spread.size());
 
   int split_pages = 0, nan_means = 0;
   for (int j = 0; j < n; ++j) {
     for (int s = 0; s < 3; ++s) {
       const size_t at = static_cast<size_t>(j) * 3 + s;
       ASSERT_EQ(got_count[at], count[at]) << "page " << j << " slot " << s;
+      ASSERT_TRUE(SameFloat(got_spread[at], spread[at]))
+          << "key_spread page " << j << " slot " << s << ": " << got_spread[at] << " vs "
+          << spread[at];
       for (int d = 0; d < dim; ++d) {
         const size_t x = at * dim + d;
         ASSERT_TRUE(SameHalf(dtype, got_key_mean[x], key_mean[x]))

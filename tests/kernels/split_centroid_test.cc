@@ -131,8 +131,12 @@ struct Pages {
 struct Summaries {
   int parts = 1, dim = 0, num_pages = 0;
   std::vector<uint16_t> bounds, key_mean;
-  std::vector<float> value_sum;
+  std::vector<float> value_sum, key_spread;
   std::vector<int32_t> count;
+
+  float KeySpread(int j, int part) const {
+    return key_spread[static_cast<size_t>(j) * (parts + 1) + part];
+  }
 
   uint16_t KeyMeanBits(int j, int part, int d) const {
     return key_mean[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
@@ -164,6 +168,9 @@ struct Summaries {
       if (!count.empty()) {
         ASSERT_EQ(Count(j, parts), kPoisonInt) << "page " << j;
       }
+      if (!key_spread.empty()) {
+        ASSERT_TRUE(std::isnan(KeySpread(j, parts))) << "page " << j;
+      }
     }
   }
 };
@@ -173,6 +180,7 @@ struct Requested {
   bool key_mean = true;
   bool value_sum = true;
   bool count = true;
+  bool key_spread = true;
 };
 
 // Runs the twin on `pages` with `parts` centroids a page into poisoned outputs.
@@ -186,9 +194,10 @@ absl::Status Summarise(Pages& pages, int parts, Requested want, Summaries* out) 
   out->key_mean.assign(want.key_mean ? slots * dim : 0, kPoisonHalf);
   out->value_sum.assign(want.value_sum ? slots * dim : 0, kPoisonFloat);
   out->count.assign(want.count ? slots : 0, kPoisonInt);
+  out->key_spread.assign(want.key_spread ? slots : 0, kPoisonFloat);
   std::vector<const void*> kp, vp;
   std::vector<void*> bp, mp;
-  std::vector<float*> sp;
+  std::vector<float*> sp, xp;
   std::vector<int32_t*> cp;
   for (int j = 0; j < n; ++j) {
     kp.push_back(pages.Key(j, 0));
@@ -197,6 +206,7 @@ absl::Status Summarise(Pages& pages, int parts, Requested want, Summaries* out) 
     mp.push_back(out->key_mean.data() + static_cast<size_t>(j) * (parts + 1) * dim);
     sp.push_back(out->value_sum.data() + static_cast<size_t>(j) * (parts + 1) * dim);
     cp.push_back(out->count.data() + static_cast<size_t>(j) * (parts + 1));
+    xp.push_back(out->key_spread.data() + static_cast<size_t>(j) * (parts + 1));
   }
   PageSummaryParams p;
   p.dtype = pages.dtype;
@@ -211,15 +221,19 @@ absl::Status Summarise(Pages& pages, int parts, Requested want, Summaries* out) 
   p.key_mean = want.key_mean ? mp.data() : nullptr;
   p.value_sum = want.value_sum ? sp.data() : nullptr;
   p.count = want.count ? cp.data() : nullptr;
+  p.key_spread = want.key_spread ? xp.data() : nullptr;
   return ReferencePageSummaries(p);
 }
 
 // Part `part` of page j is exactly the tokens with in_group[t]: its count, its mean key (to
-// the fp32 sum's and the dtype's rounding) and its value sum (to the fp32 sum's rounding).
+// the fp32 sum's and the dtype's rounding), its value sum (to the fp32 sum's rounding) and its
+// key spread (the mean over channels of the keys' variance around the part's mean, to fp32
+// rounding).
 void ExpectPartIsGroup(Pages& pages, const Summaries& s, int j, int part,
                        const std::vector<bool>& in_group) {
   const int members = static_cast<int>(std::count(in_group.begin(), in_group.end(), true));
   ASSERT_EQ(s.Count(j, part), members) << "page " << j << " part " << part;
+  double variance_sum = 0, square_abs = 0;
   for (int d = 0; d < pages.dim; ++d) {
     double key_sum = 0, key_abs = 0, value_sum = 0, value_abs = 0;
     for (int t = 0; t < pages.tokens[j]; ++t) {
@@ -236,7 +250,17 @@ void ExpectPartIsGroup(Pages& pages, const Summaries& s, int j, int part,
         << "page " << j << " part " << part << " channel " << d;
     ASSERT_NEAR(s.ValueSum(j, part, d), value_sum, 1e-6 * value_abs + 1e-7)
         << "page " << j << " part " << part << " channel " << d;
+    for (int t = 0; t < pages.tokens[j]; ++t) {
+      if (!in_group[t]) continue;
+      const double deviation = pages.K(j, t, d) - mean;
+      variance_sum += deviation * deviation / members;
+      square_abs += pages.K(j, t, d) * pages.K(j, t, d) / members;
+    }
   }
+  const double spread = variance_sum / pages.dim;
+  // fp32 deviations from a mean within 1e-6 relative of the keys: errors of ~1e-6 |k|^2.
+  ASSERT_NEAR(s.KeySpread(j, part), spread, 1e-5 * square_abs / pages.dim + 1e-7)
+      << "page " << j << " part " << part;
 }
 
 TEST(SplitSummaryTest, TwoGroupsSplitIntoTheirGroups) {

@@ -91,7 +91,7 @@ TEST(WaveStatsTest, EstimationZoneBytesAreCounted) {
       driver.Decode(0, seqs, driver.RandomDecodeInputs(2, rng), DType::kFP32, nullptr).ok());
   const int64_t hk = driver.cache().options().shape.num_kv_heads;
   const int64_t d = c.head_dim;
-  const int64_t page_bytes = 2 * d * 2 + 2 * d * 4 + 2 * d * 2 + 2 * 4;  // both parts
+  const int64_t page_bytes = 2 * d * 2 + 2 * d * 4 + 2 * 4 + 2 * 4;  // both parts
   // After the append each holds one more token: the cold pages stay 12 and 6.
   const int64_t zone_pages = (std::min<int64_t>(12, c.budget + c.estimate) - c.budget) +
                              (std::min<int64_t>(6, c.budget + c.estimate) - c.budget);

@@ -142,17 +142,15 @@ class EstimationLists {
       : EstimationLists(dtype, dim, group, parts, LongestCount(items, &EstimationItemSpec::count),
                         LongestCount(items, &EstimationItemSpec::excluded), items, seed) {}
 
-  // Adds per-channel key variances (EstimationParams::key_spread): positive, of the size
+  // Adds key spreads (EstimationParams::key_spread, one a centroid): positive, of the size
   // trained keys' spreads have, so that the correction moves logits by up to a few nats.
   void AddSpread(uint64_t seed) {
     std::mt19937_64 rng(seed);
     std::uniform_real_distribution<float> variance(0.0f, 0.6f);
-    spreads_.resize(keys_.size());
-    for (uint16_t& x : spreads_) {
-      x = dtype_ == DType::kBF16 ? FloatToBF16(variance(rng)) : FloatToFP16(variance(rng));
-    }
+    spreads_.resize(counts_.size());
+    for (float& x : spreads_) x = variance(rng);
     spread_ptr_.clear();
-    for (int i = 0; i < items_; ++i) spread_ptr_.push_back(spreads_.data() + key_at_[i]);
+    for (int i = 0; i < items_; ++i) spread_ptr_.push_back(spreads_.data() + count_at_[i]);
   }
 
   EstimationLists(const EstimationLists&) = delete;  // Params() points into the arrays
@@ -218,7 +216,7 @@ class EstimationLists {
   // denominator += n e^l, numerator += e^l * value_sum; out = numerator / denominator,
   // lse = log(denominator); 0 and -inf without contributions. Sums are taken relative to the
   // largest logit (the same quotient, without overflow). With spreads, l += kSpreadWeight *
-  // scale^2 / 2 * sum_d q_d^2 var_d.
+  // scale^2 / 2 * |q|^2 * spread_c.
   void Plain(std::vector<float>* out, std::vector<float>* lse, bool exclusion = true) const {
     out->assign(rows() * dim_, std::numeric_limits<float>::quiet_NaN());
     lse->assign(rows(), std::numeric_limits<float>::quiet_NaN());
@@ -233,12 +231,13 @@ class EstimationLists {
           for (int part = 0; part < parts_; ++part) {
             const size_t c = static_cast<size_t>(id) * parts_ + part;
             if (counts_[count_at_[i] + c] <= 0) continue;
-            double dot = 0, spread = 0;
+            double dot = 0, q_square = 0;
             for (int d = 0; d < dim_; ++d) {
               const double qd = Value(q_[row * dim_ + d]);
               dot += qd * Value(keys_[key_at_[i] + c * dim_ + d]);
-              if (!spreads_.empty()) spread += qd * qd * Value(spreads_[key_at_[i] + c * dim_ + d]);
+              q_square += qd * qd;
             }
+            const double spread = spreads_.empty() ? 0.0 : q_square * spreads_[count_at_[i] + c];
             logit.push_back(scale * dot + kSpreadWeight * scale * scale / 2 * spread);
             centroid.push_back(c);
           }
@@ -271,7 +270,7 @@ class EstimationLists {
   // The arrays, for device copies (offsets of item i's summaries: key_at()[i] etc.).
   const std::vector<uint16_t>& q() const { return q_; }
   const std::vector<uint16_t>& keys() const { return keys_; }
-  const std::vector<uint16_t>& spreads() const { return spreads_; }  // empty: no spread
+  const std::vector<float>& spreads() const { return spreads_; }  // empty: no spread
   const std::vector<float>& sums() const { return sums_; }
   const std::vector<int32_t>& counts() const { return counts_; }
   std::vector<int32_t>& ids() { return ids_; }
@@ -300,11 +299,13 @@ class EstimationLists {
   int dim_, group_, parts_;
   int32_t stride_, exclude_stride_;
   int items_;
-  std::vector<uint16_t> q_, keys_, spreads_;
+  std::vector<uint16_t> q_, keys_;
+  std::vector<float> spreads_;
   std::vector<float> sums_;
   std::vector<int32_t> counts_, ids_, list_count_, exclude_, exclude_count_, flat_, offsets_;
   std::vector<size_t> key_at_, sum_at_, count_at_;
-  std::vector<const void*> key_ptr_, spread_ptr_;
+  std::vector<const void*> key_ptr_;
+  std::vector<const float*> spread_ptr_;
   std::vector<const float*> sum_ptr_;
   std::vector<const int32_t*> count_ptr_;
 };

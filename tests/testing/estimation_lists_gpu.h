@@ -25,7 +25,7 @@ class DeviceEstimationLists {
       : batch_(batch),
         q_(Upload(batch.q())),
         keys_(Upload(batch.keys())),
-        spreads_(Upload(batch.spreads().empty() ? batch.keys() : batch.spreads())),
+        spreads_(Upload(batch.spreads().empty() ? std::vector<float>(1) : batch.spreads())),
         sums_(Upload(batch.sums())),
         counts_(Upload(batch.counts())),
         ids_(Upload(batch.ids())),
@@ -34,12 +34,12 @@ class DeviceEstimationLists {
         offsets_(Upload(batch.offsets())),
         exclude_(Upload(batch.exclude())),
         exclude_count_(Upload(exclude_count.empty() ? batch.exclude_count() : exclude_count)) {
-    std::vector<const void*> keys, spreads;
-    std::vector<const float*> sums;
+    std::vector<const void*> keys;
+    std::vector<const float*> sums, spreads;
     std::vector<const int32_t*> counts;
     for (int i = 0; i < batch.num_items(); ++i) {
       keys.push_back(keys_.as<uint16_t>() + batch.key_at()[i]);
-      spreads.push_back(spreads_.as<uint16_t>() + batch.key_at()[i]);
+      spreads.push_back(spreads_.as<float>() + batch.count_at()[i]);
       sums.push_back(sums_.as<float>() + batch.sum_at()[i]);
       counts.push_back(counts_.as<int32_t>() + batch.count_at()[i]);
     }
@@ -71,7 +71,7 @@ class DeviceEstimationLists {
     p.key_mean = key_ptr_.as<const void*>();
     p.value_sum = sum_ptr_.as<const float*>();
     p.count = count_ptr_.as<const int32_t*>();
-    if (host.key_spread != nullptr) p.key_spread = spread_ptr_.as<const void*>();
+    if (host.key_spread != nullptr) p.key_spread = spread_ptr_.as<const float*>();
     p.out = out;
     p.lse = lse;
     return p;
