@@ -1,9 +1,10 @@
 // Estimation on the GPU (contract in estimation.h). A thread block per item, group of up to
 // kHeadsPerBlock query heads and run of the item's list; the item's exclusion list sits in
-// shared memory; each warp reads the run's clusters warp, warp + W, ... once (both parts' loads
-// in flight together) and folds each into an online softmax per head (running max, denominator
-// and numerator, the numerator's D values spread over the lanes), then the warps' states merge
-// by log-sum-exp. A centroid's key and value sum are read once for four heads rather than once
+// shared memory; each warp reads the run's clusters warp, warp + W, ... once (two entries an
+// iteration, both entries' parts' loads in flight together: one entry at a time read the zone at
+// 27% of the HBM rate on the H200) and folds each into an online softmax per head (running max,
+// denominator and numerator, the numerator's D values spread over the lanes), then the warps'
+// states merge by log-sum-exp. A centroid's key and value sum are read once for four heads rather than once
 // per head. With several runs an item (a batch of few items: 6 x 8 KV heads left two thirds of
 // an H200's SMs idle at one block an item), each run writes a partial result to the workspace
 // and the split-K merge (merge.cu) combines them.
@@ -54,6 +55,17 @@ __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t
     }
   }
   return lo < n && list[lo] == id;
+}
+
+// Whether `id` is in the ascending list (shared memory); every lane of the warp calls it with
+// the same id and gets the same answer. Short lists (a retrieval budget) are searched by all
+// lanes at once, a load or two a lane and a vote; longer ones by binary search.
+constexpr int32_t kLaneSearchMax = 256;
+__device__ __forceinline__ bool Excluded(const int32_t* list, int32_t n, int32_t id, int lane) {
+  if (n > kLaneSearchMax) return Contains(list, n, id);
+  bool hit = false;
+  for (int32_t i = lane; i < n; i += 32) hit |= list[i] == id;
+  return __any_sync(0xFFFFFFFFu, hit);
 }
 
 // The warp sums of four values, each left on every lane: a reduce-scatter (the first step
@@ -177,51 +189,68 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
     const float* value_sum = p.value_sum[item];
     const int32_t* count = p.count[item];
     const float* key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
-    for (int32_t j = begin + warp; j < end; j += kWarps) {
-      const int32_t cluster = p.cluster_ids[j];
-      if (Contains(exclude, num_exclude, cluster)) continue;  // warp-uniform
-      // Every part's loads first, so that they are in flight together.
-      int32_t n[kParts];
-      float key[kParts][kPerLane], value[kParts][kPerLane], spread[kParts];
+    // kAtOnce list entries a warp iteration (entries j and j + kWarps): their id loads, then
+    // every part's loads, are in flight together; then they are folded in list order.
+    constexpr int kAtOnce = 2;
+    for (int32_t j0 = begin + warp; j0 < end; j0 += kAtOnce * kWarps) {
+      int32_t n[kAtOnce][kParts];
+      float key[kAtOnce][kParts][kPerLane], value[kAtOnce][kParts][kPerLane];
+      float spread[kAtOnce][kParts];
+      int32_t cluster[kAtOnce];
 #pragma unroll
-      for (int part = 0; part < kParts; ++part) {
-        const size_t id = static_cast<size_t>(cluster) * parts + part;  // the part's centroid
-        n[part] = part < parts ? count[id] : 0;
-        spread[part] = part < parts && key_spread != nullptr ? key_spread[id] : 0.0f;
-        const T* c = key_mean + id * kDim + lane * kPerLane;
-        const float* sv = value_sum + id * kDim + lane * kPerLane;
+      for (int u = 0; u < kAtOnce; ++u) {
+        const int32_t j = j0 + u * kWarps;
+        cluster[u] = j < end ? p.cluster_ids[j] : -1;
+      }
 #pragma unroll
-        for (int d = 0; d < kPerLane; ++d) {
-          key[part][d] = part < parts ? ToFloat(c[d]) : 0.0f;
-          value[part][d] = part < parts ? sv[d] : 0.0f;
+      for (int u = 0; u < kAtOnce; ++u) {
+        // Warp-uniform: an entry past the end or excluded reads nothing and counts 0.
+        const bool live = cluster[u] >= 0 && !Excluded(exclude, num_exclude, cluster[u], lane);
+#pragma unroll
+        for (int part = 0; part < kParts; ++part) {
+          const bool read = live && part < parts;
+          const size_t id = read ? static_cast<size_t>(cluster[u]) * parts + part : 0;
+          n[u][part] = read ? count[id] : 0;
+          spread[u][part] = read && key_spread != nullptr ? key_spread[id] : 0.0f;
+          const T* c = key_mean + id * kDim + lane * kPerLane;
+          const float* sv = value_sum + id * kDim + lane * kPerLane;
+#pragma unroll
+          for (int d = 0; d < kPerLane; ++d) {
+            key[u][part][d] = read ? ToFloat(c[d]) : 0.0f;
+            value[u][part][d] = read ? sv[d] : 0.0f;
+          }
         }
       }
 #pragma unroll
-      for (int part = 0; part < kParts; ++part) {
-        if (n[part] <= 0) continue;  // warp-uniform (also a missing part)
-        float dot[H];
+      for (int u = 0; u < kAtOnce; ++u) {
 #pragma unroll
-        for (int h = 0; h < H; ++h) {
-          dot[h] = 0.0f;
+        for (int part = 0; part < kParts; ++part) {
+          if (n[u][part] <= 0) continue;  // warp-uniform (also a missing part or entry)
+          float dot[H];
 #pragma unroll
-          for (int d = 0; d < kPerLane; ++d) {
-            dot[h] = fmaf(q[h][d], key[part][d], dot[h]);
+          for (int h = 0; h < H; ++h) {
+            dot[h] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < kPerLane; ++d) {
+              dot[h] = fmaf(q[h][d], key[u][part][d], dot[h]);
+            }
           }
-        }
-        HeadQuadWarpSum(dot, lane);
+          HeadQuadWarpSum(dot, lane);
 #pragma unroll
-        for (int h = 0; h < H; ++h) {
-          const float logit = fmaf(spread_weight[h], spread[part], dot[h] * p.softmax_scale);
-          const float new_max = NanMax(running_max[h], logit);
-          // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it.
-          const float correction = expf(running_max[h] - new_max);
-          const float weight = expf(logit - new_max);
-          denominator[h] = denominator[h] * correction + weight * static_cast<float>(n[part]);
+          for (int h = 0; h < H; ++h) {
+            const float logit = fmaf(spread_weight[h], spread[u][part], dot[h] * p.softmax_scale);
+            const float new_max = NanMax(running_max[h], logit);
+            // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it.
+            const float correction = expf(running_max[h] - new_max);
+            const float weight = expf(logit - new_max);
+            denominator[h] =
+                denominator[h] * correction + weight * static_cast<float>(n[u][part]);
 #pragma unroll
-          for (int d = 0; d < kPerLane; ++d) {
-            numerator[h][d] = numerator[h][d] * correction + weight * value[part][d];
+            for (int d = 0; d < kPerLane; ++d) {
+              numerator[h][d] = numerator[h][d] * correction + weight * value[u][part][d];
+            }
+            running_max[h] = new_max;
           }
-          running_max[h] = new_max;
         }
       }
     }
