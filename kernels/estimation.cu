@@ -239,17 +239,24 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
 #pragma unroll
           for (int h = 0; h < H; ++h) {
             const float logit = fmaf(spread_weight[h], spread[u][part], dot[h] * p.softmax_scale);
-            const float new_max = NanMax(running_max[h], logit);
-            // First cluster: running_max is -inf and the old state is 0; exp(-inf) = 0 keeps it.
-            const float correction = expf(running_max[h] - new_max);
-            const float weight = expf(logit - new_max);
-            denominator[h] =
-                denominator[h] * correction + weight * static_cast<float>(n[u][part]);
+            // The state is rescaled only when the max grows (warp-uniform: every lane holds the
+            // same logit), which after the first clusters is rare; otherwise the correction
+            // would be exp(0) = 1 exactly. First cluster: running_max is -inf and the old state
+            // is 0; exp(-inf) = 0 keeps it.
+            if (logit > running_max[h] || logit != logit) {
+              const float new_max = NanMax(running_max[h], logit);
+              const float correction = expf(running_max[h] - new_max);
+              denominator[h] *= correction;
+#pragma unroll
+              for (int d = 0; d < kPerLane; ++d) numerator[h][d] *= correction;
+              running_max[h] = new_max;
+            }
+            const float weight = expf(logit - running_max[h]);
+            denominator[h] = fmaf(weight, static_cast<float>(n[u][part]), denominator[h]);
 #pragma unroll
             for (int d = 0; d < kPerLane; ++d) {
-              numerator[h][d] = numerator[h][d] * correction + weight * value[u][part][d];
+              numerator[h][d] = fmaf(weight, value[u][part][d], numerator[h][d]);
             }
-            running_max[h] = new_max;
           }
         }
       }
