@@ -1,13 +1,19 @@
 // Estimation on the GPU (contract in estimation.h). A thread block per item, group of up to
-// kHeadsPerBlock query heads and run of the item's list; the item's exclusion list sits in
-// shared memory; each warp reads the run's clusters warp, warp + W, ... once (two entries an
-// iteration, both entries' parts' loads in flight together: one entry at a time read the zone at
-// 27% of the HBM rate on the H200) and folds each into an online softmax per head (running max,
-// denominator and numerator, the numerator's D values spread over the lanes), then the warps'
-// states merge by log-sum-exp. A centroid's key and value sum are read once for four heads rather than once
-// per head. With several runs an item (a batch of few items: 6 x 8 KV heads left two thirds of
-// an H200's SMs idle at one block an item), each run writes a partial result to the workspace
-// and the split-K merge (merge.cu) combines them.
+// kHeadsPerBlock query heads and run of the item's list. The block stages its run's ids in
+// shared memory with the excluded ones struck out (the item's exclusion list sits there too),
+// then streams the run in tiles of kTileEntries clusters through kStages cp.async stages.
+// Per tile, three phases with a barrier between:
+//  1. logits: a thread takes one centroid, one head and half of the channels (q in shared
+//     memory, a broadcast; padded key rows, no bank conflicts);
+//  2. softmax: warp h folds the tile's logits of head h into its running max and denominator
+//     and leaves the tile's weights and the state's rescale factor in shared memory;
+//  3. numerators: a thread keeps two channels of every head over a share of the tile's
+//     centroids (the shares summed at the end).
+// A warp per cluster, folding it with a butterfly and 32 lanes' worth of the same exponentials,
+// ran the zone at 25-30% of the HBM rate on the H200. A centroid's key and value sum are read
+// once for four heads. With several runs an item (a batch of few items: 6 x 8 KV heads left
+// two thirds of an H200's SMs idle at one block an item), each run writes a partial result to
+// the workspace and the split-K merge (merge.cu) combines them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -20,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/base/status.h"
+#include "kernels/cp_async.cuh"
 #include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/estimation.h"
@@ -28,13 +35,55 @@
 namespace kvtier {
 namespace {
 
-// Warps a thread block: enough resident warps that the per-cluster chain of loads, butterfly
-// and exponentials of one warp hides behind the others' (a zone of a thousand clusters over 192
-// items left 6 warps an SM at 4 warps a block). D = 256 halves them to keep the numerators'
-// shared memory at 32 KiB.
+// A thread block: 8 warps. The item's list is taken in tiles of kTileEntries entries
+// (kTileCentroids centroids), streamed through kStages shared-memory stages by cp.async.
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kParts = 2;  // the most centroids a cluster (block_summary.h)
+constexpr int kTileEntries = 16;
+constexpr int kTileCentroids = kTileEntries * kParts;  // 32: a warp's lanes
+constexpr int kStages = 3;
+// Ids a block stages at a time (a run longer than this is taken in segments).
+constexpr int kSegmentIds = 1024;
+// Heads a thread block estimates together: it reads each centroid once for all of them.
+constexpr int kHeadsPerBlock = 4;
+constexpr int H = kHeadsPerBlock;
+static_assert(kWarps == 2 * H, "a tile's dot products: a warp a head and half of the channels");
+
+// One stage: a tile's mean keys (a padded row a centroid, so that 32 lanes reading 32 rows
+// hit distinct banks), value sums, counts and spreads. Centroid c is part c % 2 of entry
+// c / 2.
+template <typename T, int kDim>
+struct Stage {
+  static constexpr int kKeyRow = kDim * static_cast<int>(sizeof(T)) + 16;
+  static constexpr int kValueOffset = kTileCentroids * kKeyRow;
+  static constexpr int kCountOffset = kValueOffset + kTileCentroids * kDim * 4;
+  static constexpr int kSpreadOffset = kCountOffset + kTileCentroids * 4;
+  static constexpr int kBytes = kSpreadOffset + kTileCentroids * 4;
+  static_assert(kBytes % 16 == 0 && kKeyRow % 16 == 0);
+};
+
+// Channel pairs of the numerators: a thread holds two channels of every head; groups of
+// kDim / 2 threads take a share of a tile's centroids each, summed at the end.
 template <int kDim>
-constexpr int EstimationWarps() {
-  return kDim == 256 ? 8 : 16;
+struct Numerators {
+  static constexpr int kThreadsPerGroup = kDim / 2;
+  static constexpr int kGroups = kThreads / kThreadsPerGroup;
+  static constexpr int kCentroidsPerGroup = kTileCentroids / kGroups;
+  static_assert(kThreadsPerGroup >= 32 && kTileCentroids % kGroups == 0);
+};
+
+// Dynamic shared memory of a block: the stages (reused at the end for the groups'
+// numerators), the staged ids, the exclusion list.
+template <typename T, int kDim>
+constexpr size_t StagesBytes() {
+  constexpr size_t stages = size_t{kStages} * Stage<T, kDim>::kBytes;
+  constexpr size_t numerators = size_t{Numerators<kDim>::kGroups} * H * kDim * 4;
+  return stages > numerators ? stages : numerators;
+}
+template <typename T, int kDim>
+size_t EstimationSharedBytes(int32_t exclude_stride) {
+  return StagesBytes<T, kDim>() + size_t{kSegmentIds} * 4 + static_cast<size_t>(exclude_stride) * 4;
 }
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -43,7 +92,20 @@ __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 // max that keeps NaN: once either side is NaN the result is NaN.
 __device__ __forceinline__ float NanMax(float a, float b) { return (b > a || b != b) ? b : a; }
 
-// Binary search of an ascending list in shared memory (every lane searches the same id).
+__device__ __forceinline__ float WarpNanMax(float x) {
+#pragma unroll
+  for (int offset = 16; offset >= 1; offset /= 2) {
+    x = NanMax(x, __shfl_xor_sync(0xFFFFFFFFu, x, offset));
+  }
+  return x;
+}
+__device__ __forceinline__ float WarpSum(float x) {
+#pragma unroll
+  for (int offset = 16; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
+  return x;
+}
+
+// Binary search of an ascending list in shared memory.
 __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t id) {
   int32_t lo = 0, hi = n;
   while (lo < hi) {
@@ -57,50 +119,8 @@ __device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t
   return lo < n && list[lo] == id;
 }
 
-// Whether `id` is in the ascending list (shared memory); every lane of the warp calls it with
-// the same id and gets the same answer. Short lists (a retrieval budget) are searched by all
-// lanes at once, a load or two a lane and a vote; longer ones by binary search.
-constexpr int32_t kLaneSearchMax = 256;
-__device__ __forceinline__ bool Excluded(const int32_t* list, int32_t n, int32_t id, int lane) {
-  if (n > kLaneSearchMax) return Contains(list, n, id);
-  bool hit = false;
-  for (int32_t i = lane; i < n; i += 32) hit |= list[i] == id;
-  return __any_sync(0xFFFFFFFFu, hit);
-}
-
-// The warp sums of four values, each left on every lane: a reduce-scatter (the first step
-// trades two of the four with the partner lane, the second one of the two, then the butterfly
-// of one sum over 8 lanes) and an all-gather back; 9 shuffles where four butterflies take 20.
-// Each sum pairs the same lanes' values as the butterfly does, so every lane gets the same
-// bits and the lanes' online-softmax states stay identical.
-__device__ __forceinline__ void HeadQuadWarpSum(float (&value)[4], int lane) {
-  const bool upper = (lane & 16) != 0;
-  const float pair0 =
-      (upper ? value[2] : value[0]) + __shfl_xor_sync(0xFFFFFFFFu, upper ? value[0] : value[2], 16);
-  const float pair1 =
-      (upper ? value[3] : value[1]) + __shfl_xor_sync(0xFFFFFFFFu, upper ? value[1] : value[3], 16);
-  const bool odd = (lane & 8) != 0;
-  float sum = (odd ? pair1 : pair0) + __shfl_xor_sync(0xFFFFFFFFu, odd ? pair0 : pair1, 8);
-#pragma unroll
-  for (int offset = 4; offset >= 1; offset /= 2) {
-    sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
-  }
-  // This lane holds sum 2 * upper + odd; gather the other three.
-  const float neighbour = __shfl_xor_sync(0xFFFFFFFFu, sum, 8);
-  const float even_sum = odd ? neighbour : sum, odd_sum = odd ? sum : neighbour;
-  const float far_even = __shfl_xor_sync(0xFFFFFFFFu, even_sum, 16);
-  const float far_odd = __shfl_xor_sync(0xFFFFFFFFu, odd_sum, 16);
-  value[0] = upper ? far_even : even_sum;
-  value[1] = upper ? far_odd : odd_sum;
-  value[2] = upper ? even_sum : far_even;
-  value[3] = upper ? odd_sum : far_odd;
-}
-
 // The largest exclusion list a block holds (shared memory): 16K ids, beyond any budget.
 constexpr size_t kMaxExcludeBytes = 64 * 1024;
-
-// Heads a thread block estimates together: its warps read each centroid once for all of them.
-constexpr int kHeadsPerBlock = 4;  // HeadQuadWarpSum's four
 
 // Where the blocks of one launch write: p.out / p.lse with one run an item, else run r's
 // partial rows at partial_out[(r * rows + row) * D] and partial_lse[r * rows + row].
@@ -110,19 +130,88 @@ struct RunOutput {
   float* partial_lse = nullptr;
 };
 
+// The per-item arrays a block reads.
+struct ItemArrays {
+  const char* key_mean = nullptr;
+  const char* value_sum = nullptr;
+  const int32_t* count = nullptr;
+  const float* key_spread = nullptr;  // null: spreads count 0
+  int parts = 1;
+  bool vector = false;  // key_mean and value_sum are 16-byte aligned: 16-byte copies
+};
+
+// Copies of `units` kUnit-byte pieces a centroid row of an array: piece k of the tile is
+// centroid k / units, bytes (k % units) kUnit on; the block's threads take every kThreads-th.
+// Rows of absent centroids (id < 0, or a part the clusters do not have) are not read.
+template <int kUnit, int kRowBytes>
+__device__ __forceinline__ void IssueRows(const char* base, int parts, const int32_t* ids,
+                                          uint32_t dst, int dst_row_bytes) {
+  constexpr int kUnits = kRowBytes / kUnit;
+#pragma unroll
+  for (int k = threadIdx.x; k < kTileCentroids * kUnits; k += kThreads) {
+    const int c = k / kUnits, offset = k % kUnits * kUnit;  // constant divisors
+    const int32_t id = ids[c / kParts];
+    const int part = c % kParts;
+    if (id < 0 || part >= parts) continue;
+    const char* src = base + (static_cast<size_t>(id) * parts + part) * kRowBytes + offset;
+    if constexpr (kUnit == 16) {
+      internal::CpAsync16(dst + c * dst_row_bytes + offset, src, 16);
+    } else {
+      internal::CpAsync4(dst + c * dst_row_bytes + offset, src);
+    }
+  }
+}
+
+// The whole block issues the copies of the tile whose ids are `ids` (-1: none, its centroids
+// count 0) into the stage at shared address `stage` (generic pointer `stage_pointer`).
 template <typename T, int kDim>
-__global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
-    EstimationKernel(EstimationParams p, RunOutput runs) {
+__device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* ids,
+                                          uint32_t stage, char* stage_pointer) {
+  using S = Stage<T, kDim>;
+  constexpr int kKeyBytes = kDim * sizeof(T);  // a centroid's
+  constexpr int kValueBytes = kDim * 4;
+  if (a.vector) {
+    IssueRows<16, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
+    IssueRows<16, kValueBytes>(a.value_sum, a.parts, ids, stage + S::kValueOffset, kValueBytes);
+  } else {
+    IssueRows<4, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
+    IssueRows<4, kValueBytes>(a.value_sum, a.parts, ids, stage + S::kValueOffset, kValueBytes);
+  }
+  if (threadIdx.x < kTileCentroids) {
+    const int c = threadIdx.x;
+    const int32_t id = ids[c / kParts];
+    const int part = c % kParts;
+    int32_t* count = reinterpret_cast<int32_t*>(stage_pointer + S::kCountOffset);
+    float* spread = reinterpret_cast<float*>(stage_pointer + S::kSpreadOffset);
+    if (id < 0 || part >= a.parts) {
+      count[c] = 0;
+      spread[c] = 0.0f;
+    } else {
+      const size_t row = static_cast<size_t>(id) * a.parts + part;
+      internal::CpAsync4(stage + S::kCountOffset + c * 4, a.count + row);
+      if (a.key_spread != nullptr) {
+        internal::CpAsync4(stage + S::kSpreadOffset + c * 4, a.key_spread + row);
+      } else {
+        spread[c] = 0.0f;
+      }
+    }
+  }
+}
+
+template <typename T, int kDim>
+__global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams p, RunOutput runs) {
   internal::ChainedKernelStart();
-  constexpr int kWarps = EstimationWarps<kDim>();
-  constexpr int kThreads = kWarps * 32;
-  constexpr int kPerLane = kDim / 32;
-  constexpr int kParts = 2;  // the most centroids a cluster (block_summary.h)
-  constexpr int H = kHeadsPerBlock;
-  __shared__ float warp_max[kWarps][H];
-  __shared__ float warp_denominator[kWarps][H];
-  __shared__ float warp_numerator[kWarps][H][kDim];
-  extern __shared__ int32_t exclude[];  // the item's exclusion list, [exclude_stride]
+  using S = Stage<T, kDim>;
+  using N = Numerators<kDim>;
+  constexpr int kHalf = kDim / 2;  // channels of a phase-1 thread's dot product
+  __shared__ __align__(16) float q_s[H][kDim];
+  __shared__ float dot_s[2][H][kTileCentroids];         // the two halves' dot products
+  __shared__ __align__(16) float weight_s[kTileCentroids][H];  // e^{l - max}, 0: none
+  __shared__ float correction_s[H];                      // this tile's rescale of the state
+  __shared__ float max_s[H], denominator_s[H];
+  extern __shared__ __align__(16) char smem[];
+  int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim>());
+  int32_t* exclude = ids + kSegmentIds;  // the item's exclusion list, [exclude_stride]
 
   const int chunks = (p.group_size + H - 1) / H;
   const int run = static_cast<int>(blockIdx.x % runs.runs);
@@ -132,16 +221,12 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
 
-  float q[H][kPerLane];
-#pragma unroll
-  for (int h = 0; h < H; ++h) {
+  for (int j = threadIdx.x; j < H * kDim; j += kThreads) {
+    const int h = j / kDim, d = j % kDim;
     const int head = first_head + min(h, heads - 1);  // a missing head repeats the last one
-    const T* q_row = static_cast<const T*>(p.q) +
-                     (static_cast<int64_t>(item) * p.group_size + head) * kDim + lane * kPerLane;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) q[h][j] = ToFloat(q_row[j]);
+    q_s[h][d] = ToFloat(static_cast<const T*>(
+        p.q)[(static_cast<int64_t>(item) * p.group_size + head) * kDim + d]);
   }
-
   int32_t begin, end;
   if (p.list_count != nullptr) {
     begin = item * p.list_stride;
@@ -162,154 +247,169 @@ __global__ void __launch_bounds__(EstimationWarps<kDim>() * 32)
   }
   __syncthreads();
 
-  float running_max[H], denominator[H], numerator[H][kPerLane];
-#pragma unroll
-  for (int h = 0; h < H; ++h) {
-    running_max[h] = -INFINITY;
-    denominator[h] = 0.0f;
-#pragma unroll
-    for (int d = 0; d < kPerLane; ++d) numerator[h][d] = 0.0f;
+  // Phase-1 role: head warp % H, channels [half * kHalf, +kHalf), centroid `lane`. Warps
+  // 0..H-1 (head = warp) also keep that head's softmax state, the same on every lane.
+  const int my_head = warp % H, half = warp / H;
+  float running_max = -INFINITY, denominator = 0.0f;
+  float spread_weight = 0.0f;  // kSpreadWeight scale^2 / 2 |q|^2 (estimation.h)
+  if (warp < H) {
+    for (int d = lane; d < kDim; d += 32) spread_weight = fmaf(q_s[warp][d], q_s[warp][d], spread_weight);
+    spread_weight = WarpSum(spread_weight) * (0.5f * kSpreadWeight * p.softmax_scale * p.softmax_scale);
   }
-  const int parts = min(p.centroid_parts, kParts);
-  // The spread term's weight a head: kSpreadWeight scale^2 / 2 |q|^2 (estimation.h).
-  float spread_weight[H];
+  // Phase-2 role: channels 2 pair, 2 pair + 1 of every head, over the group's centroids.
+  const int pair = threadIdx.x % N::kThreadsPerGroup, group = threadIdx.x / N::kThreadsPerGroup;
+  float numerator[H][2];
 #pragma unroll
-  for (int h = 0; h < H; ++h) {
-    spread_weight[h] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kPerLane; ++j) spread_weight[h] = fmaf(q[h][j], q[h][j], spread_weight[h]);
-  }
-  HeadQuadWarpSum(spread_weight, lane);
-#pragma unroll
-  for (int h = 0; h < H; ++h) {
-    spread_weight[h] *= 0.5f * kSpreadWeight * p.softmax_scale * p.softmax_scale;
-  }
+  for (int h = 0; h < H; ++h) numerator[h][0] = numerator[h][1] = 0.0f;
+
+  ItemArrays arrays;
   if (end > begin) {
-    const T* key_mean = static_cast<const T*>(p.key_mean[item]);
-    const float* value_sum = p.value_sum[item];
-    const int32_t* count = p.count[item];
-    const float* key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
-    // kAtOnce list entries a warp iteration (entries j and j + kWarps): their id loads, then
-    // every part's loads, are in flight together; then they are folded in list order.
-    constexpr int kAtOnce = 2;
-    for (int32_t j0 = begin + warp; j0 < end; j0 += kAtOnce * kWarps) {
-      int32_t n[kAtOnce][kParts];
-      float key[kAtOnce][kParts][kPerLane], value[kAtOnce][kParts][kPerLane];
-      float spread[kAtOnce][kParts];
-      int32_t cluster[kAtOnce];
+    arrays.key_mean = static_cast<const char*>(p.key_mean[item]);
+    arrays.value_sum = reinterpret_cast<const char*>(p.value_sum[item]);
+    arrays.count = p.count[item];
+    arrays.key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
+    arrays.parts = min(p.centroid_parts, kParts);
+    arrays.vector = ((reinterpret_cast<uintptr_t>(arrays.key_mean) |
+                      reinterpret_cast<uintptr_t>(arrays.value_sum)) & 15) == 0;
+  }
+  const uint32_t stages = internal::SharedAddress(smem);
+  for (int32_t segment = begin; segment < end; segment += kSegmentIds) {
+    const int32_t length = min(kSegmentIds, end - segment);
+    const int32_t tiles = (length + kTileEntries - 1) / kTileEntries;
+    __syncthreads();  // the previous segment's ids and stages are no longer read
+    for (int32_t j = threadIdx.x; j < tiles * kTileEntries; j += kThreads) {
+      const int32_t id = j < length ? p.cluster_ids[segment + j] : -1;
+      ids[j] = id >= 0 && !Contains(exclude, num_exclude, id) ? id : -1;
+    }
+    __syncthreads();
 #pragma unroll
-      for (int u = 0; u < kAtOnce; ++u) {
-        const int32_t j = j0 + u * kWarps;
-        cluster[u] = j < end ? p.cluster_ids[j] : -1;
+    for (int t = 0; t < kStages - 1; ++t) {
+      if (t < tiles) {
+        IssueTile<T, kDim>(arrays, ids + t * kTileEntries, stages + t * S::kBytes,
+                           smem + t * S::kBytes);
       }
+      internal::CpAsyncCommit();
+    }
+    for (int32_t t = 0; t < tiles; ++t) {
+      internal::CpAsyncWait<kStages - 2>();
+      __syncthreads();  // tile t is in; every thread is done with tile t - 1's stage
+      const int32_t ahead = t + kStages - 1;
+      if (ahead < tiles) {
+        const int s = ahead % kStages;
+        IssueTile<T, kDim>(arrays, ids + ahead * kTileEntries, stages + s * S::kBytes,
+                           smem + s * S::kBytes);
+      }
+      internal::CpAsyncCommit();
+      const char* stage = smem + (t % kStages) * S::kBytes;
+      const int32_t* count = reinterpret_cast<const int32_t*>(stage + S::kCountOffset);
+
+      // Phase 1: half a dot product a thread, q from shared memory (a broadcast).
+      {
+        const T* key = reinterpret_cast<const T*>(stage + lane * S::kKeyRow) + half * kHalf;
+        const float* q = &q_s[my_head][half * kHalf];
+        float dot0 = 0.0f, dot1 = 0.0f;
 #pragma unroll
-      for (int u = 0; u < kAtOnce; ++u) {
-        // Warp-uniform: an entry past the end or excluded reads nothing and counts 0.
-        const bool live = cluster[u] >= 0 && !Excluded(exclude, num_exclude, cluster[u], lane);
-#pragma unroll
-        for (int part = 0; part < kParts; ++part) {
-          const bool read = live && part < parts;
-          const size_t id = read ? static_cast<size_t>(cluster[u]) * parts + part : 0;
-          n[u][part] = read ? count[id] : 0;
-          spread[u][part] = read && key_spread != nullptr ? key_spread[id] : 0.0f;
-          const T* c = key_mean + id * kDim + lane * kPerLane;
-          const float* sv = value_sum + id * kDim + lane * kPerLane;
-#pragma unroll
-          for (int d = 0; d < kPerLane; ++d) {
-            key[u][part][d] = read ? ToFloat(c[d]) : 0.0f;
-            value[u][part][d] = read ? sv[d] : 0.0f;
-          }
+        for (int v = 0; v < kHalf / 8; ++v) {
+          const uint4 packed = *reinterpret_cast<const uint4*>(key + v * 8);
+          const T* k8 = reinterpret_cast<const T*>(&packed);
+          const float4 qa = *reinterpret_cast<const float4*>(q + v * 8);
+          const float4 qb = *reinterpret_cast<const float4*>(q + v * 8 + 4);
+          dot0 = fmaf(qa.x, ToFloat(k8[0]), dot0);
+          dot1 = fmaf(qa.y, ToFloat(k8[1]), dot1);
+          dot0 = fmaf(qa.z, ToFloat(k8[2]), dot0);
+          dot1 = fmaf(qa.w, ToFloat(k8[3]), dot1);
+          dot0 = fmaf(qb.x, ToFloat(k8[4]), dot0);
+          dot1 = fmaf(qb.y, ToFloat(k8[5]), dot1);
+          dot0 = fmaf(qb.z, ToFloat(k8[6]), dot0);
+          dot1 = fmaf(qb.w, ToFloat(k8[7]), dot1);
         }
+        dot_s[half][my_head][lane] = dot0 + dot1;
       }
+      __syncthreads();
+      // Phase 1b: warp h folds the tile's logits of head h into its softmax state.
+      if (warp < H) {
+        const int n = count[lane];
+        const float spread = reinterpret_cast<const float*>(stage + S::kSpreadOffset)[lane];
+        const float dot = dot_s[0][warp][lane] + dot_s[1][warp][lane];
+        const float logit =
+            n > 0 ? fmaf(spread_weight, spread, dot * p.softmax_scale) : -INFINITY;
+        const float new_max = NanMax(running_max, WarpNanMax(logit));
+        // First contributions: running_max is -inf and the state 0, e^{-inf} = 0 keeps it. A
+        // tile without any leaves the state as it is.
+        const float correction =
+            new_max == -INFINITY ? 1.0f : expf(running_max - new_max);
+        const float weight = logit == -INFINITY ? 0.0f : expf(logit - new_max);
+        denominator = fmaf(denominator, correction, WarpSum(weight * static_cast<float>(n)));
+        running_max = new_max;
+        weight_s[lane][warp] = weight;
+        if (lane == 0) correction_s[warp] = correction;
+      }
+      __syncthreads();
+      // Phase 2: the numerators += e^{l - max} value sum.
+      {
+        float correction[H];
 #pragma unroll
-      for (int u = 0; u < kAtOnce; ++u) {
+        for (int h = 0; h < H; ++h) correction[h] = correction_s[h];
 #pragma unroll
-        for (int part = 0; part < kParts; ++part) {
-          if (n[u][part] <= 0) continue;  // warp-uniform (also a missing part or entry)
-          float dot[H];
+        for (int h = 0; h < H; ++h) {
+          numerator[h][0] *= correction[h];
+          numerator[h][1] *= correction[h];
+        }
+        const float* values = reinterpret_cast<const float*>(stage + S::kValueOffset);
+#pragma unroll
+        for (int j = 0; j < N::kCentroidsPerGroup; ++j) {
+          const int c = group * N::kCentroidsPerGroup + j;
+          if (count[c] <= 0) continue;  // warp-uniform: a group spans whole warps
+          const float4 w = *reinterpret_cast<const float4*>(&weight_s[c][0]);
+          const float2 v = *reinterpret_cast<const float2*>(values + c * kDim + 2 * pair);
+          const float weights[H] = {w.x, w.y, w.z, w.w};
 #pragma unroll
           for (int h = 0; h < H; ++h) {
-            dot[h] = 0.0f;
-#pragma unroll
-            for (int d = 0; d < kPerLane; ++d) {
-              dot[h] = fmaf(q[h][d], key[u][part][d], dot[h]);
-            }
-          }
-          HeadQuadWarpSum(dot, lane);
-#pragma unroll
-          for (int h = 0; h < H; ++h) {
-            const float logit = fmaf(spread_weight[h], spread[u][part], dot[h] * p.softmax_scale);
-            // The state is rescaled only when the max grows (warp-uniform: every lane holds the
-            // same logit), which after the first clusters is rare; otherwise the correction
-            // would be exp(0) = 1 exactly. First cluster: running_max is -inf and the old state
-            // is 0; exp(-inf) = 0 keeps it.
-            if (logit > running_max[h] || logit != logit) {
-              const float new_max = NanMax(running_max[h], logit);
-              const float correction = expf(running_max[h] - new_max);
-              denominator[h] *= correction;
-#pragma unroll
-              for (int d = 0; d < kPerLane; ++d) numerator[h][d] *= correction;
-              running_max[h] = new_max;
-            }
-            const float weight = expf(logit - running_max[h]);
-            denominator[h] = fmaf(weight, static_cast<float>(n[u][part]), denominator[h]);
-#pragma unroll
-            for (int d = 0; d < kPerLane; ++d) {
-              numerator[h][d] = fmaf(weight, value[u][part][d], numerator[h][d]);
-            }
+            numerator[h][0] = fmaf(weights[h], v.x, numerator[h][0]);
+            numerator[h][1] = fmaf(weights[h], v.y, numerator[h][1]);
           }
         }
       }
     }
+    internal::CpAsyncWait<0>();  // only empty groups remain; none lands after the loop
   }
-  // A warp that saw no cluster has max -inf and contributes nothing below.
+  __syncthreads();  // the stages are drained: they now hold the groups' numerators
+  float* numerators = reinterpret_cast<float*>(smem);  // [kGroups][H][kDim]
 #pragma unroll
   for (int h = 0; h < H; ++h) {
-    if (lane == 0) {
-      warp_max[warp][h] = running_max[h];
-      warp_denominator[warp][h] = denominator[h];
-    }
-#pragma unroll
-    for (int d = 0; d < kPerLane; ++d) {
-      warp_numerator[warp][h][lane * kPerLane + d] = numerator[h][d];
-    }
+    float* row = numerators + (group * H + h) * kDim + 2 * pair;
+    row[0] = numerator[h][0];
+    row[1] = numerator[h][1];
+  }
+  if (warp < H && lane == 0) {
+    max_s[warp] = running_max;
+    denominator_s[warp] = denominator;
   }
   __syncthreads();
 
   const int64_t rows = static_cast<int64_t>(p.num_items) * p.group_size;
-  for (int h = 0; h < heads; ++h) {
+  for (int j = threadIdx.x; j < heads * kDim; j += kThreads) {
+    const int h = j / kDim, d = j % kDim;
     const int64_t item_row = static_cast<int64_t>(item) * p.group_size + first_head + h;
     const int64_t row = runs.runs > 1 ? run * rows + item_row : item_row;
     float* out = (runs.runs > 1 ? runs.partial_out : p.out) + row * kDim;
     float* lse = (runs.runs > 1 ? runs.partial_lse : p.lse) + row;
-    float total_max = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) total_max = NanMax(total_max, warp_max[w][h]);
-    if (total_max == -INFINITY) {  // no contributing cluster
-      for (int d = threadIdx.x; d < kDim; d += kThreads) out[d] = 0.0f;
-      if (threadIdx.x == 0) *lse = -INFINITY;
+    if (max_s[h] == -INFINITY) {  // no contributing cluster
+      out[d] = 0.0f;
+      if (d == 0) *lse = -INFINITY;
       continue;
     }
-    float total_denominator = 0.0f;
-    for (int w = 0; w < kWarps; ++w) {
-      const float scale = warp_max[w][h] == -INFINITY ? 0.0f : expf(warp_max[w][h] - total_max);
-      total_denominator += warp_denominator[w][h] * scale;
-    }
-    for (int d = threadIdx.x; d < kDim; d += kThreads) {
-      float value = 0.0f;
-      for (int w = 0; w < kWarps; ++w) {
-        const float scale = warp_max[w][h] == -INFINITY ? 0.0f : expf(warp_max[w][h] - total_max);
-        value += warp_numerator[w][h][d] * scale;
-      }
-      out[d] = value / total_denominator;
-    }
-    if (threadIdx.x == 0) *lse = total_max + logf(total_denominator);
+    float value = 0.0f;
+    for (int g = 0; g < N::kGroups; ++g) value += numerators[(g * H + h) * kDim + d];
+    out[d] = value / denominator_s[h];
+    if (d == 0) *lse = max_s[h] + logf(denominator_s[h]);
   }
 }
 
-// Runs an item's list is cut into: enough blocks to fill the GPU's block slots about twice
-// (whole waves, the last one not nearly empty), at least kMinClustersPerWarp clusters a warp
+// Runs an item's list is cut into: enough blocks to fill the GPU's block slots at least
+// twice, in waves whose last one is nearly full, at least kMinEntriesPerBlock entries a block
 // of a fixed-stride list, at most what the workspace holds.
-constexpr int kMinClustersPerWarp = 8;
+constexpr int kMinEntriesPerBlock = 4 * kTileEntries;
 
 template <typename Kernel>
 absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, size_t smem,
@@ -332,12 +432,25 @@ absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, siz
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem));
   const int64_t slots = int64_t{sm_count} * std::max(per_sm, 1);
-  int64_t want = (2 * slots + blocks - 1) / blocks;
+  int64_t limit = kMaxEstimationSplits;
   if (p.list_count != nullptr) {
-    want = std::min<int64_t>(
-        want, std::max<int64_t>(1, p.list_stride / (int64_t{warps} * kMinClustersPerWarp)));
+    limit = std::clamp<int64_t>(p.list_stride / kMinEntriesPerBlock, 1, limit);
   }
-  *runs = static_cast<int>(std::clamp<int64_t>(want, 1, kMaxEstimationSplits));
+  // From two waves' worth up, the first run count whose last wave is nearly full (a wave of
+  // 2.2 took as long as one of 3), else the fullest.
+  const int64_t first = std::clamp<int64_t>((2 * slots + blocks - 1) / blocks, 1, limit);
+  int64_t best = first;
+  double best_fill = 0.0;
+  for (int64_t r = first; r <= limit; ++r) {
+    const int64_t waves = (blocks * r + slots - 1) / slots;
+    const double fill = static_cast<double>(blocks * r) / static_cast<double>(waves * slots);
+    if (fill > best_fill + 1e-9) {
+      best = r;
+      best_fill = fill;
+    }
+    if (fill >= 0.9) break;
+  }
+  *runs = static_cast<int>(best);
   return absl::OkStatus();
 }
 
@@ -361,13 +474,15 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
                          "an item's exclusion list in shared memory, at most ",
                          kMaxExcludeBytes / 4, " ids"));
       }
-      // Beyond the default 48 KiB of shared memory a block (numerators take 32 KiB).
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(EstimationKernel<T, kDim>,
-                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       static_cast<int>(kMaxExcludeBytes)));
+      // Beyond the default 48 KiB of shared memory a block: the rings take about 48 KiB.
+      const size_t smem = EstimationSharedBytes<T, kDim>(
+          params.exclude_ids != nullptr ? params.exclude_stride : 0);
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          EstimationKernel<T, kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+          static_cast<int>(EstimationSharedBytes<T, kDim>(kMaxExcludeBytes / 4))));
       RunOutput runs;
-      KVTIER_RETURN_IF_ERROR(ChooseRuns(params, EstimationKernel<T, kDim>, EstimationWarps<kDim>(),
-                                        exclude_bytes, blocks, &runs.runs));
+      KVTIER_RETURN_IF_ERROR(ChooseRuns(params, EstimationKernel<T, kDim>, kWarps,
+                                        smem, blocks, &runs.runs));
       const int64_t rows = int64_t{params.num_items} * params.group_size;
       if (runs.runs > 1) {
         runs.partial_out = static_cast<float*>(params.workspace);
@@ -381,7 +496,7 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
       }
       KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(
           EstimationKernel<T, kDim>, static_cast<int>(blocks * runs.runs),
-          EstimationWarps<kDim>() * 32, exclude_bytes, stream, params, runs));
+          kThreads, smem, stream, params, runs));
       KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
       if (runs.runs == 1) return absl::OkStatus();
       return internal::LaunchMergeStridedPartials(runs.partial_out, runs.partial_lse, runs.runs,

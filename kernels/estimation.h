@@ -101,11 +101,13 @@ absl::Status ReferenceEstimation(const EstimationParams& params);
 
 #ifdef KVTIER_WITH_CUDA
 // One launch for the batch on `stream` (a second, the merge of the runs, with a workspace): a
-// thread block per item, group of query heads and run of the item's list, its warps each fold
-// a share of the run's clusters with an online softmax, merged at the end. The run count fills
-// the GPU's block slots about twice and leaves each warp at least a few clusters (fixed-stride
-// lists). Per-item data is not read on the host. InvalidArgument on bad sizes or a workspace
-// too small; Unimplemented for an unsupported dtype or head_dim.
+// thread block per item, group of query heads and run of the item's list. The block streams
+// its run in tiles of clusters through shared memory; per tile its threads take the logits a
+// head and half of the channels each, fold them into an online softmax per head, and add the
+// weighted value sums a channel pair each. The run count fills the GPU's block slots at least
+// twice in nearly full waves. Per-item data is not read on the host; summary arrays that are
+// 16-byte aligned are copied in 16-byte pieces (else 4-byte ones). InvalidArgument on bad
+// sizes or a workspace too small; Unimplemented for an unsupported dtype or head_dim.
 absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t stream);
 #endif
 

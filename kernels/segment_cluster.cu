@@ -26,6 +26,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/cuda_check.h"
+#include "kernels/cp_async.cuh"
 #include "kernels/base/status.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
@@ -33,6 +34,11 @@
 
 namespace kvtier {
 namespace {
+
+using internal::CpAsync16;
+using internal::CpAsyncCommit;
+using internal::CpAsyncWait;
+using internal::SharedAddress;
 
 using internal::ClusterCount;
 using internal::SegmentClusterLayout;
@@ -107,24 +113,6 @@ __device__ __forceinline__ void CopyRow(__half* dst, const __half* src, int lane
   }
 }
 
-// ---- PTX wrappers (as in decode_attention.cu) --------------------------------------------
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* pointer) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
-}
-// 16 bytes global -> shared; `src_bytes` 0 zero-fills without reading.
-__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
