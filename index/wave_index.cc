@@ -41,9 +41,18 @@ class WaveIndex final : public BlockIndex {
     }
     // Regions start 16-byte aligned (mean keys are read with 16-byte vectors).
     layout_.bytes_per_page = (bytes + 15) / 16 * 16;
+    // The workspace: the zone's logits (the select pass writes them, Estimate reads them),
+    // then Select's scratch, then Estimate's partial results.
+    logit_bytes_ = Aligned(sizeof(float) * config.max_items * config.group_size * kParts *
+                           static_cast<size_t>(std::max(config.max_pages, 0)));
     BlockSelectParams p = SelectParams(config.budget_pages);
-    select_workspace_bytes_ = (BlockSelectWorkspaceBytes(p) + 255) / 256 * 256;
-    workspace_bytes_ = select_workspace_bytes_ +
+    if (estimates()) {
+      p.zone_k = zone_stride();
+      // BlockSelectWorkspaceBytes only asks whether the logits are kept outside.
+      p.logits = reinterpret_cast<float*>(alignof(float));
+    }
+    select_workspace_bytes_ = Aligned(BlockSelectWorkspaceBytes(p));
+    workspace_bytes_ = logits_bytes() + select_workspace_bytes_ +
                        (estimates() ? EstimationWorkspaceBytes(config.max_items, config.group_size,
                                                                config.head_dim)
                                     : 0);
@@ -93,15 +102,17 @@ class WaveIndex final : public BlockIndex {
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
     p.selected = batch.selected;
     p.num_selected = batch.num_selected;
-    p.workspace = batch.workspace;
-    p.workspace_bytes = batch.workspace_bytes;
     // The zone: the top budget + estimate pages of the same scoring pass (a superset of the
-    // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way).
+    // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way), and
+    // the logits, which the estimation reuses.
     if (estimates()) {
       p.zone_k = zone_stride();
       p.zone_selected = batch.zone;
       p.zone_count = batch.zone_count;
+      p.logits = static_cast<float*>(batch.workspace);
     }
+    p.workspace = static_cast<char*>(batch.workspace) + logits_bytes();
+    p.workspace_bytes = batch.workspace_bytes - std::min(batch.workspace_bytes, logits_bytes());
     return backend.BlockSelect(p, stream);
   }
 
@@ -130,16 +141,22 @@ class WaveIndex final : public BlockIndex {
     p.exclude_ids = batch.selected;
     p.exclude_count = batch.num_selected;
     p.exclude_stride = config_.budget_pages;
-    p.key_mean = batch.summaries[kKeyMean];
+    // The logits Select left (mean keys are not read again).
+    p.logits = static_cast<const float*>(batch.workspace);
+    p.logit_stride = int64_t{kParts} * config_.max_pages;
     p.value_sum = reinterpret_cast<const float* const*>(batch.summaries[kValueSum]);
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
     p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
     p.out = batch.out;
     p.lse = batch.lse;
-    if (batch.workspace != nullptr && batch.workspace_bytes >= workspace_bytes_) {
-      p.workspace = static_cast<char*>(batch.workspace) + select_workspace_bytes_;
-      p.workspace_bytes = batch.workspace_bytes - select_workspace_bytes_;
+    const size_t before = logits_bytes() + select_workspace_bytes_;
+    if (batch.workspace_bytes < workspace_bytes_) {
+      return absl::InvalidArgumentError(absl::StrCat("EstimateBatch: workspace has ",
+                                                     batch.workspace_bytes, " bytes; expected ",
+                                                     workspace_bytes_));
     }
+    p.workspace = static_cast<char*>(batch.workspace) + before;
+    p.workspace_bytes = batch.workspace_bytes - before;
     return backend.Estimation(p, stream);
   }
 
@@ -188,9 +205,13 @@ class WaveIndex final : public BlockIndex {
     return p;
   }
 
+  static size_t Aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  size_t logits_bytes() const { return estimates() ? logit_bytes_ : 0; }
+
   const IndexConfig config_;
   SummaryLayout layout_;
-  size_t select_workspace_bytes_ = 0;  // the first part of the workspace: Select's
+  size_t logit_bytes_ = 0;             // the workspace's first part, with a zone: its logits
+  size_t select_workspace_bytes_ = 0;  // then Select's scratch
   size_t workspace_bytes_ = 0;         // then Estimate's partial results
   size_t segment_workspace_bytes_ = 0;
 };

@@ -106,8 +106,14 @@ void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores
     const float* q_head = q.data() + static_cast<size_t>(h) * p.head_dim;
     float max_logit = -kInf;
     // The max over the centroids that hold tokens (an empty one's logit means nothing).
+    float* logits_out =
+        p.logits != nullptr
+            ? p.logits + (static_cast<size_t>(item) * p.group_size + h) * p.max_blocks * parts +
+                  static_cast<size_t>(begin) * parts
+            : nullptr;
     for (int r = 0; r < n * parts; ++r) {
       logit[r] = CentroidLogit(p, q_head, p.key_mean[item], begin * parts + r);
+      if (logits_out != nullptr) logits_out[r] = logit[r];
       if (counts[static_cast<size_t>(begin) * parts + r] > 0) {
         max_logit = std::fmax(max_logit, logit[r]);
       }
@@ -228,16 +234,23 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
 
 }  // namespace internal
 
+namespace internal {
+int ScoreRows(const BlockSelectParams& p) {
+  return p.kind == BlockScoreKind::kCentroid && p.zone_k > 0 ? 2 : 1;
+}
+}  // namespace internal
+
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
   if (p.num_items < 0 || p.max_blocks < 1 || p.max_blocks > kMaxSelectBlocks || p.group_size < 1 ||
       p.group_size > kMaxSelectGroup || p.centroid_parts < 1 || p.centroid_parts > 2) {
     return 0;
   }
-  // kCentroid: G rows of logits, parts per block; with two parts one more row of scores.
-  const size_t rows =
-      p.kind == BlockScoreKind::kCentroid
-          ? static_cast<size_t>(p.group_size) * p.centroid_parts + (p.centroid_parts > 1 ? 1 : 0)
-          : 1;
+  // Rows of max_blocks floats: the scores (a second row for a kCentroid zone), then the
+  // logits unless the caller keeps them.
+  const bool centroid = p.kind == BlockScoreKind::kCentroid;
+  const size_t rows = internal::ScoreRows(p) + (centroid && p.logits == nullptr
+                                          ? static_cast<size_t>(p.group_size) * p.centroid_parts
+                                          : 0);
   const size_t bytes = static_cast<size_t>(p.num_items) * rows * p.max_blocks * sizeof(float);
   return (bytes + 255) / 256 * 256;
 }

@@ -16,9 +16,12 @@
 // centroid scoring 1.9x page bounds' time over the same bytes on the H200 (143 against 77 us,
 // 24 x 32K), 128 us with it.
 //
-// Selection kernel: one thread block of kSelectThreads per item. kCentroid first turns logits
-// into masses (per head: max, weights n e^{l - max}, their sum in a fixed lane/tree order,
-// weight / sum summed over heads), in place. Then a radix select on 32-bit ranking keys
+// Selection kernel: one thread block of kSelectThreads per item and selection (with a zone, the
+// zone's top zone_k is a second block beside the first, not a second launch after it: one block
+// an item is latency-bound, and a second launch doubled the selection's 39 us at 24 x 32K on
+// the H200). kCentroid first turns logits into masses (per head: max, weights n e^{l - max},
+// their sum in a fixed lane/tree order, weight / sum summed over heads) into the block's own
+// score row, leaving the logits as they are (the weights are computed twice). Then a radix select on 32-bit ranking keys
 // (three passes of 11, 11 and 10 bits, histograms of counts and fixed-point masses in shared
 // memory) finds the key T of the last selected block and how many blocks with key T are taken
 // (lowest indexes first). A final pass in index order writes the selection ascending. Integer
@@ -63,17 +66,10 @@ struct ScoreArgs {
   const int32_t* block_begin;
   const int32_t* block_end;
   const void* const* summaries;  // bounds or key_mean, per item
-  float* workspace;
+  float* scores;                 // kPageBounds: item i's scores at scores + i * score_stride
+  size_t score_stride;
+  float* logits;  // kCentroid: [items, G, max_blocks * parts] (BlockSelectParams::logits)
 };
-
-// Floats of an item's workspace: kPageBounds one row of scores; kCentroid G rows of logits
-// (parts per block) and, with two parts, one row of final scores (BlockSelectWorkspaceBytes).
-__device__ __forceinline__ size_t ItemWorkspaceFloats(bool centroid, int group_size, int parts,
-                                                      int max_blocks) {
-  return centroid
-             ? static_cast<size_t>(group_size) * parts * max_blocks + (parts > 1 ? max_blocks : 0)
-             : static_cast<size_t>(max_blocks);
-}
 
 // Candidate range of an item, clamped into [0, max_blocks].
 __device__ __forceinline__ void ItemRange(const int32_t* block_begin, const int32_t* block_end,
@@ -215,13 +211,12 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
       for (int u = 0; u < kUnroll; ++u) {
         const float score = GroupSum<kLanes>(acc[u]);
         const int r = tile + u * kGroups + group;
-        if (lane == 0 && r < chunk_end) {
-          a.workspace[item * ItemWorkspaceFloats(false, G, 1, a.max_blocks) + r] = score;
-        }
+        if (lane == 0 && r < chunk_end) a.scores[item * a.score_stride + r] = score;
       }
     } else {
-      const size_t item_floats = item * ItemWorkspaceFloats(true, G, a.parts, a.max_blocks);
+      // Row h of the item's logits, indexed by centroid (block * parts + part).
       const size_t head_stride = static_cast<size_t>(a.max_blocks) * a.parts;
+      const size_t item_floats = static_cast<size_t>(item) * G * head_stride + begin;
       int h = 0;
       // Four heads at a time: their sums share one reduce-scatter (HeadQuadSum).
       for (; h + 4 <= G && kLanes >= 4; h += 4) {
@@ -245,7 +240,7 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
           const float logit = internal::Mul(HeadQuadSum<kLanes>(acc[u], lane, head), a.scale);
           const int r = tile + u * kGroups + group;
           if (lane % (kLanes / 4) == 0 && r < chunk_end) {
-            a.workspace[item_floats + static_cast<size_t>(h + head) * head_stride + r] = logit;
+            a.logits[item_floats + static_cast<size_t>(h + head) * head_stride + r] = logit;
           }
         }
       }
@@ -262,7 +257,7 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
           const float logit = internal::Mul(GroupSum<kLanes>(acc), a.scale);
           const int r = tile + u * kGroups + group;
           if (lane == 0 && r < chunk_end) {
-            a.workspace[item_floats + static_cast<size_t>(h) * head_stride + r] = logit;
+            a.logits[item_floats + static_cast<size_t>(h) * head_stride + r] = logit;
           }
         }
       }
@@ -270,21 +265,45 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
   }
 }
 
+// blockIdx.y 0: the selection (k, target); 1: the zone (top zone_k), beside it.
 struct SelectArgs {
   int group_size;
   int max_blocks;
   int k;
   uint64_t target;  // fixed-point mass to reach; UINT64_MAX for top k
   bool centroid;
-  bool convert;  // kCentroid: turn the logits into masses first (false: scores are ready)
-  int parts;     // kCentroid: centroids a block
+  int parts;  // kCentroid: centroids a block
   const int32_t* block_begin;
   const int32_t* block_end;
   const int32_t* const* count;
-  float* workspace;
+  // Item i's score rows start at scores + i * score_stride: kPageBounds one, written by the
+  // scoring kernel and read by both selections; kCentroid one a selection, each filled from
+  // the logits by its own thread block.
+  float* scores;
+  size_t score_stride;
+  const float* logits;  // kCentroid: [items, G, max_blocks * parts]
   int32_t* selected;
   int32_t* num_selected;
+  int zone_k;
+  int32_t* zone_selected;
+  int32_t* zone_count;
 };
+
+// The weight of candidate r of a head's logit row: sum over its parts holding tokens of
+// n e^{logit - max}.
+__device__ __forceinline__ float CandidateWeight(const float* row, const int32_t* counts, int r,
+                                                 int parts, float max_logit) {
+  float w = 0.0f;
+  for (int part = 0; part < parts; ++part) {
+    const int32_t c = counts[r * parts + part];
+    const float wp = c > 0 ? internal::Mul(static_cast<float>(c),
+                                           internal::CanonicalExp(
+                                               internal::Add(row[r * parts + part], -max_logit)))
+                           : 0.0f;
+    w = part == 0 ? wp : internal::Add(w, wp);
+  }
+  return w;
+}
 
 // Exclusive prefix sums over the thread block (in thread order) of a count and a mass;
 // also the count's total. Uses `warp_count` / `warp_mass` ([kWarps]) as scratch.
@@ -325,7 +344,7 @@ __device__ __forceinline__ void BlockExclusiveScan(uint32_t count, uint64_t mass
   __syncthreads();  // scratch free for the next call
 }
 
-__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
+__global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) {
   internal::ChainedKernelStart();
   __shared__ uint32_t bin_count[kBins];
   __shared__ unsigned long long bin_mass[kBins];
@@ -337,31 +356,33 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
   __shared__ uint64_t lane_mass[kWarps][32];
 
   const int item = blockIdx.x;
+  const bool zone = blockIdx.y == 1;
   const int t = threadIdx.x;
   const int lane = t % 32;
   const int warp = t / 32;
   int begin, n;
   ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
-  const int k = min(a.k, n);
-  int32_t* out = a.selected + static_cast<size_t>(item) * a.k;
+  const int width = zone ? a.zone_k : a.k;  // of the output row
+  const uint64_t target = zone ? std::numeric_limits<uint64_t>::max() : a.target;
+  const int k = min(width, n);
+  int32_t* out = (zone ? a.zone_selected : a.selected) + static_cast<size_t>(item) * width;
+  int32_t* out_count = zone ? a.zone_count : a.num_selected;
   const int G = a.group_size;
-  // An item's workspace: G rows of logits (parts * max_blocks each) for kCentroid, then with
-  // two parts one row of the final scores (one part: the scores overwrite row 0 in place).
   const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
-  float* logits = a.workspace + item * ItemWorkspaceFloats(a.centroid, G, a.parts, a.max_blocks);
-  float* scores = a.parts > 1 ? logits + G * row_length : logits;
+  float* scores = a.scores + item * a.score_stride + (a.centroid && zone ? a.max_blocks : 0);
 
-  if (k == 0 || a.target == 0) {
-    for (int j = t; j < a.k; j += kSelectThreads) out[j] = -1;
-    if (t == 0) a.num_selected[item] = 0;
+  if (k == 0 || target == 0) {
+    for (int j = t; j < width; j += kSelectThreads) out[j] = -1;
+    if (t == 0) out_count[item] = 0;
     return;
   }
 
-  if (a.centroid && a.convert) {
+  if (a.centroid) {
     const int P = a.parts;
     const int32_t* counts = a.count[item] + static_cast<size_t>(begin) * P;
     for (int h = 0; h < G; ++h) {
-      float* row = logits + h * row_length;
+      const float* row = a.logits + (static_cast<size_t>(item) * G + h) * row_length +
+                         static_cast<size_t>(begin) * P;
       // The max over the centroids that hold tokens.
       float max_logit = -INFINITY;
       for (int r = t; r < n * P; r += kSelectThreads) {
@@ -378,20 +399,11 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
 #pragma unroll
       for (int w = 1; w < kWarps; ++w) max_logit = fmaxf(max_logit, partial[w]);
       __syncthreads();
-      // Weights in place at each block's first row (read and written by the block's thread).
+      // The weights' sum; the weights themselves are computed again below (the logits
+      // stay as they are: an output, and the other selection's input).
       float sum = 0.0f;
       for (int r = t; r < n; r += kSelectThreads) {
-        float w = 0.0f;
-        for (int part = 0; part < P; ++part) {
-          const int32_t c = counts[r * P + part];
-          const float wp =
-              c > 0 ? internal::Mul(static_cast<float>(c), internal::CanonicalExp(internal::Add(
-                                                               row[r * P + part], -max_logit)))
-                    : 0.0f;
-          w = part == 0 ? wp : internal::Add(w, wp);
-        }
-        row[r * P] = w;
-        sum = internal::Add(sum, w);
+        sum = internal::Add(sum, CandidateWeight(row, counts, r, P, max_logit));
       }
       partial[t] = sum;
       __syncthreads();
@@ -402,7 +414,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
       sum = partial[0];
       __syncthreads();
       for (int r = t; r < n; r += kSelectThreads) {
-        const float mass = internal::Div(row[r * P], sum);
+        const float mass = internal::Div(CandidateWeight(row, counts, r, P, max_logit), sum);
         scores[r] = internal::Add(h == 0 ? 0.0f : scores[r], mass);
       }
     }
@@ -410,7 +422,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
   }
 
   // Radix select: the key T of the last block of the shortest stopping prefix.
-  const bool with_mass = a.target != std::numeric_limits<uint64_t>::max();
+  const bool with_mass = target != std::numeric_limits<uint64_t>::max();
   uint32_t prefix = 0, prefix_mask = 0;
   uint32_t count_above = 0;
   uint64_t mass_above = 0;
@@ -492,8 +504,8 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
       const int digit = kBins - 1 - (kBinsPerThread * t + j);
       const uint32_t bc = bin_count[digit];
       const uint64_t bm = with_mass ? bin_mass[digit] : 0;
-      const bool stopped_before = c >= static_cast<uint32_t>(k) || m >= a.target;
-      const bool stopped_after = c + bc >= static_cast<uint32_t>(k) || m + bm >= a.target;
+      const bool stopped_before = c >= static_cast<uint32_t>(k) || m >= target;
+      const bool stopped_after = c + bc >= static_cast<uint32_t>(k) || m + bm >= target;
       if (!stopped_before && stopped_after) {
         found_digit = digit;
         found_count_above = c;
@@ -517,7 +529,7 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
   uint32_t take = static_cast<uint32_t>(k) - count_above;
   if (with_mass && tie_mass > 0) {
     const uint64_t each = tie_mass / tie_count;
-    const uint64_t needed = (a.target - mass_above + each - 1) / each;
+    const uint64_t needed = (target - mass_above + each - 1) / each;
     if (needed < take) take = static_cast<uint32_t>(needed);
   }
   const uint32_t total = count_above + take;
@@ -557,8 +569,17 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     ties_seen += tile_ties;
     written += tile_chosen;
   }
-  for (int j = static_cast<int>(total) + t; j < a.k; j += kSelectThreads) out[j] = -1;
-  if (t == 0) a.num_selected[item] = static_cast<int32_t>(total);
+  for (int j = static_cast<int>(total) + t; j < width; j += kSelectThreads) out[j] = -1;
+  if (t == 0) out_count[item] = static_cast<int32_t>(total);
+}
+
+// The workspace's parts (BlockSelectWorkspaceBytes): every item's score rows, then the logits
+// unless params.logits holds them.
+void WorkspaceRows(const BlockSelectParams& p, float*& scores, size_t& score_stride,
+                   float*& logits) {
+  scores = static_cast<float*>(p.workspace);
+  score_stride = static_cast<size_t>(internal::ScoreRows(p)) * p.max_blocks;
+  logits = p.logits != nullptr ? p.logits : scores + score_stride * p.num_items;
 }
 
 template <typename T, int kDim, BlockScoreKind kKind>
@@ -582,7 +603,7 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
   a.block_begin = p.block_begin;
   a.block_end = p.block_end;
   a.summaries = kKind == BlockScoreKind::kPageBounds ? p.bounds : p.key_mean;
-  a.workspace = static_cast<float*>(p.workspace);
+  WorkspaceRows(p, a.scores, a.score_stride, a.logits);
   const int64_t blocks = static_cast<int64_t>(a.chunks) * p.num_items;
   if (blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat("BlockSelectParams: num_items ", p.num_items,
@@ -629,27 +650,24 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
                  ? internal::FixedMassTarget(params.mass_target, params.group_size)
                  : std::numeric_limits<uint64_t>::max();
   a.centroid = params.kind == BlockScoreKind::kCentroid;
-  a.convert = true;
   a.parts = a.centroid ? params.centroid_parts : 1;
   a.block_begin = params.block_begin;
   a.block_end = params.block_end;
   a.count = params.count;
-  a.workspace = static_cast<float*>(params.workspace);
+  float* scores = nullptr;
+  float* logits = nullptr;
+  WorkspaceRows(params, scores, a.score_stride, logits);
+  a.scores = scores;
+  a.logits = logits;
   a.selected = params.selected;
   a.num_selected = params.num_selected;
+  a.zone_k = params.zone_k;
+  a.zone_selected = params.zone_selected;
+  a.zone_count = params.zone_count;
+  const dim3 grid(static_cast<unsigned>(params.num_items), params.zone_k > 0 ? 2u : 1u);
   KVTIER_CUDA_RETURN_IF_ERROR(
-      internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
+      internal::LaunchChained(SelectKernel, grid, kSelectThreads, 0, stream, a));
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel", stream);
-  if (params.zone_k == 0) return absl::OkStatus();
-  // The zone: the same ranking scores, already in the workspace, selected again.
-  a.convert = false;
-  a.k = params.zone_k;
-  a.target = std::numeric_limits<uint64_t>::max();
-  a.selected = params.zone_selected;
-  a.num_selected = params.zone_count;
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
-  KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel (zone)", stream);
   return absl::OkStatus();
 }
 

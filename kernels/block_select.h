@@ -97,6 +97,14 @@ struct BlockSelectParams {
   int32_t* zone_selected = nullptr;
   int32_t* zone_count = nullptr;  // [num_items]
 
+  // kCentroid, optional: every candidate centroid's logit, an output for a later pass over
+  // the same centroids (the estimation zone). [num_items, G, max_blocks * parts]: the logit of
+  // head h for part `part` of block b of item i is at
+  //   logits[(i * G + h) * max_blocks * parts + b * parts + part];
+  // entries of non-candidate blocks are left as they were. Kernel and twin write the same
+  // bits. Null: the logits stay in the workspace.
+  float* logits = nullptr;
+
   // Scratch of BlockSelectWorkspaceBytes(params) bytes (device memory for the kernels,
   // 256-byte aligned), allocated once by the caller; its contents need no initialisation
   // and are garbage afterwards. Calls running concurrently need separate workspaces.
@@ -104,16 +112,18 @@ struct BlockSelectParams {
   size_t workspace_bytes = 0;
 };
 
-// Bytes of scratch a call with these kind, group_size, num_items and max_blocks needs:
-// max_blocks floats per item (kPageBounds) or G * parts * max_blocks floats per item
-// (kCentroid), plus max_blocks with two parts.
-// 0 for invalid sizes (the launch then reports what is wrong).
+// Bytes of scratch a call with these kind, group_size, num_items, max_blocks, zone_k and
+// logits needs, per item: a row of max_blocks scores (kCentroid with a zone: a second one, the
+// zone's selection runs beside the first), and for kCentroid without `logits` the G * parts *
+// max_blocks logits. 0 for invalid sizes (the launch then reports what is wrong).
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& params);
 
 namespace internal {
 // Checks of everything the host can check without reading the per-item arrays, shared by
 // launcher and twin. InvalidArgument naming the field.
 absl::Status ValidateBlockSelectShape(const BlockSelectParams& params);
+// Rows of max_blocks scores an item's workspace holds first: two for a kCentroid zone.
+int ScoreRows(const BlockSelectParams& params);
 }  // namespace internal
 
 // Host twin: the same scores (bit for bit) and the same selection, computed with plain loops

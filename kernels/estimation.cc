@@ -78,7 +78,9 @@ absl::Status ValidateItems(const EstimationParams& p) {
     int32_t begin = 0, end = 0;
     ListOf(p, i, &begin, &end);
     if (end == begin) continue;
-    if (p.key_mean[i] == nullptr) return Invalid("key_mean[", i, "] is null");
+    if (p.logits == nullptr && p.key_mean[i] == nullptr) {
+      return Invalid("key_mean[", i, "] is null");
+    }
     if (p.value_sum[i] == nullptr) return Invalid("value_sum[", i, "] is null");
     if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
     if (p.key_spread != nullptr && p.key_spread[i] == nullptr) {
@@ -87,6 +89,11 @@ absl::Status ValidateItems(const EstimationParams& p) {
     for (int32_t j = begin; j < end; ++j) {
       if (p.cluster_ids[j] < 0) {
         return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; expected >= 0");
+      }
+      if (p.logits != nullptr &&
+          (int64_t{p.cluster_ids[j]} + 1) * p.centroid_parts > p.logit_stride) {
+        return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; its logits lie beyond ",
+                       "logit_stride ", p.logit_stride, " (", p.centroid_parts, " a cluster)");
       }
     }
   }
@@ -115,13 +122,19 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
     for (int part = 0; part < p.centroid_parts; ++part) {
       const int32_t id = p.cluster_ids[j] * p.centroid_parts + part;  // the part's centroid
       if (p.count[item][id] <= 0) continue;
-      double dot = 0.0;
-      for (int d = 0; d < dim; ++d) {
-        dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
+      const double scale = p.softmax_scale;
+      double scaled_dot = 0.0;  // scale q.c
+      if (p.logits != nullptr) {
+        scaled_dot = p.logits[row * p.logit_stride + id];
+      } else {
+        double dot = 0.0;
+        for (int d = 0; d < dim; ++d) {
+          dot += q[d] * LoadAsFloat(p.dtype, p.key_mean[item], static_cast<size_t>(id) * dim + d);
+        }
+        scaled_dot = scale * dot;
       }
       const double spread = p.key_spread != nullptr ? q_square * p.key_spread[item][id] : 0.0;
-      const double scale = p.softmax_scale;
-      const double logit = scale * dot + 0.5 * kSpreadWeight * scale * scale * spread;
+      const double logit = scaled_dot + 0.5 * kSpreadWeight * scale * scale * spread;
       any_nan |= std::isnan(logit);
       max_logit = std::max(max_logit, logit);
       logits.push_back(logit);
@@ -184,7 +197,12 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
     }
   }
   if (p.cluster_ids == nullptr) return Invalid("cluster_ids is null");
-  if (p.key_mean == nullptr) return Invalid("key_mean is null");
+  if (p.logits == nullptr && p.key_mean == nullptr) {
+    return Invalid("key_mean is null (and no logits)");
+  }
+  if (p.logits != nullptr && p.logit_stride < p.centroid_parts) {
+    return Invalid("logit_stride is ", p.logit_stride, " with logits; expected >= centroid_parts");
+  }
   if (p.value_sum == nullptr) return Invalid("value_sum is null");
   if (p.count == nullptr) return Invalid("count is null");
   if (p.out == nullptr) return Invalid("out is null");

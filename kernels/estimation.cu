@@ -11,7 +11,8 @@
 //     centroids (the shares summed at the end).
 // A warp per cluster, folding it with a butterfly and 32 lanes' worth of the same exponentials,
 // ran the zone at 25-30% of the HBM rate on the H200. A centroid's key and value sum are read
-// once for four heads. With several runs an item (a batch of few items: 6 x 8 KV heads left
+// once for four heads. Given the logits of the zone's scoring pass (kLogits), a tile copies
+// 4 bytes a centroid and head instead of the centroid's mean key, and phase 1 is gone. With several runs an item (a batch of few items: 6 x 8 KV heads left
 // two thirds of an H200's SMs idle at one block an item), each run writes a partial result to
 // the workspace and the split-K merge (merge.cu) combines them.
 #include <cuda_bf16.h>
@@ -51,12 +52,13 @@ constexpr int H = kHeadsPerBlock;
 static_assert(kWarps == 2 * H, "a tile's dot products: a warp a head and half of the channels");
 
 // One stage: a tile's mean keys (a padded row a centroid, so that 32 lanes reading 32 rows
-// hit distinct banks), value sums, counts and spreads. Centroid c is part c % 2 of entry
-// c / 2.
-template <typename T, int kDim>
+// hit distinct banks) or, with kLogits, its logits ([H][kTileCentroids] floats), then value
+// sums, counts and spreads. Centroid c is part c % 2 of entry c / 2.
+template <typename T, int kDim, bool kLogits>
 struct Stage {
   static constexpr int kKeyRow = kDim * static_cast<int>(sizeof(T)) + 16;
-  static constexpr int kValueOffset = kTileCentroids * kKeyRow;
+  static constexpr int kValueOffset =
+      kLogits ? H * kTileCentroids * 4 : kTileCentroids * kKeyRow;
   static constexpr int kCountOffset = kValueOffset + kTileCentroids * kDim * 4;
   static constexpr int kSpreadOffset = kCountOffset + kTileCentroids * 4;
   static constexpr int kBytes = kSpreadOffset + kTileCentroids * 4;
@@ -75,15 +77,15 @@ struct Numerators {
 
 // Dynamic shared memory of a block: the stages (reused at the end for the groups'
 // numerators), the staged ids, the exclusion list.
-template <typename T, int kDim>
+template <typename T, int kDim, bool kLogits>
 constexpr size_t StagesBytes() {
-  constexpr size_t stages = size_t{kStages} * Stage<T, kDim>::kBytes;
+  constexpr size_t stages = size_t{kStages} * Stage<T, kDim, kLogits>::kBytes;
   constexpr size_t numerators = size_t{Numerators<kDim>::kGroups} * H * kDim * 4;
   return stages > numerators ? stages : numerators;
 }
-template <typename T, int kDim>
+template <typename T, int kDim, bool kLogits>
 size_t EstimationSharedBytes(int32_t exclude_stride) {
-  return StagesBytes<T, kDim>() + size_t{kSegmentIds} * 4 + static_cast<size_t>(exclude_stride) * 4;
+  return StagesBytes<T, kDim, kLogits>() + size_t{kSegmentIds} * 4 + static_cast<size_t>(exclude_stride) * 4;
 }
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -133,6 +135,11 @@ struct RunOutput {
 // The per-item arrays a block reads.
 struct ItemArrays {
   const char* key_mean = nullptr;
+  // kLogits: row h of the block's heads at logits + h * logit_stride (a missing head repeats
+  // the last one).
+  const float* logits = nullptr;
+  int64_t logit_stride = 0;
+  int heads = 0;
   const char* value_sum = nullptr;
   const int32_t* count = nullptr;
   const float* key_spread = nullptr;  // null: spreads count 0
@@ -164,17 +171,30 @@ __device__ __forceinline__ void IssueRows(const char* base, int parts, const int
 
 // The whole block issues the copies of the tile whose ids are `ids` (-1: none, its centroids
 // count 0) into the stage at shared address `stage` (generic pointer `stage_pointer`).
-template <typename T, int kDim>
+template <typename T, int kDim, bool kLogits>
 __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* ids,
                                           uint32_t stage, char* stage_pointer) {
-  using S = Stage<T, kDim>;
+  using S = Stage<T, kDim, kLogits>;
   constexpr int kKeyBytes = kDim * sizeof(T);  // a centroid's
   constexpr int kValueBytes = kDim * 4;
+  if constexpr (kLogits) {
+    static_assert(H * kTileCentroids <= kThreads);
+    if (threadIdx.x < H * kTileCentroids) {
+      const int h = threadIdx.x / kTileCentroids, c = threadIdx.x % kTileCentroids;
+      const int32_t id = ids[c / kParts];
+      const int part = c % kParts;
+      if (id >= 0 && part < a.parts) {
+        const float* src = a.logits + min(h, a.heads - 1) * a.logit_stride +
+                           static_cast<int64_t>(id) * a.parts + part;
+        internal::CpAsync4(stage + threadIdx.x * 4, src);
+      }
+    }
+  }
   if (a.vector) {
-    IssueRows<16, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
+    if constexpr (!kLogits) IssueRows<16, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
     IssueRows<16, kValueBytes>(a.value_sum, a.parts, ids, stage + S::kValueOffset, kValueBytes);
   } else {
-    IssueRows<4, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
+    if constexpr (!kLogits) IssueRows<4, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
     IssueRows<4, kValueBytes>(a.value_sum, a.parts, ids, stage + S::kValueOffset, kValueBytes);
   }
   if (threadIdx.x < kTileCentroids) {
@@ -198,10 +218,10 @@ __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* id
   }
 }
 
-template <typename T, int kDim>
+template <typename T, int kDim, bool kLogits>
 __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams p, RunOutput runs) {
   internal::ChainedKernelStart();
-  using S = Stage<T, kDim>;
+  using S = Stage<T, kDim, kLogits>;
   using N = Numerators<kDim>;
   constexpr int kHalf = kDim / 2;  // channels of a phase-1 thread's dot product
   __shared__ __align__(16) float q_s[H][kDim];
@@ -210,7 +230,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
   __shared__ float correction_s[H];                      // this tile's rescale of the state
   __shared__ float max_s[H], denominator_s[H];
   extern __shared__ __align__(16) char smem[];
-  int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim>());
+  int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim, kLogits>());
   int32_t* exclude = ids + kSegmentIds;  // the item's exclusion list, [exclude_stride]
 
   const int chunks = (p.group_size + H - 1) / H;
@@ -264,7 +284,14 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
 
   ItemArrays arrays;
   if (end > begin) {
-    arrays.key_mean = static_cast<const char*>(p.key_mean[item]);
+    if constexpr (kLogits) {
+      arrays.logits =
+          p.logits + (static_cast<int64_t>(item) * p.group_size + first_head) * p.logit_stride;
+      arrays.logit_stride = p.logit_stride;
+      arrays.heads = heads;
+    } else {
+      arrays.key_mean = static_cast<const char*>(p.key_mean[item]);
+    }
     arrays.value_sum = reinterpret_cast<const char*>(p.value_sum[item]);
     arrays.count = p.count[item];
     arrays.key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
@@ -285,7 +312,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
 #pragma unroll
     for (int t = 0; t < kStages - 1; ++t) {
       if (t < tiles) {
-        IssueTile<T, kDim>(arrays, ids + t * kTileEntries, stages + t * S::kBytes,
+        IssueTile<T, kDim, kLogits>(arrays, ids + t * kTileEntries, stages + t * S::kBytes,
                            smem + t * S::kBytes);
       }
       internal::CpAsyncCommit();
@@ -296,7 +323,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
       const int32_t ahead = t + kStages - 1;
       if (ahead < tiles) {
         const int s = ahead % kStages;
-        IssueTile<T, kDim>(arrays, ids + ahead * kTileEntries, stages + s * S::kBytes,
+        IssueTile<T, kDim, kLogits>(arrays, ids + ahead * kTileEntries, stages + s * S::kBytes,
                            smem + s * S::kBytes);
       }
       internal::CpAsyncCommit();
@@ -304,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
       const int32_t* count = reinterpret_cast<const int32_t*>(stage + S::kCountOffset);
 
       // Phase 1: half a dot product a thread, q from shared memory (a broadcast).
-      {
+      if constexpr (!kLogits) {
         const T* key = reinterpret_cast<const T*>(stage + lane * S::kKeyRow) + half * kHalf;
         const float* q = &q_s[my_head][half * kHalf];
         float dot0 = 0.0f, dot1 = 0.0f;
@@ -324,15 +351,19 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
           dot1 = fmaf(qb.w, ToFloat(k8[7]), dot1);
         }
         dot_s[half][my_head][lane] = dot0 + dot1;
+        __syncthreads();
       }
-      __syncthreads();
       // Phase 1b: warp h folds the tile's logits of head h into its softmax state.
       if (warp < H) {
         const int n = count[lane];
         const float spread = reinterpret_cast<const float*>(stage + S::kSpreadOffset)[lane];
-        const float dot = dot_s[0][warp][lane] + dot_s[1][warp][lane];
-        const float logit =
-            n > 0 ? fmaf(spread_weight, spread, dot * p.softmax_scale) : -INFINITY;
+        float scaled_dot;  // scale q.c
+        if constexpr (kLogits) {
+          scaled_dot = reinterpret_cast<const float*>(stage)[warp * kTileCentroids + lane];
+        } else {
+          scaled_dot = (dot_s[0][warp][lane] + dot_s[1][warp][lane]) * p.softmax_scale;
+        }
+        const float logit = n > 0 ? fmaf(spread_weight, spread, scaled_dot) : -INFINITY;
         const float new_max = NanMax(running_max, WarpNanMax(logit));
         // First contributions: running_max is -inf and the state 0, e^{-inf} = 0 keeps it. A
         // tile without any leaves the state as it is.
@@ -454,54 +485,59 @@ absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, siz
   return absl::OkStatus();
 }
 
+// One launch (and the merge of its runs) of the kernel that takes logits or computes them.
+template <typename T, int kDim, bool kLogits>
+absl::Status LaunchKernel(const EstimationParams& params, int64_t blocks, cudaStream_t stream) {
+  // Beyond the default 48 KiB of shared memory a block: the rings take up to about 76 KiB.
+  const size_t smem = EstimationSharedBytes<T, kDim, kLogits>(
+      params.exclude_ids != nullptr ? params.exclude_stride : 0);
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+      EstimationKernel<T, kDim, kLogits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(EstimationSharedBytes<T, kDim, kLogits>(kMaxExcludeBytes / 4))));
+  RunOutput runs;
+  KVTIER_RETURN_IF_ERROR(
+      ChooseRuns(params, EstimationKernel<T, kDim, kLogits>, kWarps, smem, blocks, &runs.runs));
+  const int64_t rows = int64_t{params.num_items} * params.group_size;
+  if (runs.runs > 1) {
+    runs.partial_out = static_cast<float*>(params.workspace);
+    const size_t out_bytes = (size_t{kMaxEstimationSplits} * rows * kDim * 4 + 255) / 256 * 256;
+    runs.partial_lse = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + out_bytes);
+  }
+  if (blocks * runs.runs > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EstimationParams: ", params.num_items, " items exceed one grid"));
+  }
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(EstimationKernel<T, kDim, kLogits>,
+                                                      static_cast<int>(blocks * runs.runs),
+                                                      kThreads, smem, stream, params, runs));
+  KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
+  if (runs.runs == 1) return absl::OkStatus();
+  return internal::LaunchMergeStridedPartials(runs.partial_out, runs.partial_lse, runs.runs,
+                                              static_cast<int>(rows), kDim, DType::kFP32,
+                                              params.out, params.lse, stream);
+}
+
 }  // namespace
 
 absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateEstimationShape(params));
   if (params.num_items == 0) return absl::OkStatus();
+  const size_t exclude_bytes =
+      params.exclude_ids != nullptr ? sizeof(int32_t) * params.exclude_stride : 0;
+  if (exclude_bytes > kMaxExcludeBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EstimationParams: exclude_stride is ", params.exclude_stride,
+        "; the kernel keeps an item's exclusion list in shared memory, at most ",
+        kMaxExcludeBytes / 4, " ids"));
+  }
   const int64_t blocks = static_cast<int64_t>(params.num_items) *
                          ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);
   return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
     return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
       using T = typename decltype(element)::type;
       constexpr int kDim = decltype(dim)::value;
-      const size_t exclude_bytes =
-          params.exclude_ids != nullptr ? sizeof(int32_t) * params.exclude_stride : 0;
-      if (exclude_bytes > kMaxExcludeBytes) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("EstimationParams: exclude_stride is ", params.exclude_stride,
-                         "; the kernel keeps "
-                         "an item's exclusion list in shared memory, at most ",
-                         kMaxExcludeBytes / 4, " ids"));
-      }
-      // Beyond the default 48 KiB of shared memory a block: the rings take about 48 KiB.
-      const size_t smem = EstimationSharedBytes<T, kDim>(
-          params.exclude_ids != nullptr ? params.exclude_stride : 0);
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-          EstimationKernel<T, kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-          static_cast<int>(EstimationSharedBytes<T, kDim>(kMaxExcludeBytes / 4))));
-      RunOutput runs;
-      KVTIER_RETURN_IF_ERROR(ChooseRuns(params, EstimationKernel<T, kDim>, kWarps,
-                                        smem, blocks, &runs.runs));
-      const int64_t rows = int64_t{params.num_items} * params.group_size;
-      if (runs.runs > 1) {
-        runs.partial_out = static_cast<float*>(params.workspace);
-        const size_t out_bytes = (size_t{kMaxEstimationSplits} * rows * kDim * 4 + 255) / 256 * 256;
-        runs.partial_lse =
-            reinterpret_cast<float*>(static_cast<char*>(params.workspace) + out_bytes);
-      }
-      if (blocks * runs.runs > std::numeric_limits<int32_t>::max()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("EstimationParams: ", params.num_items, " items exceed one grid"));
-      }
-      KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(
-          EstimationKernel<T, kDim>, static_cast<int>(blocks * runs.runs),
-          kThreads, smem, stream, params, runs));
-      KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
-      if (runs.runs == 1) return absl::OkStatus();
-      return internal::LaunchMergeStridedPartials(runs.partial_out, runs.partial_lse, runs.runs,
-                                                  static_cast<int>(rows), kDim, DType::kFP32,
-                                                  params.out, params.lse, stream);
+      return params.logits != nullptr ? LaunchKernel<T, kDim, true>(params, blocks, stream)
+                                      : LaunchKernel<T, kDim, false>(params, blocks, stream);
     });
   });
 }

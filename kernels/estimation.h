@@ -63,6 +63,13 @@ struct EstimationParams {
   // channels, each of variance s) around c, where e^{q.c} underestimates every spread cluster
   // (Jensen).
   const float* const* key_spread = nullptr;
+  // Optional: the centroids' logits scale * q.c, already computed by an earlier pass over the
+  // same centroids (BlockSelectParams::logits, the zone's scoring): the logit of head h for
+  // part `part` of cluster c of item i is logits[(i * G + h) * logit_stride + c * parts +
+  // part]. Set, key_mean is not read (it may be null) and the spread term is added as above.
+  // Every listed cluster c needs (c + 1) * parts <= logit_stride.
+  const float* logits = nullptr;
+  int64_t logit_stride = 0;
 
   float* out = nullptr;  // [num_items, G, D]; 0 for a row without contributing clusters
   float* lse = nullptr;  // [num_items, G]; -inf for a row without contributing clusters

@@ -95,10 +95,11 @@ struct SelectBatch : testing_util::BlockSelectPool {
 
   // The kernel against the twin (BlockSelectPool::Check) on a stream of its own.
   using BlockSelectPool::Check;
-  void Check(BlockSelectMode mode, int k, float mass_target = 0.0f) const {
+  void Check(BlockSelectMode mode, int k, float mass_target = 0.0f, int zone_k = 0,
+             bool keep_logits = false) const {
     auto stream = CudaStream::Create();
     ASSERT_OK(stream.status());
-    Check(mode, k, mass_target, stream->get());
+    Check(mode, k, mass_target, stream->get(), zone_k, keep_logits);
   }
 
   std::vector<ItemSpec> items;
@@ -143,6 +144,17 @@ TEST_F(BlockSelectGpuTest, CentroidTopKAndMassTargetEqualTwin) {
       }
     }
   }
+}
+
+// A zone beside the selection: page bounds' both selections read one score row; one-part
+// centroids each fill their own from the logits, which stay as the twin writes them.
+TEST_F(BlockSelectGpuTest, ZoneBesideTheSelectionEqualsTwin) {
+  SelectBatch bounds(BlockScoreKind::kPageBounds, DType::kBF16, 128, 4, MixedItems(), 200);
+  bounds.Check(BlockSelectMode::kTopK, 64, 0.0f, /*zone_k=*/700);
+  bounds.Check(BlockSelectMode::kTopK, 4096, 0.0f, /*zone_k=*/4096);
+  SelectBatch centroid(BlockScoreKind::kCentroid, DType::kFP16, 64, 4, MixedItems(), 201);
+  centroid.Check(BlockSelectMode::kTopK, 64, 0.0f, /*zone_k=*/700, true);
+  centroid.Check(BlockSelectMode::kMassTarget, 2048, 0.7f, /*zone_k=*/2048, true);
 }
 
 TEST_F(BlockSelectGpuTest, LargestItemsEqualTwin) {

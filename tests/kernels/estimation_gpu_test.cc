@@ -287,6 +287,32 @@ TEST_F(EstimationListsGpuTest, SpreadCorrectionEqualsTwin) {
   }
 }
 
+// Precomputed logits in place of the mean keys (left null on both sides), with parts,
+// exclusion and the spread term.
+TEST_F(EstimationListsGpuTest, PrecomputedLogitsEqualTwin) {
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  rng.seed(seed);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128, 256}) {
+      for (int group : {1, 4, 6}) {
+        const int parts = 1 + static_cast<int>(rng() % 2);
+        const int stride = rng() % 2 == 0 ? 1 + static_cast<int>(rng() % 400) : 2500;
+        const int exclude_stride = 1 + static_cast<int>(rng() % std::min(stride, 50));
+        EstimationLists batch(dtype, dim, group, parts, stride, exclude_stride,
+                              RandomItems(stride, exclude_stride, rng), rng());
+        batch.AddLogits(rng());
+        if (rng() % 2 == 0) batch.AddSpread(rng());
+        ASSERT_NO_FATAL_FAILURE(
+            CheckLists(batch,
+                       absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
+                                    " stride ", stride, " logits, seed ", seed),
+                       stream()));
+      }
+    }
+  }
+}
+
 TEST_F(EstimationListsGpuTest, ExclusionEqualsTwin) {
   std::mt19937_64 rng(std::random_device{}());
   const uint64_t seed = rng();

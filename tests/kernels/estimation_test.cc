@@ -326,6 +326,47 @@ TEST(EstimationListsTest, ExclusionEqualsPlainSumsWithoutTheExcluded) {
   }
 }
 
+// Precomputed logits (the zone's scoring pass's): the twin takes them for scale q.c and does
+// not read the mean keys (left null), with the spread term on top; random logits unrelated to
+// q, so a twin that computed q.c would differ. A logit_stride too narrow for a listed id is
+// refused, naming the field.
+TEST(EstimationListsTest, PrecomputedLogitsEqualPlainSums) {
+  std::mt19937_64 rng(24);
+  for (DType dtype : {DType::kBF16, DType::kFP16}) {
+    for (int dim : {64, 128}) {
+      for (int parts : {1, 2}) {
+        const std::string what = std::string(DTypeName(dtype)) + " D " + std::to_string(dim) +
+                                 " parts " + std::to_string(parts) + " logits";
+        const int stride = 1 + static_cast<int>(rng() % 40);
+        const int exclude_stride = 1 + static_cast<int>(rng() % 20);
+        EstimationLists batch(dtype, dim, 3, parts, stride, exclude_stride,
+                              RandomItems(9, stride, exclude_stride, rng), rng());
+        std::vector<float> key_out(batch.rows() * dim), key_lse(batch.rows());
+        ASSERT_TRUE(ReferenceEstimation(batch.Params(key_out.data(), key_lse.data())).ok());
+        batch.AddLogits(rng());
+        ASSERT_EQ(batch.Params(nullptr, nullptr).key_mean, nullptr);
+        ASSERT_NO_FATAL_FAILURE(ExpectTwinEqualsPlain(batch, what));
+        std::vector<float> out(batch.rows() * dim), lse(batch.rows());
+        ASSERT_TRUE(ReferenceEstimation(batch.Params(out.data(), lse.data())).ok());
+        bool differs = false;
+        for (size_t r = 0; r < batch.rows(); ++r) {
+          if (std::isfinite(lse[r]) && std::abs(lse[r] - key_lse[r]) > 1e-2f) differs = true;
+        }
+        EXPECT_TRUE(differs) << what << ": the logits were not used";
+        batch.AddSpread(rng());
+        ASSERT_NO_FATAL_FAILURE(ExpectTwinEqualsPlain(batch, what + " spread"));
+
+        EstimationParams narrow = batch.Params(out.data(), lse.data());
+        narrow.logit_stride = parts;  // only cluster 0 fits
+        const absl::Status status = ReferenceEstimation(narrow);
+        EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << what << ": " << status;
+        EXPECT_NE(std::string(status.message()).find("logit_stride"), std::string::npos)
+            << status;
+      }
+    }
+  }
+}
+
 // The spread correction: the twin adds kSpreadWeight scale^2 / 2 |q|^2 spread to each
 // centroid's logit, as the plain computation does; and a spread moves the result (the
 // correction is applied, not ignored).

@@ -350,6 +350,26 @@ TEST_F(SplitCentroidGpuTest, SplitBlockSelectEqualsTwin) {
   }
 }
 
+// The zone's selection runs in a thread block of its own beside the retrieval's, each with
+// its own score row; the logits kept for the estimation are the twin's bits.
+TEST_F(SplitCentroidGpuTest, SplitBlockSelectZoneAndLogitsEqualTwin) {
+  uint32_t seed = 400;
+  for (int dim : {64, 128}) {
+    for (int group : {1, 4, 8}) {
+      SplitSelectBatch batch(DType::kBF16, dim, group, MixedItems(), seed++);
+      batch.PlantHeavyEmptyParts(1, 97);
+      batch.Check(BlockSelectMode::kTopK, 64, 0.0f, stream(), /*zone_k=*/1000);
+      batch.Check(BlockSelectMode::kTopK, 64, 0.0f, stream(), /*zone_k=*/1000, true);
+      batch.Check(BlockSelectMode::kTopK, 5, 0.0f, stream(), /*zone_k=*/5, true);
+      batch.Check(BlockSelectMode::kMassTarget, 4096, 0.6f, stream(), /*zone_k=*/4096, true);
+      batch.Check(BlockSelectMode::kMassTarget, 64, 0.9f, stream(), /*zone_k=*/300);
+      if (HasFatalFailure()) return;
+    }
+  }
+  SplitSelectBatch fp16(DType::kFP16, 256, 4, MixedItems(), seed);
+  fp16.Check(BlockSelectMode::kTopK, 64, 0.0f, stream(), /*zone_k=*/2048, true);
+}
+
 // Many small items: every item's logit rows and score row in the workspace must stay its own
 // (a single item would not show an item stride that differs between the two kernels).
 TEST_F(SplitCentroidGpuTest, SplitBlockSelectOfManySmallItemsEqualsTwin) {

@@ -752,16 +752,27 @@ TEST(SplitSelectTest, SelectionIsTheSortedRanking) {
   }
 }
 
-TEST(SplitSelectTest, WorkspaceHasOneMoreRow) {
+// Per item: a score row (two with a zone), then G x parts logit rows unless the caller keeps
+// the logits.
+TEST(SplitSelectTest, WorkspaceHoldsScoreRowsThenLogits) {
   BlockSelectParams p;
   p.kind = BlockScoreKind::kCentroid;
   p.group_size = 4;
   p.num_items = 3;
   p.max_blocks = 100;
   p.centroid_parts = 1;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 4864u);  // 3 x 4 x 100 floats, to 256 bytes
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 6144u);  // 3 x (1 + 4) x 100 floats, to 256 bytes
   p.centroid_parts = 2;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 11008u);  // 3 x (4 x 2 + 1) x 100 floats
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 11008u);  // 3 x (1 + 4 x 2) x 100 floats
+  p.zone_k = 8;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 12032u);  // 3 x (2 + 4 x 2) x 100 floats
+  float logits = 0.0f;
+  p.logits = &logits;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 2560u);  // 3 x 2 x 100 floats
+  p.kind = BlockScoreKind::kPageBounds;
+  p.centroid_parts = 1;
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 1280u);  // one row: both selections read it
+  p.kind = BlockScoreKind::kCentroid;
   p.centroid_parts = 0;
   EXPECT_EQ(BlockSelectWorkspaceBytes(p), 0u);
   p.centroid_parts = 3;

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include "kernels/block_select.h"
 #include "tests/testing/block_select_oracle.h"
 #include "tests/testing/gpu_test_util.h"
+#include "tests/testing/poison.h"
 
 namespace kvtier::testing_util {
 
@@ -29,14 +31,22 @@ struct BlockSelectPool : BlockSelectShape {
 
   // Runs the twin on the host arrays and the kernel on a device copy (selections poisoned on
   // both sides, the workspace NaN garbage) with these settings, and expects the same count and
-  // the same entries for every item.
-  void Check(BlockSelectMode mode, int k, float mass_target, cudaStream_t stream) const {
+  // the same entries for every item; with zone_k > 0 the same for the zone, and with
+  // keep_logits (kCentroid) the same bits in every entry of BlockSelectParams::logits
+  // (candidates written, the rest still the poison).
+  void Check(BlockSelectMode mode, int k, float mass_target, cudaStream_t stream, int zone_k = 0,
+             bool keep_logits = false) const {
     SCOPED_TRACE(testing::Message()
                  << "kind " << static_cast<int>(kind) << " parts " << parts << " dtype "
                  << DTypeName(dtype) << " D " << dim << " G " << group << " mode "
-                 << static_cast<int>(mode) << " k " << k << " target " << mass_target);
+                 << static_cast<int>(mode) << " k " << k << " target " << mass_target
+                 << " zone " << zone_k << (keep_logits ? " logits" : ""));
     const int n = num_items();
     BlockSelectParams p = Settings(n, max_blocks, mode, k, mass_target);
+    p.zone_k = zone_k;
+    const size_t logit_count =
+        keep_logits ? static_cast<size_t>(n) * group * parts * max_blocks : 0;
+    std::vector<float> want_logits(logit_count, Poisoned<float>());
 
     // Host twin. A count the twin left unwritten differs from the kernel's poison.
     std::vector<const void*> host_summaries;
@@ -53,7 +63,17 @@ struct BlockSelectPool : BlockSelectShape {
     SetSummaries(host, host_summaries.data(), host_counts.data());
     host.selected = want.data();
     host.num_selected = want_count.data();
+    std::vector<int32_t> want_zone(static_cast<size_t>(n) * zone_k, kPoisonInt),
+        want_zone_count(n, -5);
+    host.zone_selected = want_zone.data();
+    host.zone_count = want_zone_count.data();
+    if (keep_logits) host.logits = want_logits.data();
     ASSERT_OK(ReferenceBlockSelect(host));
+    if (keep_logits) {
+      size_t written = 0;
+      for (float x : want_logits) written += std::isnan(x) ? 0 : 1;
+      ASSERT_GT(written, 0u) << "the twin wrote no logits";
+    }
 
     // Device.
     DeviceBuffer d_q = Upload(q), d_begin = Upload(begins), d_end = Upload(ends);
@@ -77,21 +97,43 @@ struct BlockSelectPool : BlockSelectShape {
     SetSummaries(p, d_summary_ptrs.as<const void*>(), d_count_ptrs.as<const int32_t*>());
     p.selected = selected.as<int32_t>();
     p.num_selected = num_selected.as<int32_t>();
+    DeviceBuffer zone = Upload(std::vector<int32_t>(want_zone.size() + 1, kPoisonInt));
+    DeviceBuffer zone_count = Upload(std::vector<int32_t>(n, kPoisonInt));
+    p.zone_selected = zone.as<int32_t>();
+    p.zone_count = zone_count.as<int32_t>();
+    DeviceBuffer logits = Upload(std::vector<float>(logit_count + 1, Poisoned<float>()));
+    if (keep_logits) p.logits = logits.as<float>();
     p.workspace = workspace.data();
     ASSERT_OK(LaunchBlockSelect(p, stream));
     ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
-    const std::vector<int32_t> got = Download<int32_t>(selected, want.size());
-    const std::vector<int32_t> got_count = Download<int32_t>(num_selected, n);
-    for (int i = 0; i < n; ++i) {
-      ASSERT_EQ(got_count[i], want_count[i]) << "item " << i;
-      for (int j = 0; j < k; ++j) {
-        const size_t at = static_cast<size_t>(i) * k + j;
-        ASSERT_EQ(got[at], want[at]) << "item " << i << " entry " << j;
+    ExpectRows("selected", Download<int32_t>(selected, want.size()),
+               Download<int32_t>(num_selected, n), want, want_count, k);
+    if (zone_k > 0) {
+      ExpectRows("zone", Download<int32_t>(zone, want_zone.size()),
+                 Download<int32_t>(zone_count, n), want_zone, want_zone_count, zone_k);
+    }
+    if (keep_logits) {
+      const std::vector<float> got_logits = Download<float>(logits, logit_count);
+      for (size_t j = 0; j < logit_count; ++j) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(got_logits[j]), std::bit_cast<uint32_t>(want_logits[j]))
+            << "logit " << j << ": " << got_logits[j] << " against " << want_logits[j];
       }
     }
   }
 
   static constexpr int32_t kPoisonInt = 0x7E7E7E7E;  // no valid index or count
+
+  static void ExpectRows(const char* what, const std::vector<int32_t>& got,
+                         const std::vector<int32_t>& got_count, const std::vector<int32_t>& want,
+                         const std::vector<int32_t>& want_count, int width) {
+    for (size_t i = 0; i < want_count.size(); ++i) {
+      ASSERT_EQ(got_count[i], want_count[i]) << what << ": item " << i;
+      for (int j = 0; j < width; ++j) {
+        const size_t at = i * width + j;
+        ASSERT_EQ(got[at], want[at]) << what << ": item " << i << " entry " << j;
+      }
+    }
+  }
 
   int max_blocks = 1;       // the largest item's blocks, at least 1
   std::vector<uint16_t> q;  // [items, G, D]

@@ -153,6 +153,30 @@ class EstimationLists {
     for (int i = 0; i < items_; ++i) spread_ptr_.push_back(spreads_.data() + count_at_[i]);
   }
 
+  // Passes precomputed logits (EstimationParams::logits) instead of the mean keys, which
+  // Params() then leaves null: random ones in [-8, 8] that have nothing to do with q and the
+  // keys, so that a reader that computed q.c instead would show. Each item's rows are
+  // logit_stride() wide (its clusters' centroids, then padding the reader must not touch).
+  void AddLogits(uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::uniform_real_distribution<float> logit(-8.0f, 8.0f);
+    int widest = 1;
+    for (int i = 0; i < items_; ++i) {
+      const size_t end = i + 1 < items_ ? count_at_[i + 1] : counts_.size();
+      widest = std::max(widest, static_cast<int>(end - count_at_[i]));
+    }
+    logit_stride_ = widest + 3;
+    logits_.assign(static_cast<size_t>(items_) * group_ * logit_stride_,
+                   std::numeric_limits<float>::quiet_NaN());
+    for (int i = 0; i < items_; ++i) {
+      const size_t end = i + 1 < items_ ? count_at_[i + 1] : counts_.size();
+      for (int g = 0; g < group_; ++g) {
+        float* row = logits_.data() + (static_cast<size_t>(i) * group_ + g) * logit_stride_;
+        for (size_t c = 0; c < end - count_at_[i]; ++c) row[c] = logit(rng);
+      }
+    }
+  }
+
   EstimationLists(const EstimationLists&) = delete;  // Params() points into the arrays
   EstimationLists& operator=(const EstimationLists&) = delete;
 
@@ -187,7 +211,11 @@ class EstimationLists {
       p.exclude_count = exclude_count_.data();
       p.exclude_stride = exclude_stride_;
     }
-    p.key_mean = key_ptr_.data();
+    p.key_mean = logits_.empty() ? key_ptr_.data() : nullptr;
+    if (!logits_.empty()) {
+      p.logits = logits_.data();
+      p.logit_stride = logit_stride_;
+    }
     p.value_sum = sum_ptr_.data();
     p.count = count_ptr_.data();
     if (!spreads_.empty()) p.key_spread = spread_ptr_.data();
@@ -237,8 +265,10 @@ class EstimationLists {
               dot += qd * Value(keys_[key_at_[i] + c * dim_ + d]);
               q_square += qd * qd;
             }
+            const double scaled_dot =
+                logits_.empty() ? scale * dot : logits_[row * logit_stride_ + c];
             const double spread = spreads_.empty() ? 0.0 : q_square * spreads_[count_at_[i] + c];
-            logit.push_back(scale * dot + kSpreadWeight * scale * scale / 2 * spread);
+            logit.push_back(scaled_dot + kSpreadWeight * scale * scale / 2 * spread);
             centroid.push_back(c);
           }
         }
@@ -271,6 +301,8 @@ class EstimationLists {
   const std::vector<uint16_t>& q() const { return q_; }
   const std::vector<uint16_t>& keys() const { return keys_; }
   const std::vector<float>& spreads() const { return spreads_; }  // empty: no spread
+  const std::vector<float>& logits() const { return logits_; }    // empty: from the keys
+  int64_t logit_stride() const { return logit_stride_; }
   const std::vector<float>& sums() const { return sums_; }
   const std::vector<int32_t>& counts() const { return counts_; }
   std::vector<int32_t>& ids() { return ids_; }
@@ -301,6 +333,8 @@ class EstimationLists {
   int items_;
   std::vector<uint16_t> q_, keys_;
   std::vector<float> spreads_;
+  std::vector<float> logits_;  // AddLogits: [items, G, logit_stride_]
+  int64_t logit_stride_ = 0;
   std::vector<float> sums_;
   std::vector<int32_t> counts_, ids_, list_count_, exclude_, exclude_count_, flat_, offsets_;
   std::vector<size_t> key_at_, sum_at_, count_at_;

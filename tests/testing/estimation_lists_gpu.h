@@ -26,6 +26,7 @@ class DeviceEstimationLists {
         q_(Upload(batch.q())),
         keys_(Upload(batch.keys())),
         spreads_(Upload(batch.spreads().empty() ? std::vector<float>(1) : batch.spreads())),
+        logits_(Upload(batch.logits().empty() ? std::vector<float>(1) : batch.logits())),
         sums_(Upload(batch.sums())),
         counts_(Upload(batch.counts())),
         ids_(Upload(batch.ids())),
@@ -68,7 +69,8 @@ class DeviceEstimationLists {
       p.exclude_ids = exclude_.as<int32_t>();
       p.exclude_count = exclude_count_.as<int32_t>();
     }
-    p.key_mean = key_ptr_.as<const void*>();
+    p.key_mean = host.key_mean != nullptr ? key_ptr_.as<const void*>() : nullptr;
+    if (host.logits != nullptr) p.logits = logits_.as<float>();
     p.value_sum = sum_ptr_.as<const float*>();
     p.count = count_ptr_.as<const int32_t*>();
     if (host.key_spread != nullptr) p.key_spread = spread_ptr_.as<const float*>();
@@ -79,7 +81,7 @@ class DeviceEstimationLists {
 
  private:
   const EstimationLists& batch_;
-  DeviceBuffer q_, keys_, spreads_, sums_, counts_, ids_, list_count_, flat_, offsets_, exclude_,
+  DeviceBuffer q_, keys_, spreads_, logits_, sums_, counts_, ids_, list_count_, flat_, offsets_, exclude_,
       exclude_count_;
   DeviceBuffer key_ptr_, spread_ptr_, sum_ptr_, count_ptr_;
 };
