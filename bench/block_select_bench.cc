@@ -46,6 +46,8 @@ struct DeviceState {
   DeviceBuffer pointers;  // summary and count pointers per item
   DeviceBuffer selected;  // [kMaxItems, kMaxSelectK]
   DeviceBuffer num_selected;
+  DeviceBuffer zone;  // [kMaxItems, kMaxSelectK], then its counts
+  DeviceBuffer logits;
   DeviceBuffer workspace;
   CudaStream stream;
   CudaEvent start, stop;
@@ -63,6 +65,8 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   KVTIER_ASSIGN_OR_RETURN(s->pointers, DeviceBuffer::Allocate(2 * kMaxItems * 8));
   KVTIER_ASSIGN_OR_RETURN(s->selected, DeviceBuffer::Allocate(size_t{kMaxItems} * kMaxSelectK * 4));
   KVTIER_ASSIGN_OR_RETURN(s->num_selected, DeviceBuffer::Allocate(kMaxItems * 4));
+  KVTIER_ASSIGN_OR_RETURN(s->zone, DeviceBuffer::Allocate(size_t{kMaxItems} * (kMaxSelectK + 1) * 4));
+  KVTIER_ASSIGN_OR_RETURN(s->logits, DeviceBuffer::Allocate(size_t{64} << 20));
   KVTIER_ASSIGN_OR_RETURN(s->workspace, DeviceBuffer::Allocate(size_t{64} << 20));
   KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());
   KVTIER_ASSIGN_OR_RETURN(s->start, CudaEvent::Create());
@@ -98,20 +102,23 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   return s;
 }
 
-// Args: kind (0 page bounds, 1 centroid), items, blocks per item, k, mass target in percent
-// (0: top k).
+// Args: kind (0 page bounds, 1 centroid, 2 two-part centroids), items, blocks per item, k,
+// mass target in percent (0: top k), zone_k (0: none; with centroids the logits are kept, as
+// the wave index keeps them for its estimation).
 void BM_BlockSelect(benchmark::State& state) {
   absl::StatusOr<DeviceState*> device = SharedState<CreateDeviceState>();
   if (!device.ok()) return SkipWithError(state, device.status());
   DeviceState& s = **device;
   const auto kind = state.range(0) == 0 ? BlockScoreKind::kPageBounds : BlockScoreKind::kCentroid;
+  const int parts = state.range(0) == 2 ? 2 : 1;
   const int items = static_cast<int>(state.range(1));
   const int blocks = static_cast<int>(state.range(2));
-  const size_t block_bytes = kind == BlockScoreKind::kPageBounds ? 2 * kHeadDim * 2 : kHeadDim * 2;
+  const size_t block_bytes =
+      kind == BlockScoreKind::kPageBounds ? 2 * kHeadDim * 2 : parts * kHeadDim * 2;
   const size_t item_bytes = block_bytes * blocks;
   const double summary_bytes =
       static_cast<double>(items) * blocks *
-      (block_bytes + (kind == BlockScoreKind::kCentroid ? sizeof(int32_t) : 0));
+      (block_bytes + (kind == BlockScoreKind::kCentroid ? parts * sizeof(int32_t) : 0));
 
   BlockSelectParams p;
   p.kind = kind;
@@ -124,7 +131,17 @@ void BM_BlockSelect(benchmark::State& state) {
   p.max_blocks = blocks;
   p.k = static_cast<int>(state.range(3));
   p.mass_target = static_cast<float>(state.range(4)) / 100.0f;
-  if (item_bytes * items > kPoolBytes || BlockSelectWorkspaceBytes(p) > s.workspace.size()) {
+  p.centroid_parts = parts;
+  p.zone_k = static_cast<int>(state.range(5));
+  if (p.zone_k > 0) {
+    p.zone_selected = s.zone.as<int32_t>();
+    p.zone_count = s.zone.as<int32_t>() + size_t{kMaxItems} * kMaxSelectK;
+    if (kind == BlockScoreKind::kCentroid) p.logits = s.logits.as<float>();
+  }
+  const size_t logit_bytes =
+      p.logits != nullptr ? sizeof(float) * items * kGroup * parts * size_t(blocks) : 0;
+  if (item_bytes * items > kPoolBytes || BlockSelectWorkspaceBytes(p) > s.workspace.size() ||
+      logit_bytes > s.logits.size() || size_t{blocks} * parts * items * 4 > s.counts.size()) {
     state.SkipWithError("configuration larger than the benchmark's buffers");
     return;
   }
@@ -133,7 +150,7 @@ void BM_BlockSelect(benchmark::State& state) {
   for (int i = 0; i < items; ++i) {
     ranges[kMaxItems + i] = blocks;
     pointers[i] = s.pool.data() + i * item_bytes;
-    pointers[kMaxItems + i] = s.counts.as<int32_t>() + static_cast<size_t>(i) * blocks;
+    pointers[kMaxItems + i] = s.counts.as<int32_t>() + static_cast<size_t>(i) * blocks * parts;
   }
   absl::Status status = [&]() -> absl::Status {
     KVTIER_CUDA_RETURN_IF_ERROR(
@@ -168,16 +185,24 @@ void BM_BlockSelect(benchmark::State& state) {
 }
 
 BENCHMARK(BM_BlockSelect)
-    ->ArgNames({"centroid", "items", "blocks", "k", "mass_pct"})
+    ->ArgNames({"centroid", "items", "blocks", "k", "mass_pct", "zone"})
     // The target shape: batch 32 x 8 KV heads x 8K page bounds, D 128, G 4, bf16.
-    ->Args({0, 256, 8192, 128, 0})
-    ->Args({0, 256, 8192, 1024, 0})
+    ->Args({0, 256, 8192, 128, 0, 0})
+    ->Args({0, 256, 8192, 1024, 0, 0})
     // Centroids of the same shape, top k and a mass target.
-    ->Args({1, 256, 8192, 1024, 0})
-    ->Args({1, 256, 8192, 4096, 90})
+    ->Args({1, 256, 8192, 1024, 0, 0})
+    ->Args({1, 256, 8192, 4096, 90, 0})
     // The largest items: batch 1 x 8 KV heads x 64K blocks, k 4096; and a small batch.
-    ->Args({0, 8, 65536, 4096, 0})
-    ->Args({0, 8, 8192, 128, 0})
+    ->Args({0, 8, 65536, 4096, 0, 0})
+    ->Args({0, 8, 8192, 128, 0, 0})
+    // kvtier-replay's defaults (budget 64, sink 64 + window 1024, 16-token pages): page bounds
+    // and the wave index (two-part centroids, a zone of half the candidates) at 32K x 24 and
+    // 120K x 6, 8 KV heads a sequence.
+    ->Args({0, 192, 1980, 64, 0, 0})
+    ->Args({2, 192, 1980, 64, 0, 0})
+    ->Args({2, 192, 1980, 64, 0, 1054})
+    ->Args({0, 48, 7612, 64, 0, 0})
+    ->Args({2, 48, 7612, 64, 0, 3870})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 

@@ -137,9 +137,9 @@ void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores
     for (int stride = internal::kSelectThreads / 2; stride >= 1; stride /= 2) {
       for (int t = 0; t < stride; ++t) partial[t] = internal::Add(partial[t], partial[t + stride]);
     }
-    const float sum = partial[0];
+    const float inverse = internal::Div(1.0f, partial[0]);
     for (int r = 0; r < n; ++r) {
-      scores[r] = internal::Add(scores[r], internal::Div(weight[r], sum));
+      scores[r] = internal::Add(scores[r], internal::Mul(weight[r], inverse));
     }
   }
 }
@@ -236,7 +236,7 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
 
 namespace internal {
 int ScoreRows(const BlockSelectParams& p) {
-  return p.kind == BlockScoreKind::kCentroid && p.zone_k > 0 ? 2 : 1;
+  return p.kind == BlockScoreKind::kCentroid ? 1 + p.group_size : 1;
 }
 }  // namespace internal
 
@@ -245,8 +245,8 @@ size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
       p.group_size > kMaxSelectGroup || p.centroid_parts < 1 || p.centroid_parts > 2) {
     return 0;
   }
-  // Rows of max_blocks floats: the scores (a second row for a kCentroid zone), then the
-  // logits unless the caller keeps them.
+  // Rows of max_blocks floats: the scores (kCentroid: and G rows of weights), then the logits
+  // unless the caller keeps them.
   const bool centroid = p.kind == BlockScoreKind::kCentroid;
   const size_t rows = internal::ScoreRows(p) + (centroid && p.logits == nullptr
                                           ? static_cast<size_t>(p.group_size) * p.centroid_parts

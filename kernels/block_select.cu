@@ -16,16 +16,17 @@
 // centroid scoring 1.9x page bounds' time over the same bytes on the H200 (143 against 77 us,
 // 24 x 32K), 128 us with it.
 //
-// Selection kernel: one thread block of kSelectThreads per item and selection (with a zone, the
-// zone's top zone_k is a second block beside the first, not a second launch after it: one block
-// an item is latency-bound, and a second launch doubled the selection's 39 us at 24 x 32K on
-// the H200). kCentroid first turns logits into masses (per head: max, weights n e^{l - max},
-// their sum in a fixed lane/tree order, weight / sum summed over heads) into the block's own
-// score row, leaving the logits as they are (the weights are computed twice). Then a radix select on 32-bit ranking keys
-// (three passes of 11, 11 and 10 bits, histograms of counts and fixed-point masses in shared
-// memory) finds the key T of the last selected block and how many blocks with key T are taken
-// (lowest indexes first). A final pass in index order writes the selection ascending. Integer
-// counts and fixed-point masses make every step independent of thread scheduling.
+// Selection kernel: one thread block of kSelectThreads per item. kCentroid first turns logits
+// into masses (per head: max, weights n e^{l - max} kept in the workspace, their sum in a fixed
+// lane/tree order, weight * (1 / sum) summed over heads; four heads a pass), leaving the logits
+// as they are. On the H200 at 24 x 32K this conversion was instruction-bound: two exponentials
+// and a division a weight, taken again by a zone's second thread block, made the two-block
+// launch 80 us against page bounds' 24 us selection. Then a radix select on 32-bit ranking
+// keys (three passes of 11, 11 and 10 bits, histograms of counts and fixed-point masses in
+// shared memory) finds the key T of the last selected block and how many blocks with key T are
+// taken (lowest indexes first). A final pass in index order writes the selection ascending.
+// Integer counts and fixed-point masses make every step independent of thread scheduling.
+// With a zone the same block then selects the zone's top zone_k from the same scores.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -54,6 +55,7 @@ constexpr int kWarps = kSelectThreads / 32;
 constexpr int kBins = 2048;  // 11-bit digits
 constexpr int kBinsPerThread = kBins / kSelectThreads;
 constexpr int kLoads = 8;  // candidates a selection thread loads at once
+constexpr int kHeadBatch = 4;  // heads whose logits a selection block converts together
 static_assert(kBinsPerThread * kSelectThreads == kBins);
 
 struct ScoreArgs {
@@ -265,7 +267,7 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
   }
 }
 
-// blockIdx.y 0: the selection (k, target); 1: the zone (top zone_k), beside it.
+// A thread block an item: the selection (k, target), then the zone (top zone_k) if any.
 struct SelectArgs {
   int group_size;
   int max_blocks;
@@ -276,9 +278,9 @@ struct SelectArgs {
   const int32_t* block_begin;
   const int32_t* block_end;
   const int32_t* const* count;
-  // Item i's score rows start at scores + i * score_stride: kPageBounds one, written by the
-  // scoring kernel and read by both selections; kCentroid one a selection, each filled from
-  // the logits by its own thread block.
+  // Item i's rows start at scores + i * score_stride: the ranking scores (written by the
+  // scoring kernel for kPageBounds, from the logits by the selection for kCentroid), then for
+  // kCentroid G rows of weights.
   float* scores;
   size_t score_stride;
   const float* logits;  // kCentroid: [items, G, max_blocks * parts]
@@ -344,83 +346,136 @@ __device__ __forceinline__ void BlockExclusiveScan(uint32_t count, uint64_t mass
   __syncthreads();  // scratch free for the next call
 }
 
-__global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) {
-  internal::ChainedKernelStart();
-  __shared__ uint32_t bin_count[kBins];
-  __shared__ unsigned long long bin_mass[kBins];
-  __shared__ float partial[kSelectThreads];
-  __shared__ uint32_t warp_count[kWarps];
-  __shared__ uint64_t warp_mass[kWarps];
-  __shared__ uint32_t found_digit, found_count_above, found_tie_count;
-  __shared__ uint64_t found_mass_above, found_tie_mass;
-  __shared__ uint64_t lane_mass[kWarps][32];
-
-  const int item = blockIdx.x;
-  const bool zone = blockIdx.y == 1;
-  const int t = threadIdx.x;
-  const int lane = t % 32;
-  const int warp = t / 32;
-  int begin, n;
-  ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
-  const int width = zone ? a.zone_k : a.k;  // of the output row
-  const uint64_t target = zone ? std::numeric_limits<uint64_t>::max() : a.target;
-  const int k = min(width, n);
-  int32_t* out = (zone ? a.zone_selected : a.selected) + static_cast<size_t>(item) * width;
-  int32_t* out_count = zone ? a.zone_count : a.num_selected;
-  const int G = a.group_size;
-  const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
-  float* scores = a.scores + item * a.score_stride + (a.centroid && zone ? a.max_blocks : 0);
-
-  if (k == 0 || target == 0) {
-    for (int j = t; j < width; j += kSelectThreads) out[j] = -1;
-    if (t == 0) out_count[item] = 0;
-    return;
-  }
-
-  if (a.centroid) {
-    const int P = a.parts;
-    const int32_t* counts = a.count[item] + static_cast<size_t>(begin) * P;
-    for (int h = 0; h < G; ++h) {
-      const float* row = a.logits + (static_cast<size_t>(item) * G + h) * row_length +
-                         static_cast<size_t>(begin) * P;
-      // The max over the centroids that hold tokens.
-      float max_logit = -INFINITY;
-      for (int r = t; r < n * P; r += kSelectThreads) {
-        if (counts[r] > 0) max_logit = fmaxf(max_logit, row[r]);
+// kCentroid: scores[r] = the sum over heads of candidate r's mass (block_select.h), heads
+// kHeadBatch at a time so that a pass over the logits and each barrier serve several heads.
+// Each head's arithmetic is the twin's (ItemScores): the max, then thread t's sum of the
+// weights of candidates t, t + T, ... in order, then the tree t += t + stride (the strides
+// below a warp by shuffles, which pair the same lanes), then weight * (1 / sum) added in head
+// order. `logits`: the item's row of head 0 from its first candidate (row h at h * row_length);
+// `counts` from the first candidate too; `weights`: scratch rows of n floats (row h at
+// h * weight_stride), so that each weight's exponentials are taken once.
+__device__ __forceinline__ void LogitsToScores(const float* logits, size_t row_length,
+                                               const int32_t* counts, int n, int parts, int G,
+                                               float* weights, int weight_stride, float* scores,
+                                               float (*partial)[kSelectThreads]) {
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  for (int h0 = 0; h0 < G; h0 += kHeadBatch) {
+    const int heads = min(kHeadBatch, G - h0);
+    const float* rows = logits + h0 * row_length;
+    // The max over the centroids that hold tokens; exact in any order.
+    float max_logit[kHeadBatch];
+#pragma unroll
+    for (int j = 0; j < kHeadBatch; ++j) max_logit[j] = -INFINITY;
+    for (int r = t; r < n * parts; r += kSelectThreads) {
+      if (counts[r] <= 0) continue;
+#pragma unroll
+      for (int j = 0; j < kHeadBatch; ++j) {
+        if (j < heads) max_logit[j] = fmaxf(max_logit[j], rows[j * row_length + r]);
       }
-      // A max is exact in any order: warp shuffles, then the warps' maxima.
+    }
+#pragma unroll
+    for (int j = 0; j < kHeadBatch; ++j) {
 #pragma unroll
       for (int offset = 16; offset >= 1; offset /= 2) {
-        max_logit = fmaxf(max_logit, __shfl_xor_sync(0xFFFFFFFFu, max_logit, offset));
+        max_logit[j] = fmaxf(max_logit[j], __shfl_xor_sync(0xFFFFFFFFu, max_logit[j], offset));
       }
-      if (lane == 0) partial[warp] = max_logit;
-      __syncthreads();
-      max_logit = partial[0];
+      if (lane == 0) partial[j][warp] = max_logit[j];
+    }
+    __syncthreads();
 #pragma unroll
-      for (int w = 1; w < kWarps; ++w) max_logit = fmaxf(max_logit, partial[w]);
-      __syncthreads();
-      // The weights' sum; the weights themselves are computed again below (the logits
-      // stay as they are: an output, and the other selection's input).
-      float sum = 0.0f;
-      for (int r = t; r < n; r += kSelectThreads) {
-        sum = internal::Add(sum, CandidateWeight(row, counts, r, P, max_logit));
+    for (int j = 0; j < kHeadBatch; ++j) {
+      max_logit[j] = partial[j][0];
+      for (int w = 1; w < kWarps; ++w) max_logit[j] = fmaxf(max_logit[j], partial[j][w]);
+    }
+    __syncthreads();
+    // The weights (kept in the scratch rows; the logits stay as they are, an output) and
+    // their sums.
+    float sum[kHeadBatch];
+    float* head_weights = weights + static_cast<size_t>(h0) * weight_stride;
+#pragma unroll
+    for (int j = 0; j < kHeadBatch; ++j) sum[j] = 0.0f;
+    for (int r = t; r < n; r += kSelectThreads) {
+#pragma unroll
+      for (int j = 0; j < kHeadBatch; ++j) {
+        if (j < heads) {
+          const float w = CandidateWeight(rows + j * row_length, counts, r, parts, max_logit[j]);
+          head_weights[j * weight_stride + r] = w;
+          sum[j] = internal::Add(sum[j], w);
+        }
       }
-      partial[t] = sum;
-      __syncthreads();
-      for (int stride = kSelectThreads / 2; stride >= 1; stride /= 2) {
-        if (t < stride) partial[t] = internal::Add(partial[t], partial[t + stride]);
-        __syncthreads();
+    }
+#pragma unroll
+    for (int j = 0; j < kHeadBatch; ++j) partial[j][t] = sum[j];
+    __syncthreads();
+    for (int stride = kSelectThreads / 2; stride >= 32; stride /= 2) {
+      if (t < stride) {
+#pragma unroll
+        for (int j = 0; j < kHeadBatch; ++j) {
+          partial[j][t] = internal::Add(partial[j][t], partial[j][t + stride]);
+        }
       }
-      sum = partial[0];
       __syncthreads();
-      for (int r = t; r < n; r += kSelectThreads) {
-        const float mass = internal::Div(CandidateWeight(row, counts, r, P, max_logit), sum);
-        scores[r] = internal::Add(h == 0 ? 0.0f : scores[r], mass);
+    }
+    if (warp == 0) {
+#pragma unroll
+      for (int j = 0; j < kHeadBatch; ++j) {
+        float v = partial[j][lane];
+#pragma unroll
+        for (int stride = 16; stride >= 1; stride /= 2) {
+          const float other = __shfl_down_sync(0xFFFFFFFFu, v, stride);
+          if (lane < stride) v = internal::Add(v, other);
+        }
+        if (lane == 0) partial[j][0] = v;
       }
     }
     __syncthreads();
+    float inverse[kHeadBatch];  // 1 / sum
+#pragma unroll
+    for (int j = 0; j < kHeadBatch; ++j) inverse[j] = internal::Div(1.0f, partial[j][0]);
+    __syncthreads();  // partial is free for the next heads
+    for (int r = t; r < n; r += kSelectThreads) {
+      float score = h0 == 0 ? 0.0f : scores[r];
+#pragma unroll
+      for (int j = 0; j < kHeadBatch; ++j) {
+        if (j < heads) {
+          score = internal::Add(score,
+                                internal::Mul(head_weights[j * weight_stride + r], inverse[j]));
+        }
+      }
+      scores[r] = score;
+    }
   }
+  __syncthreads();
+}
 
+// Shared memory of a selection block.
+struct SelectShared {
+  uint32_t bin_count[kBins];
+  unsigned long long bin_mass[kBins];
+  float head_partial[kHeadBatch][kSelectThreads];
+  uint32_t warp_count[kWarps];
+  uint64_t warp_mass[kWarps];
+  uint32_t found_digit, found_count_above, found_tie_count;
+  uint64_t found_mass_above, found_tie_mass;
+  uint64_t lane_mass[kWarps][32];
+};
+
+// One selection of an item's ranking scores[0, n) (candidate r is block begin + r): the
+// shortest prefix with min(cap, n) blocks or the fixed-point mass `target` (UINT64_MAX: top
+// cap), written ascending to out[0, width) with -1 after it, and its length to *out_count.
+// Called by the whole thread block, which it leaves synchronised.
+__device__ __noinline__ void SelectTop(const float* scores, int n, int begin, int cap, int width,
+                                       uint64_t target, int32_t* out, int32_t* out_count,
+                                       SelectShared& sm) {
+  const int t = threadIdx.x;
+  const int lane = t % 32;
+  const int warp = t / 32;
+  const int k = min(cap, n);
+  if (k == 0 || target == 0) {
+    for (int j = t; j < width; j += kSelectThreads) out[j] = -1;
+    if (t == 0) *out_count = 0;
+    return;
+  }
   // Radix select: the key T of the last block of the shortest stopping prefix.
   const bool with_mass = target != std::numeric_limits<uint64_t>::max();
   uint32_t prefix = 0, prefix_mask = 0;
@@ -442,8 +497,8 @@ __global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) 
     const int shift = pass == 0 ? 21 : (pass == 1 ? 10 : 0);
     const uint32_t digit_mask = pass == 2 ? 0x3FFu : 0x7FFu;
     for (int b = t; b < kBins; b += kSelectThreads) {
-      bin_count[b] = 0;
-      if (with_mass) bin_mass[b] = 0;  // top k: never read
+      sm.bin_count[b] = 0;
+      if (with_mass) sm.bin_mass[b] = 0;  // top k: never read
     }
     __syncthreads();
     // kLoads independent loads per thread first: the scores come from L2 and a loop of one
@@ -468,17 +523,17 @@ __global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) 
         const uint32_t peers = __match_any_sync(0xFFFFFFFFu, digit);
         if (!with_mass) {
           if (digit != 0xFFFFFFFFu && lane == __ffs(peers) - 1) {
-            atomicAdd(&bin_count[digit], static_cast<uint32_t>(__popc(peers)));
+            atomicAdd(&sm.bin_count[digit], static_cast<uint32_t>(__popc(peers)));
           }
           continue;
         }
-        lane_mass[warp][lane] = digit != 0xFFFFFFFFu ? internal::FixedMass(score[e]) : 0;
+        sm.lane_mass[warp][lane] = digit != 0xFFFFFFFFu ? internal::FixedMass(score[e]) : 0;
         __syncwarp();
         if (digit != 0xFFFFFFFFu && lane == __ffs(peers) - 1) {
           unsigned long long sum = 0;
-          for (uint32_t m = peers; m != 0; m &= m - 1) sum += lane_mass[warp][__ffs(m) - 1];
-          atomicAdd(&bin_count[digit], static_cast<uint32_t>(__popc(peers)));
-          atomicAdd(&bin_mass[digit], sum);
+          for (uint32_t m = peers; m != 0; m &= m - 1) sum += sm.lane_mass[warp][__ffs(m) - 1];
+          atomicAdd(&sm.bin_count[digit], static_cast<uint32_t>(__popc(peers)));
+          atomicAdd(&sm.bin_mass[digit], sum);
         }
         __syncwarp();
       }
@@ -490,39 +545,39 @@ __global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) 
 #pragma unroll
     for (int j = 0; j < kBinsPerThread; ++j) {
       const int digit = kBins - 1 - (kBinsPerThread * t + j);
-      my_count += bin_count[digit];
-      if (with_mass) my_mass += bin_mass[digit];
+      my_count += sm.bin_count[digit];
+      if (with_mass) my_mass += sm.bin_mass[digit];
     }
     uint32_t count_before, count_total;
     uint64_t mass_before;
-    BlockExclusiveScan(my_count, my_mass, count_before, mass_before, count_total, warp_count,
-                       warp_mass);
+    BlockExclusiveScan(my_count, my_mass, count_before, mass_before, count_total, sm.warp_count,
+                       sm.warp_mass);
     uint32_t c = count_above + count_before;
     uint64_t m = mass_above + mass_before;
 #pragma unroll
     for (int j = 0; j < kBinsPerThread; ++j) {
       const int digit = kBins - 1 - (kBinsPerThread * t + j);
-      const uint32_t bc = bin_count[digit];
-      const uint64_t bm = with_mass ? bin_mass[digit] : 0;
+      const uint32_t bc = sm.bin_count[digit];
+      const uint64_t bm = with_mass ? sm.bin_mass[digit] : 0;
       const bool stopped_before = c >= static_cast<uint32_t>(k) || m >= target;
       const bool stopped_after = c + bc >= static_cast<uint32_t>(k) || m + bm >= target;
       if (!stopped_before && stopped_after) {
-        found_digit = digit;
-        found_count_above = c;
-        found_mass_above = m;
-        found_tie_count = bc;
-        found_tie_mass = bm;
+        sm.found_digit = digit;
+        sm.found_count_above = c;
+        sm.found_mass_above = m;
+        sm.found_tie_count = bc;
+        sm.found_tie_mass = bm;
       }
       c += bc;
       m += bm;
     }
     __syncthreads();
-    prefix |= found_digit << shift;
+    prefix |= sm.found_digit << shift;
     prefix_mask |= digit_mask << shift;
-    count_above = found_count_above;
-    mass_above = found_mass_above;
-    tie_count = found_tie_count;
-    tie_mass = found_tie_mass;
+    count_above = sm.found_count_above;
+    mass_above = sm.found_mass_above;
+    tie_count = sm.found_tie_count;
+    tie_mass = sm.found_tie_mass;
     __syncthreads();
   }
   // Blocks with key T taken, lowest candidate indexes first.
@@ -548,7 +603,7 @@ __global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) 
     }
     uint32_t ties_before, tile_ties, chosen_before, tile_chosen;
     uint64_t unused;
-    BlockExclusiveScan(my_ties, 0, ties_before, unused, tile_ties, warp_count, warp_mass);
+    BlockExclusiveScan(my_ties, 0, ties_before, unused, tile_ties, sm.warp_count, sm.warp_mass);
     uint32_t tie_rank = ties_seen + ties_before;
     bool chosen[kLoads];
     uint32_t my_chosen = 0;
@@ -560,7 +615,7 @@ __global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) 
       tie_rank += tie ? 1u : 0u;
       my_chosen += chosen[e] ? 1u : 0u;
     }
-    BlockExclusiveScan(my_chosen, 0, chosen_before, unused, tile_chosen, warp_count, warp_mass);
+    BlockExclusiveScan(my_chosen, 0, chosen_before, unused, tile_chosen, sm.warp_count, sm.warp_mass);
     uint32_t position = written + chosen_before;
 #pragma unroll
     for (int e = 0; e < kLoads; ++e) {
@@ -570,7 +625,31 @@ __global__ void __launch_bounds__(kSelectThreads, 3) SelectKernel(SelectArgs a) 
     written += tile_chosen;
   }
   for (int j = static_cast<int>(total) + t; j < width; j += kSelectThreads) out[j] = -1;
-  if (t == 0) out_count[item] = static_cast<int32_t>(total);
+  if (t == 0) *out_count = static_cast<int32_t>(total);
+  __syncthreads();  // the shared arrays are free for another selection
+}
+
+__global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
+  internal::ChainedKernelStart();
+  __shared__ SelectShared sm;
+  const int item = blockIdx.x;
+  int begin, n;
+  ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
+  float* scores = a.scores + item * a.score_stride;
+  if (a.centroid && n > 0) {
+    const int G = a.group_size;
+    const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
+    LogitsToScores(a.logits + static_cast<size_t>(item) * G * row_length +
+                       static_cast<size_t>(begin) * a.parts,
+                   row_length, a.count[item] + static_cast<size_t>(begin) * a.parts, n, a.parts,
+                   G, scores + a.max_blocks, a.max_blocks, scores, sm.head_partial);
+  }
+  SelectTop(scores, n, begin, a.k, a.k, a.target, a.selected + static_cast<size_t>(item) * a.k,
+            a.num_selected + item, sm);
+  if (a.zone_k > 0) {
+    SelectTop(scores, n, begin, a.zone_k, a.zone_k, std::numeric_limits<uint64_t>::max(),
+              a.zone_selected + static_cast<size_t>(item) * a.zone_k, a.zone_count + item, sm);
+  }
 }
 
 // The workspace's parts (BlockSelectWorkspaceBytes): every item's score rows, then the logits
@@ -664,9 +743,8 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
   a.zone_k = params.zone_k;
   a.zone_selected = params.zone_selected;
   a.zone_count = params.zone_count;
-  const dim3 grid(static_cast<unsigned>(params.num_items), params.zone_k > 0 ? 2u : 1u);
   KVTIER_CUDA_RETURN_IF_ERROR(
-      internal::LaunchChained(SelectKernel, grid, kSelectThreads, 0, stream, a));
+      internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel", stream);
   return absl::OkStatus();
 }

@@ -12,8 +12,8 @@
 //    (Quest's upper bound of q_h.k over the page, the G heads' bounds summed). Top k only: a
 //    bound is not a mass.
 //  - kCentroid: logit_hb = scale * (q_h . c_b); per head the softmax over the item's
-//    candidate blocks weighted by their token counts, mass_hb = n_b e^{logit_hb} /
-//    sum_b' n_b' e^{logit_hb'}; score_b = sum_h mass_hb (in [0, G]: the G heads' estimated
+//    candidate blocks weighted by their token counts, mass_hb = n_b e^{logit_hb} *
+//    (1 / sum_b' n_b' e^{logit_hb'}); score_b = sum_h mass_hb (in [0, G]: the G heads' estimated
 //    attention masses summed). Blocks with count <= 0 have mass 0. With centroid_parts = 2
 //    (block_summary.h's split centroid) a block is two weighted centroids: its weight is
 //    n_b0 e^{l_hb0} + n_b1 e^{l_hb1} (each against the max over every part's logit).
@@ -112,17 +112,18 @@ struct BlockSelectParams {
   size_t workspace_bytes = 0;
 };
 
-// Bytes of scratch a call with these kind, group_size, num_items, max_blocks, zone_k and
-// logits needs, per item: a row of max_blocks scores (kCentroid with a zone: a second one, the
-// zone's selection runs beside the first), and for kCentroid without `logits` the G * parts *
-// max_blocks logits. 0 for invalid sizes (the launch then reports what is wrong).
+// Bytes of scratch a call with these kind, group_size, num_items, max_blocks and logits needs,
+// per item: a row of max_blocks scores, for kCentroid G rows of max_blocks weights and, without
+// `logits`, the G * parts * max_blocks logits. 0 for invalid sizes (the launch then reports
+// what is wrong).
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& params);
 
 namespace internal {
 // Checks of everything the host can check without reading the per-item arrays, shared by
 // launcher and twin. InvalidArgument naming the field.
 absl::Status ValidateBlockSelectShape(const BlockSelectParams& params);
-// Rows of max_blocks scores an item's workspace holds first: two for a kCentroid zone.
+// Rows of max_blocks floats an item's workspace holds first: the scores, then for kCentroid
+// G rows of weights.
 int ScoreRows(const BlockSelectParams& params);
 }  // namespace internal
 

@@ -752,26 +752,26 @@ TEST(SplitSelectTest, SelectionIsTheSortedRanking) {
   }
 }
 
-// Per item: a score row (two with a zone), then G x parts logit rows unless the caller keeps
-// the logits.
-TEST(SplitSelectTest, WorkspaceHoldsScoreRowsThenLogits) {
+// Per item: a score row and G weight rows (centroids), then G x parts logit rows unless the
+// caller keeps the logits.
+TEST(SplitSelectTest, WorkspaceHoldsScoresWeightsThenLogits) {
   BlockSelectParams p;
   p.kind = BlockScoreKind::kCentroid;
   p.group_size = 4;
   p.num_items = 3;
   p.max_blocks = 100;
   p.centroid_parts = 1;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 6144u);  // 3 x (1 + 4) x 100 floats, to 256 bytes
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 11008u);  // 3 x (1 + 4 + 4) x 100 floats, to 256
   p.centroid_parts = 2;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 11008u);  // 3 x (1 + 4 x 2) x 100 floats
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 15616u);  // 3 x (1 + 4 + 4 x 2) x 100 floats
   p.zone_k = 8;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 12032u);  // 3 x (2 + 4 x 2) x 100 floats
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 15616u);  // the zone reuses the scores
   float logits = 0.0f;
   p.logits = &logits;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 2560u);  // 3 x 2 x 100 floats
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 6144u);  // 3 x (1 + 4) x 100 floats
   p.kind = BlockScoreKind::kPageBounds;
   p.centroid_parts = 1;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 1280u);  // one row: both selections read it
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 1280u);  // one row of scores
   p.kind = BlockScoreKind::kCentroid;
   p.centroid_parts = 0;
   EXPECT_EQ(BlockSelectWorkspaceBytes(p), 0u);
