@@ -16,14 +16,14 @@ for t in gpu_test runtime_core_test offload_test kernels_reference_test index_te
   .gpu/$t > "$OUT/$t.log" 2>&1 || status=1
   echo "$t: $(grep -E '^\[  (PASSED|FAILED)  \]|SKIPPED \]' "$OUT/$t.log" | head -3 | tr '\n' ' ')"
 done
-for b in page_copy decode_attention block_select cache_resolve; do
+for b in page_copy decode_attention block_select estimation cache_resolve; do
   .gpu/kvtier_bench_$b --benchmark_out_format=json --benchmark_out="$OUT/bench_$b.json" \
     > "$OUT/bench_$b.txt" 2>&1 || status=1
 done
 python3 .gpu/sdpa_baseline.py > "$OUT/sdpa_baseline.txt" 2>&1 || status=1
 .gpu/kvtier-probe --json_out="$OUT/probe.json" > "$OUT/probe.txt" 2>&1 || status=1
 grep -E "FAILED|Failure" "$OUT"/*_test.log | head -20
-for b in page_copy decode_attention block_select cache_resolve; do
+for b in page_copy decode_attention block_select estimation cache_resolve; do
   grep -E "^BM_" "$OUT/bench_$b.txt" | cut -c1-160
 done
 cat "$OUT/sdpa_baseline.txt" | tail -8

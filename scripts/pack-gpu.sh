@@ -11,6 +11,7 @@ for bin in tests/gpu_test tests/kernels_reference_test tests/offload_test tests/
            tools/probe/kvtier-probe tools/replay/kvtier-replay \
            bench/kvtier_bench_page_copy bench/kvtier_bench_reference_attention \
            bench/kvtier_bench_decode_attention bench/kvtier_bench_block_select \
+           bench/kvtier_bench_estimation \
            bench/kvtier_bench_cache_resolve; do
   cp "$KVTIER_ROOT/build-gpu/$bin" "$KVTIER_ROOT/.gpu/"
 done

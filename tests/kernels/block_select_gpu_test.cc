@@ -146,9 +146,9 @@ TEST_F(BlockSelectGpuTest, CentroidTopKAndMassTargetEqualTwin) {
   }
 }
 
-// A zone beside the selection: page bounds' both selections read one score row; one-part
-// centroids each fill their own from the logits, which stay as the twin writes them.
-TEST_F(BlockSelectGpuTest, ZoneBesideTheSelectionEqualsTwin) {
+// A zone selected after the retrieval from the same scores (page bounds and one-part
+// centroids), and the logits kept as the twin writes them.
+TEST_F(BlockSelectGpuTest, ZoneAfterTheSelectionEqualsTwin) {
   SelectBatch bounds(BlockScoreKind::kPageBounds, DType::kBF16, 128, 4, MixedItems(), 200);
   bounds.Check(BlockSelectMode::kTopK, 64, 0.0f, /*zone_k=*/700);
   bounds.Check(BlockSelectMode::kTopK, 4096, 0.0f, /*zone_k=*/4096);

@@ -350,8 +350,8 @@ TEST_F(SplitCentroidGpuTest, SplitBlockSelectEqualsTwin) {
   }
 }
 
-// The zone's selection runs in a thread block of its own beside the retrieval's, each with
-// its own score row; the logits kept for the estimation are the twin's bits.
+// The zone's selection after the retrieval's, from the same scores, in mixed items with heavy
+// empty parts; the logits kept for the estimation are the twin's bits.
 TEST_F(SplitCentroidGpuTest, SplitBlockSelectZoneAndLogitsEqualTwin) {
   uint32_t seed = 400;
   for (int dim : {64, 128}) {
