@@ -1,6 +1,6 @@
 // The estimation zone (LaunchEstimation) for a whole batch at the wave index's shapes, timed
 // with CUDA events. Reports the time, the summary bytes a call reads (per estimated centroid:
-// its value sum, count and spread, and either its G logits, as the wave index passes them, or
+// its mean value, count and spread, and either its G logits, as the wave index passes them, or
 // its mean key) and "vs_read": the time divided by the time to read those bytes once from HBM
 // at the device-to-device copy rate measured in the same process.
 //
@@ -42,9 +42,9 @@ constexpr size_t kCentroids = size_t{kMaxItems} * kMaxClusters * kParts;
 
 // Every item's arrays at its fixed offset in shared pools sized for the largest shape.
 struct DeviceState {
-  DeviceBuffer keys, sums, counts, spreads, logits, q;
+  DeviceBuffer keys, means, counts, spreads, logits, q;
   DeviceBuffer ids, list_count, exclude, exclude_count;
-  DeviceBuffer pointers;  // key, sum, count, spread pointers per item
+  DeviceBuffer pointers;  // key, mean value, count, spread pointers per item
   DeviceBuffer out, lse, workspace;
   DeviceBuffer copy_src, copy_dst;
   CudaStream stream;
@@ -65,21 +65,19 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   auto s = std::make_unique<DeviceState>();
   std::mt19937 rng(3);
   std::normal_distribution<float> normal;
-  // Summaries: a 1M-centroid pattern repeated (random keys and value sums of 16 tokens).
+  // Summaries: a 64K-centroid pattern repeated (random mean keys and mean values).
   constexpr size_t kPattern = size_t{1} << 16;
-  std::vector<uint16_t> key_pattern(kPattern * kHeadDim);
+  std::vector<uint16_t> key_pattern(kPattern * kHeadDim), mean_pattern(kPattern * kHeadDim);
   for (auto& x : key_pattern) x = FloatToBF16(0.3f * normal(rng));
-  std::vector<float> sum_pattern(kPattern * kHeadDim);
-  for (auto& x : sum_pattern) x = 16.0f * normal(rng);
-  std::vector<uint16_t> keys(kCentroids * kHeadDim);
-  std::vector<float> sums(kCentroids * kHeadDim);
+  for (auto& x : mean_pattern) x = FloatToBF16(normal(rng));
+  std::vector<uint16_t> keys(kCentroids * kHeadDim), means(kCentroids * kHeadDim);
   for (size_t c = 0; c < kCentroids; c += kPattern) {
     const size_t n = std::min(kPattern, kCentroids - c);
     std::copy_n(key_pattern.begin(), n * kHeadDim, keys.begin() + c * kHeadDim);
-    std::copy_n(sum_pattern.begin(), n * kHeadDim, sums.begin() + c * kHeadDim);
+    std::copy_n(mean_pattern.begin(), n * kHeadDim, means.begin() + c * kHeadDim);
   }
   KVTIER_RETURN_IF_ERROR(UploadTo(s->keys, keys));
-  KVTIER_RETURN_IF_ERROR(UploadTo(s->sums, sums));
+  KVTIER_RETURN_IF_ERROR(UploadTo(s->means, means));
   KVTIER_RETURN_IF_ERROR(UploadTo(s->counts, std::vector<int32_t>(kCentroids, 8)));
   std::vector<float> spreads(kCentroids);
   for (auto& x : spreads) x = 0.05f + 0.05f * std::abs(normal(rng));
@@ -94,7 +92,7 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   const size_t item_centroids = size_t{kMaxClusters} * kParts;
   for (int i = 0; i < kMaxItems; ++i) {
     pointers[i] = s->keys.as<uint16_t>() + i * item_centroids * kHeadDim;
-    pointers[kMaxItems + i] = s->sums.as<float>() + i * item_centroids * kHeadDim;
+    pointers[kMaxItems + i] = s->means.as<uint16_t>() + i * item_centroids * kHeadDim;
     pointers[2 * kMaxItems + i] = s->counts.as<int32_t>() + i * item_centroids;
     pointers[3 * kMaxItems + i] = s->spreads.as<float>() + i * item_centroids;
   }
@@ -175,7 +173,7 @@ void BM_Estimation(benchmark::State& state) {
   } else {
     p.key_mean = pointers;
   }
-  p.value_sum = reinterpret_cast<const float* const*>(pointers + kMaxItems);
+  p.value_mean = pointers + kMaxItems;
   p.count = reinterpret_cast<const int32_t* const*>(pointers + 2 * kMaxItems);
   p.key_spread = reinterpret_cast<const float* const*>(pointers + 3 * kMaxItems);
   p.out = s.out.as<float>();
@@ -188,7 +186,7 @@ void BM_Estimation(benchmark::State& state) {
                      [&] { return LaunchEstimation(p, s.stream.get()); });
   if (!total_seconds) return;
   const double mean_s = *total_seconds / std::max<int64_t>(1, state.iterations());
-  const double per_centroid = kHeadDim * 4.0 + 4 + 4 + (logits ? kGroup * 4.0 : kHeadDim * 2.0);
+  const double per_centroid = kHeadDim * 2.0 + 4 + 4 + (logits ? kGroup * 4.0 : kHeadDim * 2.0);
   const double bytes = double{1} * items * (listed - excluded) * kParts * per_centroid;
   const double read_s = bytes / (s.hbm_copy_gbps * 1e9);
   state.counters["summary_MB"] = bytes * 1e-6;

@@ -12,7 +12,7 @@ enum class IndexKind : uint8_t {
   kPageBounds,
   // Clustered (RetroInfer's wave index): at prefill the cold keys of each segment are
   // clustered on the GPU and their tokens laid out cluster by cluster, so that every page
-  // holds keys of one or two neighbouring clusters; per page block the centroid, value sum
+  // holds keys of one or two neighbouring clusters; per page block the centroid, mean value
   // and token count; selection by estimated attention mass (top-k or mass target) and an
   // estimation zone.
   kWave,

@@ -9,10 +9,10 @@
 namespace kvtier::internal {
 namespace {
 
-// Summary arrays of a page: mean key, value sum, key spread (a scalar), token count (each per
-// centroid part), stored positions. The vector-read arrays come first, so they stay 16-byte
-// aligned.
-enum SummaryArray { kKeyMean = 0, kValueSum = 1, kKeySpread = 2, kCount = 3, kPositions = 4 };
+// Summary arrays of a page: mean key, mean value (both in the KV dtype), key spread (a scalar),
+// token count (each per centroid part), stored positions. The vector-read arrays come first, so
+// they stay 16-byte aligned.
+enum SummaryArray { kKeyMean = 0, kValueMean = 1, kKeySpread = 2, kCount = 3, kPositions = 4 };
 constexpr int kArrays = 5;
 
 // k-means as RetroInfer runs it: ~16 tokens a cluster, 10 Lloyd iterations.
@@ -27,8 +27,9 @@ class WaveIndex final : public BlockIndex {
   explicit WaveIndex(const IndexConfig& config) : config_(config) {
     const int64_t d = config.head_dim;
     const int64_t pages = config.max_pages;
+    // Mean keys and mean values: parts x D of the KV dtype.
     const int64_t key_bytes = kParts * d * static_cast<int64_t>(DTypeSize(config.dtype));
-    const int64_t strides[kArrays] = {key_bytes, kParts * d * 4, kParts * 4, kParts * 4,
+    const int64_t strides[kArrays] = {key_bytes, key_bytes, kParts * 4, kParts * 4,
                                       int64_t{config.page_size} * 4};
     int64_t offset = 0;
     int64_t bytes = 0;
@@ -63,7 +64,7 @@ class WaveIndex final : public BlockIndex {
   IndexKind kind() const override { return IndexKind::kWave; }
   const IndexConfig& config() const override { return config_; }
   SummaryLayout layout() const override { return layout_; }
-  // Scoring reads the mean key and the count; the zone's value sums are extra (estimate).
+  // Scoring reads the mean key and the count; the zone's mean values are extra (estimate).
   int64_t scan_bytes_per_page() const override {
     return layout_.stride[kKeyMean] + layout_.stride[kCount];
   }
@@ -81,7 +82,7 @@ class WaveIndex final : public BlockIndex {
     p.v_pages = pages.v_pages;
     p.tokens = pages.tokens;
     p.key_mean = pages.dst[kKeyMean];
-    p.value_sum = reinterpret_cast<float* const*>(pages.dst[kValueSum]);
+    p.value_mean = pages.dst[kValueMean];
     p.count = reinterpret_cast<int32_t* const*>(pages.dst[kCount]);
     p.key_spread = reinterpret_cast<float* const*>(pages.dst[kKeySpread]);
     return backend.PageSummaries(p, stream);
@@ -117,9 +118,11 @@ class WaveIndex final : public BlockIndex {
   }
 
   bool estimates() const override { return config_.estimate_pages > 0; }
+  // The zone reads a page's mean values, spreads and counts, and its G x parts logits from
+  // the scoring pass (not its mean keys).
   int64_t estimate_bytes_per_page() const override {
-    return layout_.stride[kKeyMean] + layout_.stride[kValueSum] + layout_.stride[kKeySpread] +
-           layout_.stride[kCount];
+    return layout_.stride[kValueMean] + layout_.stride[kKeySpread] + layout_.stride[kCount] +
+           int64_t{config_.group_size} * kParts * 4;
   }
   int zone_stride() const override {
     return estimates() ? config_.budget_pages + config_.estimate_pages : 0;
@@ -144,7 +147,7 @@ class WaveIndex final : public BlockIndex {
     // The logits Select left (mean keys are not read again).
     p.logits = static_cast<const float*>(batch.workspace);
     p.logit_stride = int64_t{kParts} * config_.max_pages;
-    p.value_sum = reinterpret_cast<const float* const*>(batch.summaries[kValueSum]);
+    p.value_mean = batch.summaries[kValueMean];
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
     p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
     p.out = batch.out;

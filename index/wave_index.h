@@ -3,7 +3,7 @@
 // spherical k-means and stored cluster by cluster (SegmentBatch's order), so that each page
 // holds the keys of one or two neighbouring clusters; a page is the block. Per page the index
 // keeps a split centroid (block_summary.h: the page's tokens in two parts by 2-means, each
-// with its mean key, value sum, per-channel key variance and count) and the stored tokens'
+// with its mean key, mean value, per-channel key variance and count) and the stored tokens'
 // positions. Two parts let a page that straddles two clusters, or hides one outlier key (a
 // needle), be scored by what it holds rather than by an average of it. Pages that leave the
 // window during decode join in position order with the same summary: assignment to the

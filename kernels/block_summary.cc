@@ -37,8 +37,8 @@ absl::Status ValidatePageSummaryShape(const PageSummaryParams& p) {
     return invalid("bounds and key_mean are both null; nothing to write");
   }
   if (p.key_mean == nullptr &&
-      (p.value_sum != nullptr || p.count != nullptr || p.key_spread != nullptr)) {
-    return invalid("value_sum or count is set without key_mean; a centroid is written whole");
+      (p.value_mean != nullptr || p.count != nullptr || p.key_spread != nullptr)) {
+    return invalid("value_mean or count is set without key_mean; a centroid is written whole");
   }
   if (p.centroid_parts == 2 && p.page_size > kMaxSplitPageSize) {
     return invalid("page_size is ", p.page_size, " with centroid_parts 2; expected at most ",
@@ -47,8 +47,8 @@ absl::Status ValidatePageSummaryShape(const PageSummaryParams& p) {
   if (p.centroid_parts == 2 && p.key_mean == nullptr) {
     return invalid("centroid_parts is 2 but key_mean is null; the split is a centroid");
   }
-  if (p.value_sum != nullptr && p.v_pages == nullptr) {
-    return invalid("v_pages is null but value_sum is requested");
+  if (p.value_mean != nullptr && p.v_pages == nullptr) {
+    return invalid("v_pages is null but value_mean is requested");
   }
   return absl::OkStatus();
 }
@@ -164,8 +164,8 @@ absl::Status ReferencePageSummaries(const PageSummaryParams& p) {
     if (p.k_pages[j] == nullptr) return invalid("k_pages");
     if (p.bounds != nullptr && p.bounds[j] == nullptr) return invalid("bounds");
     if (p.key_mean != nullptr && p.key_mean[j] == nullptr) return invalid("key_mean");
-    if (p.value_sum != nullptr && p.value_sum[j] == nullptr) return invalid("value_sum");
-    if (p.value_sum != nullptr && p.v_pages[j] == nullptr) return invalid("v_pages");
+    if (p.value_mean != nullptr && p.value_mean[j] == nullptr) return invalid("value_mean");
+    if (p.value_mean != nullptr && p.v_pages[j] == nullptr) return invalid("v_pages");
     if (p.count != nullptr && p.count[j] == nullptr) return invalid("count");
     if (p.key_spread != nullptr && p.key_spread[j] == nullptr) return invalid("key_spread");
   }
@@ -188,7 +188,7 @@ absl::Status ReferencePageSummaries(const PageSummaryParams& p) {
         if (k < min || std::isnan(k)) min = std::isnan(min) ? min : k;
         const int which = part[t];
         key_sum[which] = count[which] == 0 ? k : key_sum[which] + k;
-        if (p.value_sum != nullptr) {
+        if (p.value_mean != nullptr) {
           const float v = LoadAsFloat(p.dtype, p.v_pages[j], static_cast<size_t>(t) * dim + d);
           value_sum[which] = count[which] == 0 ? v : value_sum[which] + v;
         }
@@ -205,7 +205,11 @@ absl::Status ReferencePageSummaries(const PageSummaryParams& p) {
               count[which] == 0 ? 0.0f : key_sum[which] / static_cast<float>(count[which]);
           StoreFromFloat(p.dtype, mean, p.key_mean[j], at);
         }
-        if (p.value_sum != nullptr) p.value_sum[j][at] = value_sum[which];
+        if (p.value_mean != nullptr) {
+          const float mean =
+              count[which] == 0 ? 0.0f : value_sum[which] / static_cast<float>(count[which]);
+          StoreFromFloat(p.dtype, mean, p.value_mean[j], at);
+        }
         if (p.count != nullptr && d == 0) p.count[j][which] = count[which];
       }
       if (p.key_spread != nullptr) {

@@ -55,7 +55,7 @@ __global__ void PageSummaryKernel(PageSummaryParams p) {
   const int dim = blockDim.x;
   const int tokens = min(max(p.tokens[j], 0), p.page_size);
   const T* k_page = static_cast<const T*>(p.k_pages[j]);
-  const T* v_page = p.value_sum != nullptr ? static_cast<const T*>(p.v_pages[j]) : nullptr;
+  const T* v_page = p.value_mean != nullptr ? static_cast<const T*>(p.v_pages[j]) : nullptr;
   float hi = -INFINITY, lo = INFINITY, key_sum = 0.0f, value_sum = 0.0f;
   // kBatch rows' loads are issued before any is used, so a page costs a few memory latencies
   // rather than one a row; the rows are then folded in order, as the twin does.
@@ -88,7 +88,10 @@ __global__ void PageSummaryKernel(PageSummaryParams p) {
     const float mean = tokens == 0 ? 0.0f : __fdiv_rn(key_sum, static_cast<float>(tokens));
     static_cast<T*>(p.key_mean[j])[d] = FromFloat<T>(mean);
   }
-  if (p.value_sum != nullptr) p.value_sum[j][d] = value_sum;
+  if (p.value_mean != nullptr) {
+    const float mean = tokens == 0 ? 0.0f : __fdiv_rn(value_sum, static_cast<float>(tokens));
+    static_cast<T*>(p.value_mean[j])[d] = FromFloat<T>(mean);
+  }
   if (p.count != nullptr && d == 0) *p.count[j] = tokens;
   if (p.key_spread != nullptr) {
     const float mean = tokens == 0 ? 0.0f : __fdiv_rn(key_sum, static_cast<float>(tokens));
@@ -188,7 +191,7 @@ __global__ void SplitSummaryKernel(PageSummaryParams p) {
   }
 
   // The summaries of both parts (and the page's bounds) in token order.
-  const T* v_page = p.value_sum != nullptr ? static_cast<const T*>(p.v_pages[j]) : nullptr;
+  const T* v_page = p.value_mean != nullptr ? static_cast<const T*>(p.v_pages[j]) : nullptr;
   float hi = -INFINITY, lo = INFINITY;
   float key_sum[2] = {0.0f, 0.0f}, value_sum[2] = {0.0f, 0.0f};
   int count[2] = {0, 0};
@@ -213,7 +216,12 @@ __global__ void SplitSummaryKernel(PageSummaryParams p) {
     const float mean =
         count[which] == 0 ? 0.0f : __fdiv_rn(key_sum[which], static_cast<float>(count[which]));
     static_cast<T*>(p.key_mean[j])[which * dim + d] = FromFloat<T>(mean);
-    if (p.value_sum != nullptr) p.value_sum[j][which * dim + d] = value_sum[which];
+    if (p.value_mean != nullptr) {
+      const float value_mean = count[which] == 0 ? 0.0f
+                                                 : __fdiv_rn(value_sum[which],
+                                                             static_cast<float>(count[which]));
+      static_cast<T*>(p.value_mean[j])[which * dim + d] = FromFloat<T>(value_mean);
+    }
     if (p.count != nullptr && d == 0) p.count[j][which] = count[which];
   }
   if (p.key_spread != nullptr) {

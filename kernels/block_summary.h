@@ -7,12 +7,14 @@
 //    after block, [num_blocks, 2, D]: one 16-byte load of the max row and one of the min row
 //    give a scoring thread both bounds of 8 channels. Minima and maxima of bf16/fp16 values
 //    are bf16/fp16 values: the summary is exact in the KV dtype.
-//  - centroid (clustered indexes, estimation): the mean key (D elements of the KV dtype,
-//    rounded once from an fp32 mean), the value sum (D floats) and the token count (int32).
-//    An item's centroids are three arrays: key_mean [num_blocks, D], value_sum
-//    [num_blocks, D], count [num_blocks]. A cluster of many pages has the same form.
+//  - centroid (clustered indexes, estimation): the mean key and the mean value (D elements
+//    of the KV dtype each, rounded once from an fp32 mean) and the token count (int32). An
+//    item's centroids are three arrays: key_mean [num_blocks, D], value_mean [num_blocks, D],
+//    count [num_blocks]. A cluster of many pages has the same form. (The value mean in the KV
+//    dtype rather than an fp32 sum: the estimation zone reads it for every zone page, and it
+//    was 1024 of the 1060 bytes a two-part page cost there; its rounding is the values' own.)
 //  - split centroid (centroid_parts = 2): the page's tokens split in two parts by 2-means,
-//    each part a centroid as above: key_mean [num_blocks, 2, D], value_sum
+//    each part a centroid as above: key_mean [num_blocks, 2, D], value_mean
 //    [num_blocks, 2, D], count [num_blocks, 2]. A page whose keys form two groups (it
 //    straddles two clusters) or one outlier (a needle among its neighbours) keeps both: the
 //    mass n1 e^{q.c1} + n2 e^{q.c2} sees what a single mean averages away.
@@ -37,9 +39,9 @@ namespace kvtier {
 // The result is fully defined, so the host twin and the kernel agree bit for bit: per
 // channel, max/min over the tokens in token order (a NaN key element makes that channel's
 // max and min NaN); the key sum and the value sum are fp32 additions in token order starting
-// from the first token; key_mean = key sum / count (IEEE division), rounded to the dtype to
-// nearest even. A page with 0 tokens gets max -inf, min +inf, key_mean 0, value_sum 0,
-// count 0.
+// from the first token; key_mean = key sum / count and value_mean = value sum / count (IEEE
+// division), rounded to the dtype to nearest even. A page with 0 tokens gets max -inf, min
+// +inf, key_mean 0, value_mean 0, count 0.
 //
 // The split (centroid_parts = 2), in fp32 with one rounding per operation, identical on both
 // sides: dist(t, c) = sum over channel groups w = 0, 1, ... of the 32 channels [32w, 32w + 32)
@@ -49,7 +51,7 @@ namespace kvtier {
 // token t joins part 1 when dist(t, c1) < dist(t, c0), else part 0, and each non-empty part's
 // centroid becomes its mean (a sum in token order, divided by its count). Part 0 holds seed
 // a. A page of fewer than 2 tokens (or of identical keys) has everything in part 0 and an
-// empty part 1 (key_mean 0, value_sum 0, count 0).
+// empty part 1 (key_mean 0, value_mean 0, count 0).
 inline constexpr int kSplitIterations = 4;
 inline constexpr int kMaxSplitPageSize = 64;  // the split takes pages of at most 64 tokens
 inline constexpr int kMaxCentroidParts = 2;
@@ -63,12 +65,12 @@ struct PageSummaryParams {
 
   // Pointer arrays, [num_pages] each (device memory for the kernel); entry j describes page j.
   const void* const* k_pages = nullptr;  // P x D of dtype: the keys
-  const void* const* v_pages = nullptr;  // P x D of dtype; read only when value_sum is set
+  const void* const* v_pages = nullptr;  // P x D of dtype; read only when value_mean is set
   const int32_t* tokens = nullptr;       // [num_pages] filled tokens, in [0, P]
   // Destinations; a null array skips that summary. At least one of bounds / key_mean is set.
   void* const* bounds = nullptr;      // -> 2 * D of dtype: max row, then min row
   void* const* key_mean = nullptr;    // -> parts * D of dtype
-  float* const* value_sum = nullptr;  // -> parts * D floats; needs key_mean (centroid whole)
+  void* const* value_mean = nullptr;  // -> parts * D of dtype; needs key_mean (centroid whole)
   int32_t* const* count = nullptr;    // -> parts int32; needs key_mean
   // -> parts fp32: each part's key spread, the mean over the channels of the per-channel key
   // variance (0 for an empty part); needs key_mean. Per channel: the sum over the part's tokens

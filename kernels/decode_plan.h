@@ -15,7 +15,7 @@
 //  - cache slots: C page slots (the page cache, cache_resolve.h).
 //  - index summaries: one region of max_pages * summary_bytes bytes, holding up to
 //    kMaxSummaryArrays arrays indexed by page (e.g. page bounds: one array of 2D elements a
-//    page; centroids: key means, value sums, counts; block_summary.h). Array a starts
+//    page; centroids: key means, mean values, counts; block_summary.h). Array a starts
 //    summary_offset[a] bytes into the region and holds summary_stride[a] bytes a page.
 //  - host page table: max_pages device-readable addresses of the host-store K and V pages;
 //    page j's at [r * max_pages + j].

@@ -81,7 +81,7 @@ absl::Status ValidateItems(const EstimationParams& p) {
     if (p.logits == nullptr && p.key_mean[i] == nullptr) {
       return Invalid("key_mean[", i, "] is null");
     }
-    if (p.value_sum[i] == nullptr) return Invalid("value_sum[", i, "] is null");
+    if (p.value_mean[i] == nullptr) return Invalid("value_mean[", i, "] is null");
     if (p.count[i] == nullptr) return Invalid("count[", i, "] is null");
     if (p.key_spread != nullptr && p.key_spread[i] == nullptr) {
       return Invalid("key_spread[", i, "] is null");
@@ -155,10 +155,12 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
   std::vector<double> numerator(dim, 0.0);
   double denominator = 0.0;
   for (size_t c = 0; c < ids.size(); ++c) {
-    const double weight = std::exp(logits[c] - max_logit);
-    denominator += weight * p.count[item][ids[c]];
-    const float* s = p.value_sum[item] + static_cast<size_t>(ids[c]) * dim;
-    for (int d = 0; d < dim; ++d) numerator[d] += weight * s[d];
+    const double weight = std::exp(logits[c] - max_logit) * p.count[item][ids[c]];
+    denominator += weight;
+    const size_t at = static_cast<size_t>(ids[c]) * dim;
+    for (int d = 0; d < dim; ++d) {
+      numerator[d] += weight * LoadAsFloat(p.dtype, p.value_mean[item], at + d);
+    }
   }
   for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(numerator[d] / denominator);
   p.lse[row] = static_cast<float>(max_logit + std::log(denominator));
@@ -203,7 +205,7 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
   if (p.logits != nullptr && p.logit_stride < p.centroid_parts) {
     return Invalid("logit_stride is ", p.logit_stride, " with logits; expected >= centroid_parts");
   }
-  if (p.value_sum == nullptr) return Invalid("value_sum is null");
+  if (p.value_mean == nullptr) return Invalid("value_mean is null");
   if (p.count == nullptr) return Invalid("count is null");
   if (p.out == nullptr) return Invalid("out is null");
   if (p.lse == nullptr) return Invalid("lse is null");

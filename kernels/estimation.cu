@@ -10,7 +10,7 @@
 //  3. numerators: a thread keeps two channels of every head over a share of the tile's
 //     centroids (the shares summed at the end).
 // A warp per cluster, folding it with a butterfly and 32 lanes' worth of the same exponentials,
-// ran the zone at 25-30% of the HBM rate on the H200. A centroid's key and value sum are read
+// ran the zone at 25-30% of the HBM rate on the H200. A centroid's key and mean value are read
 // once for four heads. Given the logits of the zone's scoring pass (kLogits), a tile copies
 // 4 bytes a centroid and head instead of the centroid's mean key, and phase 1 is gone. With several runs an item (a batch of few items: 6 x 8 KV heads left
 // two thirds of an H200's SMs idle at one block an item), each run writes a partial result to
@@ -59,7 +59,8 @@ struct Stage {
   static constexpr int kKeyRow = kDim * static_cast<int>(sizeof(T)) + 16;
   static constexpr int kValueOffset =
       kLogits ? H * kTileCentroids * 4 : kTileCentroids * kKeyRow;
-  static constexpr int kCountOffset = kValueOffset + kTileCentroids * kDim * 4;
+  static constexpr int kCountOffset =
+      kValueOffset + kTileCentroids * kDim * static_cast<int>(sizeof(T));
   static constexpr int kSpreadOffset = kCountOffset + kTileCentroids * 4;
   static constexpr int kBytes = kSpreadOffset + kTileCentroids * 4;
   static_assert(kBytes % 16 == 0 && kKeyRow % 16 == 0);
@@ -90,6 +91,13 @@ size_t EstimationSharedBytes(int32_t exclude_stride) {
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+// Two consecutive elements (4-byte aligned) as floats.
+__device__ __forceinline__ float2 ToFloat2(const __nv_bfloat16* x) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x));
+}
+__device__ __forceinline__ float2 ToFloat2(const __half* x) {
+  return __half22float2(*reinterpret_cast<const __half2*>(x));
+}
 
 // max that keeps NaN: once either side is NaN the result is NaN.
 __device__ __forceinline__ float NanMax(float a, float b) { return (b > a || b != b) ? b : a; }
@@ -140,11 +148,11 @@ struct ItemArrays {
   const float* logits = nullptr;
   int64_t logit_stride = 0;
   int heads = 0;
-  const char* value_sum = nullptr;
+  const char* value_mean = nullptr;
   const int32_t* count = nullptr;
   const float* key_spread = nullptr;  // null: spreads count 0
   int parts = 1;
-  bool vector = false;  // key_mean and value_sum are 16-byte aligned: 16-byte copies
+  bool vector = false;  // key_mean and value_mean are 16-byte aligned: 16-byte copies
 };
 
 // Copies of `units` kUnit-byte pieces a centroid row of an array: piece k of the tile is
@@ -176,7 +184,7 @@ __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* id
                                           uint32_t stage, char* stage_pointer) {
   using S = Stage<T, kDim, kLogits>;
   constexpr int kKeyBytes = kDim * sizeof(T);  // a centroid's
-  constexpr int kValueBytes = kDim * 4;
+  constexpr int kValueBytes = kDim * sizeof(T);
   if constexpr (kLogits) {
     static_assert(H * kTileCentroids <= kThreads);
     if (threadIdx.x < H * kTileCentroids) {
@@ -192,10 +200,10 @@ __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* id
   }
   if (a.vector) {
     if constexpr (!kLogits) IssueRows<16, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
-    IssueRows<16, kValueBytes>(a.value_sum, a.parts, ids, stage + S::kValueOffset, kValueBytes);
+    IssueRows<16, kValueBytes>(a.value_mean, a.parts, ids, stage + S::kValueOffset, kValueBytes);
   } else {
     if constexpr (!kLogits) IssueRows<4, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
-    IssueRows<4, kValueBytes>(a.value_sum, a.parts, ids, stage + S::kValueOffset, kValueBytes);
+    IssueRows<4, kValueBytes>(a.value_mean, a.parts, ids, stage + S::kValueOffset, kValueBytes);
   }
   if (threadIdx.x < kTileCentroids) {
     const int c = threadIdx.x;
@@ -226,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
   constexpr int kHalf = kDim / 2;  // channels of a phase-1 thread's dot product
   __shared__ __align__(16) float q_s[H][kDim];
   __shared__ float dot_s[2][H][kTileCentroids];         // the two halves' dot products
-  __shared__ __align__(16) float weight_s[kTileCentroids][H];  // e^{l - max}, 0: none
+  __shared__ __align__(16) float weight_s[kTileCentroids][H];  // n e^{l - max}, 0: none
   __shared__ float correction_s[H];                      // this tile's rescale of the state
   __shared__ float max_s[H], denominator_s[H];
   extern __shared__ __align__(16) char smem[];
@@ -292,12 +300,12 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
     } else {
       arrays.key_mean = static_cast<const char*>(p.key_mean[item]);
     }
-    arrays.value_sum = reinterpret_cast<const char*>(p.value_sum[item]);
+    arrays.value_mean = static_cast<const char*>(p.value_mean[item]);
     arrays.count = p.count[item];
     arrays.key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
     arrays.parts = min(p.centroid_parts, kParts);
     arrays.vector = ((reinterpret_cast<uintptr_t>(arrays.key_mean) |
-                      reinterpret_cast<uintptr_t>(arrays.value_sum)) & 15) == 0;
+                      reinterpret_cast<uintptr_t>(arrays.value_mean)) & 15) == 0;
   }
   const uint32_t stages = internal::SharedAddress(smem);
   for (int32_t segment = begin; segment < end; segment += kSegmentIds) {
@@ -369,14 +377,16 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
         // tile without any leaves the state as it is.
         const float correction =
             new_max == -INFINITY ? 1.0f : expf(running_max - new_max);
-        const float weight = logit == -INFINITY ? 0.0f : expf(logit - new_max);
-        denominator = fmaf(denominator, correction, WarpSum(weight * static_cast<float>(n)));
+        // n e^{l - max}: the cluster's share of the denominator and its mean value's weight.
+        const float weight =
+            logit == -INFINITY ? 0.0f : expf(logit - new_max) * static_cast<float>(n);
+        denominator = fmaf(denominator, correction, WarpSum(weight));
         running_max = new_max;
         weight_s[lane][warp] = weight;
         if (lane == 0) correction_s[warp] = correction;
       }
       __syncthreads();
-      // Phase 2: the numerators += e^{l - max} value sum.
+      // Phase 2: the numerators += n e^{l - max} mean value.
       {
         float correction[H];
 #pragma unroll
@@ -386,13 +396,13 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
           numerator[h][0] *= correction[h];
           numerator[h][1] *= correction[h];
         }
-        const float* values = reinterpret_cast<const float*>(stage + S::kValueOffset);
+        const T* values = reinterpret_cast<const T*>(stage + S::kValueOffset);
 #pragma unroll
         for (int j = 0; j < N::kCentroidsPerGroup; ++j) {
           const int c = group * N::kCentroidsPerGroup + j;
           if (count[c] <= 0) continue;  // warp-uniform: a group spans whole warps
           const float4 w = *reinterpret_cast<const float4*>(&weight_s[c][0]);
-          const float2 v = *reinterpret_cast<const float2*>(values + c * kDim + 2 * pair);
+          const float2 v = ToFloat2(values + c * kDim + 2 * pair);
           const float weights[H] = {w.x, w.y, w.z, w.w};
 #pragma unroll
           for (int h = 0; h < H; ++h) {

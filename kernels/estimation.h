@@ -1,11 +1,12 @@
 // Estimation: partial attention over cluster summaries (the clustered index's estimation
-// zone). A cluster with mean key c, value sum s and token count n stands for n tokens whose
-// keys all equal c: it adds n e^{scale q.c} to the softmax denominator and e^{scale q.c} s to
-// the numerator, without its pages being read. The result is a partial attention result,
+// zone). A cluster with mean key c, mean value m and token count n stands for n tokens whose
+// keys all equal c: it adds n e^{scale q.c} to the softmax denominator and n e^{scale q.c} m
+// to the numerator, without its pages being read. The result is a partial attention result,
 // (out, lse), that merges exactly with PagedDecodeParams' results (decode_attention.h) over
 // disjoint token sets: for every query row
-//   lse = log(sum_c n_c e^{l_c}),  out = sum_c e^{l_c} s_c / sum_c n_c e^{l_c},  l_c = scale q.c
-// so that a cluster of one token (n = 1, c = its key, s = its value) contributes exactly what
+//   lse = log(sum_c n_c e^{l_c}),  out = sum_c n_c e^{l_c} m_c / sum_c n_c e^{l_c},
+//   l_c = scale q.c
+// so that a cluster of one token (n = 1, c = its key, m = its value) contributes exactly what
 // attention over that token does.
 #pragma once
 
@@ -36,7 +37,7 @@ struct EstimationParams {
   float softmax_scale = 0.0f;  // logits are scale * q.c; finite
   int num_items = 0;           // >= 0; 0 launches nothing
   // Centroids a cluster, 1 or 2 (block_summary.h's split centroid): each part is a cluster
-  // of its own above (its count, mean key and value sum).
+  // of its own above (its count, mean key and mean value).
   int centroid_parts = 1;
 
   const void* q = nullptr;  // [num_items, G, D] of dtype, contiguous
@@ -57,7 +58,7 @@ struct EstimationParams {
   const int32_t* exclude_count = nullptr;   // [num_items], in [0, exclude_stride]
   int32_t exclude_stride = 0;               // >= 1 with exclude_ids
   const void* const* key_mean = nullptr;    // [num_items] -> [clusters, parts, D] of dtype
-  const float* const* value_sum = nullptr;  // [num_items] -> [clusters, parts, D]
+  const void* const* value_mean = nullptr;  // [num_items] -> [clusters, parts, D] of dtype
   const int32_t* const* count = nullptr;    // [num_items] -> [clusters, parts]
   // Optional [num_items] -> [clusters, parts] fp32: each centroid's key spread s, the mean of
   // its per-channel key variances (block_summary.h). With them a cluster's logit becomes
@@ -106,7 +107,7 @@ absl::Status ValidateEstimationShape(const EstimationParams& params);
 // Host twin, in double precision (results rounded to float once). Checks cluster_offsets
 // (first 0, non-decreasing), cluster ids (>= 0) and the per-item pointers of items with
 // clusters before writing anything: InvalidArgument naming the field. NaN in q, a mean key or
-// a value sum propagates to the row (or column) it touches.
+// a mean value propagates to the row (or column) it touches.
 absl::Status ReferenceEstimation(const EstimationParams& params);
 
 #ifdef KVTIER_WITH_CUDA
@@ -114,7 +115,7 @@ absl::Status ReferenceEstimation(const EstimationParams& params);
 // thread block per item, group of query heads and run of the item's list. The block streams
 // its run in tiles of clusters through shared memory; per tile its threads take the logits a
 // head and half of the channels each, fold them into an online softmax per head, and add the
-// weighted value sums a channel pair each. The run count fills the GPU's block slots at least
+// weighted mean values a channel pair each. The run count fills the GPU's block slots at least
 // twice in nearly full waves. Per-item data is not read on the host; summary arrays that are
 // 16-byte aligned are copied in 16-byte pieces (else 4-byte ones). InvalidArgument on bad
 // sizes or a workspace too small; Unimplemented for an unsupported dtype or head_dim.

@@ -37,7 +37,7 @@ struct SelectionBudget {
   // (clustered indexes only: a page-bounds score is a bound, not a mass).
   double mass_target = 0.0;
   // Clustered indexes: the pages ranked just below the retrieved ones, up to max_pages +
-  // estimate_pages in all, are estimated from their centroid and value sum instead of being
+  // estimate_pages in all, are estimated from their centroid and mean value instead of being
   // attended (the estimation zone); 0 turns estimation off. Page bounds takes 0 only.
   int estimate_pages = 0;
 };

@@ -54,12 +54,12 @@ TEST(BlockIndexTest, WaveSizesItsWorkspacesAndLaysOutItsArrays) {
   EXPECT_EQ(wave.zone_stride(), 64 + 256);
   EXPECT_TRUE(wave.orders_segments());
   const SummaryLayout l = wave.layout();
-  ASSERT_EQ(l.arrays, 5);  // key means, value sums, key spreads, counts, positions
+  ASSERT_EQ(l.arrays, 5);  // key means, mean values, key spreads, counts, positions
   EXPECT_EQ(l.bytes_per_page % 16, 0);
-  // Two centroid parts a page: key means of 2 x D bf16, value sums 2 x D floats, spreads and
-  // counts one 4-byte scalar a part.
+  // Two centroid parts a page: key means and mean values of 2 x D bf16, spreads and counts one
+  // 4-byte scalar a part.
   EXPECT_EQ(l.stride[0], 2 * 128 * 2);
-  EXPECT_EQ(l.stride[1], 2 * 128 * 4);
+  EXPECT_EQ(l.stride[1], 2 * 128 * 2);
   EXPECT_EQ(l.stride[2], 2 * 4);
   EXPECT_EQ(l.stride[3], 2 * 4);
   for (int a = 0; a < 2; ++a) EXPECT_EQ(l.offset[a] % 16, 0) << a;  // vector-read arrays

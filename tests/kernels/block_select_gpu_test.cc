@@ -229,14 +229,14 @@ TEST_F(BlockSelectGpuTest, PageSummariesEqualTwinBitForBit) {
       std::vector<int32_t> tokens(n);
       for (int j = 0; j < n; ++j) tokens[j] = j % (page + 1);  // 0 to P, full pages too
       DeviceBuffer d_k = Upload(k), d_v = Upload(v), d_tokens = Upload(tokens);
-      auto d_out = DeviceBuffer::Allocate(n * (3 * dim * 2 + dim * 4 + 4 + 4));
+      auto d_out = DeviceBuffer::Allocate(n * (4 * dim * 2 + 4 + 4));
       ASSERT_OK(d_out.status());
       ASSERT_CUDA_OK(cudaMemset(d_out->data(), kPoisonByte, d_out->size()));
-      // Host mirrors of the same layout: bounds | key_mean | value_sum | count | key_spread.
+      // Host mirrors of the same layout: bounds | key_mean | value_mean | count | key_spread.
       std::vector<std::byte> h_out(d_out->size(), std::byte{kPoisonByte});
       auto pointers = [&](std::byte* base, std::vector<const void*>& kp,
                           std::vector<const void*>& vp, std::vector<void*>& bp,
-                          std::vector<void*>& mp, std::vector<float*>& sp,
+                          std::vector<void*>& mp, std::vector<void*>& sp,
                           std::vector<int32_t*>& cp, std::vector<float*>& xp, std::byte* kb,
                           std::byte* vb) {
         for (int j = 0; j < n; ++j) {
@@ -244,14 +244,14 @@ TEST_F(BlockSelectGpuTest, PageSummariesEqualTwinBitForBit) {
           vp.push_back(vb + static_cast<size_t>(j) * page * dim * 2);
           bp.push_back(base + static_cast<size_t>(j) * 2 * dim * 2);
           mp.push_back(base + n * 2 * dim * 2 + static_cast<size_t>(j) * dim * 2);
-          sp.push_back(reinterpret_cast<float*>(base + n * 3 * dim * 2) + j * dim);
-          cp.push_back(reinterpret_cast<int32_t*>(base + n * (3 * dim * 2 + dim * 4)) + j);
-          xp.push_back(reinterpret_cast<float*>(base + n * (3 * dim * 2 + dim * 4 + 4)) + j);
+          sp.push_back(base + n * 3 * dim * 2 + static_cast<size_t>(j) * dim * 2);
+          cp.push_back(reinterpret_cast<int32_t*>(base + n * 4 * dim * 2) + j);
+          xp.push_back(reinterpret_cast<float*>(base + n * (4 * dim * 2 + 4)) + j);
         }
       };
       std::vector<const void*> hk, hv, dk, dv;
-      std::vector<void*> hb, hm, db, dm;
-      std::vector<float*> hs, ds, hx, dx;
+      std::vector<void*> hb, hm, db, dm, hs, ds;
+      std::vector<float*> hx, dx;
       std::vector<int32_t*> hc, dc;
       pointers(h_out.data(), hk, hv, hb, hm, hs, hc, hx, reinterpret_cast<std::byte*>(k.data()),
                reinterpret_cast<std::byte*>(v.data()));
@@ -267,7 +267,7 @@ TEST_F(BlockSelectGpuTest, PageSummariesEqualTwinBitForBit) {
       host.tokens = tokens.data();
       host.bounds = hb.data();
       host.key_mean = hm.data();
-      host.value_sum = hs.data();
+      host.value_mean = hs.data();
       host.count = hc.data();
       host.key_spread = hx.data();
       ASSERT_OK(ReferencePageSummaries(host));
@@ -278,7 +278,7 @@ TEST_F(BlockSelectGpuTest, PageSummariesEqualTwinBitForBit) {
       p.tokens = d_tokens.as<int32_t>();
       p.bounds = c.as<void*>();
       p.key_mean = d.as<void*>();
-      p.value_sum = e.as<float*>();
+      p.value_mean = e.as<void*>();
       p.count = f.as<int32_t*>();
       p.key_spread = x.as<float*>();
       auto stream = CudaStream::Create();

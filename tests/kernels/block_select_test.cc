@@ -375,18 +375,17 @@ TEST(PageSummaryReferenceTest, MatchesPlainLoops) {
     for (auto& x : k) x = ToBits(dtype, normal(rng));
     for (auto& x : v) x = ToBits(dtype, normal(rng));
     std::vector<uint16_t> bounds(n * 2 * dim, 0x7FC0), mean(n * dim, 0x7FC0);
-    std::vector<float> vsum(n * dim, -1.0f);
+    std::vector<uint16_t> vmean(n * dim, 0x7FC0);
     std::vector<int32_t> count(n, -1);
     std::vector<const void*> kp, vp;
-    std::vector<void*> bp, mp;
-    std::vector<float*> sp;
+    std::vector<void*> bp, mp, sp;
     std::vector<int32_t*> cp;
     for (int j = 0; j < n; ++j) {
       kp.push_back(k.data() + j * page * dim);
       vp.push_back(v.data() + j * page * dim);
       bp.push_back(bounds.data() + j * 2 * dim);
       mp.push_back(mean.data() + j * dim);
-      sp.push_back(vsum.data() + j * dim);
+      sp.push_back(vmean.data() + j * dim);
       cp.push_back(count.data() + j);
     }
     PageSummaryParams p;
@@ -399,7 +398,7 @@ TEST(PageSummaryReferenceTest, MatchesPlainLoops) {
     p.tokens = tokens.data();
     p.bounds = bp.data();
     p.key_mean = mp.data();
-    p.value_sum = sp.data();
+    p.value_mean = sp.data();
     p.count = cp.data();
     ASSERT_TRUE(ReferencePageSummaries(p).ok());
     for (int j = 0; j < n; ++j) {
@@ -418,7 +417,8 @@ TEST(PageSummaryReferenceTest, MatchesPlainLoops) {
         const double m = tokens[j] ? ks / tokens[j] : 0.0;
         // One rounding to the dtype (2^-8 relative for bf16) dominates the fp32 sum's error.
         EXPECT_NEAR(FromBits(dtype, mean[j * dim + d]), m, std::abs(m) * 0x1p-8 + 1e-5);
-        EXPECT_NEAR(vsum[j * dim + d], vs, 1e-5 * (1 + std::abs(vs)));
+        const double vm = tokens[j] ? vs / tokens[j] : 0.0;
+        EXPECT_NEAR(FromBits(dtype, vmean[j * dim + d]), vm, std::abs(vm) * 0x1p-8 + 1e-5);
       }
     }
     // Out-of-range tokens: rejected, nothing written.

@@ -93,15 +93,13 @@ struct Tokens {
     ASSERT_TRUE(ReferencePagedDecodeAttention(p).ok());
   }
 
-  // Estimation with every token a cluster of `repeat` tokens with its key, value sum
-  // repeat * value, over the clusters `ids`.
+  // Estimation with every token a cluster of `repeat` tokens with its key and value (the
+  // cluster's mean value), over the clusters `ids`.
   void Estimate(int repeat, const std::vector<int32_t>& ids, std::vector<float>& out,
                 std::vector<float>& lse) {
-    value_sum.resize(static_cast<size_t>(num_tokens) * dim);
-    for (int t = 0; t < num_tokens * dim; ++t) value_sum[t] = repeat * Value(dtype, v[t]);
     count.assign(num_tokens, repeat);
     key_ptr = k.data();
-    sum_ptr = value_sum.data();
+    mean_ptr = v.data();
     count_ptr = count.data();
     offsets = {0, static_cast<int32_t>(ids.size())};
     out.assign(group * dim, kPoison);
@@ -122,7 +120,7 @@ struct Tokens {
     p.cluster_offsets = offsets.data();
     p.cluster_ids = ids.data();
     p.key_mean = &key_ptr;
-    p.value_sum = &sum_ptr;
+    p.value_mean = &mean_ptr;
     p.count = &count_ptr;
     p.out = out.data();
     p.lse = lse.data();
@@ -132,10 +130,9 @@ struct Tokens {
   DType dtype;
   int dim, group, num_tokens, page;
   std::vector<uint16_t> q, k, v;
-  std::vector<float> value_sum;
   std::vector<int32_t> count, offsets;
   const void* key_ptr = nullptr;
-  const float* sum_ptr = nullptr;
+  const void* mean_ptr = nullptr;
   const int32_t* count_ptr = nullptr;
 };
 
@@ -248,8 +245,8 @@ TEST(EstimationReferenceTest, RejectsBadParameters) {
   p.softmax_scale = std::numeric_limits<float>::infinity();
   EXPECT_NE(std::string(ReferenceEstimation(p).message()).find("softmax_scale"), std::string::npos);
   p = tokens.Params(ids, out, lse);
-  p.value_sum = nullptr;
-  EXPECT_NE(std::string(ReferenceEstimation(p).message()).find("value_sum"), std::string::npos);
+  p.value_mean = nullptr;
+  EXPECT_NE(std::string(ReferenceEstimation(p).message()).find("value_mean"), std::string::npos);
   tokens.offsets = {0, -1};
   p = tokens.Params(ids, out, lse);
   EXPECT_NE(std::string(ReferenceEstimation(p).message()).find("cluster_offsets[1]"),

@@ -1,7 +1,7 @@
 // The split centroid (centroid_parts = 2) on the GPU against the host twins, on fresh random
 // inputs (never zero), every output poisoned before each launch:
 //  - LaunchPageSummaries (the split kernel) bit for bit: the header defines the split's fp32
-//    arithmetic operation by operation, so the parts, their means, value sums and counts and
+//    arithmetic operation by operation, so the parts, their mean keys and values, counts and
 //    the page bounds must be identical. Pages of 0 to P tokens (full pages too), of random
 //    keys, of two groups and of an outlier (so that the split does split), and one page with
 //    a NaN key, where a NaN output must be NaN on both sides (its bits may differ: the host
@@ -10,7 +10,7 @@
 //    scores are bit-identical, block_select.h), over batches of several items of mixed sizes,
 //    with empty parts, some of them with keys that would dominate if their logit counted.
 //  - LaunchEstimation with two parts against the twin (double precision): out within 1e-3 of
-//    max(|want|, 1) (out is a weighted mean of value sums over counts, of order 1 here) and lse
+//    max(|want|, 1) (out is a weighted mean of mean values, of order 1 here) and lse
 //    within 1e-4; NaN-poisoned outputs, and NaN never passes.
 #include <cuda_runtime_api.h>
 
@@ -126,20 +126,20 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
   k[(n - 1) * page_elements + static_cast<size_t>(page / 3) * dim + dim / 2 + 1] =
       dtype == DType::kBF16 ? 0x7FC0 : 0x7E00;  // a NaN key element
 
-  // Outputs: per page 3 slots (2 parts, 1 guard) of key_mean, value_sum, count; 3 rows of
+  // Outputs: per page 3 slots (2 parts, 1 guard) of key_mean, value_mean, count; 3 rows of
   // bounds (max, min, guard).
   const size_t slots = static_cast<size_t>(n) * 3;
   std::vector<uint16_t> bounds(slots * dim, kPoisonHalf), key_mean(slots * dim, kPoisonHalf);
-  std::vector<float> value_sum(slots * dim, Poisoned<float>());
+  std::vector<uint16_t> value_mean(slots * dim, kPoisonHalf);
   std::vector<int32_t> count(slots, kPoisonInt);
   std::vector<float> spread(slots, Poisoned<float>());
   DeviceBuffer d_spread = Upload(spread);
   DeviceBuffer d_k = Upload(k), d_v = Upload(v), d_tokens = Upload(tokens);
   DeviceBuffer d_bounds = Upload(bounds), d_key_mean = Upload(key_mean);
-  DeviceBuffer d_value_sum = Upload(value_sum), d_count = Upload(count);
+  DeviceBuffer d_value_mean = Upload(value_mean), d_count = Upload(count);
   std::vector<const void*> hk, hv, dk, dv;
-  std::vector<void*> hb, hm, db, dm;
-  std::vector<float*> hs, ds, hv_spread, dv_spread;
+  std::vector<void*> hb, hm, db, dm, hs, ds;
+  std::vector<float*> hv_spread, dv_spread;
   std::vector<int32_t*> hc, dc;
   for (int j = 0; j < n; ++j) {
     const size_t at = static_cast<size_t>(j) * 3;
@@ -147,7 +147,7 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
     hv.push_back(v.data() + j * page_elements);
     hb.push_back(bounds.data() + at * dim);
     hm.push_back(key_mean.data() + at * dim);
-    hs.push_back(value_sum.data() + at * dim);
+    hs.push_back(value_mean.data() + at * dim);
     hc.push_back(count.data() + at);
     hv_spread.push_back(spread.data() + at);
     dv_spread.push_back(d_spread.as<float>() + at);
@@ -155,7 +155,7 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
     dv.push_back(d_v.as<uint16_t>() + j * page_elements);
     db.push_back(d_bounds.as<uint16_t>() + at * dim);
     dm.push_back(d_key_mean.as<uint16_t>() + at * dim);
-    ds.push_back(d_value_sum.as<float>() + at * dim);
+    ds.push_back(d_value_mean.as<uint16_t>() + at * dim);
     dc.push_back(d_count.as<int32_t>() + at);
   }
   PageSummaryParams p;
@@ -170,7 +170,7 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
   host.tokens = tokens.data();
   host.bounds = all_outputs ? hb.data() : nullptr;
   host.key_mean = hm.data();
-  host.value_sum = all_outputs ? hs.data() : nullptr;
+  host.value_mean = all_outputs ? hs.data() : nullptr;
   host.count = hc.data();
   host.key_spread = all_outputs ? hv_spread.data() : nullptr;
   ASSERT_OK(ReferencePageSummaries(host));
@@ -181,14 +181,14 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
   p.tokens = d_tokens.as<int32_t>();
   p.bounds = all_outputs ? d_bp.as<void*>() : nullptr;
   p.key_mean = d_mp.as<void*>();
-  p.value_sum = all_outputs ? d_sp.as<float*>() : nullptr;
+  p.value_mean = all_outputs ? d_sp.as<void*>() : nullptr;
   p.count = d_cp.as<int32_t*>();
   p.key_spread = all_outputs ? d_spread_ptr.as<float*>() : nullptr;
   ASSERT_OK(LaunchPageSummaries(p, stream));
   ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
   const std::vector<uint16_t> got_bounds = Download<uint16_t>(d_bounds, bounds.size());
   const std::vector<uint16_t> got_key_mean = Download<uint16_t>(d_key_mean, key_mean.size());
-  const std::vector<float> got_value_sum = Download<float>(d_value_sum, value_sum.size());
+  const std::vector<uint16_t> got_value_mean = Download<uint16_t>(d_value_mean, value_mean.size());
   const std::vector<int32_t> got_count = Download<int32_t>(d_count, count.size());
   const std::vector<float> got_spread = Download<float>(d_spread, spread.size());
 
@@ -208,9 +208,9 @@ void CheckSplitSummaries(DType dtype, int dim, int page, bool all_outputs, uint3
         ASSERT_TRUE(SameHalf(dtype, got_bounds[x], bounds[x]))
             << "bounds page " << j << " row " << s << " channel " << d << ": " << std::hex
             << got_bounds[x] << " vs " << bounds[x];
-        ASSERT_TRUE(SameFloat(got_value_sum[x], value_sum[x]))
-            << "value_sum page " << j << " slot " << s << " channel " << d << ": "
-            << got_value_sum[x] << " vs " << value_sum[x];
+        ASSERT_TRUE(SameHalf(dtype, got_value_mean[x], value_mean[x]))
+            << "value_mean page " << j << " slot " << s << " channel " << d << ": " << std::hex
+            << got_value_mean[x] << " vs " << value_mean[x];
         nan_means += s < 2 && key_mean[x] != kPoisonHalf && std::isnan(Value(dtype, key_mean[x]));
       }
     }

@@ -130,8 +130,9 @@ struct Pages {
 // elements) that stays poisoned unless the call writes past what it should.
 struct Summaries {
   int parts = 1, dim = 0, num_pages = 0;
-  std::vector<uint16_t> bounds, key_mean;
-  std::vector<float> value_sum, key_spread;
+  DType dtype = DType::kBF16;
+  std::vector<uint16_t> bounds, key_mean, value_mean;
+  std::vector<float> key_spread;
   std::vector<int32_t> count;
 
   float KeySpread(int j, int part) const {
@@ -141,8 +142,11 @@ struct Summaries {
   uint16_t KeyMeanBits(int j, int part, int d) const {
     return key_mean[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
   }
-  float ValueSum(int j, int part, int d) const {
-    return value_sum[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
+  uint16_t ValueMeanBits(int j, int part, int d) const {
+    return value_mean[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
+  }
+  double ValueMean(int j, int part, int d) const {
+    return Value(dtype, ValueMeanBits(j, part, d));
   }
   int32_t Count(int j, int part) const {
     return count[static_cast<size_t>(j) * (parts + 1) + part];
@@ -161,8 +165,8 @@ struct Summaries {
         if (!key_mean.empty()) {
           ASSERT_EQ(KeyMeanBits(j, parts, d), kPoisonHalf) << "page " << j;
         }
-        if (!value_sum.empty()) {
-          ASSERT_TRUE(std::isnan(ValueSum(j, parts, d))) << "page " << j;
+        if (!value_mean.empty()) {
+          ASSERT_EQ(ValueMeanBits(j, parts, d), kPoisonHalf) << "page " << j;
         }
       }
       if (!count.empty()) {
@@ -178,7 +182,7 @@ struct Summaries {
 struct Requested {
   bool bounds = true;
   bool key_mean = true;
-  bool value_sum = true;
+  bool value_mean = true;
   bool count = true;
   bool key_spread = true;
 };
@@ -189,22 +193,23 @@ absl::Status Summarise(Pages& pages, int parts, Requested want, Summaries* out) 
   out->parts = parts;
   out->dim = dim;
   out->num_pages = n;
+  out->dtype = pages.dtype;
   const size_t slots = static_cast<size_t>(n) * (parts + 1);
   out->bounds.assign(want.bounds ? static_cast<size_t>(n) * 3 * dim : 0, kPoisonHalf);
   out->key_mean.assign(want.key_mean ? slots * dim : 0, kPoisonHalf);
-  out->value_sum.assign(want.value_sum ? slots * dim : 0, kPoisonFloat);
+  out->value_mean.assign(want.value_mean ? slots * dim : 0, kPoisonHalf);
   out->count.assign(want.count ? slots : 0, kPoisonInt);
   out->key_spread.assign(want.key_spread ? slots : 0, kPoisonFloat);
   std::vector<const void*> kp, vp;
-  std::vector<void*> bp, mp;
-  std::vector<float*> sp, xp;
+  std::vector<void*> bp, mp, sp;
+  std::vector<float*> xp;
   std::vector<int32_t*> cp;
   for (int j = 0; j < n; ++j) {
     kp.push_back(pages.Key(j, 0));
     vp.push_back(pages.Val(j, 0));
     bp.push_back(out->bounds.data() + static_cast<size_t>(j) * 3 * dim);
     mp.push_back(out->key_mean.data() + static_cast<size_t>(j) * (parts + 1) * dim);
-    sp.push_back(out->value_sum.data() + static_cast<size_t>(j) * (parts + 1) * dim);
+    sp.push_back(out->value_mean.data() + static_cast<size_t>(j) * (parts + 1) * dim);
     cp.push_back(out->count.data() + static_cast<size_t>(j) * (parts + 1));
     xp.push_back(out->key_spread.data() + static_cast<size_t>(j) * (parts + 1));
   }
@@ -219,14 +224,14 @@ absl::Status Summarise(Pages& pages, int parts, Requested want, Summaries* out) 
   p.tokens = pages.tokens.data();
   p.bounds = want.bounds ? bp.data() : nullptr;
   p.key_mean = want.key_mean ? mp.data() : nullptr;
-  p.value_sum = want.value_sum ? sp.data() : nullptr;
+  p.value_mean = want.value_mean ? sp.data() : nullptr;
   p.count = want.count ? cp.data() : nullptr;
   p.key_spread = want.key_spread ? xp.data() : nullptr;
   return ReferencePageSummaries(p);
 }
 
 // Part `part` of page j is exactly the tokens with in_group[t]: its count, its mean key (to
-// the fp32 sum's and the dtype's rounding), its value sum (to the fp32 sum's rounding) and its
+// the fp32 sum's and the dtype's rounding), its mean value (the same) and its
 // key spread (the mean over channels of the keys' variance around the part's mean, to fp32
 // rounding).
 void ExpectPartIsGroup(Pages& pages, const Summaries& s, int j, int part,
@@ -248,7 +253,9 @@ void ExpectPartIsGroup(Pages& pages, const Summaries& s, int j, int part,
     ASSERT_NEAR(Value(pages.dtype, s.KeyMeanBits(j, part, d)), mean,
                 std::abs(mean) * Rounding(pages.dtype) + 2 * sum_error + 1e-7)
         << "page " << j << " part " << part << " channel " << d;
-    ASSERT_NEAR(s.ValueSum(j, part, d), value_sum, 1e-6 * value_abs + 1e-7)
+    const double value_mean = value_sum / members;
+    ASSERT_NEAR(s.ValueMean(j, part, d), value_mean,
+                std::abs(value_mean) * Rounding(pages.dtype) + 2e-6 * value_abs / members + 1e-7)
         << "page " << j << " part " << part << " channel " << d;
     for (int t = 0; t < pages.tokens[j]; ++t) {
       if (!in_group[t]) continue;
@@ -317,7 +324,7 @@ TEST(SplitSummaryTest, OutlierIsIsolatedInPartZero) {
           ASSERT_EQ(s.Count(j, 1), pages.tokens[j] - 1) << "page " << j;
           for (int d = 0; d < dim; ++d) {
             ASSERT_EQ(s.KeyMeanBits(j, 0, d), pages.Key(j, outlier[j])[d]) << j << " " << d;
-            ASSERT_EQ(s.ValueSum(j, 0, d), pages.V(j, outlier[j], d)) << j << " " << d;
+            ASSERT_EQ(s.ValueMeanBits(j, 0, d), pages.Val(j, outlier[j])[d]) << j << " " << d;
           }
           std::vector<bool> rest(pages.tokens[j], true);
           rest[outlier[j]] = false;
@@ -330,8 +337,8 @@ TEST(SplitSummaryTest, OutlierIsIsolatedInPartZero) {
 }
 
 // On random pages of every fill (random keys, two groups, outliers): the parts partition the
-// page's tokens; their token-weighted mean is the single centroid's mean and their value sums
-// add to its value sum, to rounding; the bounds are the parts = 1 bounds, bit for bit; an
+// page's tokens; their token-weighted mean key and mean value are the single centroid's, to
+// rounding; the bounds are the parts = 1 bounds, bit for bit; an
 // empty second part is all zeros.
 TEST(SplitSummaryTest, PartsAddUpToTheSingleCentroid) {
   uint32_t seed = 200;
@@ -374,7 +381,7 @@ TEST(SplitSummaryTest, PartsAddUpToTheSingleCentroid) {
             }
             if (n == 0) {
               ASSERT_EQ(two.KeyMeanBits(j, 0, d), 0) << "empty page: key_mean +0";
-              ASSERT_EQ(two.ValueSum(j, 0, d), 0.0f);
+              ASSERT_EQ(two.ValueMeanBits(j, 0, d), 0) << "empty page: value_mean +0";
             } else {
               // Each of the three means is rounded once to the dtype, after fp32 sums.
               const double weighted = (n0 * m0 + n1 * m1) / n;
@@ -382,14 +389,19 @@ TEST(SplitSummaryTest, PartsAddUpToTheSingleCentroid) {
                                      Rounding(dtype) * 1.01 +
                                  1e-6 * key_abs / n + 1e-7;
               ASSERT_NEAR(weighted, m, tol) << "page " << j << " channel " << d;
-              ASSERT_NEAR(static_cast<double>(two.ValueSum(j, 0, d)) + two.ValueSum(j, 1, d),
-                          one.ValueSum(j, 0, d), 2e-6 * value_abs + 1e-7)
+              const double v = one.ValueMean(j, 0, d);
+              const double v0 = two.ValueMean(j, 0, d), v1 = two.ValueMean(j, 1, d);
+              const double value_tol =
+                  ((n0 * std::abs(v0) + n1 * std::abs(v1)) / n + std::abs(v)) * Rounding(dtype) *
+                      1.01 +
+                  2e-6 * value_abs / n + 1e-7;
+              ASSERT_NEAR((n0 * v0 + n1 * v1) / n, v, value_tol)
                   << "page " << j << " channel " << d;
             }
             if (n1 == 0) {
               ASSERT_EQ(two.KeyMeanBits(j, 1, d), 0) << "empty part 1: key_mean +0, page " << j;
-              ASSERT_EQ(std::bit_cast<uint32_t>(two.ValueSum(j, 1, d)), 0u)
-                  << "empty part 1: value_sum +0, page " << j;
+              ASSERT_EQ(two.ValueMeanBits(j, 1, d), 0)
+                  << "empty part 1: value_mean +0, page " << j;
             }
           }
         }
@@ -423,14 +435,14 @@ TEST(SplitSummaryTest, ShortAndUniformPagesLeavePartOneEmpty) {
         for (int d = 0; d < dim; ++d) {
           // Part 0 is the whole page: the single centroid, bit for bit (the same sums).
           ASSERT_EQ(two.KeyMeanBits(j, 0, d), one.KeyMeanBits(j, 0, d)) << j << " " << d;
-          ASSERT_EQ(two.ValueSum(j, 0, d), one.ValueSum(j, 0, d)) << j << " " << d;
+          ASSERT_EQ(two.ValueMeanBits(j, 0, d), one.ValueMeanBits(j, 0, d)) << j << " " << d;
           ASSERT_EQ(two.KeyMeanBits(j, 1, d), 0) << j << " " << d;
-          ASSERT_EQ(std::bit_cast<uint32_t>(two.ValueSum(j, 1, d)), 0u) << j << " " << d;
+          ASSERT_EQ(two.ValueMeanBits(j, 1, d), 0) << j << " " << d;
           ASSERT_EQ(two.BoundBits(j, 0, d), one.BoundBits(j, 0, d));
           ASSERT_EQ(two.BoundBits(j, 1, d), one.BoundBits(j, 1, d));
           if (n == 0) {
             ASSERT_EQ(two.KeyMeanBits(j, 0, d), 0);
-            ASSERT_EQ(std::bit_cast<uint32_t>(two.ValueSum(j, 0, d)), 0u);
+            ASSERT_EQ(two.ValueMeanBits(j, 0, d), 0);
             ASSERT_EQ(Value(dtype, two.BoundBits(j, 0, d)), -kInf);
             ASSERT_EQ(Value(dtype, two.BoundBits(j, 1, d)), kInf);
           } else {
@@ -440,7 +452,8 @@ TEST(SplitSummaryTest, ShortAndUniformPagesLeavePartOneEmpty) {
           }
         }
         if (n == 1) {
-          for (int d = 0; d < dim; ++d) ASSERT_EQ(two.ValueSum(j, 0, d), pages.V(j, 0, d));
+          // The mean value of one token is its value, exactly.
+          for (int d = 0; d < dim; ++d) ASSERT_EQ(two.ValueMeanBits(j, 0, d), pages.Val(j, 0)[d]);
         }
       }
       ASSERT_NO_FATAL_FAILURE(two.ExpectGuardsIntact());
@@ -448,7 +461,7 @@ TEST(SplitSummaryTest, ShortAndUniformPagesLeavePartOneEmpty) {
   }
 }
 
-// Only key_mean (no bounds, value sums or counts): the same key means as the full call.
+// Only key_mean (no bounds, mean values or counts): the same key means as the full call.
 TEST(SplitSummaryTest, KeyMeanAloneEqualsTheFullCall) {
   Pages pages(DType::kBF16, 128, 32, {32, 17, 2, 0, 1, 32}, 400);
   pages.TwoGroups(0, 11);

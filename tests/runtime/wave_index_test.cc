@@ -71,8 +71,8 @@ INSTANTIATE_TEST_SUITE_P(
     WaveCaseName);
 
 // The step's HBM traffic counts the estimation zone: per item, the candidates ranked after the
-// retrieved ones up to the zone's length, each page's split centroid (two parts of mean key,
-// value sum, key spread and count).
+// retrieved ones up to the zone's length: each page's two parts' mean values, key spreads and
+// counts, and its G x 2 logits from the scoring pass (its mean keys are not read again).
 TEST(WaveStatsTest, EstimationZoneBytesAreCounted) {
   const WaveCase c{2, 64, DType::kBF16, 16, 16, 32, 256, 0, 3, 5, 21};
   absl::StatusOr<std::unique_ptr<Driver>> created = Driver::Create(HostWaveOptions(c));
@@ -91,7 +91,8 @@ TEST(WaveStatsTest, EstimationZoneBytesAreCounted) {
       driver.Decode(0, seqs, driver.RandomDecodeInputs(2, rng), DType::kFP32, nullptr).ok());
   const int64_t hk = driver.cache().options().shape.num_kv_heads;
   const int64_t d = c.head_dim;
-  const int64_t page_bytes = 2 * d * 2 + 2 * d * 4 + 2 * 4 + 2 * 4;  // both parts
+  const int64_t group = driver.cache().options().shape.group_size();
+  const int64_t page_bytes = 2 * d * 2 + 2 * 4 + 2 * 4 + group * 2 * 4;  // both parts
   // After the append each holds one more token: the cold pages stay 12 and 6.
   const int64_t zone_pages = (std::min<int64_t>(12, c.budget + c.estimate) - c.budget) +
                              (std::min<int64_t>(6, c.budget + c.estimate) - c.budget);

@@ -77,14 +77,14 @@ class EstimationLists {
     for (int i = 0; i < items_; ++i) {
       const EstimationItemSpec& spec = items[static_cast<size_t>(i)];
       key_at_.push_back(keys_.size());
-      sum_at_.push_back(sums_.size());
+      mean_at_.push_back(means_.size());
       count_at_.push_back(counts_.size());
       for (int c = 0; c < spec.clusters * parts; ++c) {
         const int n = count(rng);  // -2 .. 50: a few negative, a few 0
         counts_.push_back(n);
         for (int d = 0; d < dim; ++d) {
           keys_.push_back(nonzero(0.2f));
-          sums_.push_back(static_cast<float>(std::max(n, 0)) * (0.5f + normal(rng)));
+          means_.push_back(nonzero(0.5f));
         }
       }
       const bool one_sided = spec.one_sided_parts && parts == 2 && spec.clusters >= 2;
@@ -127,7 +127,7 @@ class EstimationLists {
     offsets_ = {0};
     for (int i = 0; i < items_; ++i) {
       key_ptr_.push_back(keys_.data() + key_at_[i]);
-      sum_ptr_.push_back(sums_.data() + sum_at_[i]);
+      mean_ptr_.push_back(means_.data() + mean_at_[i]);
       count_ptr_.push_back(counts_.data() + count_at_[i]);
       const int32_t* list = ids_.data() + static_cast<size_t>(i) * stride;
       flat_.insert(flat_.end(), list, list + list_count_[i]);
@@ -216,7 +216,7 @@ class EstimationLists {
       p.logits = logits_.data();
       p.logit_stride = logit_stride_;
     }
-    p.value_sum = sum_ptr_.data();
+    p.value_mean = mean_ptr_.data();
     p.count = count_ptr_.data();
     if (!spreads_.empty()) p.key_spread = spread_ptr_.data();
     p.out = out;
@@ -241,7 +241,7 @@ class EstimationLists {
   // The header's definition, computed directly in double: for each query row, over the listed
   // ids j (repeats counted) not in the exclusion list (Kept(i, exclusion)) and each part of
   // cluster j with count n > 0, at centroid c = j * parts + part with logit l = scale q.c:
-  // denominator += n e^l, numerator += e^l * value_sum; out = numerator / denominator,
+  // denominator += n e^l, numerator += n e^l * value_mean; out = numerator / denominator,
   // lse = log(denominator); 0 and -inf without contributions. Sums are taken relative to the
   // largest logit (the same quotient, without overflow). With spreads, l += kSpreadWeight *
   // scale^2 / 2 * |q|^2 * spread_c.
@@ -285,7 +285,8 @@ class EstimationLists {
           const double e = std::exp(logit[k] - top);
           denominator += counts_[count_at_[i] + centroid[k]] * e;
           for (int d = 0; d < dim_; ++d) {
-            numerator[d] += e * sums_[sum_at_[i] + centroid[k] * dim_ + d];
+            numerator[d] += counts_[count_at_[i] + centroid[k]] * e *
+                            Value(means_[mean_at_[i] + centroid[k] * dim_ + d]);
           }
         }
         for (int d = 0; d < dim_; ++d) o[d] = static_cast<float>(numerator[d] / denominator);
@@ -303,7 +304,7 @@ class EstimationLists {
   const std::vector<float>& spreads() const { return spreads_; }  // empty: no spread
   const std::vector<float>& logits() const { return logits_; }    // empty: from the keys
   int64_t logit_stride() const { return logit_stride_; }
-  const std::vector<float>& sums() const { return sums_; }
+  const std::vector<uint16_t>& means() const { return means_; }  // mean values, of dtype
   const std::vector<int32_t>& counts() const { return counts_; }
   std::vector<int32_t>& ids() { return ids_; }
   const std::vector<int32_t>& ids() const { return ids_; }
@@ -316,7 +317,7 @@ class EstimationLists {
   const std::vector<int32_t>& flat() const { return flat_; }        // kOffsets: the ids
   const std::vector<int32_t>& offsets() const { return offsets_; }  // kOffsets: [items + 1]
   const std::vector<size_t>& key_at() const { return key_at_; }
-  const std::vector<size_t>& sum_at() const { return sum_at_; }
+  const std::vector<size_t>& mean_at() const { return mean_at_; }
   const std::vector<size_t>& count_at() const { return count_at_; }
 
  private:
@@ -335,12 +336,12 @@ class EstimationLists {
   std::vector<float> spreads_;
   std::vector<float> logits_;  // AddLogits: [items, G, logit_stride_]
   int64_t logit_stride_ = 0;
-  std::vector<float> sums_;
+  std::vector<uint16_t> means_;
   std::vector<int32_t> counts_, ids_, list_count_, exclude_, exclude_count_, flat_, offsets_;
-  std::vector<size_t> key_at_, sum_at_, count_at_;
+  std::vector<size_t> key_at_, mean_at_, count_at_;
   std::vector<const void*> key_ptr_;
   std::vector<const float*> spread_ptr_;
-  std::vector<const float*> sum_ptr_;
+  std::vector<const void*> mean_ptr_;
   std::vector<const int32_t*> count_ptr_;
 };
 

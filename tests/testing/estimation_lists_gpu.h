@@ -27,7 +27,7 @@ class DeviceEstimationLists {
         keys_(Upload(batch.keys())),
         spreads_(Upload(batch.spreads().empty() ? std::vector<float>(1) : batch.spreads())),
         logits_(Upload(batch.logits().empty() ? std::vector<float>(1) : batch.logits())),
-        sums_(Upload(batch.sums())),
+        means_(Upload(batch.means())),
         counts_(Upload(batch.counts())),
         ids_(Upload(batch.ids())),
         list_count_(Upload(list_count.empty() ? batch.list_count() : list_count)),
@@ -35,18 +35,18 @@ class DeviceEstimationLists {
         offsets_(Upload(batch.offsets())),
         exclude_(Upload(batch.exclude())),
         exclude_count_(Upload(exclude_count.empty() ? batch.exclude_count() : exclude_count)) {
-    std::vector<const void*> keys;
-    std::vector<const float*> sums, spreads;
+    std::vector<const void*> keys, means;
+    std::vector<const float*> spreads;
     std::vector<const int32_t*> counts;
     for (int i = 0; i < batch.num_items(); ++i) {
       keys.push_back(keys_.as<uint16_t>() + batch.key_at()[i]);
       spreads.push_back(spreads_.as<float>() + batch.count_at()[i]);
-      sums.push_back(sums_.as<float>() + batch.sum_at()[i]);
+      means.push_back(means_.as<uint16_t>() + batch.mean_at()[i]);
       counts.push_back(counts_.as<int32_t>() + batch.count_at()[i]);
     }
     key_ptr_ = Upload(keys);
     spread_ptr_ = Upload(spreads);
-    sum_ptr_ = Upload(sums);
+    mean_ptr_ = Upload(means);
     count_ptr_ = Upload(counts);
   }
 
@@ -71,7 +71,7 @@ class DeviceEstimationLists {
     }
     p.key_mean = host.key_mean != nullptr ? key_ptr_.as<const void*>() : nullptr;
     if (host.logits != nullptr) p.logits = logits_.as<float>();
-    p.value_sum = sum_ptr_.as<const float*>();
+    p.value_mean = mean_ptr_.as<const void*>();
     p.count = count_ptr_.as<const int32_t*>();
     if (host.key_spread != nullptr) p.key_spread = spread_ptr_.as<const float*>();
     p.out = out;
@@ -81,9 +81,9 @@ class DeviceEstimationLists {
 
  private:
   const EstimationLists& batch_;
-  DeviceBuffer q_, keys_, spreads_, logits_, sums_, counts_, ids_, list_count_, flat_, offsets_, exclude_,
+  DeviceBuffer q_, keys_, spreads_, logits_, means_, counts_, ids_, list_count_, flat_, offsets_, exclude_,
       exclude_count_;
-  DeviceBuffer key_ptr_, spread_ptr_, sum_ptr_, count_ptr_;
+  DeviceBuffer key_ptr_, spread_ptr_, mean_ptr_, count_ptr_;
 };
 
 }  // namespace kvtier::testing_util

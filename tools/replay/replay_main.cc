@@ -63,7 +63,7 @@ ABSL_FLAG(double, mass_target, kDefaults.mass_target,
           "mass)");
 ABSL_FLAG(int32_t, estimate_pages, kDefaults.estimate_pages,
           "--index=wave: pages ranked below the retrieved ones that are estimated from their "
-          "centroid and value sum instead of attended (0: no estimation zone)");
+          "centroid and mean value instead of attended (0: no estimation zone)");
 ABSL_FLAG(double, estimate_fraction, kDefaults.estimate_fraction,
           "--index=wave: the estimation zone as a share of the cold (offloaded) tokens a "
           "sequence holds after the last step, rounded up to pages (instead of "
