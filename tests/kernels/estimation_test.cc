@@ -17,18 +17,15 @@
 #include "kernels/decode_attention.h"
 #include "kernels/reference_attention.h"
 #include "tests/testing/estimation_lists.h"
+#include "tests/testing/half_bits.h"
 
 namespace kvtier {
 namespace {
 
 constexpr float kPoison = std::numeric_limits<float>::quiet_NaN();
 
-uint16_t Bits(DType dtype, float x) {
-  return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
-}
-float Value(DType dtype, uint16_t b) {
-  return dtype == DType::kBF16 ? BF16ToFloat(b) : FP16ToFloat(b);
-}
+using testing_util::Bits;
+using testing_util::Value;
 
 // Random tokens of one item, stored as pages for attention and as one-token clusters (or
 // `repeat`-token clusters of equal keys) for estimation.

@@ -31,6 +31,7 @@
 #include "kernels/base/dtype.h"
 #include "kernels/segment_cluster.h"
 #include "tests/testing/gpu_test_util.h"
+#include "tests/testing/half_bits.h"
 #include "tests/testing/poison.h"
 
 namespace kvtier {
@@ -41,9 +42,7 @@ using testing_util::Poisoned;
 
 constexpr int kGuard = 4;  // poisoned entries after each segment's outputs
 
-uint16_t Bits(DType dtype, float x) {
-  return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
-}
+using testing_util::Bits;
 
 // Segments as the KV heads of prefill rows [rows, heads, D], each row followed by `pad` unused
 // elements: segment h's token t starts at t * key_stride + h * D, key_stride = heads * D + pad.

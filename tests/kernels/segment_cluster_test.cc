@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/base/dtype.h"
+#include "tests/testing/half_bits.h"
 #include "tests/testing/poison.h"
 
 namespace kvtier {
@@ -29,9 +30,7 @@ using testing_util::Poisoned;
 
 constexpr int kGuard = 4;  // poisoned entries after each segment's outputs
 
-uint16_t Bits(DType dtype, float x) {
-  return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
-}
+using testing_util::Bits;
 
 // Segments stored as the KV heads of prefill rows [rows, heads, D]: segment h's token t is
 // row t, head h (key_stride = heads * D).

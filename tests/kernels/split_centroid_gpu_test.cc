@@ -36,6 +36,7 @@
 #include "tests/testing/estimation_lists.h"
 #include "tests/testing/estimation_lists_gpu.h"
 #include "tests/testing/gpu_test_util.h"
+#include "tests/testing/half_bits.h"
 #include "tests/testing/poison.h"
 
 namespace kvtier {
@@ -52,12 +53,8 @@ using testing_util::Poisoned;
 constexpr uint16_t kPoisonHalf = 0x7FC1;    // a NaN in bf16 and in fp16
 constexpr int32_t kPoisonInt = 0x7E7E7E7E;  // no valid index or count
 
-uint16_t Bits(DType dtype, float x) {
-  return dtype == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
-}
-float Value(DType dtype, uint16_t b) {
-  return dtype == DType::kBF16 ? BF16ToFloat(b) : FP16ToFloat(b);
-}
+using testing_util::Bits;
+using testing_util::Value;
 
 class SplitCentroidGpuTest : public GpuStreamTest {
  protected:
