@@ -65,7 +65,8 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
   KVTIER_ASSIGN_OR_RETURN(s->pointers, DeviceBuffer::Allocate(2 * kMaxItems * 8));
   KVTIER_ASSIGN_OR_RETURN(s->selected, DeviceBuffer::Allocate(size_t{kMaxItems} * kMaxSelectK * 4));
   KVTIER_ASSIGN_OR_RETURN(s->num_selected, DeviceBuffer::Allocate(kMaxItems * 4));
-  KVTIER_ASSIGN_OR_RETURN(s->zone, DeviceBuffer::Allocate(size_t{kMaxItems} * (kMaxSelectK + 1) * 4));
+  KVTIER_ASSIGN_OR_RETURN(s->zone,
+                          DeviceBuffer::Allocate(size_t{kMaxItems} * (kMaxSelectK + 1) * 4));
   KVTIER_ASSIGN_OR_RETURN(s->logits, DeviceBuffer::Allocate(size_t{64} << 20));
   KVTIER_ASSIGN_OR_RETURN(s->workspace, DeviceBuffer::Allocate(size_t{64} << 20));
   KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());

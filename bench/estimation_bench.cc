@@ -97,11 +97,11 @@ absl::StatusOr<std::unique_ptr<DeviceState>> CreateDeviceState() {
     pointers[3 * kMaxItems + i] = s->spreads.as<float>() + i * item_centroids;
   }
   KVTIER_RETURN_IF_ERROR(UploadTo(s->pointers, pointers));
-  KVTIER_ASSIGN_OR_RETURN(s->out, DeviceBuffer::Allocate(size_t{kMaxItems} * kGroup * kHeadDim * 4));
+  KVTIER_ASSIGN_OR_RETURN(s->out,
+                          DeviceBuffer::Allocate(size_t{kMaxItems} * kGroup * kHeadDim * 4));
   KVTIER_ASSIGN_OR_RETURN(s->lse, DeviceBuffer::Allocate(size_t{kMaxItems} * kGroup * 4));
   KVTIER_ASSIGN_OR_RETURN(
-      s->workspace,
-      DeviceBuffer::Allocate(EstimationWorkspaceBytes(kMaxItems, kGroup, kHeadDim)));
+      s->workspace, DeviceBuffer::Allocate(EstimationWorkspaceBytes(kMaxItems, kGroup, kHeadDim)));
   KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());
   KVTIER_ASSIGN_OR_RETURN(s->start, CudaEvent::Create());
   KVTIER_ASSIGN_OR_RETURN(s->stop, CudaEvent::Create());

@@ -11,10 +11,10 @@
 // thread blocks (32 warps) share an SM and one warp's arithmetic hides another's loads; with
 // four blocks a lane (93 registers, two thread blocks an SM) it read the summaries at 71% of
 // the HBM rate on the H100 (94 us for 201 MB). Scores (kPageBounds) or logits (kCentroid, one row
-// per head) go to the workspace (WorkspaceRows) or BlockSelectParams::logits, by candidate. kCentroid sums four heads' lane partials
-// with one reduce-scatter (HeadQuadSum, the butterfly's bits): four butterflies a row made the
-// centroid scoring 1.9x page bounds' time over the same bytes on the H200 (143 against 77 us,
-// 24 x 32K), 128 us with it.
+// per head) go to the workspace (WorkspaceRows) or BlockSelectParams::logits, by candidate.
+// kCentroid sums four heads' lane partials with one reduce-scatter (HeadQuadSum, the butterfly's
+// bits): four butterflies a row made the centroid scoring 1.9x page bounds' time over the same
+// bytes on the H200 (143 against 77 us, 24 x 32K), 128 us with it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>

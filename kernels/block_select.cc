@@ -248,9 +248,9 @@ size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
   // Rows of max_blocks floats: the scores (kCentroid: and G rows of weights), then the logits
   // unless the caller keeps them.
   const bool centroid = p.kind == BlockScoreKind::kCentroid;
-  const size_t rows = internal::ScoreRows(p) + (centroid && p.logits == nullptr
-                                          ? static_cast<size_t>(p.group_size) * p.centroid_parts
-                                          : 0);
+  const size_t rows =
+      internal::ScoreRows(p) +
+      (centroid && p.logits == nullptr ? static_cast<size_t>(p.group_size) * p.centroid_parts : 0);
   const size_t bytes = static_cast<size_t>(p.num_items) * rows * p.max_blocks * sizeof(float);
   return (bytes + 255) / 256 * 256;
 }

@@ -35,7 +35,7 @@ constexpr int kSelectThreads = internal::kSelectThreads;
 constexpr int kWarps = kSelectThreads / 32;
 constexpr int kBins = 2048;  // 11-bit digits
 constexpr int kBinsPerThread = kBins / kSelectThreads;
-constexpr int kLoads = 8;  // candidates a selection thread loads at once
+constexpr int kLoads = 8;      // candidates a selection thread loads at once
 constexpr int kHeadBatch = 4;  // heads whose logits a selection block converts together
 static_assert(kBinsPerThread * kSelectThreads == kBins);
 
@@ -70,10 +70,10 @@ __device__ __forceinline__ float CandidateWeight(const float* row, const int32_t
   float w = 0.0f;
   for (int part = 0; part < parts; ++part) {
     const int32_t c = counts[r * parts + part];
-    const float wp = c > 0 ? internal::Mul(static_cast<float>(c),
-                                           internal::CanonicalExp(
-                                               internal::Add(row[r * parts + part], -max_logit)))
-                           : 0.0f;
+    const float wp =
+        c > 0 ? internal::Mul(static_cast<float>(c), internal::CanonicalExp(internal::Add(
+                                                         row[r * parts + part], -max_logit)))
+              : 0.0f;
     w = part == 0 ? wp : internal::Add(w, wp);
   }
   return w;
@@ -210,8 +210,8 @@ __device__ __forceinline__ void LogitsToScores(const float* logits, size_t row_l
 #pragma unroll
       for (int j = 0; j < kHeadBatch; ++j) {
         if (j < heads) {
-          score = internal::Add(score,
-                                internal::Mul(head_weights[j * weight_stride + r], inverse[j]));
+          score =
+              internal::Add(score, internal::Mul(head_weights[j * weight_stride + r], inverse[j]));
         }
       }
       scores[r] = score;
@@ -387,7 +387,8 @@ __device__ __noinline__ void SelectTop(const float* scores, int n, int begin, in
       tie_rank += tie ? 1u : 0u;
       my_chosen += chosen[e] ? 1u : 0u;
     }
-    BlockExclusiveScan(my_chosen, 0, chosen_before, unused, tile_chosen, sm.warp_count, sm.warp_mass);
+    BlockExclusiveScan(my_chosen, 0, chosen_before, unused, tile_chosen, sm.warp_count,
+                       sm.warp_mass);
     uint32_t position = written + chosen_before;
 #pragma unroll
     for (int e = 0; e < kLoads; ++e) {
@@ -413,8 +414,8 @@ __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
     const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
     LogitsToScores(a.logits + static_cast<size_t>(item) * G * row_length +
                        static_cast<size_t>(begin) * a.parts,
-                   row_length, a.count[item] + static_cast<size_t>(begin) * a.parts, n, a.parts,
-                   G, scores + a.max_blocks, a.max_blocks, scores, sm.head_partial);
+                   row_length, a.count[item] + static_cast<size_t>(begin) * a.parts, n, a.parts, G,
+                   scores + a.max_blocks, a.max_blocks, scores, sm.head_partial);
   }
   SelectTop(scores, n, begin, a.k, a.k, a.target, a.selected + static_cast<size_t>(item) * a.k,
             a.num_selected + item, sm);

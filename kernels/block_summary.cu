@@ -217,9 +217,8 @@ __global__ void SplitSummaryKernel(PageSummaryParams p) {
         count[which] == 0 ? 0.0f : __fdiv_rn(key_sum[which], static_cast<float>(count[which]));
     static_cast<T*>(p.key_mean[j])[which * dim + d] = FromFloat<T>(mean);
     if (p.value_mean != nullptr) {
-      const float value_mean = count[which] == 0 ? 0.0f
-                                                 : __fdiv_rn(value_sum[which],
-                                                             static_cast<float>(count[which]));
+      const float value_mean =
+          count[which] == 0 ? 0.0f : __fdiv_rn(value_sum[which], static_cast<float>(count[which]));
       static_cast<T*>(p.value_mean[j])[which * dim + d] = FromFloat<T>(value_mean);
     }
     if (p.count != nullptr && d == 0) p.count[j][which] = count[which];

@@ -12,9 +12,10 @@
 // A warp per cluster, folding it with a butterfly and 32 lanes' worth of the same exponentials,
 // ran the zone at 25-30% of the HBM rate on the H200. A centroid's key and mean value are read
 // once for four heads. Given the logits of the zone's scoring pass (kLogits), a tile copies
-// 4 bytes a centroid and head instead of the centroid's mean key, and phase 1 is gone. With several runs an item (a batch of few items: 6 x 8 KV heads left
-// two thirds of an H200's SMs idle at one block an item), each run writes a partial result to
-// the workspace and the split-K merge (merge.cu) combines them.
+// 4 bytes a centroid and head instead of the centroid's mean key, and phase 1 is gone. With several
+// runs an item (a batch of few items: 6 x 8 KV heads left two thirds of an H200's SMs idle at one
+// block an item), each run writes a partial result to the workspace and the split-K merge
+// (merge.cu) combines them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -57,8 +58,7 @@ static_assert(kWarps == 2 * H, "a tile's dot products: a warp a head and half of
 template <typename T, int kDim, bool kLogits>
 struct Stage {
   static constexpr int kKeyRow = kDim * static_cast<int>(sizeof(T)) + 16;
-  static constexpr int kValueOffset =
-      kLogits ? H * kTileCentroids * 4 : kTileCentroids * kKeyRow;
+  static constexpr int kValueOffset = kLogits ? H * kTileCentroids * 4 : kTileCentroids * kKeyRow;
   static constexpr int kCountOffset =
       kValueOffset + kTileCentroids * kDim * static_cast<int>(sizeof(T));
   static constexpr int kSpreadOffset = kCountOffset + kTileCentroids * 4;
@@ -86,7 +86,8 @@ constexpr size_t StagesBytes() {
 }
 template <typename T, int kDim, bool kLogits>
 size_t EstimationSharedBytes(int32_t exclude_stride) {
-  return StagesBytes<T, kDim, kLogits>() + size_t{kSegmentIds} * 4 + static_cast<size_t>(exclude_stride) * 4;
+  return StagesBytes<T, kDim, kLogits>() + size_t{kSegmentIds} * 4 +
+         static_cast<size_t>(exclude_stride) * 4;
 }
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -180,8 +181,8 @@ __device__ __forceinline__ void IssueRows(const char* base, int parts, const int
 // The whole block issues the copies of the tile whose ids are `ids` (-1: none, its centroids
 // count 0) into the stage at shared address `stage` (generic pointer `stage_pointer`).
 template <typename T, int kDim, bool kLogits>
-__device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* ids,
-                                          uint32_t stage, char* stage_pointer) {
+__device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* ids, uint32_t stage,
+                                          char* stage_pointer) {
   using S = Stage<T, kDim, kLogits>;
   constexpr int kKeyBytes = kDim * sizeof(T);  // a centroid's
   constexpr int kValueBytes = kDim * sizeof(T);
@@ -227,15 +228,16 @@ __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* id
 }
 
 template <typename T, int kDim, bool kLogits>
-__global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams p, RunOutput runs) {
+__global__ void __launch_bounds__(kThreads, 2)
+    EstimationKernel(EstimationParams p, RunOutput runs) {
   internal::ChainedKernelStart();
   using S = Stage<T, kDim, kLogits>;
   using N = Numerators<kDim>;
   constexpr int kHalf = kDim / 2;  // channels of a phase-1 thread's dot product
   __shared__ __align__(16) float q_s[H][kDim];
-  __shared__ float dot_s[2][H][kTileCentroids];         // the two halves' dot products
+  __shared__ float dot_s[2][H][kTileCentroids];                // the two halves' dot products
   __shared__ __align__(16) float weight_s[kTileCentroids][H];  // n e^{l - max}, 0: none
-  __shared__ float correction_s[H];                      // this tile's rescale of the state
+  __shared__ float correction_s[H];                            // this tile's rescale of the state
   __shared__ float max_s[H], denominator_s[H];
   extern __shared__ __align__(16) char smem[];
   int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim, kLogits>());
@@ -252,8 +254,8 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
   for (int j = threadIdx.x; j < H * kDim; j += kThreads) {
     const int h = j / kDim, d = j % kDim;
     const int head = first_head + min(h, heads - 1);  // a missing head repeats the last one
-    q_s[h][d] = ToFloat(static_cast<const T*>(
-        p.q)[(static_cast<int64_t>(item) * p.group_size + head) * kDim + d]);
+    q_s[h][d] = ToFloat(
+        static_cast<const T*>(p.q)[(static_cast<int64_t>(item) * p.group_size + head) * kDim + d]);
   }
   int32_t begin, end;
   if (p.list_count != nullptr) {
@@ -281,8 +283,10 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
   float running_max = -INFINITY, denominator = 0.0f;
   float spread_weight = 0.0f;  // kSpreadWeight scale^2 / 2 |q|^2 (estimation.h)
   if (warp < H) {
-    for (int d = lane; d < kDim; d += 32) spread_weight = fmaf(q_s[warp][d], q_s[warp][d], spread_weight);
-    spread_weight = WarpSum(spread_weight) * (0.5f * kSpreadWeight * p.softmax_scale * p.softmax_scale);
+    for (int d = lane; d < kDim; d += 32)
+      spread_weight = fmaf(q_s[warp][d], q_s[warp][d], spread_weight);
+    spread_weight =
+        WarpSum(spread_weight) * (0.5f * kSpreadWeight * p.softmax_scale * p.softmax_scale);
   }
   // Phase-2 role: channels 2 pair, 2 pair + 1 of every head, over the group's centroids.
   const int pair = threadIdx.x % N::kThreadsPerGroup, group = threadIdx.x / N::kThreadsPerGroup;
@@ -305,7 +309,8 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
     arrays.key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
     arrays.parts = min(p.centroid_parts, kParts);
     arrays.vector = ((reinterpret_cast<uintptr_t>(arrays.key_mean) |
-                      reinterpret_cast<uintptr_t>(arrays.value_mean)) & 15) == 0;
+                      reinterpret_cast<uintptr_t>(arrays.value_mean)) &
+                     15) == 0;
   }
   const uint32_t stages = internal::SharedAddress(smem);
   for (int32_t segment = begin; segment < end; segment += kSegmentIds) {
@@ -321,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
     for (int t = 0; t < kStages - 1; ++t) {
       if (t < tiles) {
         IssueTile<T, kDim, kLogits>(arrays, ids + t * kTileEntries, stages + t * S::kBytes,
-                           smem + t * S::kBytes);
+                                    smem + t * S::kBytes);
       }
       internal::CpAsyncCommit();
     }
@@ -332,7 +337,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
       if (ahead < tiles) {
         const int s = ahead % kStages;
         IssueTile<T, kDim, kLogits>(arrays, ids + ahead * kTileEntries, stages + s * S::kBytes,
-                           smem + s * S::kBytes);
+                                    smem + s * S::kBytes);
       }
       internal::CpAsyncCommit();
       const char* stage = smem + (t % kStages) * S::kBytes;
@@ -375,8 +380,7 @@ __global__ void __launch_bounds__(kThreads, 2) EstimationKernel(EstimationParams
         const float new_max = NanMax(running_max, WarpNanMax(logit));
         // First contributions: running_max is -inf and the state 0, e^{-inf} = 0 keeps it. A
         // tile without any leaves the state as it is.
-        const float correction =
-            new_max == -INFINITY ? 1.0f : expf(running_max - new_max);
+        const float correction = new_max == -INFINITY ? 1.0f : expf(running_max - new_max);
         // n e^{l - max}: the cluster's share of the denominator and its mean value's weight.
         const float weight =
             logit == -INFINITY ? 0.0f : expf(logit - new_max) * static_cast<float>(n);
@@ -535,10 +539,10 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
   const size_t exclude_bytes =
       params.exclude_ids != nullptr ? sizeof(int32_t) * params.exclude_stride : 0;
   if (exclude_bytes > kMaxExcludeBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "EstimationParams: exclude_stride is ", params.exclude_stride,
-        "; the kernel keeps an item's exclusion list in shared memory, at most ",
-        kMaxExcludeBytes / 4, " ids"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("EstimationParams: exclude_stride is ", params.exclude_stride,
+                     "; the kernel keeps an item's exclusion list in shared memory, at most ",
+                     kMaxExcludeBytes / 4, " ids"));
   }
   const int64_t blocks = static_cast<int64_t>(params.num_items) *
                          ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);

@@ -236,9 +236,8 @@ TEST_F(BlockSelectGpuTest, PageSummariesEqualTwinBitForBit) {
       std::vector<std::byte> h_out(d_out->size(), std::byte{kPoisonByte});
       auto pointers = [&](std::byte* base, std::vector<const void*>& kp,
                           std::vector<const void*>& vp, std::vector<void*>& bp,
-                          std::vector<void*>& mp, std::vector<void*>& sp,
-                          std::vector<int32_t*>& cp, std::vector<float*>& xp, std::byte* kb,
-                          std::byte* vb) {
+                          std::vector<void*>& mp, std::vector<void*>& sp, std::vector<int32_t*>& cp,
+                          std::vector<float*>& xp, std::byte* kb, std::byte* vb) {
         for (int j = 0; j < n; ++j) {
           kp.push_back(kb + static_cast<size_t>(j) * page * dim * 2);
           vp.push_back(vb + static_cast<size_t>(j) * page * dim * 2);

@@ -354,8 +354,7 @@ TEST(EstimationListsTest, PrecomputedLogitsEqualPlainSums) {
         narrow.logit_stride = parts;  // only cluster 0 fits
         const absl::Status status = ReferenceEstimation(narrow);
         EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << what << ": " << status;
-        EXPECT_NE(std::string(status.message()).find("logit_stride"), std::string::npos)
-            << status;
+        EXPECT_NE(std::string(status.message()).find("logit_stride"), std::string::npos) << status;
       }
     }
   }

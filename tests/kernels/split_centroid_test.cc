@@ -130,9 +130,7 @@ struct Summaries {
   uint16_t ValueMeanBits(int j, int part, int d) const {
     return value_mean[(static_cast<size_t>(j) * (parts + 1) + part) * dim + d];
   }
-  double ValueMean(int j, int part, int d) const {
-    return Value(dtype, ValueMeanBits(j, part, d));
-  }
+  double ValueMean(int j, int part, int d) const { return Value(dtype, ValueMeanBits(j, part, d)); }
   int32_t Count(int j, int part) const {
     return count[static_cast<size_t>(j) * (parts + 1) + part];
   }
@@ -376,17 +374,15 @@ TEST(SplitSummaryTest, PartsAddUpToTheSingleCentroid) {
               ASSERT_NEAR(weighted, m, tol) << "page " << j << " channel " << d;
               const double v = one.ValueMean(j, 0, d);
               const double v0 = two.ValueMean(j, 0, d), v1 = two.ValueMean(j, 1, d);
-              const double value_tol =
-                  ((n0 * std::abs(v0) + n1 * std::abs(v1)) / n + std::abs(v)) * Rounding(dtype) *
-                      1.01 +
-                  2e-6 * value_abs / n + 1e-7;
+              const double value_tol = ((n0 * std::abs(v0) + n1 * std::abs(v1)) / n + std::abs(v)) *
+                                           Rounding(dtype) * 1.01 +
+                                       2e-6 * value_abs / n + 1e-7;
               ASSERT_NEAR((n0 * v0 + n1 * v1) / n, v, value_tol)
                   << "page " << j << " channel " << d;
             }
             if (n1 == 0) {
               ASSERT_EQ(two.KeyMeanBits(j, 1, d), 0) << "empty part 1: key_mean +0, page " << j;
-              ASSERT_EQ(two.ValueMeanBits(j, 1, d), 0)
-                  << "empty part 1: value_mean +0, page " << j;
+              ASSERT_EQ(two.ValueMeanBits(j, 1, d), 0) << "empty part 1: value_mean +0, page " << j;
             }
           }
         }

@@ -39,8 +39,8 @@ struct BlockSelectPool : BlockSelectShape {
     SCOPED_TRACE(testing::Message()
                  << "kind " << static_cast<int>(kind) << " parts " << parts << " dtype "
                  << DTypeName(dtype) << " D " << dim << " G " << group << " mode "
-                 << static_cast<int>(mode) << " k " << k << " target " << mass_target
-                 << " zone " << zone_k << (keep_logits ? " logits" : ""));
+                 << static_cast<int>(mode) << " k " << k << " target " << mass_target << " zone "
+                 << zone_k << (keep_logits ? " logits" : ""));
     const int n = num_items();
     BlockSelectParams p = Settings(n, max_blocks, mode, k, mass_target);
     p.zone_k = zone_k;
