@@ -142,7 +142,8 @@ void BM_BlockSelect(benchmark::State& state) {
   const size_t logit_bytes =
       p.logits != nullptr ? sizeof(float) * items * kGroup * parts * size_t(blocks) : 0;
   if (item_bytes * items > kPoolBytes || BlockSelectWorkspaceBytes(p) > s.workspace.size() ||
-      logit_bytes > s.logits.size() || size_t{blocks} * parts * items * 4 > s.counts.size()) {
+      logit_bytes > s.logits.size() ||
+      static_cast<size_t>(blocks) * parts * items * 4 > s.counts.size()) {
     state.SkipWithError("configuration larger than the benchmark's buffers");
     return;
   }

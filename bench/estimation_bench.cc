@@ -133,15 +133,17 @@ void BM_Estimation(benchmark::State& state) {
   }
   // Each item's zone: `listed` distinct ids ascending; its exclusion: every listed/excluded-th.
   std::mt19937 rng(static_cast<uint32_t>(items * 7 + listed));
-  std::vector<int32_t> ids(size_t{items} * listed), exclude(size_t{items} * std::max(excluded, 1));
+  std::vector<int32_t> ids(static_cast<size_t>(items) * listed),
+      exclude(static_cast<size_t>(items) * std::max(excluded, 1));
   std::vector<int32_t> all(clusters);
   std::iota(all.begin(), all.end(), 0);
   for (int i = 0; i < items; ++i) {
     std::shuffle(all.begin(), all.end(), rng);
     std::sort(all.begin(), all.begin() + listed);
-    std::copy_n(all.begin(), listed, ids.begin() + size_t{i} * listed);
+    std::copy_n(all.begin(), listed, ids.begin() + static_cast<size_t>(i) * listed);
     for (int e = 0; e < excluded; ++e) {
-      exclude[size_t{i} * excluded + e] = all[size_t{e} * listed / excluded];
+      exclude[static_cast<size_t>(i) * excluded + e] =
+          all[static_cast<size_t>(e) * listed / excluded];
     }
   }
   absl::Status uploaded = UploadTo(s.ids, ids);
