@@ -47,10 +47,10 @@ class WaveIndex final : public BlockIndex {
     logit_bytes_ = Aligned(sizeof(float) * config.max_items * config.group_size * kParts *
                            static_cast<size_t>(std::max(config.max_pages, 0)));
     BlockSelectParams p = SelectParams(config.budget_pages);
+    float kept_outside = 0.0f;  // BlockSelectWorkspaceBytes only asks whether logits is set
     if (estimates()) {
       p.zone_k = zone_stride();
-      // BlockSelectWorkspaceBytes only asks whether the logits are kept outside.
-      p.logits = reinterpret_cast<float*>(alignof(float));
+      p.logits = &kept_outside;
     }
     select_workspace_bytes_ = Aligned(BlockSelectWorkspaceBytes(p));
     workspace_bytes_ = logits_bytes() + select_workspace_bytes_ +
