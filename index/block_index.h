@@ -67,7 +67,7 @@ struct PageBatch {
 // One step's selection for a batch of items: the query group and candidate range of each
 // item, and per item the start of each of its summary arrays (DecodePlan's select_summary).
 // Outputs: the retrieved blocks, ascending, [num_items, budget_pages] (-1 past the count) and
-// their count; and, for kinds that estimate, the estimation zone's list.
+// their count.
 struct SelectBatch {
   int num_items = 0;
   const void* q = nullptr;                               // [num_items, G, D]
@@ -76,26 +76,26 @@ struct SelectBatch {
   const void* const* summaries[kMaxSummaryArrays] = {};  // [num_items] each
   int32_t* selected = nullptr;                           // [num_items, budget_pages]
   int32_t* num_selected = nullptr;                       // [num_items]
-  // Kinds with an estimation zone: the top budget_pages + estimate_pages blocks, ascending,
-  // [num_items, zone_stride()] and their count; the retrieved ones among them are excluded
-  // when estimating.
-  int32_t* zone = nullptr;
-  int32_t* zone_count = nullptr;
   void* workspace = nullptr;  // workspace_bytes() of backend memory
   size_t workspace_bytes = 0;
 };
 
 // The estimation zone's partial attention (kernels/estimation.h) for the batch of a
-// SelectBatch that ran: [num_items, G, D] out and [num_items, G] lse (-inf: nothing
-// estimated), merged with the exact parts by log-sum-exp.
+// SelectBatch that ran (the same q, ranges and summaries): [num_items, G, D] out and
+// [num_items, G] lse (-inf: nothing estimated), merged with the exact parts by log-sum-exp.
+// The zone, the top budget_pages + estimate_pages blocks of Select's ranking, ascending,
+// [num_items, zone_stride()] and their count, is written too (the retrieved ones among them
+// are excluded when estimating): selecting it here keeps it off the retrieval's path.
 struct EstimateBatch {
   int num_items = 0;
   const void* q = nullptr;
+  const int32_t* block_begin = nullptr;
+  const int32_t* block_end = nullptr;
   const void* const* summaries[kMaxSummaryArrays] = {};
   const int32_t* selected = nullptr;
   const int32_t* num_selected = nullptr;
-  const int32_t* zone = nullptr;
-  const int32_t* zone_count = nullptr;
+  int32_t* zone = nullptr;
+  int32_t* zone_count = nullptr;
   float* out = nullptr;
   float* lse = nullptr;
   // The same workspace as the step's SelectBatch (Estimate runs after Select, and the next

@@ -46,12 +46,9 @@ class WaveIndex final : public BlockIndex {
     // then Select's scratch, then Estimate's partial results.
     logit_bytes_ = Aligned(sizeof(float) * config.max_items * config.group_size * kParts *
                            static_cast<size_t>(std::max(config.max_pages, 0)));
-    BlockSelectParams p = SelectParams(config.budget_pages);
+    BlockSelectParams p = SelectParams();
     float kept_outside = 0.0f;  // BlockSelectWorkspaceBytes only asks whether logits is set
-    if (estimates()) {
-      p.zone_k = zone_stride();
-      p.logits = &kept_outside;
-    }
+    if (estimates()) p.logits = &kept_outside;
     select_workspace_bytes_ = Aligned(BlockSelectWorkspaceBytes(p));
     workspace_bytes_ = logits_bytes() + select_workspace_bytes_ +
                        (estimates() ? EstimationWorkspaceBytes(config.max_items, config.group_size,
@@ -90,31 +87,11 @@ class WaveIndex final : public BlockIndex {
 
   absl::Status Select(StepBackend& backend, const SelectBatch& batch,
                       cudaStream_t stream) const override {
-    BlockSelectParams p = SelectParams(config_.budget_pages);
-    if (config_.mass_target > 0) {
-      p.mode = BlockSelectMode::kMassTarget;
-      p.mass_target = static_cast<float>(config_.mass_target);
-    }
-    p.num_items = batch.num_items;
-    p.q = batch.q;
-    p.block_begin = batch.block_begin;
-    p.block_end = batch.block_end;
-    p.key_mean = batch.summaries[kKeyMean];
-    p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
-    p.selected = batch.selected;
-    p.num_selected = batch.num_selected;
-    // The zone: the top budget + estimate pages of the same scoring pass (a superset of the
-    // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way), and
-    // the logits, which the estimation reuses.
-    if (estimates()) {
-      p.zone_k = zone_stride();
-      p.zone_selected = batch.zone;
-      p.zone_count = batch.zone_count;
-      p.logits = static_cast<float*>(batch.workspace);
-    }
-    p.workspace = static_cast<char*>(batch.workspace) + logits_bytes();
-    p.workspace_bytes = batch.workspace_bytes - std::min(batch.workspace_bytes, logits_bytes());
-    return backend.BlockSelect(p, stream);
+    return backend.BlockSelect(BatchSelectParams(batch.num_items, batch.q, batch.block_begin,
+                                                 batch.block_end, batch.summaries, batch.selected,
+                                                 batch.num_selected, batch.workspace,
+                                                 batch.workspace_bytes),
+                               stream);
   }
 
   bool estimates() const override { return config_.estimate_pages > 0; }
@@ -130,6 +107,25 @@ class WaveIndex final : public BlockIndex {
 
   absl::Status Estimate(StepBackend& backend, const EstimateBatch& batch,
                         cudaStream_t stream) const override {
+    if (batch.workspace_bytes < workspace_bytes_) {
+      return absl::InvalidArgumentError(absl::StrCat("EstimateBatch: workspace has ",
+                                                     batch.workspace_bytes, " bytes; expected ",
+                                                     workspace_bytes_));
+    }
+    // The zone: the top budget + estimate pages of Select's ranking (a superset of the
+    // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way),
+    // from the scores and logits Select left in the workspace.
+    BlockSelectParams zone =
+        BatchSelectParams(batch.num_items, batch.q, batch.block_begin, batch.block_end,
+                          batch.summaries, /*read only: the zone call writes the zone*/
+                          const_cast<int32_t*>(batch.selected),
+                          const_cast<int32_t*>(batch.num_selected), batch.workspace,
+                          batch.workspace_bytes);
+    zone.zone_k = zone_stride();
+    zone.zone_selected = batch.zone;
+    zone.zone_count = batch.zone_count;
+    KVTIER_RETURN_IF_ERROR(backend.BlockSelectZone(zone, stream));
+
     EstimationParams p;
     p.dtype = config_.dtype;
     p.head_dim = config_.head_dim;
@@ -153,11 +149,6 @@ class WaveIndex final : public BlockIndex {
     p.out = batch.out;
     p.lse = batch.lse;
     const size_t before = logits_bytes() + select_workspace_bytes_;
-    if (batch.workspace_bytes < workspace_bytes_) {
-      return absl::InvalidArgumentError(absl::StrCat("EstimateBatch: workspace has ",
-                                                     batch.workspace_bytes, " bytes; expected ",
-                                                     workspace_bytes_));
-    }
     p.workspace = static_cast<char*>(batch.workspace) + before;
     p.workspace_bytes = batch.workspace_bytes - before;
     return backend.Estimation(p, stream);
@@ -181,7 +172,7 @@ class WaveIndex final : public BlockIndex {
   int position_array() const override { return kPositions; }
 
  private:
-  BlockSelectParams SelectParams(int k) const {
+  BlockSelectParams SelectParams() const {
     BlockSelectParams p;
     p.kind = BlockScoreKind::kCentroid;
     p.centroid_parts = kParts;
@@ -192,7 +183,32 @@ class WaveIndex final : public BlockIndex {
     p.softmax_scale = config_.softmax_scale;
     p.num_items = config_.max_items;
     p.max_blocks = config_.max_pages;
-    p.k = k;
+    p.k = config_.budget_pages;
+    if (config_.mass_target > 0) {
+      p.mode = BlockSelectMode::kMassTarget;
+      p.mass_target = static_cast<float>(config_.mass_target);
+    }
+    return p;
+  }
+  // The retrieval of a step's batch (Select), and the base of its zone's (Estimate): the
+  // workspace starts with the logits (estimating kinds), which the estimation reuses.
+  BlockSelectParams BatchSelectParams(int num_items, const void* q, const int32_t* block_begin,
+                                      const int32_t* block_end,
+                                      const void* const* const summaries[kMaxSummaryArrays],
+                                      int32_t* selected, int32_t* num_selected, void* workspace,
+                                      size_t workspace_bytes) const {
+    BlockSelectParams p = SelectParams();
+    p.num_items = num_items;
+    p.q = q;
+    p.block_begin = block_begin;
+    p.block_end = block_end;
+    p.key_mean = summaries[kKeyMean];
+    p.count = reinterpret_cast<const int32_t* const*>(summaries[kCount]);
+    p.selected = selected;
+    p.num_selected = num_selected;
+    if (estimates()) p.logits = static_cast<float*>(workspace);
+    p.workspace = static_cast<char*>(workspace) + logits_bytes();
+    p.workspace_bytes = workspace_bytes - std::min(workspace_bytes, logits_bytes());
     return p;
   }
   SegmentClusterParams ClusterParams() const {

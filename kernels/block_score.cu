@@ -11,7 +11,7 @@
 // thread blocks (32 warps) share an SM and one warp's arithmetic hides another's loads; with
 // four blocks a lane (93 registers, two thread blocks an SM) it read the summaries at 71% of
 // the HBM rate on the H100 (94 us for 201 MB). Scores (kPageBounds) or logits (kCentroid, one row
-// per head) go to the workspace (WorkspaceRows) or BlockSelectParams::logits, by candidate.
+// per head) go to the workspace (LayoutWorkspace) or BlockSelectParams::logits, by candidate.
 // kCentroid sums four heads' lane partials with one reduce-scatter (HeadQuadSum, the butterfly's
 // bits): four butterflies a row made the centroid scoring 1.9x page bounds' time over the same
 // bytes on the H200 (143 against 77 us, 24 x 32K), 128 us with it.
@@ -36,12 +36,12 @@ namespace kvtier {
 namespace {
 
 using internal::ItemRange;
-using internal::WorkspaceRows;
+using internal::kMassSegment;
+using internal::WorkspaceLayout;
 
 constexpr int kScoreThreads = 256;
 constexpr int kScoreBlocksPerSm = 4;  // 64 registers a thread: 32 warps an SM hide the loads
-constexpr int kUnroll = 2;
-constexpr int kMinChunkBlocks = 64;  // candidates of the shortest chunk
+constexpr int kMinChunkBlocks = 64;  // kPageBounds: candidates of the shortest chunk
 
 struct ScoreArgs {
   const void* q;
@@ -49,13 +49,14 @@ struct ScoreArgs {
   float scale;
   int max_blocks;
   int parts;   // kCentroid: centroids a block; the scored rows are block * parts + part
-  int chunks;  // per item: the item's candidates in `chunks` runs of equal length
+  // Per item: the item's candidates in `chunks` runs of equal length (kCentroid: whole
+  // segments of kMassSegment candidates but for the last).
+  int chunks;
   const int32_t* block_begin;
   const int32_t* block_end;
-  const void* const* summaries;  // bounds or key_mean, per item
-  float* scores;                 // kPageBounds: item i's scores at scores + i * score_stride
-  size_t score_stride;
-  float* logits;  // kCentroid: [items, G, max_blocks * parts] (BlockSelectParams::logits)
+  const void* const* summaries;   // bounds or key_mean, per item
+  const int32_t* const* count;    // kCentroid: token counts, per item
+  WorkspaceLayout w;              // kPageBounds: scores; kCentroid: logits and segment masses
 };
 
 __device__ __forceinline__ void Unpack(const uint4& raw, const __nv_bfloat16*, float* out) {
@@ -124,24 +125,113 @@ __device__ __forceinline__ void LoadQuery(const float* q_shared, int h, int dim,
   *reinterpret_cast<float4*>(qv + 4) = qp[1];
 }
 
+// kCentroid, after the chunk's logits: the max and the weight sum (block_select.h's
+// denominator) of every segment of the chunk, candidates [chunk_start, chunk_end) of the item,
+// for every head: a warp a segment and four heads, lane l over candidates l, l + 32, ... of
+// the segment, the lane sums combined by the xor butterfly. A lane loads all its counts and
+// logits at once (one trip to L2 a task; a loop of dependent loads a head made this phase a
+// quarter of the kernel). `logits`: the item's head-0 row from its first candidate (head h at
+// h * head_stride); `counts` from the first candidate too. The arithmetic is the twin's
+// (internal::CentroidMaxLogit, CentroidWeight), spelled out over registers.
+constexpr int kSegmentLoads = internal::kMassSegment / 32;  // candidates a lane of a segment
+constexpr int kMaxParts = 2;
+constexpr int kSegmentHeads = 4;
+
+__device__ __forceinline__ void SegmentMasses(const ScoreArgs& a, int item, const float* logits,
+                                              size_t head_stride, const int32_t* counts,
+                                              int chunk_start, int chunk_end) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int G = a.group_size, parts = a.parts;
+  const int head_batches = (G + kSegmentHeads - 1) / kSegmentHeads;
+  const int first_segment = chunk_start / kMassSegment;
+  const int segments = (chunk_end - chunk_start + kMassSegment - 1) / kMassSegment;
+  for (int task = warp; task < segments * head_batches; task += kScoreThreads / 32) {
+    const int s = first_segment + task / head_batches;
+    const int h0 = task % head_batches * kSegmentHeads;
+    const int segment_begin = s * kMassSegment;
+    const int end = min(chunk_end, segment_begin + kMassSegment);
+    int32_t c[kSegmentLoads][kMaxParts];
+    float l[kSegmentHeads][kSegmentLoads][kMaxParts];
+#pragma unroll
+    for (int i = 0; i < kSegmentLoads; ++i) {
+      const int r = segment_begin + lane + 32 * i;
+#pragma unroll
+      for (int part = 0; part < kMaxParts; ++part) {
+        const bool held = r < end && part < parts;
+        c[i][part] = held ? counts[r * parts + part] : 0;
+#pragma unroll
+        for (int j = 0; j < kSegmentHeads; ++j) {
+          l[j][i][part] =
+              held && h0 + j < G ? logits[(h0 + j) * head_stride + r * parts + part] : 0.0f;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kSegmentHeads; ++j) {
+      if (h0 + j >= G) break;  // warp-uniform
+      float m = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kSegmentLoads; ++i) {
+#pragma unroll
+        for (int part = 0; part < kMaxParts; ++part) {
+          if (c[i][part] > 0) m = internal::Fmax(m, l[j][i][part]);
+        }
+      }
+#pragma unroll
+      for (int offset = 16; offset >= 1; offset /= 2) {
+        m = internal::Fmax(m, __shfl_xor_sync(0xFFFFFFFFu, m, offset));
+      }
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kSegmentLoads; ++i) {
+        if (segment_begin + lane + 32 * i >= end) continue;
+        float w = 0.0f;
+#pragma unroll
+        for (int part = 0; part < kMaxParts; ++part) {
+          if (part >= parts) continue;
+          const float wp =
+              c[i][part] > 0
+                  ? internal::Mul(static_cast<float>(c[i][part]),
+                                  internal::CanonicalExp(internal::Add(l[j][i][part], -m)))
+                  : 0.0f;
+          w = part == 0 ? wp : internal::Add(w, wp);
+        }
+        sum = internal::Add(sum, w);
+      }
+      sum = GroupSum<32>(sum);
+      if (lane == 0) {
+        const size_t at = (static_cast<size_t>(item) * G + h0 + j) * a.w.segments + s;
+        a.w.segment_max[at] = m;
+        a.w.segment_sum[at] = sum;
+      }
+    }
+  }
+}
+
 template <typename T, int kDim, BlockScoreKind kKind>
 __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(ScoreArgs a) {
   internal::ChainedKernelStart();
   constexpr int kLanes = kDim / internal::kChannelsPerLane;
   constexpr int kGroups = kScoreThreads / kLanes;
   constexpr int kRows = kKind == BlockScoreKind::kPageBounds ? 2 : 1;
+  // Summary rows a lane has in flight: 4 x 16 bytes for either kind (a centroid is one row,
+  // a block's bounds two).
+  constexpr int kUnroll = 4 / kRows;
   extern __shared__ float q_shared[];  // [G, D]
 
   const int item = blockIdx.x / a.chunks;
   const int chunk = blockIdx.x - item * a.chunks;
-  int begin, n;
-  ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
-  begin *= a.parts;  // the centroid rows (parts = 1 for page bounds)
-  n *= a.parts;
-  const int chunk_length = (n + a.chunks - 1) / a.chunks;
-  const int chunk_start = chunk * chunk_length;
-  if (chunk_start >= n) return;
-  const int chunk_end = min(n, chunk_start + chunk_length);
+  int first, n;  // the item's candidates
+  ItemRange(a.block_begin, a.block_end, item, a.max_blocks, first, n);
+  int chunk_length = (n + a.chunks - 1) / a.chunks;
+  if constexpr (kKind == BlockScoreKind::kCentroid) {
+    chunk_length = (chunk_length + kMassSegment - 1) / kMassSegment * kMassSegment;
+  }
+  if (chunk * chunk_length >= n) return;
+  // The chunk's summary rows (kCentroid: centroid rows, parts a candidate).
+  const int begin = first * a.parts;
+  const int chunk_start = chunk * chunk_length * a.parts;
+  const int chunk_end = min(n, (chunk + 1) * chunk_length) * a.parts;
 
   const int G = a.group_size;
   const T* q = static_cast<const T*>(a.q) + static_cast<size_t>(item) * G * kDim;
@@ -190,7 +280,7 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
       for (int u = 0; u < kUnroll; ++u) {
         const float score = GroupSum<kLanes>(acc[u]);
         const int r = tile + u * kGroups + group;
-        if (lane == 0 && r < chunk_end) a.scores[item * a.score_stride + r] = score;
+        if (lane == 0 && r < chunk_end) a.w.scores[item * a.w.score_stride + r] = score;
       }
     } else {
       // Row h of the item's logits, indexed by centroid (block * parts + part).
@@ -219,7 +309,7 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
           const float logit = internal::Mul(HeadQuadSum<kLanes>(acc[u], lane, head), a.scale);
           const int r = tile + u * kGroups + group;
           if (lane % (kLanes / 4) == 0 && r < chunk_end) {
-            a.logits[item_floats + static_cast<size_t>(h + head) * head_stride + r] = logit;
+            a.w.logits[item_floats + static_cast<size_t>(h + head) * head_stride + r] = logit;
           }
         }
       }
@@ -236,11 +326,17 @@ __global__ void __launch_bounds__(kScoreThreads, kScoreBlocksPerSm) ScoreKernel(
           const float logit = internal::Mul(GroupSum<kLanes>(acc), a.scale);
           const int r = tile + u * kGroups + group;
           if (lane == 0 && r < chunk_end) {
-            a.logits[item_floats + static_cast<size_t>(h) * head_stride + r] = logit;
+            a.w.logits[item_floats + static_cast<size_t>(h) * head_stride + r] = logit;
           }
         }
       }
     }
+  }
+  if constexpr (kKind == BlockScoreKind::kCentroid) {
+    __syncthreads();  // the chunk's logits are written (global memory, visible to the block)
+    const size_t head_stride = static_cast<size_t>(a.max_blocks) * a.parts;
+    SegmentMasses(a, item, a.w.logits + static_cast<size_t>(item) * G * head_stride + begin,
+                  head_stride, a.count[item] + begin, chunk_start / a.parts, chunk_end / a.parts);
   }
 }
 
@@ -259,13 +355,16 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
   const int64_t slots = int64_t{sm_count} * kScoreBlocksPerSm;
-  const int64_t longest = (int64_t{p.max_blocks} * a.parts + kMinChunkBlocks - 1) / kMinChunkBlocks;
+  const int64_t longest = kKind == BlockScoreKind::kCentroid
+                              ? internal::MassSegments(p.max_blocks)
+                              : (int64_t{p.max_blocks} + kMinChunkBlocks - 1) / kMinChunkBlocks;
   a.chunks = static_cast<int>(std::clamp<int64_t>(slots / std::max<int64_t>(p.num_items, 1), 1,
                                                   std::max<int64_t>(longest, 1)));
   a.block_begin = p.block_begin;
   a.block_end = p.block_end;
   a.summaries = kKind == BlockScoreKind::kPageBounds ? p.bounds : p.key_mean;
-  WorkspaceRows(p, a.scores, a.score_stride, a.logits);
+  a.count = p.count;
+  a.w = internal::LayoutWorkspace(p);
   const int64_t blocks = static_cast<int64_t>(a.chunks) * p.num_items;
   if (blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat("BlockSelectParams: num_items ", p.num_items,

@@ -84,8 +84,10 @@ float CentroidLogit(const BlockSelectParams& p, const float* q_head, const void*
   return internal::Mul(Butterfly(partial, lanes), p.softmax_scale);
 }
 
-// Ranking scores of item `item`'s candidates, scores[r] for block block_begin + r.
-void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores) {
+// Ranking scores of item `item`'s candidates, scores[r] for block block_begin + r. With
+// logits_in, kCentroid's logits are read from p.logits instead of computed (and not written).
+void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores,
+                bool logits_in = false) {
   const int begin = p.block_begin[item];
   const int n = p.block_end[item] - begin;
   scores.assign(n, 0.0f);
@@ -95,51 +97,58 @@ void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores
     for (int r = 0; r < n; ++r) scores[r] = BoundsScore(p, q.data(), p.bounds[item], begin + r);
     return;
   }
-  // kCentroid: per head, weights w = sum over parts of n e^{logit - max} and their sum in the
-  // selection kernel's order: thread t of kSelectThreads sums candidates t, t + T, ... in order,
-  // then a tree halves the partial sums (t += t + stride for stride T/2, ..., 1).
-  const int32_t* counts = p.count[item];
+  // kCentroid: every head's logits, then its denominator by segments (block_select.h) in the
+  // scoring kernel's order: lane l of kMassLanes takes candidates l, l + 32, ... of the
+  // segment in order (the max, then the sum of the weights against it), the lanes' sums
+  // combined by the xor butterfly.
   const int parts = p.centroid_parts;
-  std::vector<float> weight(n);
-  std::vector<float> logit(static_cast<size_t>(n) * parts);
-  for (int h = 0; h < p.group_size; ++h) {
+  const int G = p.group_size;
+  const int32_t* counts = p.count[item] + static_cast<size_t>(begin) * parts;
+  const int segments = internal::MassSegments(n);
+  const size_t row_length = static_cast<size_t>(n) * parts;
+  std::vector<float> logit(G * row_length);
+  std::vector<float> segment_max(segments), segment_sum(segments);
+  std::vector<float> max_logit(G), inverse(G);
+  for (int h = 0; h < G; ++h) {
     const float* q_head = q.data() + static_cast<size_t>(h) * p.head_dim;
-    float max_logit = -kInf;
-    // The max over the centroids that hold tokens (an empty one's logit means nothing).
-    float* logits_out =
-        p.logits != nullptr
-            ? p.logits + (static_cast<size_t>(item) * p.group_size + h) * p.max_blocks * parts +
-                  static_cast<size_t>(begin) * parts
-            : nullptr;
-    for (int r = 0; r < n * parts; ++r) {
-      logit[r] = CentroidLogit(p, q_head, p.key_mean[item], begin * parts + r);
-      if (logits_out != nullptr) logits_out[r] = logit[r];
-      if (counts[static_cast<size_t>(begin) * parts + r] > 0) {
-        max_logit = std::fmax(max_logit, logit[r]);
+    float* row = logit.data() + h * row_length;
+    float* logits_out = p.logits != nullptr
+                            ? p.logits + (static_cast<size_t>(item) * G + h) * p.max_blocks * parts +
+                                  static_cast<size_t>(begin) * parts
+                            : nullptr;
+    for (size_t r = 0; r < row_length; ++r) {
+      if (logits_in) {
+        row[r] = logits_out[r];
+        continue;
       }
+      row[r] = CentroidLogit(p, q_head, p.key_mean[item], begin * parts + static_cast<int>(r));
+      if (logits_out != nullptr) logits_out[r] = row[r];
     }
-    for (int r = 0; r < n; ++r) {
-      for (int part = 0; part < parts; ++part) {
-        const int at = r * parts + part;
-        const int32_t c = counts[static_cast<size_t>(begin) * parts + at];
-        const float w = c > 0 ? internal::Mul(static_cast<float>(c),
-                                              internal::CanonicalExp(logit[at] - max_logit))
-                              : 0.0f;
-        weight[r] = part == 0 ? w : internal::Add(weight[r], w);
+    for (int s = 0; s < segments; ++s) {
+      float m = -kInf;
+      for (int r = s * internal::kMassSegment; r < std::min(n, (s + 1) * internal::kMassSegment);
+           ++r) {
+        m = internal::CentroidMaxLogit(row, counts, r, parts, m);
       }
-    }
-    std::vector<float> partial(internal::kSelectThreads, 0.0f);
-    for (int t = 0; t < internal::kSelectThreads; ++t) {
-      for (int r = t; r < n; r += internal::kSelectThreads) {
-        partial[t] = internal::Add(partial[t], weight[r]);
+      float lane_sum[internal::kMassLanes];
+      for (int l = 0; l < internal::kMassLanes; ++l) {
+        lane_sum[l] = 0.0f;
+        for (int r = s * internal::kMassSegment + l;
+             r < std::min(n, (s + 1) * internal::kMassSegment); r += internal::kMassLanes) {
+          lane_sum[l] = internal::Add(lane_sum[l], internal::CentroidWeight(row, counts, r, parts, m));
+        }
       }
+      segment_max[s] = m;
+      segment_sum[s] = Butterfly(lane_sum, internal::kMassLanes);
     }
-    for (int stride = internal::kSelectThreads / 2; stride >= 1; stride /= 2) {
-      for (int t = 0; t < stride; ++t) partial[t] = internal::Add(partial[t], partial[t + stride]);
-    }
-    const float inverse = internal::Div(1.0f, partial[0]);
-    for (int r = 0; r < n; ++r) {
-      scores[r] = internal::Add(scores[r], internal::Mul(weight[r], inverse));
+    inverse[h] =
+        internal::InverseDenominator(segment_max.data(), segment_sum.data(), segments, &max_logit[h]);
+  }
+  for (int r = 0; r < n; ++r) {
+    for (int h = 0; h < G; ++h) {
+      const float w = internal::CentroidWeight(logit.data() + h * row_length, counts, r, parts,
+                                               max_logit[h]);
+      scores[r] = internal::Add(scores[r], internal::Mul(w, inverse[h]));
     }
   }
 }
@@ -232,12 +241,15 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateZoneOnly(const BlockSelectParams& p) {
+  if (p.zone_k <= 0) return Invalid("zone_k is ", p.zone_k, "; a zone-only call needs zone_k > 0");
+  return absl::OkStatus();
+}
+
 }  // namespace internal
 
 namespace internal {
-int ScoreRows(const BlockSelectParams& p) {
-  return p.kind == BlockScoreKind::kCentroid ? 1 + p.group_size : 1;
-}
+int ScoreRows(const BlockSelectParams& p) { return p.kind == BlockScoreKind::kCentroid ? 2 : 1; }
 }  // namespace internal
 
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
@@ -245,13 +257,15 @@ size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
       p.group_size > kMaxSelectGroup || p.centroid_parts < 1 || p.centroid_parts > 2) {
     return 0;
   }
-  // Rows of max_blocks floats: the scores (kCentroid: and G rows of weights), then the logits
-  // unless the caller keeps them.
+  // Floats an item: the score rows, for kCentroid the segment maxima and sums, then the
+  // logits unless the caller keeps them.
   const bool centroid = p.kind == BlockScoreKind::kCentroid;
-  const size_t rows =
-      internal::ScoreRows(p) +
-      (centroid && p.logits == nullptr ? static_cast<size_t>(p.group_size) * p.centroid_parts : 0);
-  const size_t bytes = static_cast<size_t>(p.num_items) * rows * p.max_blocks * sizeof(float);
+  const size_t G = static_cast<size_t>(p.group_size);
+  const size_t floats =
+      static_cast<size_t>(internal::ScoreRows(p)) * p.max_blocks +
+      (centroid ? 2 * G * internal::MassSegments(p.max_blocks) : 0) +
+      (centroid && p.logits == nullptr ? G * p.centroid_parts * p.max_blocks : 0);
+  const size_t bytes = static_cast<size_t>(p.num_items) * floats * sizeof(float);
   return (bytes + 255) / 256 * 256;
 }
 
@@ -267,6 +281,32 @@ absl::Status ReferenceBlockScores(const BlockSelectParams& params, int item, flo
   return absl::OkStatus();
 }
 
+namespace {
+
+// Ranking of an item's scores: key descending, then candidate index ascending.
+std::vector<int> Ranking(const std::vector<float>& scores) {
+  const int n = static_cast<int>(scores.size());
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::vector<uint32_t> keys(n);
+  for (int r = 0; r < n; ++r) keys[r] = internal::ScoreKey(scores[r]);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys[a] > keys[b]; });
+  return order;
+}
+
+// The first m of the ranking, ascending, into row `item` of rows [items, width] (-1 after
+// them), and m into counts[item].
+void WriteSelection(const BlockSelectParams& p, int item, const std::vector<int>& order, int m,
+                    int width, int32_t* rows, int32_t* counts) {
+  std::vector<int32_t> chosen(order.begin(), order.begin() + m);
+  std::sort(chosen.begin(), chosen.end());
+  int32_t* row = rows + static_cast<size_t>(item) * width;
+  for (int j = 0; j < width; ++j) row[j] = j < m ? p.block_begin[item] + chosen[j] : -1;
+  counts[item] = m;
+}
+
+}  // namespace
+
 absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
   KVTIER_RETURN_IF_ERROR(ValidateItems(p));
@@ -278,12 +318,7 @@ absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
     ItemScores(p, item, scores);
     const int n = static_cast<int>(scores.size());
     const int k = std::min(p.k, n);
-    // Ranking: key descending, then candidate index ascending.
-    std::vector<int> order(n);
-    std::iota(order.begin(), order.end(), 0);
-    std::vector<uint32_t> keys(n);
-    for (int r = 0; r < n; ++r) keys[r] = internal::ScoreKey(scores[r]);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return keys[a] > keys[b]; });
+    const std::vector<int> order = Ranking(scores);
     // The shortest prefix with k blocks or the target mass.
     int m = 0;
     uint64_t mass = 0;
@@ -291,16 +326,26 @@ absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
       mass += internal::FixedMass(scores[order[m]]);
       ++m;
     }
-    // The first m of the ranking, ascending, into row [item, width].
-    auto write = [&](int m, int width, int32_t* rows, int32_t* counts) {
-      std::vector<int32_t> chosen(order.begin(), order.begin() + m);
-      std::sort(chosen.begin(), chosen.end());
-      int32_t* row = rows + static_cast<size_t>(item) * width;
-      for (int j = 0; j < width; ++j) row[j] = j < m ? p.block_begin[item] + chosen[j] : -1;
-      counts[item] = m;
-    };
-    write(m, p.k, p.selected, p.num_selected);
-    if (p.zone_k > 0) write(std::min(p.zone_k, n), p.zone_k, p.zone_selected, p.zone_count);
+    WriteSelection(p, item, order, m, p.k, p.selected, p.num_selected);
+    if (p.zone_k > 0) {
+      WriteSelection(p, item, order, std::min(p.zone_k, n), p.zone_k, p.zone_selected,
+                     p.zone_count);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status ReferenceBlockSelectZone(const BlockSelectParams& p) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(internal::ValidateZoneOnly(p));
+  KVTIER_RETURN_IF_ERROR(ValidateItems(p));
+  const bool logits_in = p.kind == BlockScoreKind::kCentroid && p.logits != nullptr;
+  tbb::parallel_for(0, p.num_items, [&](int item) {
+    std::vector<float> scores;
+    ItemScores(p, item, scores, logits_in);
+    const int n = static_cast<int>(scores.size());
+    WriteSelection(p, item, Ranking(scores), std::min(p.zone_k, n), p.zone_k, p.zone_selected,
+                   p.zone_count);
   });
   return absl::OkStatus();
 }

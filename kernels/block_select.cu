@@ -1,17 +1,18 @@
 // Block selection on the GPU (contract in block_select.h; the scoring kernel in
 // block_score.cu).
 //
-// Selection kernel: one thread block of kSelectThreads per item. kCentroid first turns logits
-// into masses (per head: max, weights n e^{l - max} kept in the workspace, their sum in a fixed
-// lane/tree order, weight * (1 / sum) summed over heads; four heads a pass), leaving the logits
-// as they are. On the H200 at 24 x 32K this conversion was instruction-bound: two exponentials
-// and a division a weight, taken again by a zone's second thread block, made the two-block
-// launch 80 us against page bounds' 24 us selection. Then a radix select on 32-bit ranking
-// keys (three passes of 11, 11 and 10 bits, histograms of counts and fixed-point masses in
-// shared memory) finds the key T of the last selected block and how many blocks with key T are
-// taken (lowest indexes first). A final pass in index order writes the selection ascending.
-// Integer counts and fixed-point masses make every step independent of thread scheduling.
-// With a zone the same block then selects the zone's top zone_k from the same scores.
+// Selection kernel: one thread block of kSelectThreads per item and selection (the retrieval,
+// and the zone when there is one: the two run side by side). kCentroid first turns logits into
+// masses: the scoring kernel left each segment's max and weight sum, so a head's denominator
+// is a short sum over segments (InverseDenominator) and one pass over the logits takes each
+// weight's exponentials once and writes the scores (the zone's block into a row of its own).
+// Converting in the selection block, a max pass, a weight pass and a tree per head made the
+// 24 x 32K launch take 68 us on the H200 (page bounds': 23), and 121 us at 6 x 120K, where
+// 48 blocks left most SMs idle. Then a radix select on 32-bit ranking keys (three passes of
+// 11, 11 and 10 bits, histograms of counts and fixed-point masses in shared memory) finds the
+// key T of the last selected block and how many blocks with key T are taken (lowest indexes
+// first). A final pass in index order writes the selection ascending. Integer counts and
+// fixed-point masses make every step independent of thread scheduling.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -29,17 +30,17 @@ namespace kvtier {
 namespace {
 
 using internal::ItemRange;
-using internal::WorkspaceRows;
+using internal::WorkspaceLayout;
 
 constexpr int kSelectThreads = internal::kSelectThreads;
 constexpr int kWarps = kSelectThreads / 32;
 constexpr int kBins = 2048;  // 11-bit digits
 constexpr int kBinsPerThread = kBins / kSelectThreads;
-constexpr int kLoads = 8;      // candidates a selection thread loads at once
-constexpr int kHeadBatch = 4;  // heads whose logits a selection block converts together
+constexpr int kLoads = 8;  // candidates a selection thread loads at once
 static_assert(kBinsPerThread * kSelectThreads == kBins);
 
-// A thread block an item: the selection (k, target), then the zone (top zone_k) if any.
+// A thread block an item and selection: the retrieval (k, target) and, if any, the zone (top
+// zone_k), blocks 2i and 2i + 1.
 struct SelectArgs {
   int group_size;
   int max_blocks;
@@ -50,34 +51,19 @@ struct SelectArgs {
   const int32_t* block_begin;
   const int32_t* block_end;
   const int32_t* const* count;
-  // Item i's rows start at scores + i * score_stride: the ranking scores (written by the
-  // scoring kernel for kPageBounds, from the logits by the selection for kCentroid), then for
-  // kCentroid G rows of weights.
-  float* scores;
-  size_t score_stride;
-  const float* logits;  // kCentroid: [items, G, max_blocks * parts]
+  // Item i's score rows start at w.scores + i * w.score_stride: written by the scoring kernel
+  // for kPageBounds (one row, read by both selections); for kCentroid written here, the
+  // retrieval's then the zone's. w.logits and the segment masses: kCentroid's input.
+  WorkspaceLayout w;
   int32_t* selected;
   int32_t* num_selected;
   int zone_k;
   int32_t* zone_selected;
   int32_t* zone_count;
+  // LaunchBlockSelectZone: a block an item selects the zone from the retrieval's score row,
+  // which an earlier launch wrote.
+  bool zone_only;
 };
-
-// The weight of candidate r of a head's logit row: sum over its parts holding tokens of
-// n e^{logit - max}.
-__device__ __forceinline__ float CandidateWeight(const float* row, const int32_t* counts, int r,
-                                                 int parts, float max_logit) {
-  float w = 0.0f;
-  for (int part = 0; part < parts; ++part) {
-    const int32_t c = counts[r * parts + part];
-    const float wp =
-        c > 0 ? internal::Mul(static_cast<float>(c), internal::CanonicalExp(internal::Add(
-                                                         row[r * parts + part], -max_logit)))
-              : 0.0f;
-    w = part == 0 ? wp : internal::Add(w, wp);
-  }
-  return w;
-}
 
 // Exclusive prefix sums over the thread block (in thread order) of a count and a mass;
 // also the count's total. Uses `warp_count` / `warp_mass` ([kWarps]) as scratch.
@@ -118,104 +104,31 @@ __device__ __forceinline__ void BlockExclusiveScan(uint32_t count, uint64_t mass
   __syncthreads();  // scratch free for the next call
 }
 
-// kCentroid: scores[r] = the sum over heads of candidate r's mass (block_select.h), heads
-// kHeadBatch at a time so that a pass over the logits and each barrier serve several heads.
-// Each head's arithmetic is the twin's (ItemScores): the max, then thread t's sum of the
-// weights of candidates t, t + T, ... in order, then the tree t += t + stride (the strides
-// below a warp by shuffles, which pair the same lanes), then weight * (1 / sum) added in head
-// order. `logits`: the item's row of head 0 from its first candidate (row h at h * row_length);
-// `counts` from the first candidate too; `weights`: scratch rows of n floats (row h at
-// h * weight_stride), so that each weight's exponentials are taken once.
-__device__ __forceinline__ void LogitsToScores(const float* logits, size_t row_length,
+// kCentroid: scores[r] = the sum over heads of candidate r's mass (block_select.h), the
+// twin's arithmetic (ItemScores): each head's 1 / denominator from its segments' masses
+// (threads 0..G-1), then a thread a candidate adds its heads' weight * (1 / sum) in head order.
+// `logits`: the item's row of head 0 from its first candidate (row h at h * row_length);
+// `counts` from the first candidate too; the segment arrays: head 0's (head h at h *
+// segment_stride). Leaves the block synchronised.
+__device__ __forceinline__ void CentroidScores(const float* logits, size_t row_length,
                                                const int32_t* counts, int n, int parts, int G,
-                                               float* weights, int weight_stride, float* scores,
-                                               float (*partial)[kSelectThreads]) {
-  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
-  for (int h0 = 0; h0 < G; h0 += kHeadBatch) {
-    const int heads = min(kHeadBatch, G - h0);
-    const float* rows = logits + h0 * row_length;
-    // The max over the centroids that hold tokens; exact in any order.
-    float max_logit[kHeadBatch];
-#pragma unroll
-    for (int j = 0; j < kHeadBatch; ++j) max_logit[j] = -INFINITY;
-    for (int r = t; r < n * parts; r += kSelectThreads) {
-      if (counts[r] <= 0) continue;
-#pragma unroll
-      for (int j = 0; j < kHeadBatch; ++j) {
-        if (j < heads) max_logit[j] = fmaxf(max_logit[j], rows[j * row_length + r]);
-      }
+                                               const float* segment_max, const float* segment_sum,
+                                               int segment_stride, float* scores,
+                                               float* head_max, float* head_inverse) {
+  const int t = threadIdx.x;
+  if (t < G) {
+    head_inverse[t] =
+        internal::InverseDenominator(segment_max + t * segment_stride, segment_sum + t * segment_stride,
+                                     internal::MassSegments(n), &head_max[t]);
+  }
+  __syncthreads();
+  for (int r = t; r < n; r += kSelectThreads) {
+    float score = 0.0f;
+    for (int h = 0; h < G; ++h) {
+      const float w = internal::CentroidWeight(logits + h * row_length, counts, r, parts, head_max[h]);
+      score = internal::Add(score, internal::Mul(w, head_inverse[h]));
     }
-#pragma unroll
-    for (int j = 0; j < kHeadBatch; ++j) {
-#pragma unroll
-      for (int offset = 16; offset >= 1; offset /= 2) {
-        max_logit[j] = fmaxf(max_logit[j], __shfl_xor_sync(0xFFFFFFFFu, max_logit[j], offset));
-      }
-      if (lane == 0) partial[j][warp] = max_logit[j];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < kHeadBatch; ++j) {
-      max_logit[j] = partial[j][0];
-      for (int w = 1; w < kWarps; ++w) max_logit[j] = fmaxf(max_logit[j], partial[j][w]);
-    }
-    __syncthreads();
-    // The weights (kept in the scratch rows; the logits stay as they are, an output) and
-    // their sums.
-    float sum[kHeadBatch];
-    float* head_weights = weights + static_cast<size_t>(h0) * weight_stride;
-#pragma unroll
-    for (int j = 0; j < kHeadBatch; ++j) sum[j] = 0.0f;
-    for (int r = t; r < n; r += kSelectThreads) {
-#pragma unroll
-      for (int j = 0; j < kHeadBatch; ++j) {
-        if (j < heads) {
-          const float w = CandidateWeight(rows + j * row_length, counts, r, parts, max_logit[j]);
-          head_weights[j * weight_stride + r] = w;
-          sum[j] = internal::Add(sum[j], w);
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kHeadBatch; ++j) partial[j][t] = sum[j];
-    __syncthreads();
-    for (int stride = kSelectThreads / 2; stride >= 32; stride /= 2) {
-      if (t < stride) {
-#pragma unroll
-        for (int j = 0; j < kHeadBatch; ++j) {
-          partial[j][t] = internal::Add(partial[j][t], partial[j][t + stride]);
-        }
-      }
-      __syncthreads();
-    }
-    if (warp == 0) {
-#pragma unroll
-      for (int j = 0; j < kHeadBatch; ++j) {
-        float v = partial[j][lane];
-#pragma unroll
-        for (int stride = 16; stride >= 1; stride /= 2) {
-          const float other = __shfl_down_sync(0xFFFFFFFFu, v, stride);
-          if (lane < stride) v = internal::Add(v, other);
-        }
-        if (lane == 0) partial[j][0] = v;
-      }
-    }
-    __syncthreads();
-    float inverse[kHeadBatch];  // 1 / sum
-#pragma unroll
-    for (int j = 0; j < kHeadBatch; ++j) inverse[j] = internal::Div(1.0f, partial[j][0]);
-    __syncthreads();  // partial is free for the next heads
-    for (int r = t; r < n; r += kSelectThreads) {
-      float score = h0 == 0 ? 0.0f : scores[r];
-#pragma unroll
-      for (int j = 0; j < kHeadBatch; ++j) {
-        if (j < heads) {
-          score =
-              internal::Add(score, internal::Mul(head_weights[j * weight_stride + r], inverse[j]));
-        }
-      }
-      scores[r] = score;
-    }
+    scores[r] = score;
   }
   __syncthreads();
 }
@@ -224,7 +137,7 @@ __device__ __forceinline__ void LogitsToScores(const float* logits, size_t row_l
 struct SelectShared {
   uint32_t bin_count[kBins];
   unsigned long long bin_mass[kBins];
-  float head_partial[kHeadBatch][kSelectThreads];
+  float head_max[kMaxSelectGroup], head_inverse[kMaxSelectGroup];  // kCentroid's conversion
   uint32_t warp_count[kWarps];
   uint64_t warp_mass[kWarps];
   uint32_t found_digit, found_count_above, found_tie_count;
@@ -405,31 +318,35 @@ __device__ __noinline__ void SelectTop(const float* scores, int n, int begin, in
 __global__ void __launch_bounds__(kSelectThreads) SelectKernel(SelectArgs a) {
   internal::ChainedKernelStart();
   __shared__ SelectShared sm;
-  const int item = blockIdx.x;
+  const int selections = a.zone_k > 0 && !a.zone_only ? 2 : 1;
+  const int item = blockIdx.x / selections;
+  const bool zone = a.zone_only || blockIdx.x % selections == 1;
   int begin, n;
   ItemRange(a.block_begin, a.block_end, item, a.max_blocks, begin, n);
-  float* scores = a.scores + item * a.score_stride;
-  if (a.centroid && n > 0) {
-    const int G = a.group_size;
-    const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
-    LogitsToScores(a.logits + static_cast<size_t>(item) * G * row_length +
-                       static_cast<size_t>(begin) * a.parts,
-                   row_length, a.count[item] + static_cast<size_t>(begin) * a.parts, n, a.parts, G,
-                   scores + a.max_blocks, a.max_blocks, scores, sm.head_partial);
+  float* scores = a.w.scores + item * a.w.score_stride;
+  if (a.centroid && !a.zone_only) {
+    if (zone) scores += a.max_blocks;
+    if (n > 0) {
+      const int G = a.group_size;
+      const size_t row_length = static_cast<size_t>(a.max_blocks) * a.parts;
+      const size_t heads = static_cast<size_t>(item) * G;
+      CentroidScores(a.w.logits + heads * row_length + static_cast<size_t>(begin) * a.parts,
+                     row_length, a.count[item] + static_cast<size_t>(begin) * a.parts, n, a.parts,
+                     G, a.w.segment_max + heads * a.w.segments,
+                     a.w.segment_sum + heads * a.w.segments, a.w.segments, scores, sm.head_max,
+                     sm.head_inverse);
+    }
   }
-  SelectTop(scores, n, begin, a.k, a.k, a.target, a.selected + static_cast<size_t>(item) * a.k,
-            a.num_selected + item, sm);
-  if (a.zone_k > 0) {
+  if (!zone) {
+    SelectTop(scores, n, begin, a.k, a.k, a.target, a.selected + static_cast<size_t>(item) * a.k,
+              a.num_selected + item, sm);
+  } else {
     SelectTop(scores, n, begin, a.zone_k, a.zone_k, std::numeric_limits<uint64_t>::max(),
               a.zone_selected + static_cast<size_t>(item) * a.zone_k, a.zone_count + item, sm);
   }
 }
 
-}  // namespace
-
-absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream) {
-  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
-  if (params.num_items == 0) return absl::OkStatus();
+absl::Status CheckWorkspace(const BlockSelectParams& params) {
   const size_t needed = BlockSelectWorkspaceBytes(params);
   if (params.workspace == nullptr || params.workspace_bytes < needed) {
     return absl::InvalidArgumentError(
@@ -440,7 +357,10 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
   if (reinterpret_cast<uintptr_t>(params.workspace) % 16 != 0) {
     return absl::InvalidArgumentError("BlockSelectParams: workspace is not 16-byte aligned");
   }
-  KVTIER_RETURN_IF_ERROR(internal::LaunchBlockScores(params, stream));
+  return absl::OkStatus();
+}
+
+absl::Status LaunchSelect(const BlockSelectParams& params, bool zone_only, cudaStream_t stream) {
   SelectArgs a;
   a.group_size = params.group_size;
   a.max_blocks = params.max_blocks;
@@ -453,20 +373,36 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
   a.block_begin = params.block_begin;
   a.block_end = params.block_end;
   a.count = params.count;
-  float* scores = nullptr;
-  float* logits = nullptr;
-  WorkspaceRows(params, scores, a.score_stride, logits);
-  a.scores = scores;
-  a.logits = logits;
+  a.w = internal::LayoutWorkspace(params);
   a.selected = params.selected;
   a.num_selected = params.num_selected;
   a.zone_k = params.zone_k;
   a.zone_selected = params.zone_selected;
   a.zone_count = params.zone_count;
+  a.zone_only = zone_only;
+  const int blocks = params.num_items * (params.zone_k > 0 && !zone_only ? 2 : 1);
   KVTIER_CUDA_RETURN_IF_ERROR(
-      internal::LaunchChained(SelectKernel, params.num_items, kSelectThreads, 0, stream, a));
+      internal::LaunchChained(SelectKernel, blocks, kSelectThreads, 0, stream, a));
   KVTIER_RETURN_IF_LAUNCH_FAILED("SelectKernel", stream);
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(CheckWorkspace(params));
+  KVTIER_RETURN_IF_ERROR(internal::LaunchBlockScores(params, stream));
+  return LaunchSelect(params, /*zone_only=*/false, stream);
+}
+
+absl::Status LaunchBlockSelectZone(const BlockSelectParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  KVTIER_RETURN_IF_ERROR(internal::ValidateZoneOnly(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(CheckWorkspace(params));
+  return LaunchSelect(params, /*zone_only=*/true, stream);
 }
 
 }  // namespace kvtier

@@ -16,7 +16,11 @@
 //    (1 / sum_b' n_b' e^{logit_hb'}); score_b = sum_h mass_hb (in [0, G]: the G heads' estimated
 //    attention masses summed). Blocks with count <= 0 have mass 0. With centroid_parts = 2
 //    (block_summary.h's split centroid) a block is two weighted centroids: its weight is
-//    n_b0 e^{l_hb0} + n_b1 e^{l_hb1} (each against the max over every part's logit).
+//    n_b0 e^{l_hb0} + n_b1 e^{l_hb1}. The denominator is summed by segments of kMassSegment
+//    candidates (the scoring kernel's thread blocks each finish theirs): per segment s the max
+//    m_s of its logits and z_s = the sum of its weights against m_s (SegmentMass); then
+//    M = max_s m_s, sum = sum_s z_s e^{m_s - M} in segment order, and a block's weight in the
+//    score is taken against M (CentroidWeight).
 //
 // Selection: blocks are ranked by score, descending; equal scores rank by block index,
 // ascending (lower index wins). A NaN score ranks above +inf (a NaN summary or query is
@@ -113,8 +117,9 @@ struct BlockSelectParams {
 };
 
 // Bytes of scratch a call with these kind, group_size, num_items, max_blocks and logits needs,
-// per item: a row of max_blocks scores, for kCentroid G rows of max_blocks weights and, without
-// `logits`, the G * parts * max_blocks logits. 0 for invalid sizes (the launch then reports
+// per item: a row of max_blocks scores; for kCentroid a second (the zone's), the G heads'
+// segment maxima and sums (2 G MassSegments(max_blocks) floats) and, without `logits`, the
+// G * parts * max_blocks logits. 0 for invalid sizes (the launch then reports
 // what is wrong).
 size_t BlockSelectWorkspaceBytes(const BlockSelectParams& params);
 
@@ -122,8 +127,10 @@ namespace internal {
 // Checks of everything the host can check without reading the per-item arrays, shared by
 // launcher and twin. InvalidArgument naming the field.
 absl::Status ValidateBlockSelectShape(const BlockSelectParams& params);
+// The zone-only calls' extra check: zone_k > 0.
+absl::Status ValidateZoneOnly(const BlockSelectParams& params);
 // Rows of max_blocks floats an item's workspace holds first: the scores, then for kCentroid
-// G rows of weights.
+// the zone's scores (the zone's thread block ranks from a copy of its own).
 int ScoreRows(const BlockSelectParams& params);
 }  // namespace internal
 
@@ -131,6 +138,13 @@ int ScoreRows(const BlockSelectParams& params);
 // (oneTBB-parallel over items). Additionally checks every per-item entry (ranges, non-null
 // summary pointers) before writing anything; the workspace is not used.
 absl::Status ReferenceBlockSelect(const BlockSelectParams& params);
+
+// The zone alone (the retrieval call's params with zone_k > 0; only the zone is written), as
+// the retrieval's call with the same params would write it: the top zone_k blocks of the same
+// ranking. The twin scores from `logits` when set (a ReferenceBlockSelect with the same params
+// wrote them), else from the summaries. Lets a caller take the zone off the retrieval's
+// critical path (the wave index selects it on the stream that estimates it).
+absl::Status ReferenceBlockSelectZone(const BlockSelectParams& params);
 
 // The twin's per-block ranking scores (bounds sum or centroid mass, see above) of item
 // `item`: scores[b - block_begin] for its candidates. For tests and diagnostics.
@@ -142,6 +156,11 @@ absl::Status ReferenceBlockScores(const BlockSelectParams& params, int item, flo
 // kind/mode pair. Per-item entries are device data and not read on the host: a range outside
 // [0, max_blocks] is clamped into it on the device.
 absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream);
+// The zone alone (see ReferenceBlockSelectZone), from the ranking scores that a LaunchBlockSelect
+// with the same params and workspace (its zone_k may be 0) left there; that launch must be
+// ordered before this one (same stream, or an event), and nothing may use the workspace in
+// between. Only the selection kernel runs.
+absl::Status LaunchBlockSelectZone(const BlockSelectParams& params, cudaStream_t stream);
 #endif
 
 // ---- The canonical arithmetic both sides share -------------------------------------------
@@ -155,8 +174,16 @@ namespace internal {
 
 // Lanes that reduce one block's dot products: lane l holds channels [8l, 8l + 8).
 inline constexpr int kChannelsPerLane = 8;
-// Lanes of the per-head softmax denominator sum (the selection kernel's thread count).
+// The selection kernel's threads a block.
 inline constexpr int kSelectThreads = 512;
+// Candidates a segment of the softmax denominator (block_select.h's kCentroid score): a warp
+// of the scoring kernel sums one segment of one head, lane l over candidates l, l + 32, ...
+inline constexpr int kMassSegment = 128;
+inline constexpr int kMassLanes = 32;
+// Segments of an item of up to max_blocks candidates.
+inline constexpr int MassSegments(int max_blocks) {
+  return (max_blocks + kMassSegment - 1) / kMassSegment;
+}
 // Fixed-point scale of masses.
 inline constexpr double kMassScale = 0x1p44;
 
@@ -187,6 +214,14 @@ KVTIER_SELECT_HD float Div(float a, float b) {
   return __fdiv_rn(a, b);
 #else
   return a / b;
+#endif
+}
+// The larger of a and b; a NaN side is dropped (both NaN: NaN).
+KVTIER_SELECT_HD float Fmax(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return fmaxf(a, b);
+#else
+  return std::fmax(a, b);
 #endif
 }
 KVTIER_SELECT_HD uint32_t FloatBits(float x) {
@@ -235,6 +270,47 @@ KVTIER_SELECT_HD float CanonicalExp(float x) {
   const float s1 = BitsFloat(static_cast<uint32_t>(k1 + 127) << 23);
   const float s2 = BitsFloat(static_cast<uint32_t>(k2 + 127) << 23);
   return Mul(Mul(e, s1), s2);
+}
+
+// The weight of candidate r of a head's logit row (`logits` and `counts` from the first
+// candidate, `parts` entries a candidate): the sum over its parts that hold tokens of
+// n e^{logit - max_logit}, parts in order.
+KVTIER_SELECT_HD float CentroidWeight(const float* logits, const int32_t* counts, int r, int parts,
+                                      float max_logit) {
+  float w = 0.0f;
+  for (int part = 0; part < parts; ++part) {
+    const int32_t c = counts[r * parts + part];
+    const float wp =
+        c > 0 ? Mul(static_cast<float>(c), CanonicalExp(Add(logits[r * parts + part], -max_logit)))
+              : 0.0f;
+    w = part == 0 ? wp : Add(w, wp);
+  }
+  return w;
+}
+
+// The max over the parts that hold tokens of candidate r's logits (-inf: none).
+KVTIER_SELECT_HD float CentroidMaxLogit(const float* logits, const int32_t* counts, int r,
+                                        int parts, float max_logit) {
+  for (int part = 0; part < parts; ++part) {
+    if (counts[r * parts + part] > 0) max_logit = Fmax(max_logit, logits[r * parts + part]);
+  }
+  return max_logit;
+}
+
+// One head's denominator from its segments' (max, sum) pairs, in segment order: M = the max
+// of the maxima; sum = sum_s z_s e^{m_s - M} over the segments with tokens (m_s > -inf).
+// Returns 1 / sum (0 when no segment holds tokens) and sets *max_logit = M.
+KVTIER_SELECT_HD float InverseDenominator(const float* segment_max, const float* segment_sum,
+                                          int segments, float* max_logit) {
+  float m = -INFINITY;
+  for (int s = 0; s < segments; ++s) m = Fmax(m, segment_max[s]);
+  float sum = 0.0f;
+  for (int s = 0; s < segments; ++s) {
+    if (segment_max[s] == -INFINITY) continue;
+    sum = Add(sum, Mul(segment_sum[s], CanonicalExp(Add(segment_max[s], -m))));
+  }
+  *max_logit = m;
+  return sum > 0.0f ? Div(1.0f, sum) : 0.0f;
 }
 
 // Ranking key of a score: larger score, larger key; NaN the largest; -0 as +0.

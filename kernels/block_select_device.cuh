@@ -20,17 +20,37 @@ __device__ __forceinline__ void ItemRange(const int32_t* block_begin, const int3
   n = end - begin;
 }
 
-// The workspace's parts (BlockSelectWorkspaceBytes): every item's rows (scores, then for
-// kCentroid the weights), then the logits unless params.logits holds them.
-inline void WorkspaceRows(const BlockSelectParams& p, float*& scores, size_t& score_stride,
-                          float*& logits) {
-  scores = static_cast<float*>(p.workspace);
-  score_stride = static_cast<size_t>(ScoreRows(p)) * p.max_blocks;
-  logits = p.logits != nullptr ? p.logits : scores + score_stride * p.num_items;
+// The workspace's parts (BlockSelectWorkspaceBytes): every item's score rows (for kCentroid
+// the retrieval's, then the zone's), then for kCentroid every item's segment maxima and sums
+// ([items, G, segments] each, segments = MassSegments(max_blocks)), then the logits unless
+// params.logits holds them.
+struct WorkspaceLayout {
+  float* scores = nullptr;  // item i's rows at scores + i * score_stride
+  size_t score_stride = 0;
+  float* segment_max = nullptr;  // head h of item i: + (i * G + h) * segments
+  float* segment_sum = nullptr;
+  int segments = 0;
+  float* logits = nullptr;  // [items, G, max_blocks * parts]
+};
+
+inline WorkspaceLayout LayoutWorkspace(const BlockSelectParams& p) {
+  WorkspaceLayout w;
+  w.scores = static_cast<float*>(p.workspace);
+  w.score_stride = static_cast<size_t>(ScoreRows(p)) * p.max_blocks;
+  float* next = w.scores + w.score_stride * p.num_items;
+  if (p.kind == BlockScoreKind::kCentroid) {
+    w.segments = MassSegments(p.max_blocks);
+    const size_t heads = static_cast<size_t>(p.num_items) * p.group_size;
+    w.segment_max = next;
+    w.segment_sum = next + heads * w.segments;
+    next = w.segment_sum + heads * w.segments;
+  }
+  w.logits = p.logits != nullptr ? p.logits : next;
+  return w;
 }
 
 // The scoring kernel for the batch on `stream`: page-bounds scores into the workspace's score
-// rows, or centroid logits into WorkspaceRows' logits. `params` is validated, with a workspace.
+// rows, or centroid logits and segment masses into LayoutWorkspace's arrays. `params` is validated, with a workspace.
 absl::Status LaunchBlockScores(const BlockSelectParams& params, cudaStream_t stream);
 
 }  // namespace kvtier::internal

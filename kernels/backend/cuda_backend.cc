@@ -114,6 +114,9 @@ class CudaBackend final : public StepBackend {
   absl::Status BlockSelect(const BlockSelectParams& p, cudaStream_t s) override {
     return LaunchBlockSelect(p, s);
   }
+  absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t s) override {
+    return LaunchBlockSelectZone(p, s);
+  }
   absl::Status Estimation(const EstimationParams& p, cudaStream_t s) override {
     return LaunchEstimation(p, s);
   }

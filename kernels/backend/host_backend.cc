@@ -84,6 +84,9 @@ class HostBackend final : public StepBackend {
   absl::Status BlockSelect(const BlockSelectParams& p, cudaStream_t) override {
     return ReferenceBlockSelect(p);
   }
+  absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t) override {
+    return ReferenceBlockSelectZone(p);
+  }
   absl::Status Estimation(const EstimationParams& p, cudaStream_t) override {
     return ReferenceEstimation(p);
   }

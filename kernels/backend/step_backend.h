@@ -82,6 +82,7 @@ class StepBackend {
   virtual absl::Status WriteBack(const WriteBackParams& p, cudaStream_t s) = 0;
   virtual absl::Status PageSummaries(const PageSummaryParams& p, cudaStream_t s) = 0;
   virtual absl::Status BlockSelect(const BlockSelectParams& p, cudaStream_t s) = 0;
+  virtual absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t s) = 0;
   virtual absl::Status Estimation(const EstimationParams& p, cudaStream_t s) = 0;
   virtual absl::Status CacheResolve(const CacheResolveParams& p, cudaStream_t s) = 0;
   virtual absl::Status MissLoad(const MissLoadParams& p, cudaStream_t s) = 0;

@@ -19,8 +19,6 @@ absl::Status KvCacheImpl::DecodeSelect(const DecodeStep& step) {
   for (int i = 0; i < summary_layout_.arrays; ++i) select.summaries[i] = a.select_summary[i];
   select.selected = a.selected;
   select.num_selected = a.num_selected;
-  select.zone = a.zone;
-  select.zone_count = a.zone_count;
   select.workspace = scratch_.select_workspace;
   select.workspace_bytes = scratch_.select_workspace_bytes;
   KVTIER_RETURN_IF_ERROR(index_->Select(*backend_, select, step.stream));
@@ -40,6 +38,8 @@ absl::Status KvCacheImpl::DecodeEstimate(const DecodeStep& step) {
     EstimateBatch estimate;
     estimate.num_items = step.items;
     estimate.q = step.q_in;
+    estimate.block_begin = a.select_begin;
+    estimate.block_end = a.select_end;
     for (int i = 0; i < summary_layout_.arrays; ++i) estimate.summaries[i] = a.select_summary[i];
     estimate.selected = a.selected;
     estimate.num_selected = a.num_selected;

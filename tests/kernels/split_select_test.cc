@@ -339,23 +339,61 @@ TEST(SplitSelectTest, SelectionIsTheSortedRanking) {
   }
 }
 
-// Per item: a score row and G weight rows (centroids), then G x parts logit rows unless the
-// caller keeps the logits.
-TEST(SplitSelectTest, WorkspaceHoldsScoresWeightsThenLogits) {
+// The zone-only call writes the zone the retrieval's call with a zone writes, from the kept
+// logits or from the summaries, and touches nothing else; zone_k 0 is rejected.
+TEST(SplitSelectTest, ZoneOnlyCallEqualsTheCombinedCall) {
+  SplitSelectBatch batch(DType::kBF16, 128, 4, MixedItems(), 901);
+  const int zone_k = 400;
+  const size_t n = batch.items.size();
+  BlockSelectParams p = batch.Params(BlockSelectMode::kMassTarget, 64, 0.8f);
+  std::vector<int32_t> want_zone(n * zone_k, kPoisonInt), want_count(n, kPoisonInt);
+  std::vector<float> logits(n * 4 * 2 * batch.max_blocks, kPoisonFloat);
+  p.zone_k = zone_k;
+  p.zone_selected = want_zone.data();
+  p.zone_count = want_count.data();
+  p.logits = logits.data();
+  ASSERT_TRUE(ReferenceBlockSelect(p).ok());
+  const std::vector<int32_t> selected = batch.selected;
+  for (bool reuse_logits : {true, false}) {
+    SCOPED_TRACE(reuse_logits ? "from the kept logits" : "from the summaries");
+    std::vector<int32_t> zone(n * zone_k, kPoisonInt), count(n, kPoisonInt);
+    BlockSelectParams z = p;
+    z.zone_selected = zone.data();
+    z.zone_count = count.data();
+    z.logits = reuse_logits ? logits.data() : nullptr;
+    batch.selected.assign(batch.selected.size(), kPoisonInt);
+    z.selected = batch.selected.data();
+    ASSERT_TRUE(ReferenceBlockSelectZone(z).ok());
+    EXPECT_EQ(zone, want_zone);
+    EXPECT_EQ(count, want_count);
+    EXPECT_EQ(batch.selected, std::vector<int32_t>(selected.size(), kPoisonInt));
+  }
+  p.zone_k = 0;
+  const absl::Status status = ReferenceBlockSelectZone(p);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(HasMessage(status, "zone_k is 0")) << status;
+}
+
+// Per item: the retrieval's and the zone's score rows (centroids), the G heads' segment maxima
+// and sums, then G x parts logit rows unless the caller keeps the logits.
+TEST(SplitSelectTest, WorkspaceHoldsScoresSegmentsThenLogits) {
   BlockSelectParams p;
   p.kind = BlockScoreKind::kCentroid;
   p.group_size = 4;
   p.num_items = 3;
   p.max_blocks = 100;
   p.centroid_parts = 1;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 11008u);  // 3 x (1 + 4 + 4) x 100 floats, to 256
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 7424u);  // 3 x (2 x 100 + 2 x 4 + 4 x 100) floats, to 256
   p.centroid_parts = 2;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 15616u);  // 3 x (1 + 4 + 4 x 2) x 100 floats
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 12288u);  // 3 x (200 + 8 + 4 x 2 x 100) floats
   p.zone_k = 8;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 15616u);  // the zone reuses the scores
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 12288u);  // the zone's row is there either way
   float logits = 0.0f;
   p.logits = &logits;
-  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 6144u);  // 3 x (1 + 4) x 100 floats
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 2560u);  // 3 x (200 + 8) floats
+  p.max_blocks = 300;                              // three segments of 128 candidates
+  EXPECT_EQ(BlockSelectWorkspaceBytes(p), 7680u);  // 3 x (600 + 2 x 4 x 3) floats
+  p.max_blocks = 100;
   p.kind = BlockScoreKind::kPageBounds;
   p.centroid_parts = 1;
   EXPECT_EQ(BlockSelectWorkspaceBytes(p), 1280u);  // one row of scores

@@ -119,6 +119,32 @@ struct BlockSelectPool : BlockSelectShape {
             << "logit " << j << ": " << got_logits[j] << " against " << want_logits[j];
       }
     }
+    if (zone_k == 0) return;
+
+    // The zone taken apart: the retrieval alone (zone_k 0), then the zone-only call on the
+    // workspace it left, both sides; the same selections again.
+    std::vector<int32_t> host_zone(want_zone.size(), kPoisonInt), host_zone_count(n, -5);
+    host.zone_selected = host_zone.data();
+    host.zone_count = host_zone_count.data();
+    ASSERT_OK(ReferenceBlockSelectZone(host));
+    ExpectRows("twin's zone-only call", host_zone, host_zone_count, want_zone, want_zone_count,
+               zone_k);
+    BlockSelectParams retrieval = p;
+    retrieval.zone_k = 0;
+    DeviceBuffer selected_again = Upload(std::vector<int32_t>(want.size(), kPoisonInt));
+    DeviceBuffer zone_again = Upload(std::vector<int32_t>(want_zone.size() + 1, kPoisonInt));
+    ASSERT_CUDA_OK(cudaMemset(workspace.data(), 0xFF, workspace.size()));
+    ASSERT_CUDA_OK(cudaMemset(num_selected.data(), 0x7E, n * sizeof(int32_t)));
+    ASSERT_CUDA_OK(cudaMemset(zone_count.data(), 0x7E, n * sizeof(int32_t)));
+    retrieval.selected = selected_again.as<int32_t>();
+    ASSERT_OK(LaunchBlockSelect(retrieval, stream));
+    p.zone_selected = zone_again.as<int32_t>();
+    ASSERT_OK(LaunchBlockSelectZone(p, stream));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+    ExpectRows("selected without the zone", Download<int32_t>(selected_again, want.size()),
+               Download<int32_t>(num_selected, n), want, want_count, k);
+    ExpectRows("zone-only call", Download<int32_t>(zone_again, want_zone.size()),
+               Download<int32_t>(zone_count, n), want_zone, want_zone_count, zone_k);
   }
 
   static constexpr int32_t kPoisonInt = 0x7E7E7E7E;  // no valid index or count
