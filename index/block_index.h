@@ -76,7 +76,7 @@ struct SelectBatch {
   const void* const* summaries[kMaxSummaryArrays] = {};  // [num_items] each
   int32_t* selected = nullptr;                           // [num_items, budget_pages]
   int32_t* num_selected = nullptr;                       // [num_items]
-  void* workspace = nullptr;  // workspace_bytes() of backend memory
+  void* workspace = nullptr;                             // workspace_bytes() of backend memory
   size_t workspace_bytes = 0;
 };
 

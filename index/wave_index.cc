@@ -87,11 +87,11 @@ class WaveIndex final : public BlockIndex {
 
   absl::Status Select(StepBackend& backend, const SelectBatch& batch,
                       cudaStream_t stream) const override {
-    return backend.BlockSelect(BatchSelectParams(batch.num_items, batch.q, batch.block_begin,
-                                                 batch.block_end, batch.summaries, batch.selected,
-                                                 batch.num_selected, batch.workspace,
-                                                 batch.workspace_bytes),
-                               stream);
+    return backend.BlockSelect(
+        BatchSelectParams(batch.num_items, batch.q, batch.block_begin, batch.block_end,
+                          batch.summaries, batch.selected, batch.num_selected, batch.workspace,
+                          batch.workspace_bytes),
+        stream);
   }
 
   bool estimates() const override { return config_.estimate_pages > 0; }
@@ -115,12 +115,11 @@ class WaveIndex final : public BlockIndex {
     // The zone: the top budget + estimate pages of Select's ranking (a superset of the
     // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way),
     // from the scores and logits Select left in the workspace.
-    BlockSelectParams zone =
-        BatchSelectParams(batch.num_items, batch.q, batch.block_begin, batch.block_end,
-                          batch.summaries, /*read only: the zone call writes the zone*/
-                          const_cast<int32_t*>(batch.selected),
-                          const_cast<int32_t*>(batch.num_selected), batch.workspace,
-                          batch.workspace_bytes);
+    BlockSelectParams zone = BatchSelectParams(
+        batch.num_items, batch.q, batch.block_begin, batch.block_end,
+        batch.summaries, /*read only: the zone call writes the zone*/
+        const_cast<int32_t*>(batch.selected), const_cast<int32_t*>(batch.num_selected),
+        batch.workspace, batch.workspace_bytes);
     zone.zone_k = zone_stride();
     zone.zone_selected = batch.zone;
     zone.zone_count = batch.zone_count;

@@ -41,22 +41,22 @@ using internal::WorkspaceLayout;
 
 constexpr int kScoreThreads = 256;
 constexpr int kScoreBlocksPerSm = 4;  // 64 registers a thread: 32 warps an SM hide the loads
-constexpr int kMinChunkBlocks = 64;  // kPageBounds: candidates of the shortest chunk
+constexpr int kMinChunkBlocks = 64;   // kPageBounds: candidates of the shortest chunk
 
 struct ScoreArgs {
   const void* q;
   int group_size;
   float scale;
   int max_blocks;
-  int parts;   // kCentroid: centroids a block; the scored rows are block * parts + part
+  int parts;  // kCentroid: centroids a block; the scored rows are block * parts + part
   // Per item: the item's candidates in `chunks` runs of equal length (kCentroid: whole
   // segments of kMassSegment candidates but for the last).
   int chunks;
   const int32_t* block_begin;
   const int32_t* block_end;
-  const void* const* summaries;   // bounds or key_mean, per item
-  const int32_t* const* count;    // kCentroid: token counts, per item
-  WorkspaceLayout w;              // kPageBounds: scores; kCentroid: logits and segment masses
+  const void* const* summaries;  // bounds or key_mean, per item
+  const int32_t* const* count;   // kCentroid: token counts, per item
+  WorkspaceLayout w;             // kPageBounds: scores; kCentroid: logits and segment masses
 };
 
 __device__ __forceinline__ void Unpack(const uint4& raw, const __nv_bfloat16*, float* out) {

@@ -113,7 +113,8 @@ void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores
     const float* q_head = q.data() + static_cast<size_t>(h) * p.head_dim;
     float* row = logit.data() + h * row_length;
     float* logits_out = p.logits != nullptr
-                            ? p.logits + (static_cast<size_t>(item) * G + h) * p.max_blocks * parts +
+                            ? p.logits +
+                                  (static_cast<size_t>(item) * G + h) * p.max_blocks * parts +
                                   static_cast<size_t>(begin) * parts
                             : nullptr;
     for (size_t r = 0; r < row_length; ++r) {
@@ -135,19 +136,26 @@ void ItemScores(const BlockSelectParams& p, int item, std::vector<float>& scores
         lane_sum[l] = 0.0f;
         for (int r = s * internal::kMassSegment + l;
              r < std::min(n, (s + 1) * internal::kMassSegment); r += internal::kMassLanes) {
-          lane_sum[l] = internal::Add(lane_sum[l], internal::CentroidWeight(row, counts, r, parts, m));
+          lane_sum[l] =
+              internal::Add(lane_sum[l], internal::CentroidWeight(row, counts, r, parts, m));
         }
       }
       segment_max[s] = m;
       segment_sum[s] = Butterfly(lane_sum, internal::kMassLanes);
     }
-    inverse[h] =
-        internal::InverseDenominator(segment_max.data(), segment_sum.data(), segments, &max_logit[h]);
+    max_logit[h] = -kInf;
+    for (int s = 0; s < segments; ++s) max_logit[h] = internal::Fmax(max_logit[h], segment_max[s]);
+    float share[internal::kMassLanes];
+    for (int l = 0; l < internal::kMassLanes; ++l) {
+      share[l] = internal::DenominatorShare(segment_max.data(), segment_sum.data(), segments, l,
+                                            max_logit[h]);
+    }
+    inverse[h] = internal::InverseOf(Butterfly(share, internal::kMassLanes));
   }
   for (int r = 0; r < n; ++r) {
     for (int h = 0; h < G; ++h) {
-      const float w = internal::CentroidWeight(logit.data() + h * row_length, counts, r, parts,
-                                               max_logit[h]);
+      const float w =
+          internal::CentroidWeight(logit.data() + h * row_length, counts, r, parts, max_logit[h]);
       scores[r] = internal::Add(scores[r], internal::Mul(w, inverse[h]));
     }
   }
@@ -261,10 +269,9 @@ size_t BlockSelectWorkspaceBytes(const BlockSelectParams& p) {
   // logits unless the caller keeps them.
   const bool centroid = p.kind == BlockScoreKind::kCentroid;
   const size_t G = static_cast<size_t>(p.group_size);
-  const size_t floats =
-      static_cast<size_t>(internal::ScoreRows(p)) * p.max_blocks +
-      (centroid ? 2 * G * internal::MassSegments(p.max_blocks) : 0) +
-      (centroid && p.logits == nullptr ? G * p.centroid_parts * p.max_blocks : 0);
+  const size_t floats = static_cast<size_t>(internal::ScoreRows(p)) * p.max_blocks +
+                        (centroid ? 2 * G * internal::MassSegments(p.max_blocks) : 0) +
+                        (centroid && p.logits == nullptr ? G * p.centroid_parts * p.max_blocks : 0);
   const size_t bytes = static_cast<size_t>(p.num_items) * floats * sizeof(float);
   return (bytes + 255) / 256 * 256;
 }

@@ -105,27 +105,45 @@ __device__ __forceinline__ void BlockExclusiveScan(uint32_t count, uint64_t mass
 }
 
 // kCentroid: scores[r] = the sum over heads of candidate r's mass (block_select.h), the
-// twin's arithmetic (ItemScores): each head's 1 / denominator from its segments' masses
-// (threads 0..G-1), then a thread a candidate adds its heads' weight * (1 / sum) in head order.
+// twin's arithmetic (ItemScores): each head's 1 / denominator from its segments' masses (warp
+// h for head h, lanes over segments), then a thread a candidate adds its heads' weight *
+// (1 / sum) in head order.
 // `logits`: the item's row of head 0 from its first candidate (row h at h * row_length);
 // `counts` from the first candidate too; the segment arrays: head 0's (head h at h *
 // segment_stride). Leaves the block synchronised.
 __device__ __forceinline__ void CentroidScores(const float* logits, size_t row_length,
                                                const int32_t* counts, int n, int parts, int G,
                                                const float* segment_max, const float* segment_sum,
-                                               int segment_stride, float* scores,
-                                               float* head_max, float* head_inverse) {
-  const int t = threadIdx.x;
-  if (t < G) {
-    head_inverse[t] =
-        internal::InverseDenominator(segment_max + t * segment_stride, segment_sum + t * segment_stride,
-                                     internal::MassSegments(n), &head_max[t]);
+                                               int segment_stride, float* scores, float* head_max,
+                                               float* head_inverse) {
+  const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+  static_assert(kWarps >= kMaxSelectGroup && internal::kMassLanes == 32);
+  if (warp < G) {
+    const float* maxima = segment_max + warp * segment_stride;
+    const float* sums = segment_sum + warp * segment_stride;
+    const int segments = internal::MassSegments(n);
+    float m = -INFINITY;
+    for (int s = lane; s < segments; s += 32) m = internal::Fmax(m, maxima[s]);
+#pragma unroll
+    for (int offset = 16; offset >= 1; offset /= 2) {
+      m = internal::Fmax(m, __shfl_xor_sync(0xFFFFFFFFu, m, offset));
+    }
+    float sum = internal::DenominatorShare(maxima, sums, segments, lane, m);
+#pragma unroll
+    for (int offset = 16; offset >= 1; offset /= 2) {
+      sum = internal::Add(sum, __shfl_xor_sync(0xFFFFFFFFu, sum, offset));
+    }
+    if (lane == 0) {
+      head_max[warp] = m;
+      head_inverse[warp] = internal::InverseOf(sum);
+    }
   }
   __syncthreads();
   for (int r = t; r < n; r += kSelectThreads) {
     float score = 0.0f;
     for (int h = 0; h < G; ++h) {
-      const float w = internal::CentroidWeight(logits + h * row_length, counts, r, parts, head_max[h]);
+      const float w =
+          internal::CentroidWeight(logits + h * row_length, counts, r, parts, head_max[h]);
       score = internal::Add(score, internal::Mul(w, head_inverse[h]));
     }
     scores[r] = score;

@@ -18,9 +18,10 @@
 //    (block_summary.h's split centroid) a block is two weighted centroids: its weight is
 //    n_b0 e^{l_hb0} + n_b1 e^{l_hb1}. The denominator is summed by segments of kMassSegment
 //    candidates (the scoring kernel's thread blocks each finish theirs): per segment s the max
-//    m_s of its logits and z_s = the sum of its weights against m_s (SegmentMass); then
-//    M = max_s m_s, sum = sum_s z_s e^{m_s - M} in segment order, and a block's weight in the
-//    score is taken against M (CentroidWeight).
+//    m_s of its logits and z_s = the sum of its weights against m_s; then M = max_s m_s,
+//    sum = sum_s z_s e^{m_s - M} (lane l of kMassLanes over segments l, l + 32, ..., the lanes
+//    combined by the xor butterfly), and a block's weight in the score is taken against M
+//    (CentroidWeight).
 //
 // Selection: blocks are ranked by score, descending; equal scores rank by block index,
 // ascending (lower index wins). A NaN score ranks above +inf (a NaN summary or query is
@@ -297,20 +298,22 @@ KVTIER_SELECT_HD float CentroidMaxLogit(const float* logits, const int32_t* coun
   return max_logit;
 }
 
-// One head's denominator from its segments' (max, sum) pairs, in segment order: M = the max
-// of the maxima; sum = sum_s z_s e^{m_s - M} over the segments with tokens (m_s > -inf).
-// Returns 1 / sum (0 when no segment holds tokens) and sets *max_logit = M.
-KVTIER_SELECT_HD float InverseDenominator(const float* segment_max, const float* segment_sum,
-                                          int segments, float* max_logit) {
-  float m = -INFINITY;
-  for (int s = 0; s < segments; ++s) m = Fmax(m, segment_max[s]);
+// Lane `lane`'s share of one head's denominator from its segments' (max m_s, sum z_s) pairs:
+// the sum over segments lane, lane + kMassLanes, ... (in order) that hold tokens (m_s > -inf)
+// of z_s e^{m_s - max_logit}, max_logit being the max of every m_s. The lanes' shares are
+// combined by the xor butterfly; 1 / their total is the head's inverse (InverseOf).
+KVTIER_SELECT_HD float DenominatorShare(const float* segment_max, const float* segment_sum,
+                                        int segments, int lane, float max_logit) {
   float sum = 0.0f;
-  for (int s = 0; s < segments; ++s) {
+  for (int s = lane; s < segments; s += kMassLanes) {
     if (segment_max[s] == -INFINITY) continue;
-    sum = Add(sum, Mul(segment_sum[s], CanonicalExp(Add(segment_max[s], -m))));
+    sum = Add(sum, Mul(segment_sum[s], CanonicalExp(Add(segment_max[s], -max_logit))));
   }
-  *max_logit = m;
-  return sum > 0.0f ? Div(1.0f, sum) : 0.0f;
+  return sum;
+}
+// 1 / a denominator; 0 when no segment holds tokens.
+KVTIER_SELECT_HD float InverseOf(float denominator) {
+  return denominator > 0.0f ? Div(1.0f, denominator) : 0.0f;
 }
 
 // Ranking key of a score: larger score, larger key; NaN the largest; -0 as +0.

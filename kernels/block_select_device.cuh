@@ -50,7 +50,8 @@ inline WorkspaceLayout LayoutWorkspace(const BlockSelectParams& p) {
 }
 
 // The scoring kernel for the batch on `stream`: page-bounds scores into the workspace's score
-// rows, or centroid logits and segment masses into LayoutWorkspace's arrays. `params` is validated, with a workspace.
+// rows, or centroid logits and segment masses into LayoutWorkspace's arrays. `params` is validated,
+// with a workspace.
 absl::Status LaunchBlockScores(const BlockSelectParams& params, cudaStream_t stream);
 
 }  // namespace kvtier::internal

@@ -29,14 +29,20 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/cuda_check.h"
-#include "kernels/cp_async.cuh"
 #include "kernels/base/status.h"
+#include "kernels/cp_async.cuh"
 #include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/mma.cuh"
 
 namespace kvtier {
 namespace {
+
+using internal::LdMatrixX4;
+using internal::LdMatrixX4Trans;
+using internal::Mma;
+using internal::PackPair;
 
 using internal::CpAsync16;
 using internal::CpAsyncCommit;
@@ -95,50 +101,6 @@ struct KernelParams {
   // [page_offsets[num_items] << chunk_shift, G], or null (the kernel then never reads it).
   float* chunk_lse;
 };
-
-// ---- PTX wrappers ----------------------------------------------------------------------------
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-
-// D += A B for one m16n8k16 tile, fp32 accumulators; A and B of the element type T.
-template <typename T>
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-// Two floats as a pair of T in one register, `lo` in the low half.
-template <typename T>
-__device__ __forceinline__ uint32_t PackPair(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&pair);
-  } else {
-    const __half2 pair = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const uint32_t*>(&pair);
-  }
-}
 
 __device__ __forceinline__ void StoreOutput(DType dtype, void* out, int64_t index, float value) {
   switch (dtype) {

@@ -11,11 +11,10 @@
 //     centroids (the shares summed at the end).
 // A warp per cluster, folding it with a butterfly and 32 lanes' worth of the same exponentials,
 // ran the zone at 25-30% of the HBM rate on the H200. A centroid's key and mean value are read
-// once for four heads. Given the logits of the zone's scoring pass (kLogits), a tile copies
-// 4 bytes a centroid and head instead of the centroid's mean key, and phase 1 is gone. With several
-// runs an item (a batch of few items: 6 x 8 KV heads left two thirds of an H200's SMs idle at one
-// block an item), each run writes a partial result to the workspace and the split-K merge
-// (merge.cu) combines them.
+// once for four heads. Given the logits of the zone's scoring pass, estimation_logits.cu's
+// kernel runs instead. With several runs an item (a batch of few items: 6 x 8 KV heads left two
+// thirds of an H200's SMs idle at one block an item), each run writes a partial result to the
+// workspace and the split-K merge (merge.cu) combines them.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -32,10 +31,20 @@
 #include "kernels/decode_attention.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/estimation.h"
+#include "kernels/estimation_device.cuh"
 #include "kernels/launch.cuh"
 
 namespace kvtier {
 namespace {
+
+using internal::Contains;
+using internal::kMaxExcludeBytes;
+using internal::NanMax;
+using internal::RunOutput;
+using internal::ToFloat;
+using internal::ToFloat2;
+using internal::WarpNanMax;
+using internal::WarpSum;
 
 // A thread block: 8 warps. The item's list is taken in tiles of kTileEntries entries
 // (kTileCentroids centroids), streamed through kStages shared-memory stages by cp.async.
@@ -53,12 +62,12 @@ constexpr int H = kHeadsPerBlock;
 static_assert(kWarps == 2 * H, "a tile's dot products: a warp a head and half of the channels");
 
 // One stage: a tile's mean keys (a padded row a centroid, so that 32 lanes reading 32 rows
-// hit distinct banks) or, with kLogits, its logits ([H][kTileCentroids] floats), then value
-// sums, counts and spreads. Centroid c is part c % 2 of entry c / 2.
-template <typename T, int kDim, bool kLogits>
+// hit distinct banks), then mean values, counts and spreads. Centroid c is part c % 2 of
+// entry c / 2.
+template <typename T, int kDim>
 struct Stage {
   static constexpr int kKeyRow = kDim * static_cast<int>(sizeof(T)) + 16;
-  static constexpr int kValueOffset = kLogits ? H * kTileCentroids * 4 : kTileCentroids * kKeyRow;
+  static constexpr int kValueOffset = kTileCentroids * kKeyRow;
   static constexpr int kCountOffset =
       kValueOffset + kTileCentroids * kDim * static_cast<int>(sizeof(T));
   static constexpr int kSpreadOffset = kCountOffset + kTileCentroids * 4;
@@ -78,77 +87,20 @@ struct Numerators {
 
 // Dynamic shared memory of a block: the stages (reused at the end for the groups'
 // numerators), the staged ids, the exclusion list.
-template <typename T, int kDim, bool kLogits>
+template <typename T, int kDim>
 constexpr size_t StagesBytes() {
-  constexpr size_t stages = size_t{kStages} * Stage<T, kDim, kLogits>::kBytes;
+  constexpr size_t stages = size_t{kStages} * Stage<T, kDim>::kBytes;
   constexpr size_t numerators = size_t{Numerators<kDim>::kGroups} * H * kDim * 4;
   return stages > numerators ? stages : numerators;
 }
-template <typename T, int kDim, bool kLogits>
+template <typename T, int kDim>
 size_t EstimationSharedBytes(int32_t exclude_stride) {
-  return StagesBytes<T, kDim, kLogits>() + size_t{kSegmentIds} * 4 +
-         static_cast<size_t>(exclude_stride) * 4;
+  return StagesBytes<T, kDim>() + size_t{kSegmentIds} * 4 + static_cast<size_t>(exclude_stride) * 4;
 }
-
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-// Two consecutive elements (4-byte aligned) as floats.
-__device__ __forceinline__ float2 ToFloat2(const __nv_bfloat16* x) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x));
-}
-__device__ __forceinline__ float2 ToFloat2(const __half* x) {
-  return __half22float2(*reinterpret_cast<const __half2*>(x));
-}
-
-// max that keeps NaN: once either side is NaN the result is NaN.
-__device__ __forceinline__ float NanMax(float a, float b) { return (b > a || b != b) ? b : a; }
-
-__device__ __forceinline__ float WarpNanMax(float x) {
-#pragma unroll
-  for (int offset = 16; offset >= 1; offset /= 2) {
-    x = NanMax(x, __shfl_xor_sync(0xFFFFFFFFu, x, offset));
-  }
-  return x;
-}
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
-  return x;
-}
-
-// Binary search of an ascending list in shared memory.
-__device__ __forceinline__ bool Contains(const int32_t* list, int32_t n, int32_t id) {
-  int32_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int32_t mid = (lo + hi) / 2;
-    if (list[mid] < id) {
-      lo = mid + 1;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo < n && list[lo] == id;
-}
-
-// The largest exclusion list a block holds (shared memory): 16K ids, beyond any budget.
-constexpr size_t kMaxExcludeBytes = 64 * 1024;
-
-// Where the blocks of one launch write: p.out / p.lse with one run an item, else run r's
-// partial rows at partial_out[(r * rows + row) * D] and partial_lse[r * rows + row].
-struct RunOutput {
-  int runs = 1;
-  float* partial_out = nullptr;
-  float* partial_lse = nullptr;
-};
 
 // The per-item arrays a block reads.
 struct ItemArrays {
   const char* key_mean = nullptr;
-  // kLogits: row h of the block's heads at logits + h * logit_stride (a missing head repeats
-  // the last one).
-  const float* logits = nullptr;
-  int64_t logit_stride = 0;
-  int heads = 0;
   const char* value_mean = nullptr;
   const int32_t* count = nullptr;
   const float* key_spread = nullptr;  // null: spreads count 0
@@ -180,30 +132,17 @@ __device__ __forceinline__ void IssueRows(const char* base, int parts, const int
 
 // The whole block issues the copies of the tile whose ids are `ids` (-1: none, its centroids
 // count 0) into the stage at shared address `stage` (generic pointer `stage_pointer`).
-template <typename T, int kDim, bool kLogits>
+template <typename T, int kDim>
 __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* ids, uint32_t stage,
                                           char* stage_pointer) {
-  using S = Stage<T, kDim, kLogits>;
+  using S = Stage<T, kDim>;
   constexpr int kKeyBytes = kDim * sizeof(T);  // a centroid's
   constexpr int kValueBytes = kDim * sizeof(T);
-  if constexpr (kLogits) {
-    static_assert(H * kTileCentroids <= kThreads);
-    if (threadIdx.x < H * kTileCentroids) {
-      const int h = threadIdx.x / kTileCentroids, c = threadIdx.x % kTileCentroids;
-      const int32_t id = ids[c / kParts];
-      const int part = c % kParts;
-      if (id >= 0 && part < a.parts) {
-        const float* src = a.logits + min(h, a.heads - 1) * a.logit_stride +
-                           static_cast<int64_t>(id) * a.parts + part;
-        internal::CpAsync4(stage + threadIdx.x * 4, src);
-      }
-    }
-  }
   if (a.vector) {
-    if constexpr (!kLogits) IssueRows<16, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
+    IssueRows<16, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
     IssueRows<16, kValueBytes>(a.value_mean, a.parts, ids, stage + S::kValueOffset, kValueBytes);
   } else {
-    if constexpr (!kLogits) IssueRows<4, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
+    IssueRows<4, kKeyBytes>(a.key_mean, a.parts, ids, stage, S::kKeyRow);
     IssueRows<4, kValueBytes>(a.value_mean, a.parts, ids, stage + S::kValueOffset, kValueBytes);
   }
   if (threadIdx.x < kTileCentroids) {
@@ -227,11 +166,11 @@ __device__ __forceinline__ void IssueTile(const ItemArrays& a, const int32_t* id
   }
 }
 
-template <typename T, int kDim, bool kLogits>
+template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads, 2)
     EstimationKernel(EstimationParams p, RunOutput runs) {
   internal::ChainedKernelStart();
-  using S = Stage<T, kDim, kLogits>;
+  using S = Stage<T, kDim>;
   using N = Numerators<kDim>;
   constexpr int kHalf = kDim / 2;  // channels of a phase-1 thread's dot product
   __shared__ __align__(16) float q_s[H][kDim];
@@ -240,7 +179,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ float correction_s[H];                            // this tile's rescale of the state
   __shared__ float max_s[H], denominator_s[H];
   extern __shared__ __align__(16) char smem[];
-  int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim, kLogits>());
+  int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim>());
   int32_t* exclude = ids + kSegmentIds;  // the item's exclusion list, [exclude_stride]
 
   const int chunks = (p.group_size + H - 1) / H;
@@ -258,18 +197,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         static_cast<const T*>(p.q)[(static_cast<int64_t>(item) * p.group_size + head) * kDim + d]);
   }
   int32_t begin, end;
-  if (p.list_count != nullptr) {
-    begin = item * p.list_stride;
-    end = begin + min(max(p.list_count[item], 0), p.list_stride);
-  } else {
-    begin = p.cluster_offsets[item];
-    end = p.cluster_offsets[item + 1];
-  }
-  if (runs.runs > 1) {  // this block's run of the list
-    const int32_t length = (max(end - begin, 0) + runs.runs - 1) / runs.runs;
-    begin = min(end, begin + run * length);
-    end = min(end, begin + length);
-  }
+  internal::RunRange(p, runs, item, run, begin, end);
   const int32_t num_exclude =
       p.exclude_ids != nullptr ? min(max(p.exclude_count[item], 0), p.exclude_stride) : 0;
   for (int j = threadIdx.x; j < num_exclude; j += kThreads) {
@@ -296,14 +224,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
   ItemArrays arrays;
   if (end > begin) {
-    if constexpr (kLogits) {
-      arrays.logits =
-          p.logits + (static_cast<int64_t>(item) * p.group_size + first_head) * p.logit_stride;
-      arrays.logit_stride = p.logit_stride;
-      arrays.heads = heads;
-    } else {
-      arrays.key_mean = static_cast<const char*>(p.key_mean[item]);
-    }
+    arrays.key_mean = static_cast<const char*>(p.key_mean[item]);
     arrays.value_mean = static_cast<const char*>(p.value_mean[item]);
     arrays.count = p.count[item];
     arrays.key_spread = p.key_spread != nullptr ? p.key_spread[item] : nullptr;
@@ -325,8 +246,8 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
     for (int t = 0; t < kStages - 1; ++t) {
       if (t < tiles) {
-        IssueTile<T, kDim, kLogits>(arrays, ids + t * kTileEntries, stages + t * S::kBytes,
-                                    smem + t * S::kBytes);
+        IssueTile<T, kDim>(arrays, ids + t * kTileEntries, stages + t * S::kBytes,
+                           smem + t * S::kBytes);
       }
       internal::CpAsyncCommit();
     }
@@ -336,15 +257,15 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int32_t ahead = t + kStages - 1;
       if (ahead < tiles) {
         const int s = ahead % kStages;
-        IssueTile<T, kDim, kLogits>(arrays, ids + ahead * kTileEntries, stages + s * S::kBytes,
-                                    smem + s * S::kBytes);
+        IssueTile<T, kDim>(arrays, ids + ahead * kTileEntries, stages + s * S::kBytes,
+                           smem + s * S::kBytes);
       }
       internal::CpAsyncCommit();
       const char* stage = smem + (t % kStages) * S::kBytes;
       const int32_t* count = reinterpret_cast<const int32_t*>(stage + S::kCountOffset);
 
       // Phase 1: half a dot product a thread, q from shared memory (a broadcast).
-      if constexpr (!kLogits) {
+      {
         const T* key = reinterpret_cast<const T*>(stage + lane * S::kKeyRow) + half * kHalf;
         const float* q = &q_s[my_head][half * kHalf];
         float dot0 = 0.0f, dot1 = 0.0f;
@@ -370,12 +291,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (warp < H) {
         const int n = count[lane];
         const float spread = reinterpret_cast<const float*>(stage + S::kSpreadOffset)[lane];
-        float scaled_dot;  // scale q.c
-        if constexpr (kLogits) {
-          scaled_dot = reinterpret_cast<const float*>(stage)[warp * kTileCentroids + lane];
-        } else {
-          scaled_dot = (dot_s[0][warp][lane] + dot_s[1][warp][lane]) * p.softmax_scale;
-        }
+        const float scaled_dot = (dot_s[0][warp][lane] + dot_s[1][warp][lane]) * p.softmax_scale;
         const float logit = n > 0 ? fmaf(spread_weight, spread, scaled_dot) : -INFINITY;
         const float new_max = NanMax(running_max, WarpNanMax(logit));
         // First contributions: running_max is -inf and the state 0, e^{-inf} = 0 keeps it. A
@@ -451,84 +367,34 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-// Runs an item's list is cut into: enough blocks to fill the GPU's block slots at least
-// twice, in waves whose last one is nearly full, at least kMinEntriesPerBlock entries a block
-// of a fixed-stride list, at most what the workspace holds.
+// A fixed-stride list is cut into runs of at least this many entries.
 constexpr int kMinEntriesPerBlock = 4 * kTileEntries;
 
-template <typename Kernel>
-absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int warps, size_t smem,
-                        int64_t blocks, int* runs) {
-  *runs = 1;
-  if (p.workspace == nullptr) return absl::OkStatus();
-  if (p.workspace_bytes < EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("EstimationParams: workspace has ", p.workspace_bytes,
-                     " bytes; expected at least ", "EstimationWorkspaceBytes = ",
-                     EstimationWorkspaceBytes(p.num_items, p.group_size, p.head_dim)));
-  }
-  if (reinterpret_cast<uintptr_t>(p.workspace) % 16 != 0) {
-    return absl::InvalidArgumentError("EstimationParams: workspace is not 16-byte aligned");
-  }
-  int device = 0, sm_count = 0, per_sm = 0;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, smem));
-  const int64_t slots = int64_t{sm_count} * std::max(per_sm, 1);
-  int64_t limit = kMaxEstimationSplits;
-  if (p.list_count != nullptr) {
-    limit = std::clamp<int64_t>(p.list_stride / kMinEntriesPerBlock, 1, limit);
-  }
-  // From two waves' worth up, the first run count whose last wave is nearly full (a wave of
-  // 2.2 took as long as one of 3), else the fullest.
-  const int64_t first = std::clamp<int64_t>((2 * slots + blocks - 1) / blocks, 1, limit);
-  int64_t best = first;
-  double best_fill = 0.0;
-  for (int64_t r = first; r <= limit; ++r) {
-    const int64_t waves = (blocks * r + slots - 1) / slots;
-    const double fill = static_cast<double>(blocks * r) / static_cast<double>(waves * slots);
-    if (fill > best_fill + 1e-9) {
-      best = r;
-      best_fill = fill;
-    }
-    if (fill >= 0.9) break;
-  }
-  *runs = static_cast<int>(best);
-  return absl::OkStatus();
-}
-
-// One launch (and the merge of its runs) of the kernel that takes logits or computes them.
-template <typename T, int kDim, bool kLogits>
+// One launch (and the merge of its runs).
+template <typename T, int kDim>
 absl::Status LaunchKernel(const EstimationParams& params, int64_t blocks, cudaStream_t stream) {
   // Beyond the default 48 KiB of shared memory a block: the rings take up to about 76 KiB.
-  const size_t smem = EstimationSharedBytes<T, kDim, kLogits>(
-      params.exclude_ids != nullptr ? params.exclude_stride : 0);
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-      EstimationKernel<T, kDim, kLogits>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-      static_cast<int>(EstimationSharedBytes<T, kDim, kLogits>(kMaxExcludeBytes / 4))));
+  const size_t smem =
+      EstimationSharedBytes<T, kDim>(params.exclude_ids != nullptr ? params.exclude_stride : 0);
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(EstimationKernel<T, kDim>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(EstimationSharedBytes<T, kDim>(kMaxExcludeBytes / 4))));
   RunOutput runs;
-  KVTIER_RETURN_IF_ERROR(
-      ChooseRuns(params, EstimationKernel<T, kDim, kLogits>, kWarps, smem, blocks, &runs.runs));
-  const int64_t rows = int64_t{params.num_items} * params.group_size;
-  if (runs.runs > 1) {
-    runs.partial_out = static_cast<float*>(params.workspace);
-    const size_t out_bytes = (size_t{kMaxEstimationSplits} * rows * kDim * 4 + 255) / 256 * 256;
-    runs.partial_lse = reinterpret_cast<float*>(static_cast<char*>(params.workspace) + out_bytes);
-  }
+  KVTIER_RETURN_IF_ERROR(internal::ChooseRuns(params, EstimationKernel<T, kDim>, kThreads, smem,
+                                              blocks, kMinEntriesPerBlock, &runs));
   if (blocks * runs.runs > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(
         absl::StrCat("EstimationParams: ", params.num_items, " items exceed one grid"));
   }
-  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(EstimationKernel<T, kDim, kLogits>,
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(EstimationKernel<T, kDim>,
                                                       static_cast<int>(blocks * runs.runs),
                                                       kThreads, smem, stream, params, runs));
   KVTIER_RETURN_IF_LAUNCH_FAILED("EstimationKernel", stream);
   if (runs.runs == 1) return absl::OkStatus();
-  return internal::LaunchMergeStridedPartials(runs.partial_out, runs.partial_lse, runs.runs,
-                                              static_cast<int>(rows), kDim, DType::kFP32,
-                                              params.out, params.lse, stream);
+  return internal::LaunchMergeStridedPartials(
+      runs.partial_out, runs.partial_lse, runs.runs,
+      static_cast<int>(int64_t{params.num_items} * params.group_size), kDim, DType::kFP32,
+      params.out, params.lse, stream);
 }
 
 }  // namespace
@@ -544,14 +410,14 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
                      "; the kernel keeps an item's exclusion list in shared memory, at most ",
                      kMaxExcludeBytes / 4, " ids"));
   }
+  if (params.logits != nullptr) return internal::LaunchLogitEstimation(params, stream);
   const int64_t blocks = static_cast<int64_t>(params.num_items) *
                          ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);
   return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
     return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
       using T = typename decltype(element)::type;
       constexpr int kDim = decltype(dim)::value;
-      return params.logits != nullptr ? LaunchKernel<T, kDim, true>(params, blocks, stream)
-                                      : LaunchKernel<T, kDim, false>(params, blocks, stream);
+      return LaunchKernel<T, kDim>(params, blocks, stream);
     });
   });
 }

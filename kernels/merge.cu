@@ -166,6 +166,9 @@ __global__ void __launch_bounds__(kMergeThreads)
   if (t == 0) lse[row] = max_lse + logf(weight_sum);
 }
 
+// The widest row MergeFewPartsKernel takes (8 columns a lane).
+constexpr int kFewPartsMaxDim = 256;
+
 // One warp per row, for at most 32 parts (a decode step's merges have a handful): lane j
 // reads part j's lse and row address once, the weights come from warp shuffles, and each lane
 // sums its columns over the parts. The same rules as MergeKernel, without its block-wide
@@ -205,16 +208,27 @@ __global__ void __launch_bounds__(kMergeThreads)
   const auto address = has_part && weight >= 0.0f
                            ? reinterpret_cast<unsigned long long>(parts.OutRow(lane, row, head_dim))
                            : 0ull;
-  for (int d0 = 0; d0 < head_dim; d0 += 32) {
-    const int d = d0 + lane;
-    float acc = 0.0f;
-#pragma unroll 4
-    for (int j = 0; j < num_parts; ++j) {
-      const float w = __shfl_sync(0xffffffffu, weight, j);
-      const auto* src = reinterpret_cast<const float*>(__shfl_sync(0xffffffffu, address, j));
-      if (w >= 0.0f && d < head_dim) acc += w * __ldg(src + d);
+  // Every column of a part at once (head_dim <= kFewPartsMaxDim), parts in order: a part's
+  // loads travel together instead of one column slice at a time.
+  constexpr int kMaxColumns = kFewPartsMaxDim / 32;
+  float acc[kMaxColumns];
+#pragma unroll
+  for (int k = 0; k < kMaxColumns; ++k) acc[k] = 0.0f;
+#pragma unroll 2
+  for (int j = 0; j < num_parts; ++j) {
+    const float w = __shfl_sync(0xffffffffu, weight, j);
+    const auto* src = reinterpret_cast<const float*>(__shfl_sync(0xffffffffu, address, j));
+    if (w < 0.0f) continue;  // warp-uniform
+#pragma unroll
+    for (int k = 0; k < kMaxColumns; ++k) {
+      const int d = lane + 32 * k;
+      if (d < head_dim) acc[k] += w * __ldg(src + d);
     }
-    if (d < head_dim) out_row[d] = FromFloat<OutT>(acc * inverse);
+  }
+#pragma unroll
+  for (int k = 0; k < kMaxColumns; ++k) {
+    const int d = lane + 32 * k;
+    if (d < head_dim) out_row[d] = FromFloat<OutT>(acc[k] * inverse);
   }
   if (lane == 0) lse[row] = max_lse + logf(weight_sum);
 }
@@ -225,7 +239,7 @@ absl::Status LaunchMerge(const Parts& parts, int num_parts, int num_rows, int he
                          DType out_dtype, void* out, float* lse, cudaStream_t stream) {
   return DispatchOutputDType(out_dtype, [&](auto element) -> absl::Status {
     using OutT = typename decltype(element)::type;
-    if (num_parts <= 32) {
+    if (num_parts <= 32 && head_dim <= kFewPartsMaxDim) {
       const int blocks = (num_rows + kMergeWarps - 1) / kMergeWarps;
       KVTIER_CUDA_RETURN_IF_ERROR(internal::LaunchChained(
           MergeFewPartsKernel<OutT, Parts>, blocks, kMergeThreads, 0, stream, parts, num_parts,

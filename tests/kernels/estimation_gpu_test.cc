@@ -43,6 +43,15 @@ class EstimationGpuTest : public GpuTest {
   EstimationGpuTest() : GpuTest("GPU estimation tests") {}
 };
 
+// A row's lse against the twin's: -inf (nothing estimated) exactly, else within the bound.
+void ExpectLse(float got, float want, size_t row) {
+  if (std::isinf(want)) {
+    ASSERT_EQ(got, want) << "row " << row;
+  } else {
+    ASSERT_NEAR(got, want, kTolerance * std::max(1.0f, std::abs(want))) << "row " << row;
+  }
+}
+
 // Launches `p` (device arrays; out and lse are overwritten) twice: without a workspace (one
 // block an item) and with one (lists cut into runs, merged by log-sum-exp), outputs poisoned
 // with NaN before each; both must equal the twin's `want` / `want_lse`. `worst` (optional)
@@ -67,12 +76,7 @@ void ExpectLaunchesEqualTwin(EstimationParams p, const std::vector<float>& want,
     ASSERT_CUDA_OK(cudaMemcpy(got.data(), p.out, got.size() * 4, cudaMemcpyDeviceToHost));
     ASSERT_CUDA_OK(cudaMemcpy(got_lse.data(), p.lse, rows * 4, cudaMemcpyDeviceToHost));
     for (size_t r = 0; r < rows; ++r) {
-      if (std::isinf(want_lse[r])) {
-        ASSERT_EQ(got_lse[r], want_lse[r]) << "row " << r;
-      } else {
-        ASSERT_NEAR(got_lse[r], want_lse[r], kTolerance * std::max(1.0f, std::abs(want_lse[r])))
-            << "row " << r;
-      }
+      ASSERT_NO_FATAL_FAILURE(ExpectLse(got_lse[r], want_lse[r], r));
       for (int d = 0; d < dim; ++d) {
         const float w = want[r * dim + d];
         const float g = got[r * dim + d];
@@ -198,25 +202,28 @@ TEST_F(EstimationGpuTest, EqualsTwin) {
 using testing_util::DeviceEstimationLists;
 using testing_util::EstimationItemSpec;
 using testing_util::EstimationLists;
+using testing_util::ListAddressing;
+using testing_util::ListAddressingName;
 
 // Launches on `batch`'s device copy (outputs poisoned) with `device_counts` / `device_exclude`
 // as the list and exclusion counts (the batch's own when empty), and compares with the twin
 // run on the batch's host arrays as they are.
 void CheckLists(EstimationLists& batch, const std::string& what, cudaStream_t stream,
                 const std::vector<int32_t>& device_counts = {},
-                const std::vector<int32_t>& device_exclude = {}) {
-  SCOPED_TRACE(what);
+                const std::vector<int32_t>& device_exclude = {},
+                ListAddressing addressing = ListAddressing::kStride) {
+  SCOPED_TRACE(what + ListAddressingName(addressing));
   const size_t rows = batch.rows();
   const int dim = batch.dim();
   std::vector<float> want(rows * dim), want_lse(rows);
-  const EstimationParams host = batch.Params(want.data(), want_lse.data());
+  const EstimationParams host = batch.Params(want.data(), want_lse.data(), addressing);
   ASSERT_OK(ReferenceEstimation(host));
 
   const DeviceEstimationLists device(batch, device_counts, device_exclude);
   DeviceBuffer d_out = Upload(std::vector<float>(rows * dim));
   DeviceBuffer d_lse = Upload(std::vector<float>(rows));
-  ExpectLaunchesEqualTwin(device.Params(d_out.as<float>(), d_lse.as<float>()), want, want_lse,
-                          stream);
+  ExpectLaunchesEqualTwin(device.Params(d_out.as<float>(), d_lse.as<float>(), addressing), want,
+                          want_lse, stream);
 }
 
 class EstimationListsGpuTest : public GpuStreamTest {
@@ -301,11 +308,60 @@ TEST_F(EstimationListsGpuTest, PrecomputedLogitsEqualTwin) {
                               RandomItems(stride, exclude_stride, rng), rng());
         batch.AddLogits(rng());
         if (rng() % 2 == 0) batch.AddSpread(rng());
-        ASSERT_NO_FATAL_FAILURE(
-            CheckLists(batch,
-                       absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
-                                    " stride ", stride, " logits, seed ", seed),
-                       stream()));
+        for (ListAddressing addressing : {ListAddressing::kStride, ListAddressing::kOffsets}) {
+          ASSERT_NO_FATAL_FAILURE(
+              CheckLists(batch,
+                         absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
+                                      " stride ", stride, " logits, seed ", seed),
+                         stream(), {}, {}, addressing));
+        }
+      }
+    }
+  }
+}
+
+// A NaN in a mean value reaches the output channel it touches, in every head row of its
+// item that estimates anything, on both sides; nothing else changes.
+TEST_F(EstimationListsGpuTest, NanMeanValuePropagatesToItsChannel) {
+  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = rng();
+  rng.seed(seed);
+  for (bool logits : {true, false}) {
+    SCOPED_TRACE(absl::StrCat(logits ? "logits" : "mean keys", ", seed ", seed));
+    const int dim = 128, group = 4, parts = 2, stride = 600, channel = 5;
+    std::vector<EstimationItemSpec> items = RandomItems(stride, 40, rng);
+    items[0].clusters = 300;
+    items[0].count = stride;
+    items[0].excluded = 10;
+    EstimationLists batch(DType::kBF16, dim, group, parts, stride, 40, items, rng());
+    if (logits) batch.AddLogits(rng());
+    for (int c = 0; c < items[0].clusters * parts; ++c) {
+      batch.mutable_means()[batch.mean_at()[0] + static_cast<size_t>(c) * dim + channel] = 0x7FC1;
+    }
+    const size_t rows = batch.rows();
+    std::vector<float> want(rows * dim), want_lse(rows);
+    ASSERT_OK(ReferenceEstimation(batch.Params(want.data(), want_lse.data())));
+    const DeviceEstimationLists device(batch);
+    DeviceBuffer d_out = Upload(std::vector<float>(rows * dim));
+    DeviceBuffer d_lse = Upload(std::vector<float>(rows));
+    ASSERT_OK(LaunchEstimation(device.Params(d_out.as<float>(), d_lse.as<float>()), stream()));
+    ASSERT_CUDA_OK(cudaStreamSynchronize(stream()));
+    const std::vector<float> got = Download<float>(d_out, rows * dim);
+    const std::vector<float> got_lse = Download<float>(d_lse, rows);
+    for (size_t r = 0; r < rows; ++r) {
+      const bool planted = r < static_cast<size_t>(group) && std::isfinite(want_lse[r]);
+      if (r < static_cast<size_t>(group)) {
+        ASSERT_TRUE(planted) << "item 0 estimates nothing";
+      }
+      ASSERT_NO_FATAL_FAILURE(ExpectLse(got_lse[r], want_lse[r], r));
+      for (int d = 0; d < dim; ++d) {
+        const float w = want[r * dim + d], g = got[r * dim + d];
+        if (planted && d == channel) {
+          ASSERT_TRUE(std::isnan(w)) << "twin, row " << r;
+          ASSERT_TRUE(std::isnan(g)) << "kernel, row " << r;
+        } else {
+          ASSERT_NEAR(g, w, kTolerance * std::max(1.0f, std::abs(w))) << "row " << r << " d " << d;
+        }
       }
     }
   }

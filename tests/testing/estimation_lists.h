@@ -305,6 +305,7 @@ class EstimationLists {
   const std::vector<float>& logits() const { return logits_; }    // empty: from the keys
   int64_t logit_stride() const { return logit_stride_; }
   const std::vector<uint16_t>& means() const { return means_; }  // mean values, of dtype
+  std::vector<uint16_t>& mutable_means() { return means_; }      // e.g. to plant a NaN
   const std::vector<int32_t>& counts() const { return counts_; }
   std::vector<int32_t>& ids() { return ids_; }
   const std::vector<int32_t>& ids() const { return ids_; }
