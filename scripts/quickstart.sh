@@ -6,6 +6,10 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 kvtier_install_packages
 kvtier_build "$KVTIER_ROOT/build"
-"$KVTIER_ROOT/build/tools/probe/kvtier-probe"
+# The probe's report sets the replay's bound to this machine's rates (when it has a GPU).
+PROBE_JSON="$KVTIER_ROOT/build/probe.json"
+"$KVTIER_ROOT/build/tools/probe/kvtier-probe" --json_out="$PROBE_JSON"
+RATES=()
+if grep -q '"d2d_copy"' "$PROBE_JSON" 2>/dev/null; then RATES=(--rates="$PROBE_JSON"); fi
 echo
-"$KVTIER_ROOT/build/tools/replay/kvtier-replay"
+"$KVTIER_ROOT/build/tools/replay/kvtier-replay" "${RATES[@]}"

@@ -7,7 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "kernels/base/status.h"
 #include "tools/common/attention_accuracy.h"
+#include "tools/replay/machine_rates.h"
 
 namespace kvtier::replay {
 namespace {
@@ -26,6 +28,12 @@ constexpr int64_t kFallbackGpuBytes = 70 * kGiB;
 // The host backend keeps its "device" buffers in host memory; the budget only caps the plan.
 constexpr int64_t kHostBackendGpuBytes = 64 * kGiB;
 constexpr int kPrefillChunkTokens = 1024;  // a multiple of every supported page size
+constexpr char kBuiltInRates[] =
+    "built-in (an H100's; kvtier-probe --json_out=FILE, then --rates=FILE, for this machine's)";
+
+// The bound's rates: each flag given wins; the rest from the kvtier-probe report, if any;
+// else the runtime's built-in constants. The report's errors name the file.
+absl::Status ResolveRates(const ReplayFlags& flags, ReplayConfig* c);
 
 // Collects "--flag=value: allowed ..." problems, like options.cc's Problems.
 class Problems {
@@ -270,11 +278,7 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   } else {
     c.gpu_memory_bytes = kFallbackGpuBytes;
   }
-  const Options defaults;
-  c.hbm_bytes_per_second =
-      flags.hbm_gbps > 0 ? flags.hbm_gbps * 1e9 : defaults.hbm_bytes_per_second;
-  c.pcie_bytes_per_second =
-      flags.pcie_gbps > 0 ? flags.pcie_gbps * 1e9 : defaults.pcie_bytes_per_second;
+  KVTIER_RETURN_IF_ERROR(ResolveRates(flags, &c));
   // At most one check per distinct triple, and per step.
   const int64_t triples = int64_t{c.batch} * c.shape.num_layers * c.shape.num_kv_heads;
   c.accuracy_samples = static_cast<int>(std::min<int64_t>(flags.accuracy_samples, triples));
@@ -294,6 +298,33 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   if (absl::StatusOr<Options> options = MakeOptions(c); !options.ok()) return options.status();
   return c;
 }
+
+namespace {
+
+absl::Status ResolveRates(const ReplayFlags& flags, ReplayConfig* c) {
+  const Options defaults;
+  c->hbm_bytes_per_second = defaults.hbm_bytes_per_second;
+  c->pcie_bytes_per_second = defaults.pcie_bytes_per_second;
+  c->hbm_rate_source = c->pcie_rate_source = std::string(kBuiltInRates);
+  if (!flags.rates.empty() && (flags.hbm_gbps <= 0 || flags.pcie_gbps <= 0)) {
+    KVTIER_ASSIGN_OR_RETURN(const tools::ProbeRates probe, tools::ReadProbeRates(flags.rates));
+    const std::string source = absl::StrCat("kvtier-probe report ", flags.rates);
+    c->hbm_bytes_per_second = probe.hbm_bytes_per_second;
+    c->pcie_bytes_per_second = probe.pcie_bytes_per_second;
+    c->hbm_rate_source = c->pcie_rate_source = source;
+  }
+  if (flags.hbm_gbps > 0) {
+    c->hbm_bytes_per_second = flags.hbm_gbps * 1e9;
+    c->hbm_rate_source = "--hbm_gbps";
+  }
+  if (flags.pcie_gbps > 0) {
+    c->pcie_bytes_per_second = flags.pcie_gbps * 1e9;
+    c->pcie_rate_source = "--pcie_gbps";
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 int64_t HostStoreBytes(const ReplayConfig& config) {
   const int64_t pages_per_head = (config.final_tokens() + config.page_size - 1) / config.page_size;

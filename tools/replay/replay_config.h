@@ -73,9 +73,12 @@ struct ReplayFlags {
   std::string backend = "auto";  // auto, cuda or host
   int device = 0;
   uint64_t seed = 1;
-  double gpu_memory_gib = 0;   // 0: 90% of the device's free memory (CUDA), 64 GiB (host)
-  double hbm_gbps = 0;         // 0: Options' default rate
-  double pcie_gbps = 0;        // 0: Options' default rate
+  double gpu_memory_gib = 0;  // 0: 90% of the device's free memory (CUDA), 64 GiB (host)
+  double hbm_gbps = 0;        // 0: from `rates`, else Options' default rate
+  double pcie_gbps = 0;       // 0: from `rates`, else Options' default rate
+  // A kvtier-probe --json report (machine_rates.h) for the rates the flags above leave unset;
+  // "" for none (kvtier-replay's main fills in the default path when a report is there).
+  std::string rates;
   int accuracy_samples = 8;    // (sequence, layer, KV head) triples checked against exact
   int accuracy_steps = 4;      // decode steps at which they are checked (spread, last included)
   bool phase_timings = false;  // Options::collect_timings
@@ -106,6 +109,10 @@ struct ReplayConfig {
   int64_t gpu_memory_bytes = 0;
   double hbm_bytes_per_second = 0;
   double pcie_bytes_per_second = 0;
+  // Where each rate came from, for the report: "--hbm_gbps", "kvtier-probe report PATH", or
+  // the built-in constants'.
+  std::string hbm_rate_source;
+  std::string pcie_rate_source;
   int accuracy_samples = 0;
   int accuracy_steps = 0;
   bool phase_timings = false;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <optional>
@@ -24,6 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "tools/replay/machine_rates.h"
 #include "tools/replay/replay_config.h"
 #include "tools/replay/replay_report.h"
 #include "tools/replay/replay_run.h"
@@ -86,10 +88,14 @@ ABSL_FLAG(double, gpu_memory_gib, kDefaults.gpu_memory_gib,
           "device memory kvtier may plan (0: 90% of the device's free memory; host backend: "
           "64)");
 ABSL_FLAG(double, hbm_gbps, kDefaults.hbm_gbps,
-          "HBM rate of the bound, GB/s (0: the H100 default; pass kvtier-probe's hbm copy)");
+          "HBM rate of the bound, GB/s (0: from --rates, else the built-in H100 rate)");
 ABSL_FLAG(double, pcie_gbps, kDefaults.pcie_gbps,
-          "pinned host-to-device rate of the bound, GB/s (0: the H100 default; pass "
-          "kvtier-probe's)");
+          "pinned host-to-device rate of the bound, GB/s (0: from --rates, else the built-in "
+          "H100 rate)");
+ABSL_FLAG(std::string, rates, "",
+          "a kvtier-probe --json report of this machine (kvtier-probe --json_out=FILE) for the "
+          "bound's rates; empty: $XDG_CACHE_HOME/kvtier/probe.json or "
+          "~/.cache/kvtier/probe.json when there is one, else the built-in H100 rates");
 ABSL_FLAG(int32_t, accuracy_samples, kDefaults.accuracy_samples,
           "(sequence, layer, KV head) triples checked against exact attention (0: none)");
 ABSL_FLAG(int32_t, accuracy_steps, kDefaults.accuracy_steps,
@@ -154,6 +160,11 @@ ReplayFlags ReadFlags() {
   f.gpu_memory_gib = absl::GetFlag(FLAGS_gpu_memory_gib);
   f.hbm_gbps = absl::GetFlag(FLAGS_hbm_gbps);
   f.pcie_gbps = absl::GetFlag(FLAGS_pcie_gbps);
+  f.rates = absl::GetFlag(FLAGS_rates);
+  if (f.rates.empty()) {
+    const std::string saved = tools::DefaultProbeRatesPath();
+    if (!saved.empty() && std::filesystem::exists(saved)) f.rates = saved;
+  }
   f.accuracy_samples = absl::GetFlag(FLAGS_accuracy_samples);
   f.accuracy_steps = absl::GetFlag(FLAGS_accuracy_steps);
   f.phase_timings = absl::GetFlag(FLAGS_phase_timings);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "tools/common/json_text.h"
 #include "tools/common/tool_flags.h"
+#include "tools/replay/machine_rates.h"
 
 namespace kvtier::replay {
 namespace {
@@ -151,6 +152,7 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
                    s.bound_step_ms > 0
                        ? absl::StrCat(" (measured ", Sig(s.mean_step_ms / s.bound_step_ms), "x)")
                        : ""));
+  row("rates from", tools::DescribeRateSources(c.hbm_rate_source, c.pcie_rate_source));
   row("hit rate",
       absl::StrCat(Percent(s.hit_rate), " of ", Sig(s.pages_selected_per_step),
                    " pages selected/step (", Sig(s.page_misses_per_step), " misses/step)"));
@@ -250,7 +252,9 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
       .Int("max_prefill_chunk_tokens", o.max_prefill_chunk_tokens)
       .Str("cache_policy", CachePolicyName(o.cache_policy))
       .Num("hbm_bytes_per_second", o.hbm_bytes_per_second)
-      .Num("pcie_bytes_per_second", o.pcie_bytes_per_second);
+      .Num("pcie_bytes_per_second", o.pcie_bytes_per_second)
+      .Str("hbm_rate_source", c.hbm_rate_source)
+      .Str("pcie_rate_source", c.pcie_rate_source);
   options.Close();
 
   top.Str("device", r.device);

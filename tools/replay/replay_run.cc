@@ -214,7 +214,7 @@ absl::StatusOr<ReplayResult> RunReplay(const ReplayConfig& c, const ProgressFn& 
   if (c.backend == Backend::kHost) {
     result.notes.push_back(
         "host backend: step times are the kernels' host twins on the CPU; the bound is what the "
-        "GPU rates give (--hbm_gbps, --pcie_gbps) and says nothing about this machine");
+        "GPU rates give (rates from: above) and says nothing about this CPU");
   }
 
   workload::SyntheticOptions wo;

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "tools/common/json_text.h"
+#include "tools/replay/machine_rates.h"
 #include "tools/replay/replay_report.h"
 
 namespace kvtier::replay {
@@ -84,6 +85,7 @@ void PrintServingTable(const ServingResult& r, const Trace& trace, std::ostream&
                       FormatBytes(static_cast<double>(r.stats.pcie_bytes())), PcieGbps(r)));
   row("time", absl::StrFormat("kvtier %.3f s (decode bound %.3f s), wall %.1f s", r.kvtier_seconds,
                               r.decode_bound_ms / 1e3, r.wall_seconds));
+  row("rates from", r.rates_source);
   const SampledAccuracy a = Accuracy(r);
   if (a.count > 0) {
     row("accuracy",
@@ -127,6 +129,7 @@ void PrintServingJson(const ServingResult& r, const Trace& trace, std::ostream& 
   }
   o.Raw("batch_over_time", batches + "]");
   o.Num("kvtier_seconds", r.kvtier_seconds).Num("decode_bound_seconds", r.decode_bound_ms / 1e3);
+  o.Str("rates_source", r.rates_source);
   o.Num("wall_seconds", r.wall_seconds);
   const SampledAccuracy a = Accuracy(r);
   o.Int("accuracy_samples", a.count).Num("mean_mass_captured", a.mass);

@@ -10,6 +10,7 @@
 #include "kernels/base/status.h"
 #include "runtime/kv_cache.h"
 #include "tbb/task_arena.h"
+#include "tools/replay/machine_rates.h"
 #include "tools/replay/step_buffers.h"
 #include "tools/workload/synthetic_kv.h"
 
@@ -171,6 +172,8 @@ absl::StatusOr<ServingResult> RunServing(const ServingConfig& c, const Trace& tr
   const Clock::time_point wall_start = Clock::now();
   ServingResult result;
   KVTIER_ASSIGN_OR_RETURN(result.options, MakeServingOptions(c));
+  result.rates_source =
+      tools::DescribeRateSources(c.replay.hbm_rate_source, c.replay.pcie_rate_source);
   const Options& o = result.options;
   const ModelShape& shape = c.replay.shape;
   const int layers = shape.num_layers;

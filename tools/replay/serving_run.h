@@ -46,6 +46,7 @@ struct ServingConfig {
 struct ServingResult {
   Options options;  // what the KvCache was created with
   std::string device;
+  std::string rates_source;            // where the bound's rates came from (machine_rates.h)
   ServingLimits limits;                // what the scheduler ran with
   ServingSummary summary;              // throughput and latency on the scheduler's clock
   std::vector<RequestTimes> times;     // per request of the trace, on the scheduler's clock

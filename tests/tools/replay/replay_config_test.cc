@@ -439,6 +439,7 @@ ReplayResult FabricatedResult() {
   flags.phase_timings = true;
   ReplayResult r;
   r.config = MustConfig(flags);
+  r.config.pcie_rate_source = "kvtier-probe report /cache/probe.json";
   r.options = *MakeOptions(r.config);
   r.device = "host (2 threads)";
   r.create_seconds = 0.25;
@@ -539,7 +540,9 @@ TEST(ReplayReportTest, TableShowsEveryHeadline) {
         "16.0 tokens/s", "250 ms mean, 250 median (100 to 400)", "0.500 ms/step", "measured 500x",
         "75.0 % of 1000 pages selected/step", "PCIe / step", "1.5 MiB", "phases ms/step",
         "select 2.00", "0.8000 mean, 0.6000 min", "0.100 mean, 0.150 max", "3.00e-06 max",
-        "note: a \"quoted\" note"}) {
+        "note: a \"quoted\" note",
+        "rates from               HBM: built-in (an H100's; kvtier-probe --json_out=FILE, then "
+        "--rates=FILE, for this machine's); PCIe: kvtier-probe report /cache/probe.json"}) {
     EXPECT_THAT(text, HasSubstr(expected));
   }
   // One line per sample with --samples.
@@ -559,15 +562,27 @@ TEST(ReplayReportTest, JsonIsWellFormedWithStableKeys) {
   PrintJson(FabricatedResult(), out);
   const std::string json = out.str();
   EXPECT_TRUE(JsonChecker(json).Valid()) << json;
-  for (const char* expected :
-       {"\"config\": {", "\"model\": \"llama-3-8b\"", "\"policy\": \"score\"",
-        "\"backend\": \"host\"", "\"options\": {",
-        "\"host_memory_bytes\": ", "\"device\": \"host (2 threads)\"", "\"prefill_seconds\": 12.5",
-        "\"tokens_per_second\": 16", "\"bound_step_ms\": 0.5", "\"hit_rate\": 0.75",
-        "\"pcie_bytes_per_step\": 1.57286e+06", "\"select_ms_per_step\": 2",
-        "\"step_ms\": [100, 300, 200, 400]", "\"num_samples\": 2", "\"mean_mass_captured\": 0.8",
-        "\"samples\": [", "\"restricted_error\": 3e-06",
-        "\"notes\": [\"a \\\"quoted\\\" note\"]"}) {
+  for (const char* expected : {"\"config\": {",
+                               "\"model\": \"llama-3-8b\"",
+                               "\"policy\": \"score\"",
+                               "\"backend\": \"host\"",
+                               "\"options\": {",
+                               "\"host_memory_bytes\": ",
+                               "\"device\": \"host (2 threads)\"",
+                               "\"prefill_seconds\": 12.5",
+                               "\"hbm_rate_source\": \"built-in (an H100's",
+                               "\"pcie_rate_source\": \"kvtier-probe report /cache/probe.json\"",
+                               "\"tokens_per_second\": 16",
+                               "\"bound_step_ms\": 0.5",
+                               "\"hit_rate\": 0.75",
+                               "\"pcie_bytes_per_step\": 1.57286e+06",
+                               "\"select_ms_per_step\": 2",
+                               "\"step_ms\": [100, 300, 200, 400]",
+                               "\"num_samples\": 2",
+                               "\"mean_mass_captured\": 0.8",
+                               "\"samples\": [",
+                               "\"restricted_error\": 3e-06",
+                               "\"notes\": [\"a \\\"quoted\\\" note\"]"}) {
     EXPECT_THAT(json, HasSubstr(expected));
   }
 }

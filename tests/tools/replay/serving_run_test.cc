@@ -166,11 +166,12 @@ TEST(ServingRunTest, ReportsHoldTheDocumentedKeysAndOneCsvRowARequest) {
   for (const char* key :
        {"\"output_tokens_per_second\"", "\"ttft_ms\": {", "\"tpot_ms\": {", "\"p50\"", "\"p90\"",
         "\"p99\"", "\"requests_completed\": 5", "\"requests_skipped\": 1", "\"bad_lines\": 2",
-        "\"batch_over_time\": [[", "\"mean_output_error\""}) {
+        "\"batch_over_time\": [[", "\"mean_output_error\"", "\"rates_source\": \"built-in"}) {
     EXPECT_NE(json.str().find(key), std::string::npos) << key << " not in " << json.str();
   }
   PrintServingTable(*r, trace, table);
-  for (const char* line : {"output tokens/s", "TTFT p50/p90/p99", "TPOT p50/p90/p99", "accuracy"}) {
+  for (const char* line :
+       {"output tokens/s", "TTFT p50/p90/p99", "TPOT p50/p90/p99", "accuracy", "rates from"}) {
     EXPECT_NE(table.str().find(line), std::string::npos) << line << " not in " << table.str();
   }
   WriteServingCsv(*r, trace, csv);
