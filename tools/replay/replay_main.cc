@@ -162,8 +162,17 @@ ReplayFlags ReadFlags() {
   f.pcie_gbps = absl::GetFlag(FLAGS_pcie_gbps);
   f.rates = absl::GetFlag(FLAGS_rates);
   if (f.rates.empty()) {
+    // A saved report that cannot serve (e.g. a host-only probe) is passed over, with a word.
     const std::string saved = tools::DefaultProbeRatesPath();
-    if (!saved.empty() && std::filesystem::exists(saved)) f.rates = saved;
+    if (!saved.empty() && std::filesystem::exists(saved)) {
+      if (const absl::StatusOr<tools::ProbeRates> rates = tools::ReadProbeRates(saved);
+          rates.ok()) {
+        f.rates = saved;
+      } else {
+        std::cerr << "kvtier-replay: not using the saved probe report: " << rates.status().message()
+                  << "\n";
+      }
+    }
   }
   f.accuracy_samples = absl::GetFlag(FLAGS_accuracy_samples);
   f.accuracy_steps = absl::GetFlag(FLAGS_accuracy_steps);
