@@ -2,8 +2,9 @@
 // block summary (block_summary.h) against the item's G query heads and keep either the top k
 // blocks or the fewest blocks that hold a target share of the estimated attention mass.
 // One call covers the whole batch: the CUDA launcher issues a scoring kernel (grid over items
-// x block chunks) and a selection kernel (one thread block per item), both on `stream`, with
-// no host synchronisation (CUDA-graph capturable).
+// x block chunks) and a selection kernel (a thread block per item, two with a zone: the
+// retrieval's and the zone's), both on `stream`, with no host synchronisation (CUDA-graph
+// capturable). The zone can also be selected later, on its own (LaunchBlockSelectZone).
 //
 // Scores (every value fp32, evaluated in the order written in internal:: below, so the
 // kernel and the host twin produce bit-identical scores and therefore identical selections):

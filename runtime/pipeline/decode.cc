@@ -9,8 +9,8 @@
 //   DecodeSelect          caller: select (the index) -> [(record selected)]
 //   DecodeAttendHotSet    hot:    wait(appended) -> attention over the hot set (overlapping
 //                                 selection, resolve and load)
-//   DecodeEstimate        hot:    [wait(selected) -> the estimation zone] -> (record
-//                                 hot_attended)
+//   DecodeEstimate        hot:    [wait(selected) -> the zone's selection -> its
+//                                 estimate] -> (record hot_attended)
 //   DecodeResolve         caller: resolve                              [PageCache::Resolve]
 //   DecodeLoad            caller: (record resolved)
 //                         load:   wait(resolved) -> page list of the misses ->

@@ -27,9 +27,9 @@ absl::Status KvCacheImpl::DecodeSelect(const DecodeStep& step) {
   return absl::OkStatus();
 }
 
-// Hot stream: [wait(selected) -> the estimation zone, from the selection's lists, beside
-// resolve and the load] -> (record hot_attended): the hot stream's last work of the step, after
-// DecodeAttendHotSet.
+// Hot stream: [wait(selected) -> the estimation zone, selected from the selection's scores and
+// then estimated, beside resolve and the load] -> (record hot_attended): the hot stream's last
+// work of the step, after DecodeAttendHotSet.
 absl::Status KvCacheImpl::DecodeEstimate(const DecodeStep& step) {
   LayerArrays& a = *step.arrays;
   cudaStream_t hot_stream = backend_->hot_stream();
