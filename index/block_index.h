@@ -47,6 +47,8 @@ struct IndexConfig {
   int budget_pages = 0;      // retrieval budget: blocks attended exactly per item
   double mass_target = 0.0;  // 0: top budget_pages; in (0, 1]: fewest reaching it (capped)
   int estimate_pages = 0;    // estimation zone: blocks estimated after the retrieved ones
+  // Or every candidate block not retrieved is estimated (estimate_pages is then 0).
+  bool estimate_rest = false;
   // Prefill pieces: the most tokens one segment (one KV head of a piece) holds, and the most
   // segments one OrderSegments call takes (Hk: one piece's KV heads).
   int max_segment_tokens = 0;
@@ -78,6 +80,9 @@ struct SelectBatch {
   int32_t* num_selected = nullptr;                       // [num_items]
   void* workspace = nullptr;                             // workspace_bytes() of backend memory
   size_t workspace_bytes = 0;
+  // Recorded on the stream once the scores are in, before the selection, by kinds that
+  // estimate the rest (estimates_rest()): their estimate starts on another stream meanwhile.
+  EventHandle scored = nullptr;
 };
 
 // The estimation zone's partial attention (kernels/estimation.h) for the batch of a
@@ -85,8 +90,15 @@ struct SelectBatch {
 // [num_items, G] lse (-inf: nothing estimated), merged with the exact parts by log-sum-exp.
 // The zone, the top budget_pages + estimate_pages blocks of Select's ranking, ascending,
 // [num_items, zone_stride()] and their count, is written too (the retrieved ones among them
-// are excluded when estimating): selecting it here keeps it off the retrieval's path.
+// are excluded when estimating): selecting it here keeps it off the retrieval's path. Kinds
+// that estimate the rest write no zone: they estimate every candidate once the scores are in
+// and take the retrieved ones out once the selection is.
+// Estimate's stream waits for the events itself (null: ordered by the caller), each where its
+// work first needs it: scored_event (SelectBatch::scored, recorded by estimates_rest() kinds)
+// and selected_event (recorded after Select).
 struct EstimateBatch {
+  EventHandle scored_event = nullptr;
+  EventHandle selected_event = nullptr;
   int num_items = 0;
   const void* q = nullptr;
   const int32_t* block_begin = nullptr;
@@ -149,6 +161,8 @@ class BlockIndex {
   // Summary bytes the estimation reads for one page of the zone (0 without a zone).
   virtual int64_t estimate_bytes_per_page() const { return 0; }
   virtual int zone_stride() const { return 0; }
+  // The zone is every candidate that is not retrieved (no zone lists: zone_stride() is 0).
+  virtual bool estimates_rest() const { return false; }
   virtual absl::Status Estimate(StepBackend& backend, const EstimateBatch& batch,
                                 cudaStream_t stream) const;
 

@@ -84,10 +84,11 @@ absl::StatusOr<std::unique_ptr<BlockIndex>> CreatePageBoundsIndex(const IndexCon
         ": the page-bounds index ranks pages by an upper bound of q.k, which is not an "
         "attention mass; select by count (mass_target = 0) or use index = wave"));
   }
-  if (config.estimate_pages != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("budget.estimate_pages = ", config.estimate_pages,
-                     ": the page-bounds index has no estimation zone; use index = wave"));
+  if (config.estimate_pages != 0 || config.estimate_rest) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        config.estimate_rest ? "budget.estimate_rest = true"
+                             : absl::StrCat("budget.estimate_pages = ", config.estimate_pages),
+        ": the page-bounds index has no estimation zone; use index = wave"));
   }
   return std::unique_ptr<BlockIndex>(new PageBoundsIndex(config));
 }

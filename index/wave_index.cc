@@ -43,17 +43,20 @@ class WaveIndex final : public BlockIndex {
     // Regions start 16-byte aligned (mean keys are read with 16-byte vectors).
     layout_.bytes_per_page = (bytes + 15) / 16 * 16;
     // The workspace: the zone's logits (the select pass writes them, Estimate reads them),
-    // then Select's scratch, then Estimate's partial results.
+    // then Select's scratch, then Estimate's partial results, then (estimating the rest) the
+    // estimate over every candidate.
     logit_bytes_ = Aligned(sizeof(float) * config.max_items * config.group_size * kParts *
                            static_cast<size_t>(std::max(config.max_pages, 0)));
     BlockSelectParams p = SelectParams();
     float kept_outside = 0.0f;  // BlockSelectWorkspaceBytes only asks whether logits is set
     if (estimates()) p.logits = &kept_outside;
     select_workspace_bytes_ = Aligned(BlockSelectWorkspaceBytes(p));
-    workspace_bytes_ = logits_bytes() + select_workspace_bytes_ +
-                       (estimates() ? EstimationWorkspaceBytes(config.max_items, config.group_size,
-                                                               config.head_dim)
-                                    : 0);
+    workspace_bytes_ = logits_bytes() + select_workspace_bytes_ + estimation_workspace_bytes();
+    if (config.estimate_rest) {
+      const size_t rows = static_cast<size_t>(config.max_items) * config.group_size;
+      superset_out_bytes_ = Aligned(rows * config.head_dim * sizeof(float));
+      workspace_bytes_ += superset_out_bytes_ + Aligned(rows * sizeof(float));
+    }
     SegmentClusterParams c = ClusterParams();
     segment_workspace_bytes_ = SegmentClusterWorkspaceBytes(c);
   }
@@ -87,14 +90,19 @@ class WaveIndex final : public BlockIndex {
 
   absl::Status Select(StepBackend& backend, const SelectBatch& batch,
                       cudaStream_t stream) const override {
-    return backend.BlockSelect(
-        BatchSelectParams(batch.num_items, batch.q, batch.block_begin, batch.block_end,
-                          batch.summaries, batch.selected, batch.num_selected, batch.workspace,
-                          batch.workspace_bytes),
-        stream);
+    const BlockSelectParams p = BatchSelectParams(
+        batch.num_items, batch.q, batch.block_begin, batch.block_end, batch.summaries,
+        batch.selected, batch.num_selected, batch.workspace, batch.workspace_bytes);
+    if (!config_.estimate_rest) return backend.BlockSelect(p, stream);
+    // The scores (and the logits the rest's estimate reads) first, then `scored`, so that the
+    // estimate runs on its own stream beside the selection.
+    KVTIER_RETURN_IF_ERROR(backend.BlockScoring(p, stream));
+    if (batch.scored != nullptr) KVTIER_RETURN_IF_ERROR(backend.Record(batch.scored, stream));
+    return backend.BlockSelectScored(p, stream);
   }
 
-  bool estimates() const override { return config_.estimate_pages > 0; }
+  bool estimates() const override { return config_.estimate_pages > 0 || config_.estimate_rest; }
+  bool estimates_rest() const override { return config_.estimate_rest; }
   // The zone reads a page's mean values, spreads and counts, and its G x parts logits from
   // the scoring pass (not its mean keys).
   int64_t estimate_bytes_per_page() const override {
@@ -102,7 +110,7 @@ class WaveIndex final : public BlockIndex {
            int64_t{config_.group_size} * kParts * 4;
   }
   int zone_stride() const override {
-    return estimates() ? config_.budget_pages + config_.estimate_pages : 0;
+    return config_.estimate_pages > 0 ? config_.budget_pages + config_.estimate_pages : 0;
   }
 
   absl::Status Estimate(StepBackend& backend, const EstimateBatch& batch,
@@ -111,6 +119,10 @@ class WaveIndex final : public BlockIndex {
       return absl::InvalidArgumentError(absl::StrCat("EstimateBatch: workspace has ",
                                                      batch.workspace_bytes, " bytes; expected ",
                                                      workspace_bytes_));
+    }
+    if (config_.estimate_rest) return EstimateRest(backend, batch, stream);
+    if (batch.selected_event != nullptr) {
+      KVTIER_RETURN_IF_ERROR(backend.StreamWait(stream, batch.selected_event));
     }
     // The zone: the top budget + estimate pages of Select's ranking (a superset of the
     // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way),
@@ -125,31 +137,15 @@ class WaveIndex final : public BlockIndex {
     zone.zone_count = batch.zone_count;
     KVTIER_RETURN_IF_ERROR(backend.BlockSelectZone(zone, stream));
 
-    EstimationParams p;
-    p.dtype = config_.dtype;
-    p.head_dim = config_.head_dim;
-    p.group_size = config_.group_size;
-    p.softmax_scale = config_.softmax_scale;
-    p.num_items = batch.num_items;
-    p.centroid_parts = kParts;
-    p.q = batch.q;
+    EstimationParams p = BatchEstimation(batch);
     p.cluster_ids = batch.zone;
     p.list_count = batch.zone_count;
     p.list_stride = zone_stride();
     p.exclude_ids = batch.selected;
     p.exclude_count = batch.num_selected;
     p.exclude_stride = config_.budget_pages;
-    // The logits Select left (mean keys are not read again).
-    p.logits = static_cast<const float*>(batch.workspace);
-    p.logit_stride = int64_t{kParts} * config_.max_pages;
-    p.value_mean = batch.summaries[kValueMean];
-    p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
-    p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
     p.out = batch.out;
     p.lse = batch.lse;
-    const size_t before = logits_bytes() + select_workspace_bytes_;
-    p.workspace = static_cast<char*>(batch.workspace) + before;
-    p.workspace_bytes = batch.workspace_bytes - before;
     return backend.Estimation(p, stream);
   }
 
@@ -210,6 +206,60 @@ class WaveIndex final : public BlockIndex {
     p.workspace_bytes = workspace_bytes - std::min(workspace_bytes, logits_bytes());
     return p;
   }
+  // What both estimates of a step share: shapes, the query, the logits Select left (mean keys
+  // are not read again), the summaries, and the estimation's scratch.
+  EstimationParams BatchEstimation(const EstimateBatch& batch) const {
+    EstimationParams p;
+    p.dtype = config_.dtype;
+    p.head_dim = config_.head_dim;
+    p.group_size = config_.group_size;
+    p.softmax_scale = config_.softmax_scale;
+    p.num_items = batch.num_items;
+    p.centroid_parts = kParts;
+    p.q = batch.q;
+    p.logits = static_cast<const float*>(batch.workspace);
+    p.logit_stride = int64_t{kParts} * config_.max_pages;
+    p.value_mean = batch.summaries[kValueMean];
+    p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
+    p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
+    const size_t before = logits_bytes() + select_workspace_bytes_;
+    p.workspace = static_cast<char*>(batch.workspace) + before;
+    p.workspace_bytes = estimation_workspace_bytes();
+    return p;
+  }
+
+  // The rest: every candidate estimated as soon as the scores are in (beside the selection),
+  // then the retrieved ones taken out once the selection is.
+  absl::Status EstimateRest(StepBackend& backend, const EstimateBatch& batch,
+                            cudaStream_t stream) const {
+    char* superset = static_cast<char*>(batch.workspace) + logits_bytes() +
+                     select_workspace_bytes_ + estimation_workspace_bytes();
+    float* superset_out = reinterpret_cast<float*>(superset);
+    float* superset_lse = reinterpret_cast<float*>(superset + superset_out_bytes_);
+    if (batch.scored_event != nullptr) {
+      KVTIER_RETURN_IF_ERROR(backend.StreamWait(stream, batch.scored_event));
+    }
+    EstimationParams all = BatchEstimation(batch);
+    all.range_begin = batch.block_begin;
+    all.range_end = batch.block_end;
+    all.out = superset_out;
+    all.lse = superset_lse;
+    KVTIER_RETURN_IF_ERROR(backend.Estimation(all, stream));
+
+    if (batch.selected_event != nullptr) {
+      KVTIER_RETURN_IF_ERROR(backend.StreamWait(stream, batch.selected_event));
+    }
+    EstimationParams rest = BatchEstimation(batch);
+    rest.cluster_ids = batch.selected;
+    rest.list_count = batch.num_selected;
+    rest.list_stride = config_.budget_pages;
+    rest.superset_out = superset_out;
+    rest.superset_lse = superset_lse;
+    rest.out = batch.out;
+    rest.lse = batch.lse;
+    return backend.Estimation(rest, stream);
+  }
+
   SegmentClusterParams ClusterParams() const {
     SegmentClusterParams p;
     p.dtype = config_.dtype;
@@ -225,18 +275,30 @@ class WaveIndex final : public BlockIndex {
 
   static size_t Aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
   size_t logits_bytes() const { return estimates() ? logit_bytes_ : 0; }
+  size_t estimation_workspace_bytes() const {
+    return estimates()
+               ? EstimationWorkspaceBytes(config_.max_items, config_.group_size, config_.head_dim)
+               : 0;
+  }
 
   const IndexConfig config_;
   SummaryLayout layout_;
   size_t logit_bytes_ = 0;             // the workspace's first part, with a zone: its logits
   size_t select_workspace_bytes_ = 0;  // then Select's scratch
   size_t workspace_bytes_ = 0;         // then Estimate's partial results
+  size_t superset_out_bytes_ = 0;      // then the rest's superset estimate: out, then lse
   size_t segment_workspace_bytes_ = 0;
 };
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<BlockIndex>> CreateWaveIndex(const IndexConfig& config) {
+  if (config.estimate_rest && config.estimate_pages != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget.estimate_pages = ", config.estimate_pages,
+                     " with budget.estimate_rest: the zone is then every page not retrieved; "
+                     "use 0"));
+  }
   if (config.budget_pages + config.estimate_pages > kMaxSelectK) {
     return absl::InvalidArgumentError(absl::StrCat(
         "budget.max_pages + budget.estimate_pages = ", config.budget_pages + config.estimate_pages,

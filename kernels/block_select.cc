@@ -314,15 +314,16 @@ void WriteSelection(const BlockSelectParams& p, int item, const std::vector<int>
 
 }  // namespace
 
-absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
-  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
-  KVTIER_RETURN_IF_ERROR(ValidateItems(p));
+namespace {
+
+// The retrieval (and zone) of every item; with logits_in, from the logits in p.logits.
+void SelectItems(const BlockSelectParams& p, bool logits_in) {
   const uint64_t target = p.mode == BlockSelectMode::kMassTarget
                               ? internal::FixedMassTarget(p.mass_target, p.group_size)
                               : std::numeric_limits<uint64_t>::max();
   tbb::parallel_for(0, p.num_items, [&](int item) {
     std::vector<float> scores;
-    ItemScores(p, item, scores);
+    ItemScores(p, item, scores, logits_in);
     const int n = static_cast<int>(scores.size());
     const int k = std::min(p.k, n);
     const std::vector<int> order = Ranking(scores);
@@ -339,6 +340,32 @@ absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
                      p.zone_count);
     }
   });
+}
+
+}  // namespace
+
+absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(ValidateItems(p));
+  SelectItems(p, /*logits_in=*/false);
+  return absl::OkStatus();
+}
+
+absl::Status ReferenceBlockScoring(const BlockSelectParams& p) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(ValidateItems(p));
+  if (p.kind != BlockScoreKind::kCentroid || p.logits == nullptr) return absl::OkStatus();
+  tbb::parallel_for(0, p.num_items, [&](int item) {
+    std::vector<float> scores;
+    ItemScores(p, item, scores);  // writes the item's logits
+  });
+  return absl::OkStatus();
+}
+
+absl::Status ReferenceBlockSelectScored(const BlockSelectParams& p) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(ValidateItems(p));
+  SelectItems(p, /*logits_in=*/p.kind == BlockScoreKind::kCentroid && p.logits != nullptr);
   return absl::OkStatus();
 }
 

@@ -415,6 +415,20 @@ absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t str
   return LaunchSelect(params, /*zone_only=*/false, stream);
 }
 
+absl::Status LaunchBlockScoring(const BlockSelectParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(CheckWorkspace(params));
+  return internal::LaunchBlockScores(params, stream);
+}
+
+absl::Status LaunchBlockSelectScored(const BlockSelectParams& params, cudaStream_t stream) {
+  KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  if (params.num_items == 0) return absl::OkStatus();
+  KVTIER_RETURN_IF_ERROR(CheckWorkspace(params));
+  return LaunchSelect(params, /*zone_only=*/false, stream);
+}
+
 absl::Status LaunchBlockSelectZone(const BlockSelectParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
   KVTIER_RETURN_IF_ERROR(internal::ValidateZoneOnly(params));

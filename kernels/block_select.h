@@ -148,6 +148,14 @@ absl::Status ReferenceBlockSelect(const BlockSelectParams& params);
 // critical path (the wave index selects it on the stream that estimates it).
 absl::Status ReferenceBlockSelectZone(const BlockSelectParams& params);
 
+// The two passes of ReferenceBlockSelect one at a time, so that a caller can start work that
+// needs only the scores (an estimate over every candidate from `logits`) between them.
+// Scoring writes params.logits when set (kCentroid; the twin writes nothing else); the
+// selection then writes what ReferenceBlockSelect would, the twin scoring from `logits` when
+// set, else from the summaries.
+absl::Status ReferenceBlockScoring(const BlockSelectParams& params);
+absl::Status ReferenceBlockSelectScored(const BlockSelectParams& params);
+
 // The twin's per-block ranking scores (bounds sum or centroid mass, see above) of item
 // `item`: scores[b - block_begin] for its candidates. For tests and diagnostics.
 absl::Status ReferenceBlockScores(const BlockSelectParams& params, int item, float* scores);
@@ -158,6 +166,13 @@ absl::Status ReferenceBlockScores(const BlockSelectParams& params, int item, flo
 // kind/mode pair. Per-item entries are device data and not read on the host: a range outside
 // [0, max_blocks] is clamped into it on the device.
 absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream);
+// LaunchBlockSelect's two kernels one at a time: the scoring kernel (scores, logits and
+// segment masses into the workspace, and params.logits when set), then the selection kernel
+// from what it left there. A LaunchBlockSelectScored must follow a LaunchBlockScoring with the
+// same params and workspace (same stream, or an event), with nothing using the workspace in
+// between; together they write what one LaunchBlockSelect does.
+absl::Status LaunchBlockScoring(const BlockSelectParams& params, cudaStream_t stream);
+absl::Status LaunchBlockSelectScored(const BlockSelectParams& params, cudaStream_t stream);
 // The zone alone (see ReferenceBlockSelectZone), from the ranking scores that a LaunchBlockSelect
 // with the same params and workspace (its zone_k may be 0) left there; that launch must be
 // ordered before this one (same stream, or an event), and nothing may use the workspace in

@@ -21,15 +21,23 @@ absl::Status Invalid(const Parts&... parts) {
   return absl::InvalidArgumentError(absl::StrCat("EstimationParams: ", parts...));
 }
 
-// Item i's list [begin, end) of cluster_ids, in either addressing mode.
+// Item i's entries [begin, end): of cluster_ids in either list mode, or the cluster range.
 void ListOf(const EstimationParams& p, int i, int32_t* begin, int32_t* end) {
-  if (p.list_count != nullptr) {
+  if (p.range_begin != nullptr) {
+    *begin = p.range_begin[i];
+    *end = p.range_end[i];
+  } else if (p.list_count != nullptr) {
     *begin = i * p.list_stride;
     *end = *begin + std::clamp(p.list_count[i], 0, p.list_stride);
   } else {
     *begin = p.cluster_offsets[i];
     *end = p.cluster_offsets[i + 1];
   }
+}
+
+// The cluster of entry j (ListOf's range).
+int32_t ClusterOf(const EstimationParams& p, int32_t j) {
+  return p.range_begin != nullptr ? j : p.cluster_ids[j];
 }
 
 bool Excluded(const EstimationParams& p, int item, int32_t id) {
@@ -40,7 +48,14 @@ bool Excluded(const EstimationParams& p, int item, int32_t id) {
 }
 
 absl::Status ValidateItems(const EstimationParams& p) {
-  if (p.list_count != nullptr) {
+  if (p.range_begin != nullptr) {
+    for (int i = 0; i < p.num_items; ++i) {
+      if (p.range_begin[i] < 0 || p.range_end[i] < p.range_begin[i]) {
+        return Invalid("range of item ", i, " is [", p.range_begin[i], ", ", p.range_end[i],
+                       "); expected 0 <= begin <= end");
+      }
+    }
+  } else if (p.list_count != nullptr) {
     for (int i = 0; i < p.num_items; ++i) {
       if (p.list_count[i] < 0 || p.list_count[i] > p.list_stride) {
         return Invalid("list_count[", i, "] is ", p.list_count[i], "; expected in [0, ",
@@ -61,7 +76,7 @@ absl::Status ValidateItems(const EstimationParams& p) {
       }
     }
   }
-  if (p.list_count == nullptr) {
+  if (p.range_begin == nullptr && p.list_count == nullptr) {
     if (p.cluster_offsets[0] != 0) {
       return Invalid("cluster_offsets[0] is ", p.cluster_offsets[0], "; expected 0");
     }
@@ -87,13 +102,11 @@ absl::Status ValidateItems(const EstimationParams& p) {
       return Invalid("key_spread[", i, "] is null");
     }
     for (int32_t j = begin; j < end; ++j) {
-      if (p.cluster_ids[j] < 0) {
-        return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; expected >= 0");
-      }
-      if (p.logits != nullptr &&
-          (int64_t{p.cluster_ids[j]} + 1) * p.centroid_parts > p.logit_stride) {
-        return Invalid("cluster_ids[", j, "] is ", p.cluster_ids[j], "; its logits lie beyond ",
-                       "logit_stride ", p.logit_stride, " (", p.centroid_parts, " a cluster)");
+      const int32_t id = ClusterOf(p, j);
+      if (id < 0) return Invalid("cluster_ids[", j, "] is ", id, "; expected >= 0");
+      if (p.logits != nullptr && (int64_t{id} + 1) * p.centroid_parts > p.logit_stride) {
+        return Invalid("cluster ", id, " of item ", i, ": its logits lie beyond logit_stride ",
+                       p.logit_stride, " (", p.centroid_parts, " a cluster)");
       }
     }
   }
@@ -118,9 +131,10 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
   double max_logit = -std::numeric_limits<double>::infinity();
   bool any_nan = false;
   for (int32_t j = begin; j < end; ++j) {
-    if (Excluded(p, item, p.cluster_ids[j])) continue;
+    const int32_t cluster = ClusterOf(p, j);
+    if (Excluded(p, item, cluster)) continue;
     for (int part = 0; part < p.centroid_parts; ++part) {
-      const int32_t id = p.cluster_ids[j] * p.centroid_parts + part;  // the part's centroid
+      const int32_t id = cluster * p.centroid_parts + part;  // the part's centroid
       if (p.count[item][id] <= 0) continue;
       const double scale = p.softmax_scale;
       double scaled_dot = 0.0;  // scale q.c
@@ -142,28 +156,50 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
     }
   }
   float* out = p.out + row * dim;
+  constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  // This list's estimate, in double: out = numerator / denominator, lse.
+  std::vector<double> mean(dim, 0.0);
+  double lse = -kInf;
   if (any_nan) {
-    std::fill(out, out + dim, std::numeric_limits<float>::quiet_NaN());
-    p.lse[row] = std::numeric_limits<float>::quiet_NaN();
-    return;
+    std::fill(mean.begin(), mean.end(), kNaN);
+    lse = kNaN;
+  } else if (!ids.empty()) {
+    std::vector<double> numerator(dim, 0.0);
+    double denominator = 0.0;
+    for (size_t c = 0; c < ids.size(); ++c) {
+      const double weight = std::exp(logits[c] - max_logit) * p.count[item][ids[c]];
+      denominator += weight;
+      const size_t at = static_cast<size_t>(ids[c]) * dim;
+      for (int d = 0; d < dim; ++d) {
+        numerator[d] += weight * LoadAsFloat(p.dtype, p.value_mean[item], at + d);
+      }
+    }
+    for (int d = 0; d < dim; ++d) mean[d] = numerator[d] / denominator;
+    lse = max_logit + std::log(denominator);
   }
-  if (ids.empty()) {
-    std::fill(out, out + dim, 0.0f);
-    p.lse[row] = -std::numeric_limits<float>::infinity();
-    return;
-  }
-  std::vector<double> numerator(dim, 0.0);
-  double denominator = 0.0;
-  for (size_t c = 0; c < ids.size(); ++c) {
-    const double weight = std::exp(logits[c] - max_logit) * p.count[item][ids[c]];
-    denominator += weight;
-    const size_t at = static_cast<size_t>(ids[c]) * dim;
-    for (int d = 0; d < dim; ++d) {
-      numerator[d] += weight * LoadAsFloat(p.dtype, p.value_mean[item], at + d);
+  if (p.superset_out != nullptr) {
+    // The superset's estimate less this one (estimation.h): with f = e^{lse - superset lse},
+    // rest = superset (1 - f), out = (superset out - f out) / (1 - f).
+    const double superset_lse = p.superset_lse[row];
+    const float* superset = p.superset_out + row * dim;
+    if (std::isnan(superset_lse) || std::isnan(lse)) {
+      std::fill(mean.begin(), mean.end(), kNaN);
+      lse = kNaN;
+    } else {
+      const double f = lse == -kInf ? 0.0 : std::exp(lse - superset_lse);
+      const double rest = 1.0 - f;
+      if (superset_lse == -kInf || !(rest > kRestFloor)) {
+        std::fill(mean.begin(), mean.end(), 0.0);
+        lse = -kInf;
+      } else {
+        for (int d = 0; d < dim; ++d) mean[d] = (superset[d] - f * mean[d]) / rest;
+        lse = superset_lse + std::log(rest);
+      }
     }
   }
-  for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(numerator[d] / denominator);
-  p.lse[row] = static_cast<float>(max_logit + std::log(denominator));
+  for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(mean[d]);
+  p.lse[row] = static_cast<float>(lse);
 }
 
 }  // namespace
@@ -187,10 +223,12 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
   if (p.num_items < 0) return Invalid("num_items is ", p.num_items, "; expected >= 0");
   if (p.num_items == 0) return absl::OkStatus();
   if (p.q == nullptr) return Invalid("q is null");
-  if (p.list_count != nullptr) {
+  if (p.range_begin != nullptr) {
+    if (p.range_end == nullptr) return Invalid("range_end is null with range_begin");
+  } else if (p.list_count != nullptr) {
     if (p.list_stride < 1) return Invalid("list_stride is ", p.list_stride, "; expected >= 1");
   } else if (p.cluster_offsets == nullptr) {
-    return Invalid("cluster_offsets is null (and no list_count)");
+    return Invalid("cluster_offsets is null (and no list_count), and no range_begin");
   }
   if (p.exclude_ids != nullptr) {
     if (p.exclude_count == nullptr) return Invalid("exclude_count is null with exclude_ids");
@@ -198,7 +236,13 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
       return Invalid("exclude_stride is ", p.exclude_stride, "; expected >= 1");
     }
   }
-  if (p.cluster_ids == nullptr) return Invalid("cluster_ids is null");
+  if (p.range_begin == nullptr && p.cluster_ids == nullptr) return Invalid("cluster_ids is null");
+  if ((p.superset_out == nullptr) != (p.superset_lse == nullptr)) {
+    return Invalid("superset_out and superset_lse: give both or neither");
+  }
+  if (p.superset_out != nullptr && (p.superset_out == p.out || p.superset_lse == p.lse)) {
+    return Invalid("superset_out / superset_lse alias out / lse");
+  }
   if (p.logits == nullptr && p.key_mean == nullptr) {
     return Invalid("key_mean is null (and no logits)");
   }

@@ -239,7 +239,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int32_t tiles = (length + kTileEntries - 1) / kTileEntries;
     __syncthreads();  // the previous segment's ids and stages are no longer read
     for (int32_t j = threadIdx.x; j < tiles * kTileEntries; j += kThreads) {
-      const int32_t id = j < length ? p.cluster_ids[segment + j] : -1;
+      const int32_t id = j < length ? internal::EntryCluster(p, segment + j) : -1;
       ids[j] = id >= 0 && !Contains(exclude, num_exclude, id) ? id : -1;
     }
     __syncthreads();
@@ -410,16 +410,70 @@ absl::Status LaunchEstimation(const EstimationParams& params, cudaStream_t strea
                      "; the kernel keeps an item's exclusion list in shared memory, at most ",
                      kMaxExcludeBytes / 4, " ids"));
   }
-  if (params.logits != nullptr) return internal::LaunchLogitEstimation(params, stream);
-  const int64_t blocks = static_cast<int64_t>(params.num_items) *
-                         ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);
-  return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
-    return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
-      using T = typename decltype(element)::type;
-      constexpr int kDim = decltype(dim)::value;
-      return LaunchKernel<T, kDim>(params, blocks, stream);
-    });
-  });
+  if (params.logits != nullptr) {
+    KVTIER_RETURN_IF_ERROR(internal::LaunchLogitEstimation(params, stream));
+  } else {
+    const int64_t blocks = static_cast<int64_t>(params.num_items) *
+                           ((params.group_size + kHeadsPerBlock - 1) / kHeadsPerBlock);
+    const absl::Status launched =
+        DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
+          return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
+            using T = typename decltype(element)::type;
+            constexpr int kDim = decltype(dim)::value;
+            return LaunchKernel<T, kDim>(params, blocks, stream);
+          });
+        });
+    KVTIER_RETURN_IF_ERROR(launched);
+  }
+  if (params.superset_out == nullptr) return absl::OkStatus();
+  return internal::LaunchRestOfSuperset(params, stream);
 }
+
+namespace internal {
+namespace {
+
+// One warp a row: out = (superset out - f out) / (1 - f), f = e^{lse - superset lse}
+// (estimation.h; the twin's EstimateRow in double).
+__global__ void RestOfSupersetKernel(const float* superset_out, const float* superset_lse,
+                                     float* out, float* lse, int64_t rows, int dim) {
+  ChainedKernelStart();
+  const int64_t row = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const float whole = superset_lse[row], part = lse[row];
+  const float* from = superset_out + row * dim;
+  float* to = out + row * dim;
+  if (whole != whole || part != part) {
+    for (int d = lane; d < dim; d += 32) to[d] = NAN;
+    __syncwarp();
+    if (lane == 0) lse[row] = NAN;
+    return;
+  }
+  const float f = part == -INFINITY ? 0.0f : expf(part - whole);
+  const float rest = 1.0f - f;
+  const bool empty = whole == -INFINITY || !(rest > kRestFloor);
+  for (int d = lane; d < dim; d += 32) to[d] = empty ? 0.0f : (from[d] - f * to[d]) / rest;
+  __syncwarp();  // every lane has read lse[row] before lane 0 rewrites it
+  if (lane == 0) lse[row] = empty ? -INFINITY : whole + logf(rest);
+}
+
+}  // namespace
+
+absl::Status LaunchRestOfSuperset(const EstimationParams& p, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const int64_t rows = int64_t{p.num_items} * p.group_size;
+  const int64_t blocks = (rows * 32 + kThreads - 1) / kThreads;
+  if (blocks > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("EstimationParams: ", p.num_items, " items exceed one grid"));
+  }
+  KVTIER_CUDA_RETURN_IF_ERROR(LaunchChained(RestOfSupersetKernel, static_cast<int>(blocks),
+                                            kThreads, 0, stream, p.superset_out, p.superset_lse,
+                                            p.out, p.lse, rows, p.head_dim));
+  KVTIER_RETURN_IF_LAUNCH_FAILED("RestOfSupersetKernel", stream);
+  return absl::OkStatus();
+}
+
+}  // namespace internal
 
 }  // namespace kvtier

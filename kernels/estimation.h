@@ -51,6 +51,12 @@ struct EstimationParams {
   // list_count in [0, list_stride] (the kernel clamps it).
   const int32_t* list_count = nullptr;  // [num_items]
   int32_t list_stride = 0;              // >= 1 with list_count
+  // Or ranges (range_begin set): item i's clusters are its clusters [range_begin[i],
+  // range_end[i]), every one (an index's whole candidate range, say); cluster_ids,
+  // cluster_offsets and list_count are then unused. The kernels clamp begin to >= 0 and end
+  // to >= begin; the twin checks 0 <= begin <= end.
+  const int32_t* range_begin = nullptr;  // [num_items]
+  const int32_t* range_end = nullptr;    // [num_items]
   // Optional exclusion: a cluster of item i that is also in exclude_ids[i * exclude_stride ..
   // i * exclude_stride + exclude_count[i]) (ascending) is skipped. An estimation zone taken as
   // the top k + e blocks excludes the top k, which are attended exactly.
@@ -75,6 +81,16 @@ struct EstimationParams {
   const float* logits = nullptr;
   int64_t logit_stride = 0;
 
+  // Optional: the (out, lse) of an earlier estimate over a superset of every item's clusters
+  // here (an estimate over every candidate, made before the selection that this call lists,
+  // say), [num_items, G, D] and [num_items, G]. Set, the call writes that estimate with this
+  // call's clusters taken out of its numerator and denominator: the rest. A rest below
+  // kRestFloor of the superset's denominator counts as empty (what is left there is rounding).
+  // NaN in either estimate's lse makes the row NaN; a NaN channel stays NaN. Must not alias
+  // out or lse.
+  const float* superset_out = nullptr;
+  const float* superset_lse = nullptr;
+
   float* out = nullptr;  // [num_items, G, D]; 0 for a row without contributing clusters
   float* lse = nullptr;  // [num_items, G]; -inf for a row without contributing clusters
 
@@ -85,6 +101,10 @@ struct EstimationParams {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
+
+// EstimationParams::superset_out: the smallest share of the superset's denominator that a rest
+// keeps (2^-16; fp32 sums over thousands of clusters round to about 2^-20 of them).
+inline constexpr float kRestFloor = 0x1p-16f;
 
 // The most runs an item's list is cut into (the CUDA launcher's choice, from the batch's shape).
 inline constexpr int kMaxEstimationSplits = 16;

@@ -69,11 +69,15 @@ struct RunOutput {
   float* partial_lse = nullptr;
 };
 
-// The block's run of an item's list, [begin, end): the item's whole list (fixed-stride or
-// offsets), cut into runs.runs equal pieces.
+// The block's run of an item's entries, [begin, end): the item's whole list (fixed-stride or
+// offsets) or cluster range, cut into runs.runs equal pieces. Entry e names cluster
+// EntryCluster(p, e).
 __device__ __forceinline__ void RunRange(const EstimationParams& p, const RunOutput& runs, int item,
                                          int run, int32_t& begin, int32_t& end) {
-  if (p.list_count != nullptr) {
+  if (p.range_begin != nullptr) {
+    begin = max(p.range_begin[item], 0);
+    end = max(p.range_end[item], begin);
+  } else if (p.list_count != nullptr) {
     begin = item * p.list_stride;
     end = begin + min(max(p.list_count[item], 0), p.list_stride);
   } else {
@@ -85,6 +89,10 @@ __device__ __forceinline__ void RunRange(const EstimationParams& p, const RunOut
     begin = min(end, begin + run * length);
     end = min(end, begin + length);
   }
+}
+
+__device__ __forceinline__ int32_t EntryCluster(const EstimationParams& p, int32_t e) {
+  return p.range_begin != nullptr ? e : p.cluster_ids[e];
 }
 
 // Runs an item's list is cut into: enough blocks to fill the GPU's block slots at least
@@ -141,6 +149,10 @@ absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int threads, s
   }
   return absl::OkStatus();
 }
+
+// EstimationParams::superset_out: the superset's estimate less the one in out / lse, in place
+// (one warp a row; a launch after the estimation on `stream`). `p` is validated.
+absl::Status LaunchRestOfSuperset(const EstimationParams& p, cudaStream_t stream);
 
 // The estimation from the zone's scoring logits (p.logits set; estimation_logits.cu). `p` is
 // validated and has items.

@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     auto load = [&](int32_t e0) {
       Centroid x;
       const int32_t e = e0 + lane / parts;
-      int32_t id = e < warp_end ? p.cluster_ids[e] : -1;
+      int32_t id = e < warp_end ? EntryCluster(p, e) : -1;
       if (id >= 0 && num_exclude > 0 && Contains(exclude, num_exclude, id)) id = -1;
       if (id < 0) return x;
       x.row = id * parts + lane % parts;

@@ -114,6 +114,12 @@ class CudaBackend final : public StepBackend {
   absl::Status BlockSelect(const BlockSelectParams& p, cudaStream_t s) override {
     return LaunchBlockSelect(p, s);
   }
+  absl::Status BlockScoring(const BlockSelectParams& p, cudaStream_t s) override {
+    return LaunchBlockScoring(p, s);
+  }
+  absl::Status BlockSelectScored(const BlockSelectParams& p, cudaStream_t s) override {
+    return LaunchBlockSelectScored(p, s);
+  }
   absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t s) override {
     return LaunchBlockSelectZone(p, s);
   }

@@ -84,6 +84,12 @@ class HostBackend final : public StepBackend {
   absl::Status BlockSelect(const BlockSelectParams& p, cudaStream_t) override {
     return ReferenceBlockSelect(p);
   }
+  absl::Status BlockScoring(const BlockSelectParams& p, cudaStream_t) override {
+    return ReferenceBlockScoring(p);
+  }
+  absl::Status BlockSelectScored(const BlockSelectParams& p, cudaStream_t) override {
+    return ReferenceBlockSelectScored(p);
+  }
   absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t) override {
     return ReferenceBlockSelectZone(p);
   }

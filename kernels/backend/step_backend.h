@@ -82,6 +82,9 @@ class StepBackend {
   virtual absl::Status WriteBack(const WriteBackParams& p, cudaStream_t s) = 0;
   virtual absl::Status PageSummaries(const PageSummaryParams& p, cudaStream_t s) = 0;
   virtual absl::Status BlockSelect(const BlockSelectParams& p, cudaStream_t s) = 0;
+  // BlockSelect's two passes one at a time (block_select.h).
+  virtual absl::Status BlockScoring(const BlockSelectParams& p, cudaStream_t s) = 0;
+  virtual absl::Status BlockSelectScored(const BlockSelectParams& p, cudaStream_t s) = 0;
   virtual absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t s) = 0;
   virtual absl::Status Estimation(const EstimationParams& p, cudaStream_t s) = 0;
   virtual absl::Status CacheResolve(const CacheResolveParams& p, cudaStream_t s) = 0;

@@ -110,6 +110,10 @@ absl::Status ValidateOptions(const Options& o) {
         p.Add("budget.estimate_pages", o.budget.estimate_pages,
               "the page-bounds index has no estimation zone: use 0, or index = wave");
       }
+      if (o.budget.estimate_rest) {
+        p.Add("budget.estimate_rest", "true",
+              "the page-bounds index has no estimation zone: use false, or index = wave");
+      }
       break;
     case IndexKind::kWave:
       if (o.budget.estimate_pages < 0 || o.budget.estimate_pages > kMaxSelectedPages) {
@@ -120,6 +124,9 @@ absl::Status ValidateOptions(const Options& o) {
         p.Add("budget.estimate_pages", o.budget.estimate_pages,
               absl::StrCat("budget.max_pages + budget.estimate_pages must be at most ",
                            kMaxSelectedPages));
+      } else if (o.budget.estimate_rest && o.budget.estimate_pages != 0) {
+        p.Add("budget.estimate_pages", o.budget.estimate_pages,
+              "must be 0 with budget.estimate_rest (the zone is then every page not retrieved)");
       }
       break;
     default:

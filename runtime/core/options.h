@@ -40,6 +40,11 @@ struct SelectionBudget {
   // estimate_pages in all, are estimated from their centroid and mean value instead of being
   // attended (the estimation zone); 0 turns estimation off. Page bounds takes 0 only.
   int estimate_pages = 0;
+  // Clustered indexes: every page that is not retrieved is estimated (the zone is the rest;
+  // estimate_pages must then be 0). Its estimate is made over every candidate while the
+  // selection runs, the retrieved pages taken out after, so it stays off the step's critical
+  // path. Page bounds takes false only.
+  bool estimate_rest = false;
 };
 
 struct Options {

@@ -195,12 +195,15 @@ absl::StatusOr<DecodeStep> KvCacheImpl::StartDecodeStep(int layer, const ConstTe
     step.max_hot_tokens = std::max(step.max_hot_tokens, hot_tokens);
     a.stats.hot_bytes_read += hot_tokens * hk * row_bytes_kv;
     a.stats.summary_bytes_read += (cold_end - s) * hk * plan_.scan_page_bytes;
-    // The zone: the candidates ranked after the retrieved ones, up to the zone's length.
+    // The zone: the candidates ranked after the retrieved ones, up to the zone's length; the
+    // rest's estimate reads every candidate, then the retrieved ones again (taken out).
     if (index_->estimates()) {
       const int64_t candidates = cold_end - s;
-      a.stats.estimate_bytes_read += (std::min<int64_t>(candidates, index_->zone_stride()) -
-                                      std::min<int64_t>(candidates, plan_.max_selected)) *
-                                     hk * plan_.estimate_page_bytes;
+      const int64_t retrieved = std::min<int64_t>(candidates, plan_.max_selected);
+      const int64_t pages = index_->estimates_rest()
+                                ? candidates + retrieved
+                                : std::min<int64_t>(candidates, index_->zone_stride()) - retrieved;
+      a.stats.estimate_bytes_read += pages * hk * plan_.estimate_page_bytes;
     }
     if (cold_end > s) step.any_candidates = true;
     if (t % p == p - 1) {
@@ -219,6 +222,7 @@ absl::StatusOr<DecodeStep> KvCacheImpl::StartDecodeStep(int layer, const ConstTe
   step.loaded = capturing ? a.cap_loaded : a.loaded;
   step.hot_attended = capturing ? a.cap_hot_attended : a.hot_attended;
   step.selected = capturing ? a.cap_selected : a.selected_event;
+  step.scored = capturing ? a.cap_scored : a.scored_event;
   step.estimates = index_->estimates();
   if (step.timed) KVTIER_RETURN_IF_ERROR(HarvestTimings(a));
   if (step.timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_start, stream));

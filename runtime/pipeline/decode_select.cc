@@ -21,21 +21,25 @@ absl::Status KvCacheImpl::DecodeSelect(const DecodeStep& step) {
   select.num_selected = a.num_selected;
   select.workspace = scratch_.select_workspace;
   select.workspace_bytes = scratch_.select_workspace_bytes;
+  select.scored = step.scored;
   KVTIER_RETURN_IF_ERROR(index_->Select(*backend_, select, step.stream));
   if (step.estimates) KVTIER_RETURN_IF_ERROR(backend_->Record(step.selected, step.stream));
   if (step.timed) KVTIER_RETURN_IF_ERROR(backend_->Record(a.t_select, step.stream));
   return absl::OkStatus();
 }
 
-// Hot stream: [wait(selected) -> the estimation zone, selected from the selection's scores and
-// then estimated, beside resolve and the load] -> (record hot_attended): the hot stream's last
-// work of the step, after DecodeAttendHotSet.
+// Hot stream: [the estimate, waiting for the selection's scores or for the selection itself as
+// the index needs (a zone is selected from the selection's scores, then estimated; the rest is
+// estimated over every candidate once the scores are in, less the retrieved ones), beside the
+// selection, resolve and the load] -> (record hot_attended): the hot stream's last work of the
+// step, after DecodeAttendHotSet.
 absl::Status KvCacheImpl::DecodeEstimate(const DecodeStep& step) {
   LayerArrays& a = *step.arrays;
   cudaStream_t hot_stream = backend_->hot_stream();
   if (step.estimates) {
-    KVTIER_RETURN_IF_ERROR(backend_->StreamWait(hot_stream, step.selected));
     EstimateBatch estimate;
+    estimate.scored_event = step.scored;
+    estimate.selected_event = step.selected;
     estimate.num_items = step.items;
     estimate.q = step.q_in;
     estimate.block_begin = a.select_begin;

@@ -43,6 +43,7 @@ struct DecodeStep {
   EventHandle loaded = nullptr;
   EventHandle hot_attended = nullptr;
   EventHandle selected = nullptr;
+  EventHandle scored = nullptr;  // the selection's scores are in (indexes that estimate the rest)
 };
 
 }  // namespace kvtier::internal

@@ -92,7 +92,7 @@ absl::Status KvCacheImpl::Initialize() {
     for (EventHandle* e :
          {&a.uploaded, &a.appended, &a.written_back, &a.resolved, &a.loaded, &a.hot_attended,
           &a.cap_appended, &a.cap_written_back, &a.cap_resolved, &a.cap_loaded, &a.cap_hot_attended,
-          &a.selected_event, &a.cap_selected}) {
+          &a.selected_event, &a.cap_selected, &a.scored_event, &a.cap_scored}) {
       KVTIER_ASSIGN_OR_RETURN(*e, backend_->CreateEvent(false));
     }
     if (options_.collect_timings) {
@@ -369,7 +369,16 @@ absl::StatusOr<KvCache::CacheInspection> KvCacheImpl::Inspect(SeqId seq, int lay
       }
     }
     std::sort(result.selected_positions.begin(), result.selected_positions.end());
-    if (index_->estimates()) {
+    if (index_->estimates_rest()) {
+      // The zone is every candidate the selection left.
+      int32_t range[2] = {0, 0};
+      KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(&range[0], a.select_begin + item, 4, nullptr));
+      KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(&range[1], a.select_end + item, 4, nullptr));
+      KVTIER_RETURN_IF_ERROR(backend_->Synchronize(nullptr));
+      result.estimated_pages =
+          std::max(0, range[1] - range[0] - static_cast<int32_t>(result.selected_pages.size()));
+      result.estimated_tokens = int64_t{result.estimated_pages} * p;
+    } else if (index_->estimates()) {
       const int stride = index_->zone_stride();
       int32_t zone_count = 0;
       KVTIER_RETURN_IF_ERROR(backend_->CopyToHost(&zone_count, a.zone_count + item, 4, nullptr));

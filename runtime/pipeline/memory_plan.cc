@@ -40,6 +40,7 @@ IndexConfig MakeIndexConfig(const Options& o) {
   c.budget_pages = o.budget.max_pages;
   c.mass_target = o.budget.mass_target;
   c.estimate_pages = o.budget.estimate_pages;
+  c.estimate_rest = o.budget.estimate_rest;
   c.max_segment_tokens = o.max_prefill_chunk_tokens;
   c.max_segments = o.shape.num_kv_heads;
   return c;
@@ -114,6 +115,7 @@ absl::StatusOr<MemoryPlan> PlanMemory(const Options& o, const BlockIndex& index)
   sg.window_pages = m.window_pages;
   sg.max_selected = m.max_selected;
   sg.zone_stride = index.zone_stride();
+  sg.estimates = index.estimates();
   sg.summary_arrays = index.layout().arrays;
   sg.attention_workspace_bytes = PagedDecodeWorkspaceBytes(
       m.batch_items, static_cast<int>(g), static_cast<int>(d), kMaxAttentionSplits);

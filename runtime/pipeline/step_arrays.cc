@@ -65,7 +65,7 @@ void CarveDecodeScratch(Carver& c, const StepGeometry& g, DecodeScratch& x) {
   x.miss_lse = c.Take<float>(rows);
   x.hot_out = c.Take<float>(rows * d);
   x.hot_lse = c.Take<float>(rows);
-  if (g.zone_stride > 0) {
+  if (g.estimates) {
     x.estimate_out = c.Take<float>(rows * d);
     x.estimate_lse = c.Take<float>(rows);
   }

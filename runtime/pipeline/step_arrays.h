@@ -27,7 +27,8 @@ struct StepGeometry {
   int32_t sink_pages = 0;    // S
   int32_t window_pages = 0;  // W
   int32_t max_selected = 0;  // the retrieval budget k
-  int32_t zone_stride = 0;   // the estimation zone's list length (0: no estimation)
+  int32_t zone_stride = 0;   // the estimation zone's list length (0: no zone lists)
+  bool estimates = false;    // the index estimates (a zone, or the rest): estimate out / lse
   int32_t summary_arrays = 0;
   size_t attention_workspace_bytes = 0;
   size_t select_workspace_bytes = 0;
@@ -90,10 +91,12 @@ struct LayerArrays {
   EventHandle loaded = nullptr;          // miss load done
   EventHandle hot_attended = nullptr;    // the hot set's attention (hot stream) done
   EventHandle selected_event = nullptr;  // selection done (the estimation zone may start)
+  EventHandle scored_event = nullptr;    // the selection's scoring pass done (estimate_rest)
   // Joins between streams inside a Decode captured in a CUDA graph (the events above keep
   // describing the uncaptured work, which later calls wait on).
   EventHandle cap_appended = nullptr, cap_written_back = nullptr, cap_resolved = nullptr,
-              cap_loaded = nullptr, cap_hot_attended = nullptr, cap_selected = nullptr;
+              cap_loaded = nullptr, cap_hot_attended = nullptr, cap_selected = nullptr,
+              cap_scored = nullptr;
   // Timing (collect_timings): start, after plan/append/summary, after select, after resolve,
   // load start and end, end.
   EventHandle t_start = nullptr, t_plan = nullptr, t_select = nullptr, t_resolve = nullptr,

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "kernels/base/dtype.h"
 #include "kernels/block_summary.h"
@@ -243,6 +244,52 @@ TEST(BlockSelectReferenceTest, SelectionIsTheSortedRanking) {
         if (static_cast<int>(expected.size()) < item.end - item.begin) {
           EXPECT_GE(mass, c.target * 4 * (1 - 1e-6));
         }
+      }
+    }
+  }
+}
+
+// The two passes one at a time (scoring, then the selection from its logits) write what one
+// ReferenceBlockSelect writes, zone included; without logits the selection scores the
+// summaries itself. Every output is poisoned first.
+TEST(BlockSelectReferenceTest, ScoringThenSelectionEqualsOneCall) {
+  for (BlockScoreKind kind : {BlockScoreKind::kPageBounds, BlockScoreKind::kCentroid}) {
+    for (bool with_logits : {false, true}) {
+      if (with_logits && kind == BlockScoreKind::kPageBounds) continue;
+      SCOPED_TRACE(absl::StrCat(kind == BlockScoreKind::kCentroid ? "centroid" : "bounds",
+                                with_logits ? " logits" : ""));
+      SelectBatch batch(kind, DType::kBF16, 64, 4, MixedItems(), 7);
+      BlockSelectParams p = batch.Params(BlockSelectMode::kTopK, 24);
+      const size_t n = static_cast<size_t>(p.num_items);
+      std::vector<int32_t> zone(n * 40, 0x7EADBEEF), zone_count(n, 0x7EADBEEF);
+      p.zone_k = 40;
+      p.zone_selected = zone.data();
+      p.zone_count = zone_count.data();
+      std::vector<float> logits;
+      if (with_logits) {
+        logits.assign(n * p.group_size * p.max_blocks, std::numeric_limits<float>::quiet_NaN());
+        p.logits = logits.data();
+      }
+      ASSERT_TRUE(ReferenceBlockSelect(p).ok());
+      const std::vector<int32_t> selected = batch.selected, counts = batch.num_selected;
+      const std::vector<int32_t> zone_one = zone, zone_count_one = zone_count;
+      const std::vector<float> logits_one = logits;
+      std::fill(batch.selected.begin(), batch.selected.end(), 0x7EADBEEF);
+      std::fill(batch.num_selected.begin(), batch.num_selected.end(), 0x7EADBEEF);
+      std::fill(zone.begin(), zone.end(), 0x7EADBEEF);
+      std::fill(zone_count.begin(), zone_count.end(), 0x7EADBEEF);
+      std::fill(logits.begin(), logits.end(), std::numeric_limits<float>::quiet_NaN());
+      ASSERT_TRUE(ReferenceBlockScoring(p).ok());
+      EXPECT_EQ(batch.num_selected[0], 0x7EADBEEF);  // scoring selects nothing
+      ASSERT_TRUE(ReferenceBlockSelectScored(p).ok());
+      EXPECT_EQ(batch.selected, selected);
+      EXPECT_EQ(batch.num_selected, counts);
+      EXPECT_EQ(zone, zone_one);
+      EXPECT_EQ(zone_count, zone_count_one);
+      for (size_t j = 0; j < logits.size(); ++j) {  // NaN where no candidate wrote one
+        ASSERT_TRUE(logits[j] == logits_one[j] ||
+                    (std::isnan(logits[j]) && std::isnan(logits_one[j])))
+            << j;
       }
     }
   }

@@ -629,13 +629,15 @@ inline Tolerance HostTolerance(DType out_dtype) {
 inline constexpr double kFullBudgetRowRelativeError = 1e-2;
 
 // Checks what Inspect reports for (seq, layer, kv head) after a Decode of `tokens` tokens by
-// an index with budget.max_pages = `budget` and budget.estimate_pages = `estimate`, whatever
-// the kind: min(budget, cold pages) pages selected, ascending, all cold; hits + misses the
-// selection; the selected positions P a page, distinct, all cold positions ([S P, ColdEnd P):
-// a clustered index permutes tokens within the cold pages only); the estimation zone the next
-// min(budget + estimate, cold pages) - selected pages; the hot set's bounds.
+// an index with budget.max_pages = `budget` and budget.estimate_pages = `estimate` (or
+// budget.estimate_rest = `rest`), whatever the kind: min(budget, cold pages) pages selected,
+// ascending, all cold; hits + misses the selection; the selected positions P a page, distinct,
+// all cold positions ([S P, ColdEnd P): a clustered index permutes tokens within the cold
+// pages only); the estimation zone the next min(budget + estimate, cold pages) - selected
+// pages (every cold page not selected with `rest`); the hot set's bounds.
 inline void ExpectColdSelection(const KvCache::CacheInspection& x, const Geometry& geo,
-                                int64_t tokens, int budget, int estimate, const std::string& what) {
+                                int64_t tokens, int budget, int estimate, const std::string& what,
+                                bool rest = false) {
   const int64_t cold = geo.NumCold(tokens);
   const int64_t selected = std::min<int64_t>(budget, cold);
   ASSERT_EQ(static_cast<int64_t>(x.selected_pages.size()), selected) << what << ": selected";
@@ -658,7 +660,9 @@ inline void ExpectColdSelection(const KvCache::CacheInspection& x, const Geometr
           << what << ": position " << x.selected_positions[i] << " selected twice";
     }
   }
-  const int64_t zone = estimate > 0 ? std::min<int64_t>(int64_t{budget} + estimate, cold) : 0;
+  const int64_t zone = rest           ? cold
+                       : estimate > 0 ? std::min<int64_t>(int64_t{budget} + estimate, cold)
+                                      : 0;
   EXPECT_EQ(x.estimated_pages, std::max<int64_t>(0, zone - selected)) << what << ": estimated";
   EXPECT_EQ(x.estimated_tokens, int64_t{x.estimated_pages} * geo.P) << what;
   EXPECT_EQ(x.tokens, tokens) << what;
@@ -766,7 +770,7 @@ inline void ExpectFullBudgetExact(Driver& d, const Schedule& schedule,
 }
 
 // A small budget on any index and backend: each step's output is finite, and what Inspect
-// reports is a consistent selection (ExpectColdSelection). Without an estimation zone the
+// reports is a consistent selection (ExpectColdSelection). Without an estimate the
 // output is also exact attention over the hot set plus exactly the selected positions. With
 // `reordered`: how many (entry, KV head) selections held positions other than their pages'
 // [j P, (j + 1) P) (a clustered index's layout; 0 for page bounds).
@@ -791,7 +795,8 @@ inline void ExpectSmallBudgetConsistent(Driver& d, const Schedule& schedule,
             absl::StatusOr<KvCache::CacheInspection> x = d.cache().Inspect(batch[b], layer, kh);
             ASSERT_TRUE(x.ok()) << where << ": " << x.status();
             ASSERT_NO_FATAL_FAILURE(ExpectColdSelection(*x, geo, tokens, o.budget.max_pages,
-                                                        o.budget.estimate_pages, where));
+                                                        o.budget.estimate_pages, where,
+                                                        o.budget.estimate_rest));
             positions[b].push_back(x->selected_positions);
             if (reordered != nullptr &&
                 x->selected_positions != geo.PageTokens(x->selected_pages)) {
@@ -799,7 +804,7 @@ inline void ExpectSmallBudgetConsistent(Driver& d, const Schedule& schedule,
             }
           }
         }
-        if (o.budget.estimate_pages == 0) {
+        if (o.budget.estimate_pages == 0 && !o.budget.estimate_rest) {
           const Tolerance tol = tolerance(out_dtype);
           ExpectClose(out, d.ReferenceAt(layer, batch, in, positions), tol.rel, tol.abs, what);
         }

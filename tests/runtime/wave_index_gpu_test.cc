@@ -4,9 +4,9 @@
 // F1: with a retrieval budget covering every cold page, Decode equals full attention over
 // every stored token within the attention kernel's tolerance element-wise and a relative error
 // of 1e-2 per query row, on random shapes, GQA groups and mixed sequence lengths in one batch,
-// with and without an estimation zone. With a small budget: finite output, Inspect's selected
-// positions distinct cold positions, and without a zone the output equals exact attention
-// over the hot set plus those positions. Skips without a device.
+// with and without an estimation zone or the rest estimated. With a small budget: finite output,
+// Inspect's selected positions distinct cold positions, and without a zone the output equals exact
+// attention over the hot set plus those positions. Skips without a device.
 #include <cstdint>
 
 #include "gtest/gtest.h"
@@ -58,7 +58,9 @@ INSTANTIATE_TEST_SUITE_P(
                       WaveCase{8, 128, DType::kBF16, 16, 16, 64, 4096, 0, 0, 16, 2},
                       WaveCase{1, 64, DType::kFP16, 32, 0, 32, 512, 301, 0, 0, 3},
                       WaveCase{2, 256, DType::kBF16, 64, 64, 128, 2048, 777, 0, 8, 4},
-                      WaveCase{4, 64, DType::kFP16, 16, 32, 128, 256, 999, 0, 4, 5}),
+                      WaveCase{4, 64, DType::kFP16, 16, 32, 128, 256, 999, 0, 4, 5},
+                      WaveCase{4, 128, DType::kBF16, 16, 64, 256, 1024, 0, 0, -1, 6},
+                      WaveCase{2, 64, DType::kFP16, 32, 0, 64, 2048, 777, 0, -1, 7}),
     WaveCaseName);
 
 class WaveCudaSmallBudgetTest : public GpuTestBase<::testing::TestWithParam<WaveCase>> {
@@ -78,7 +80,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(WaveCase{4, 128, DType::kBF16, 16, 64, 128, 1024, 0, 16, 0, 11},
                       WaveCase{8, 128, DType::kFP16, 16, 16, 64, 2048, 0, 8, 32, 12},
                       WaveCase{1, 64, DType::kBF16, 32, 0, 32, 512, 301, 4, 4, 13},
-                      WaveCase{2, 256, DType::kBF16, 64, 64, 64, 4096, 0, 3, 0, 14}),
+                      WaveCase{2, 256, DType::kBF16, 64, 64, 64, 4096, 0, 3, 0, 14},
+                      WaveCase{4, 128, DType::kBF16, 16, 64, 128, 1024, 0, 16, -1, 15},
+                      WaveCase{8, 64, DType::kFP16, 16, 16, 64, 2048, 301, 4, -1, 16}),
     WaveCaseName);
 
 }  // namespace

@@ -27,7 +27,7 @@ struct WaveCase {
   int max_prefill_chunk;       // Options::max_prefill_chunk_tokens: the largest segment
   int64_t prefill_call_chunk;  // largest Prefill call (0: one call per layer)
   int budget;                  // budget.max_pages (0: every page)
-  int estimate;                // budget.estimate_pages
+  int estimate;                // budget.estimate_pages; -1: budget.estimate_rest
   uint64_t seed;
 };
 
@@ -35,7 +35,7 @@ inline std::string WaveCaseName(const ::testing::TestParamInfo<WaveCase>& info) 
   const WaveCase& c = info.param;
   return absl::StrCat("G", c.g, "_D", c.head_dim, "_", DTypeName(c.dtype), "_P", c.page, "_S",
                       c.sink, "_W", c.window, "_chunk", c.max_prefill_chunk, "_k", c.budget, "_e",
-                      c.estimate);
+                      c.estimate < 0 ? std::string("rest") : absl::StrCat(c.estimate));
 }
 
 // HostOptions of the case's shape with sequences of up to `max_sequence_tokens` tokens and the
@@ -47,7 +47,8 @@ inline Options WaveOptions(const WaveCase& c, int64_t max_sequence_tokens) {
   o.max_sequence_tokens = max_sequence_tokens;
   o.index = IndexKind::kWave;
   o.budget.max_pages = c.budget > 0 ? c.budget : static_cast<int>(o.max_sequence_tokens / c.page);
-  o.budget.estimate_pages = c.estimate;
+  o.budget.estimate_pages = std::max(c.estimate, 0);
+  o.budget.estimate_rest = c.estimate < 0;
   o.cache_slots_per_budget = c.budget > 0 ? 1.5 : 1.0;
   o.max_prefill_chunk_tokens = c.max_prefill_chunk;
   return o;

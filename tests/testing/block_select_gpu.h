@@ -119,6 +119,36 @@ struct BlockSelectPool : BlockSelectShape {
             << "logit " << j << ": " << got_logits[j] << " against " << want_logits[j];
       }
     }
+    {
+      // The two kernels one at a time (LaunchBlockScoring, then LaunchBlockSelectScored on
+      // what it left): the same selections, zone and logits.
+      DeviceBuffer selected_two = Upload(std::vector<int32_t>(want.size(), kPoisonInt));
+      DeviceBuffer zone_two = Upload(std::vector<int32_t>(want_zone.size() + 1, kPoisonInt));
+      DeviceBuffer logits_two = Upload(std::vector<float>(logit_count + 1, Poisoned<float>()));
+      BlockSelectParams two = p;
+      two.selected = selected_two.as<int32_t>();
+      two.zone_selected = zone_two.as<int32_t>();
+      if (keep_logits) two.logits = logits_two.as<float>();
+      ASSERT_CUDA_OK(cudaMemset(workspace.data(), 0xFF, workspace.size()));
+      ASSERT_CUDA_OK(cudaMemset(num_selected.data(), 0x7E, n * sizeof(int32_t)));
+      ASSERT_CUDA_OK(cudaMemset(zone_count.data(), 0x7E, n * sizeof(int32_t)));
+      ASSERT_OK(LaunchBlockScoring(two, stream));
+      ASSERT_OK(LaunchBlockSelectScored(two, stream));
+      ASSERT_CUDA_OK(cudaStreamSynchronize(stream));
+      ExpectRows("scored, then selected", Download<int32_t>(selected_two, want.size()),
+                 Download<int32_t>(num_selected, n), want, want_count, k);
+      if (zone_k > 0) {
+        ExpectRows("zone, scored then selected", Download<int32_t>(zone_two, want_zone.size()),
+                   Download<int32_t>(zone_count, n), want_zone, want_zone_count, zone_k);
+      }
+      if (keep_logits) {
+        const std::vector<float> got_logits = Download<float>(logits_two, logit_count);
+        for (size_t j = 0; j < logit_count; ++j) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(got_logits[j]), std::bit_cast<uint32_t>(want_logits[j]))
+              << "two passes' logit " << j;
+        }
+      }
+    }
     if (zone_k == 0) return;
 
     // The zone taken apart: the retrieval alone (zone_k 0), then the zone-only call on the

@@ -183,6 +183,7 @@ class EstimationLists {
   size_t rows() const { return static_cast<size_t>(items_) * group_; }
   int num_items() const { return items_; }
   int dim() const { return dim_; }
+  int parts() const { return parts_; }
 
   // Parameters over the host arrays, writing to `out` [rows, D] and `lse` [rows]: the lists in
   // `addressing` (kOffsets: the lists as constructed), the exclusion lists when the batch has

@@ -55,7 +55,8 @@ ABSL_FLAG(double, budget_fraction, kDefaults.budget_fraction,
           "retrieval budget as a share of the cold (offloaded) tokens of the last evaluated "
           "query's context, in (0, 1]; rounded up to pages (ignored with --sweep)");
 ABSL_FLAG(double, estimate_fraction, kDefaults.estimate_fraction,
-          "--index=wave: the estimation zone as a share of the cold tokens (0: none)");
+          "--index=wave: the estimation zone as a share of the cold tokens (0: none; 1: every "
+          "cold page not retrieved, estimated beside the selection)");
 ABSL_FLAG(double, mass_target, kDefaults.mass_target,
           "--index=wave: 0 selects the budget's pages by score; in (0, 1] the fewest pages "
           "holding this estimated share of the mass, at most the budget");

@@ -2,9 +2,10 @@
 // object per run, stable keys below), a CSV for sweeps, and the sweep's plot, drawn by
 // scripts/plot_accuracy.py with matplotlib.
 //
-// JSON keys of each object (numbers; null for NaN; "error" null or the failure's message):
+// JSON keys of each object (numbers; null for NaN; estimate_rest a boolean, 1 / 0 in the CSV;
+// "error" null or the failure's message):
 //   dump, index, backend, context, cold_tokens, budget_fraction, budget_pages,
-//   estimate_fraction, estimate_pages, mass_target, queries, query_heads,
+//   estimate_fraction, estimate_pages, estimate_rest, mass_target, queries, query_heads,
 //   mean_output_error, p95_output_error, max_output_error, nonfinite_outputs,
 //   max_restricted_error, mean_mass_captured, min_mass_captured, mean_oracle_mass,
 //   needles_found, needles_planted, tokens_retrieved, tokens_estimated, seconds, error, notes

@@ -237,8 +237,11 @@ absl::StatusOr<Options> MakeRunOptions(const AccuracyInput& input, const RunSpec
     const int64_t cold = tools::ColdTokens(input.last_evaluated_position() + 1, spec.page_size,
                                            spec.sink_tokens, spec.window_tokens);
     o.budget.max_pages = std::max(1, PagesOf(spec.budget_fraction, cold, spec.page_size));
-    o.budget.estimate_pages =
-        spec.estimate_fraction > 0 ? PagesOf(spec.estimate_fraction, cold, spec.page_size) : 0;
+    // A share of 1 estimates every cold page that is not retrieved (the rest).
+    o.budget.estimate_rest = spec.estimate_fraction >= 1;
+    o.budget.estimate_pages = spec.estimate_fraction > 0 && !o.budget.estimate_rest
+                                  ? PagesOf(spec.estimate_fraction, cold, spec.page_size)
+                                  : 0;
   }
   o.budget.mass_target = spec.mass_target;
   // Every page of the sequence, K and V, plus two spare pages per KV head and some slack.
@@ -403,6 +406,7 @@ RunResult RunInputWithOptions(const AccuracyInput& input, const RunSpec& spec,
   r.query_heads = input.shape.num_query_heads;
   r.budget_pages = options.budget.max_pages;
   r.estimate_pages = options.budget.estimate_pages;
+  r.estimate_rest = options.budget.estimate_rest;
   r.needles_planted = static_cast<int>(input.needles.size());
   if (!input.evaluated.empty() && options.page_size > 0) {
     r.cold_tokens = tools::ColdTokens(input.last_evaluated_position() + 1, options.page_size,

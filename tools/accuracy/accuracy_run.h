@@ -95,11 +95,12 @@ struct RunResult {
   // Not OK when the run could not be made or failed (e.g. KvCache::Create refused the
   // options); the figures are then NaN / 0.
   absl::Status status;
-  int64_t context = 0;      // the input's tokens
-  int64_t cold_tokens = 0;  // of the last evaluated query's context: what the budget shares
-  int budget_pages = 0;     // Options::budget.max_pages
-  int estimate_pages = 0;   // Options::budget.estimate_pages
-  int queries = 0;          // evaluated
+  int64_t context = 0;         // the input's tokens
+  int64_t cold_tokens = 0;     // of the last evaluated query's context: what the budget shares
+  int budget_pages = 0;        // Options::budget.max_pages
+  int estimate_pages = 0;      // Options::budget.estimate_pages
+  bool estimate_rest = false;  // Options::budget.estimate_rest (estimate_fraction 1)
+  int queries = 0;             // evaluated
   int query_heads = 0;
   static constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
   // Over evaluated queries and query heads.

@@ -284,7 +284,8 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   c.accuracy_samples = static_cast<int>(std::min<int64_t>(flags.accuracy_samples, triples));
   // The estimation zone in pages: a share of the cold tokens at the last step, rounded up.
   c.estimate_pages = flags.estimate_pages;
-  if (flags.estimate_fraction > 0) {
+  c.estimate_rest = flags.estimate_fraction >= 1;  // every cold page not retrieved
+  if (flags.estimate_fraction > 0 && !c.estimate_rest) {
     const int64_t cold =
         tools::ColdTokens(c.final_tokens(), c.page_size, c.sink_tokens, c.window_tokens);
     c.estimate_pages = static_cast<int>(
@@ -350,6 +351,7 @@ absl::StatusOr<Options> MakeOptions(const ReplayConfig& c) {
   o.budget.max_pages = c.budget_pages;
   o.budget.mass_target = c.mass_target;
   o.budget.estimate_pages = c.estimate_pages;
+  o.budget.estimate_rest = c.estimate_rest;
   o.index = c.index;
   o.cache_slots_per_budget = c.cache_slots_per_budget;
   switch (c.policy) {

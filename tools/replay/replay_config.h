@@ -95,7 +95,8 @@ struct ReplayConfig {
   IndexKind index = IndexKind::kPageBounds;
   int budget_pages = 0;
   double mass_target = 0;
-  int estimate_pages = 0;  // Options::budget.estimate_pages, resolved from either flag
+  int estimate_pages = 0;      // Options::budget.estimate_pages, resolved from either flag
+  bool estimate_rest = false;  // Options::budget.estimate_rest: --estimate_fraction=1
   PolicyChoice policy = PolicyChoice::kScore;
   double cache_slots_per_budget = 0;
   float score_decay = 0;

@@ -69,7 +69,8 @@ ABSL_FLAG(int32_t, estimate_pages, kDefaults.estimate_pages,
 ABSL_FLAG(double, estimate_fraction, kDefaults.estimate_fraction,
           "--index=wave: the estimation zone as a share of the cold (offloaded) tokens a "
           "sequence holds after the last step, rounded up to pages (instead of "
-          "--estimate_pages)");
+          "--estimate_pages); 1: every cold page not retrieved, estimated beside the "
+          "selection");
 ABSL_FLAG(std::string, policy, kDefaults.policy,
           "page-cache policy: lru, score (lowest accumulated attention mass), last (cache = "
           "last step's selection) or off (no cache)");

@@ -128,7 +128,9 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
       absl::StrCat(IndexKindName(c.index), " index, budget ", c.budget_pages, " pages of ",
                    c.page_size, " tokens",
                    c.mass_target > 0 ? absl::StrCat(" (mass target ", c.mass_target, ")") : "",
-                   c.estimate_pages > 0 ? absl::StrCat(", ", c.estimate_pages, " estimated") : "",
+                   c.estimate_rest        ? ", the rest estimated"
+                   : c.estimate_pages > 0 ? absl::StrCat(", ", c.estimate_pages, " estimated")
+                                          : "",
                    "; hot set ", c.sink_tokens, " sink + ", c.window_tokens, " window tokens"));
   row("page cache",
       absl::StrCat(PolicyChoiceName(c.policy), " (", CachePolicyName(o.cache_policy),
@@ -181,14 +183,16 @@ void PrintTable(const ReplayResult& r, std::ostream& out, bool per_sample) {
                                             " mean (hot set + the best pages by exact mass)"));
     row("output error", absl::StrCat(Sig(s.mean_output_error), " mean, ", Sig(s.max_output_error),
                                      " max (relative L2 per query head)"));
-    if (c.estimate_pages > 0) {
+    if (c.estimate_pages > 0 || c.estimate_rest) {
       row("estimated",
           absl::StrCat(Sig(s.mean_estimated_tokens), " tokens mean (estimation zone, per sample)"));
     }
     row("error given selection",
         absl::StrCat(Sig(s.max_restricted_error),
                      " max (against exact attention over the same tokens: rounding only",
-                     c.estimate_pages > 0 ? ", plus the estimation zone's estimate)" : ")"));
+                     c.estimate_pages > 0 || c.estimate_rest
+                         ? ", plus the estimation zone's estimate)"
+                         : ")"));
     if (per_sample) {
       out << absl::StrFormat("  %5s %4s %5s %4s %7s %8s %5s %5s %8s %8s %9s %9s\n", "step", "seq",
                              "layer", "head", "tokens", "captured", "pages", "hits", "mass",
@@ -227,6 +231,7 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
       .Int("budget_pages", c.budget_pages)
       .Num("mass_target", c.mass_target)
       .Int("estimate_pages", c.estimate_pages)
+      .Bool("estimate_rest", c.estimate_rest)
       .Str("policy", PolicyChoiceName(c.policy))
       .Num("cache_slots_per_budget", c.cache_slots_per_budget)
       .Num("score_decay", c.score_decay)

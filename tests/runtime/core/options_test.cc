@@ -113,6 +113,12 @@ INSTANTIATE_TEST_SUITE_P(
                o.budget.estimate_pages = 512;
              },
              {}},
+        Case{"WaveEstimateRest",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.estimate_rest = true;
+             },
+             {}},
         Case{"CacheSlotsExactlyOneBudget", [](Options& o) { o.cache_slots_per_budget = 1.0; }, {}},
         Case{"LruPolicy", [](Options& o) { o.cache_policy = CachePolicy::kLeastRecentlyUsed; }, {}},
         Case{"LastStepSelectionPolicy",
@@ -232,6 +238,16 @@ INSTANTIATE_TEST_SUITE_P(
         Case{"PageBoundsEstimationZone",
              [](Options& o) { o.budget.estimate_pages = 8; },
              {"budget.estimate_pages = 8", "no estimation zone"}},
+        Case{"PageBoundsEstimateRest",
+             [](Options& o) { o.budget.estimate_rest = true; },
+             {"budget.estimate_rest = true", "no estimation zone", "index = wave"}},
+        Case{"WaveEstimateRestWithAZone",
+             [](Options& o) {
+               o.index = IndexKind::kWave;
+               o.budget.estimate_rest = true;
+               o.budget.estimate_pages = 8;
+             },
+             {"budget.estimate_pages = 8", "must be 0 with budget.estimate_rest"}},
         Case{"WaveNegativeEstimationZone",
              [](Options& o) {
                o.index = IndexKind::kWave;

@@ -224,6 +224,62 @@ TEST(AccuracyRunTest, TheWaveIndexRunsOrSaysWhy) {
   }
 }
 
+// --estimate_fraction=1 estimates every cold page the selection leaves (Options::budget.
+// estimate_rest), and the run, its JSON object, CSV row and table say so. The synthetic input
+// is cut to its first 4 query positions (prefill 1792 tokens, 4 decodes), 2 of them evaluated.
+TEST(AccuracyRunTest, EstimateFractionOneEstimatesTheRest) {
+  const AccuracyConfig c = SyntheticConfig(0, 2);
+  absl::StatusOr<AccuracyInput> in = MakeSyntheticInput(c);
+  ASSERT_TRUE(in.ok()) << in.status();
+  ASSERT_EQ(in->prefill_tokens, 1792);
+  in->query_positions.resize(4);
+  in->evaluated = {1, 3};  // positions 1793 and 1795
+  RunSpec spec = Spec(c, 0.05);
+  spec.index = IndexKind::kWave;
+  spec.estimate_fraction = 1.0;
+  absl::StatusOr<Options> options = MakeRunOptions(*in, spec);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_TRUE(options->budget.estimate_rest);
+  EXPECT_EQ(options->budget.estimate_pages, 0);
+  const RunResult r = RunInput(*in, spec);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_TRUE(r.estimate_rest);
+  EXPECT_EQ(r.estimate_pages, 0);
+  EXPECT_EQ(r.queries, 2);
+  // 1794 and 1796 tokens: 113 pages, cold [4, 113 - 32) = 77 pages (1232 tokens); 5% of them
+  // is 3.85 pages: a budget of 4 pages, and the other 73 pages (1168 tokens) are estimated.
+  EXPECT_EQ(r.cold_tokens, 1232);
+  EXPECT_EQ(r.budget_pages, 4);
+  EXPECT_DOUBLE_EQ(r.tokens_retrieved, 4 * 16);
+  EXPECT_DOUBLE_EQ(r.tokens_estimated, 73 * 16);
+  EXPECT_EQ(r.output_error.non_finite, 0);
+
+  RunResult zone = r;  // a run with a zone in pages instead, for the contrast
+  zone.estimate_rest = false;
+  zone.estimate_pages = 7;
+  std::ostringstream json;
+  PrintJson({r, zone}, json);
+  EXPECT_TRUE(JsonChecker(json.str()).Valid()) << json.str();
+  const std::vector<std::string> objects = absl::StrSplit(json.str(), "\"dump\": ");
+  ASSERT_EQ(objects.size(), 3u) << json.str();
+  // estimate_rest a boolean, right after estimate_pages.
+  EXPECT_THAT(objects[1], HasSubstr("\"estimate_pages\": 0,\n    \"estimate_rest\": true,\n"));
+  EXPECT_THAT(objects[2], HasSubstr("\"estimate_pages\": 7,\n    \"estimate_rest\": false,\n"));
+
+  std::ostringstream csv;
+  WriteCsv({r, zone}, csv);
+  const std::vector<std::string> lines = absl::StrSplit(csv.str(), '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_THAT(lines[0], HasSubstr(",estimate_pages,estimate_rest,mass_target,"));
+  // budget_fraction, budget_pages, estimate_fraction, estimate_pages, estimate_rest (1 / 0).
+  EXPECT_THAT(lines[1], HasSubstr(",0.05,4,1,0,1,0,"));
+  EXPECT_THAT(lines[2], HasSubstr(",0.05,4,1,7,0,0,"));
+
+  std::ostringstream table;
+  PrintTable(c, {r}, table);
+  EXPECT_THAT(table.str(), HasSubstr("     4  rest "));
+}
+
 // ---- reports -------------------------------------------------------------------------------
 
 std::vector<RunResult> TwoRuns() {
