@@ -128,9 +128,8 @@ class WaveIndex final : public BlockIndex {
     // retrieved ones under top-k, and of a mass-target prefix, which ranks the same way),
     // from the scores and logits Select left in the workspace.
     BlockSelectParams zone = BatchSelectParams(
-        batch.num_items, batch.q, batch.block_begin, batch.block_end,
-        batch.summaries, /*read only: the zone call writes the zone*/
-        const_cast<int32_t*>(batch.selected), const_cast<int32_t*>(batch.num_selected),
+        batch.num_items, batch.q, batch.block_begin, batch.block_end, batch.summaries,
+        /*selected, num_selected: the zone call writes only the zone*/ nullptr, nullptr,
         batch.workspace, batch.workspace_bytes);
     zone.zone_k = zone_stride();
     zone.zone_selected = batch.zone;

@@ -235,8 +235,6 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
   }
   if (p.block_begin == nullptr) return Invalid("block_begin is null");
   if (p.block_end == nullptr) return Invalid("block_end is null");
-  if (p.selected == nullptr) return Invalid("selected is null");
-  if (p.num_selected == nullptr) return Invalid("num_selected is null");
   if (p.kind == BlockScoreKind::kPageBounds && p.bounds == nullptr) {
     return Invalid("bounds is null (kind kPageBounds)");
   }
@@ -246,6 +244,13 @@ absl::Status ValidateBlockSelectShape(const BlockSelectParams& p) {
   if (p.kind == BlockScoreKind::kCentroid && p.count == nullptr) {
     return Invalid("count is null (kind kCentroid)");
   }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSelectionOutputs(const BlockSelectParams& p) {
+  if (p.num_items == 0) return absl::OkStatus();
+  if (p.selected == nullptr) return Invalid("selected is null");
+  if (p.num_selected == nullptr) return Invalid("num_selected is null");
   return absl::OkStatus();
 }
 
@@ -346,6 +351,7 @@ void SelectItems(const BlockSelectParams& p, bool logits_in) {
 
 absl::Status ReferenceBlockSelect(const BlockSelectParams& p) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(internal::ValidateSelectionOutputs(p));
   KVTIER_RETURN_IF_ERROR(ValidateItems(p));
   SelectItems(p, /*logits_in=*/false);
   return absl::OkStatus();
@@ -364,6 +370,7 @@ absl::Status ReferenceBlockScoring(const BlockSelectParams& p) {
 
 absl::Status ReferenceBlockSelectScored(const BlockSelectParams& p) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(p));
+  KVTIER_RETURN_IF_ERROR(internal::ValidateSelectionOutputs(p));
   KVTIER_RETURN_IF_ERROR(ValidateItems(p));
   SelectItems(p, /*logits_in=*/p.kind == BlockScoreKind::kCentroid && p.logits != nullptr);
   return absl::OkStatus();

@@ -409,6 +409,7 @@ absl::Status LaunchSelect(const BlockSelectParams& params, bool zone_only, cudaS
 
 absl::Status LaunchBlockSelect(const BlockSelectParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  KVTIER_RETURN_IF_ERROR(internal::ValidateSelectionOutputs(params));
   if (params.num_items == 0) return absl::OkStatus();
   KVTIER_RETURN_IF_ERROR(CheckWorkspace(params));
   KVTIER_RETURN_IF_ERROR(internal::LaunchBlockScores(params, stream));
@@ -424,6 +425,7 @@ absl::Status LaunchBlockScoring(const BlockSelectParams& params, cudaStream_t st
 
 absl::Status LaunchBlockSelectScored(const BlockSelectParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateBlockSelectShape(params));
+  KVTIER_RETURN_IF_ERROR(internal::ValidateSelectionOutputs(params));
   if (params.num_items == 0) return absl::OkStatus();
   KVTIER_RETURN_IF_ERROR(CheckWorkspace(params));
   return LaunchSelect(params, /*zone_only=*/false, stream);

@@ -129,6 +129,9 @@ namespace internal {
 // Checks of everything the host can check without reading the per-item arrays, shared by
 // launcher and twin. InvalidArgument naming the field.
 absl::Status ValidateBlockSelectShape(const BlockSelectParams& params);
+// The retrieving calls' extra check: selected and num_selected set (the scoring pass and the
+// zone-only calls write neither and may leave them null).
+absl::Status ValidateSelectionOutputs(const BlockSelectParams& params);
 // The zone-only calls' extra check: zone_k > 0.
 absl::Status ValidateZoneOnly(const BlockSelectParams& params);
 // Rows of max_blocks floats an item's workspace holds first: the scores, then for kCentroid
@@ -141,7 +144,8 @@ int ScoreRows(const BlockSelectParams& params);
 // summary pointers) before writing anything; the workspace is not used.
 absl::Status ReferenceBlockSelect(const BlockSelectParams& params);
 
-// The zone alone (the retrieval call's params with zone_k > 0; only the zone is written), as
+// The zone alone (the retrieval call's params with zone_k > 0, selected and num_selected unused
+// and possibly null; only the zone is written), as
 // the retrieval's call with the same params would write it: the top zone_k blocks of the same
 // ranking. The twin scores from `logits` when set (a ReferenceBlockSelect with the same params
 // wrote them), else from the summaries. Lets a caller take the zone off the retrieval's

@@ -286,6 +286,16 @@ TEST(BlockSelectReferenceTest, ScoringThenSelectionEqualsOneCall) {
       EXPECT_EQ(batch.num_selected, counts);
       EXPECT_EQ(zone, zone_one);
       EXPECT_EQ(zone_count, zone_count_one);
+      // Scoring and the zone alone write no selection: they take null outputs for it.
+      BlockSelectParams no_outputs = p;
+      no_outputs.selected = nullptr;
+      no_outputs.num_selected = nullptr;
+      EXPECT_TRUE(ReferenceBlockScoring(no_outputs).ok());
+      EXPECT_TRUE(ReferenceBlockSelectZone(no_outputs).ok());
+      EXPECT_EQ(zone, zone_one);
+      const absl::Status refused = ReferenceBlockSelectScored(no_outputs);
+      EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << refused;
+      EXPECT_NE(std::string(refused.message()).find("selected is null"), std::string::npos);
       for (size_t j = 0; j < logits.size(); ++j) {  // NaN where no candidate wrote one
         ASSERT_TRUE(logits[j] == logits_one[j] ||
                     (std::isnan(logits[j]) && std::isnan(logits_one[j])))
