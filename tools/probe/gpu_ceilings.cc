@@ -35,6 +35,10 @@ absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report
   return absl::UnavailableError("kvtier was built without CUDA");
 }
 
+absl::Status MeasureBulkRates(const ProbeOptions& options, ProbeReport* report) {
+  return absl::UnavailableError("kvtier was built without CUDA");
+}
+
 #else  // KVTIER_WITH_CUDA
 
 namespace {
@@ -86,14 +90,31 @@ absl::StatusOr<double> CopyGbps(const Setup& s, void* dst, const void* src, size
   return bytes_counted / seconds * 1e-9;
 }
 
+// The rows a bound needs: pinned host-to-device, and device-to-device (read + written).
+absl::Status MeasurePinnedToDevice(const Setup& s, ProbeReport* report) {
+  KVTIER_ASSIGN_OR_RETURN(const double gbps,
+                          CopyGbps(s, s.device_a.data(), s.host_a.data(), s.bytes,
+                                   cudaMemcpyHostToDevice, static_cast<double>(s.bytes)));
+  report->AddRow({"pinned_h2d", "pinned host-to-device", gbps, "GB/s",
+                  absl::StrCat("cudaMemcpyAsync, ", FormatBytes(static_cast<int64_t>(s.bytes)))});
+  return absl::OkStatus();
+}
+absl::Status MeasureDeviceToDevice(const Setup& s, ProbeReport* report) {
+  KVTIER_ASSIGN_OR_RETURN(const double gbps,
+                          CopyGbps(s, s.device_b.data(), s.device_a.data(), s.bytes,
+                                   cudaMemcpyDeviceToDevice, 2 * static_cast<double>(s.bytes)));
+  report->AddRow({"d2d_copy", "device-to-device copy", gbps, "GB/s",
+                  absl::StrCat("bytes read + written, ", FormatBytes(static_cast<int64_t>(s.bytes)),
+                               " copied")});
+  return absl::OkStatus();
+}
+
 // The bulk copies: pinned each way, both ways at once, pageable, device to device.
 absl::Status MeasureBulkCopies(const Setup& s, ProbeReport* report) {
   const std::string size = FormatBytes(static_cast<int64_t>(s.bytes));
   const double bytes = static_cast<double>(s.bytes);
-  KVTIER_ASSIGN_OR_RETURN(double gbps, CopyGbps(s, s.device_a.data(), s.host_a.data(), s.bytes,
-                                                cudaMemcpyHostToDevice, bytes));
-  report->AddRow({"pinned_h2d", "pinned host-to-device", gbps, "GB/s",
-                  absl::StrCat("cudaMemcpyAsync, ", size)});
+  KVTIER_RETURN_IF_ERROR(MeasurePinnedToDevice(s, report));
+  double gbps = 0;
   KVTIER_ASSIGN_OR_RETURN(gbps, CopyGbps(s, s.host_b.data(), s.device_a.data(), s.bytes,
                                          cudaMemcpyDeviceToHost, bytes));
   report->AddRow({"pinned_d2h", "pinned device-to-host", gbps, "GB/s",
@@ -125,12 +146,7 @@ absl::Status MeasureBulkCopies(const Setup& s, ProbeReport* report) {
       gbps, CopyGbps(s, s.device_a.data(), pageable.get(), s.bytes, cudaMemcpyHostToDevice, bytes));
   report->AddRow({"pageable_h2d", "pageable host-to-device", gbps, "GB/s",
                   absl::StrCat("cudaMemcpyAsync from malloc'd memory, ", size)});
-
-  KVTIER_ASSIGN_OR_RETURN(gbps, CopyGbps(s, s.device_b.data(), s.device_a.data(), s.bytes,
-                                         cudaMemcpyDeviceToDevice, 2 * bytes));
-  report->AddRow({"d2d_copy", "device-to-device copy", gbps, "GB/s",
-                  absl::StrCat("bytes read + written, ", size, " copied")});
-  return absl::OkStatus();
+  return MeasureDeviceToDevice(s, report);
 }
 
 // Uploads the page pointers of `num_batches` launches of `batch_pages` each: distinct
@@ -242,18 +258,60 @@ std::string YesNo(bool b) { return b ? "yes" : "no"; }
 
 }  // namespace
 
-absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report) {
+namespace {
+
+absl::Status CheckDevice(const ProbeOptions& options) {
   const int count = CudaDeviceCount();
   if (options.device < 0 || options.device >= count) {
     return absl::InvalidArgumentError(
         absl::StrCat("--device=", options.device, " but ", count, " CUDA device(s) are visible"));
   }
-  KVTIER_ASSIGN_OR_RETURN(const GpuInfo gpu, QueryGpu(options.device));
+  return absl::OkStatus();
+}
+
+absl::Status AddGpuInfo(const ProbeOptions& options, ProbeReport* report, GpuInfo* gpu) {
+  KVTIER_ASSIGN_OR_RETURN(*gpu, QueryGpu(options.device));
   report->AddInfo("gpu", absl::StrFormat("%s (device %d), sm_%d%d, %d SMs, %s memory (%s free)",
-                                         gpu.name, gpu.device_id, gpu.compute_capability_major,
-                                         gpu.compute_capability_minor, gpu.sm_count,
-                                         FormatBytes(gpu.total_memory_bytes),
-                                         FormatBytes(gpu.free_memory_bytes)));
+                                         gpu->name, gpu->device_id, gpu->compute_capability_major,
+                                         gpu->compute_capability_minor, gpu->sm_count,
+                                         FormatBytes(gpu->total_memory_bytes),
+                                         FormatBytes(gpu->free_memory_bytes)));
+  return absl::OkStatus();
+}
+
+// The streams, events and the four bulk buffers of `s` (options.bytes each), filled.
+absl::Status PrepareBulkBuffers(const ProbeOptions& options, Setup* s) {
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
+  s->bytes = static_cast<size_t>(options.bytes);
+  s->repetitions = options.repetitions;
+  KVTIER_ASSIGN_OR_RETURN(s->stream, CudaStream::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->second_stream, CudaStream::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->start, CudaEvent::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->stop, CudaEvent::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->join, CudaEvent::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->host_a,
+                          PinnedBuffer::Allocate({.bytes = s->bytes, .device_id = options.device}));
+  KVTIER_ASSIGN_OR_RETURN(s->host_b,
+                          PinnedBuffer::Allocate({.bytes = s->bytes, .device_id = options.device}));
+  if (!s->host_a.pinned() || !s->host_b.pinned()) {
+    return absl::InternalError("the host buffers were not page-locked although a GPU is present");
+  }
+  std::memset(s->host_a.data(), 0x5A, s->bytes);
+  std::memset(s->host_b.data(), 0, s->bytes);
+  KVTIER_ASSIGN_OR_RETURN(s->device_a, DeviceBuffer::Allocate(s->bytes));
+  KVTIER_ASSIGN_OR_RETURN(s->device_b, DeviceBuffer::Allocate(s->bytes));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s->device_a.data(), 0x3C, s->bytes, s->stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s->device_b.data(), 0, s->bytes, s->stream.get()));
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s->stream.get()));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report) {
+  KVTIER_RETURN_IF_ERROR(CheckDevice(options));
+  GpuInfo gpu;
+  KVTIER_RETURN_IF_ERROR(AddGpuInfo(options, report, &gpu));
   report->AddInfo("gpu pci bus id", gpu.pci_bus_id);
   {
     KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<const NumaTopology> topology, NumaTopology::Shared());
@@ -263,42 +321,31 @@ absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report
         node.ok() ? absl::StrCat(*node) : absl::StrCat("unknown (", node.status().message(), ")"));
   }
 
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device));
   Setup s;
-  s.bytes = static_cast<size_t>(options.bytes);
-  s.repetitions = options.repetitions;
-  KVTIER_ASSIGN_OR_RETURN(s.stream, CudaStream::Create());
-  KVTIER_ASSIGN_OR_RETURN(s.second_stream, CudaStream::Create());
-  KVTIER_ASSIGN_OR_RETURN(s.start, CudaEvent::Create());
-  KVTIER_ASSIGN_OR_RETURN(s.stop, CudaEvent::Create());
-  KVTIER_ASSIGN_OR_RETURN(s.join, CudaEvent::Create());
-  KVTIER_ASSIGN_OR_RETURN(s.host_a,
-                          PinnedBuffer::Allocate({.bytes = s.bytes, .device_id = options.device}));
-  KVTIER_ASSIGN_OR_RETURN(s.host_b,
-                          PinnedBuffer::Allocate({.bytes = s.bytes, .device_id = options.device}));
+  KVTIER_RETURN_IF_ERROR(PrepareBulkBuffers(options, &s));
   const NumaPlacement& placement = s.host_a.placement();
   report->AddInfo("pinned buffers",
                   absl::StrCat("node ", placement.node, ", bound to it: ", YesNo(placement.bound),
                                ", page-locked: ", YesNo(s.host_a.pinned() && s.host_b.pinned()),
                                " (", placement.how, ")"));
-  if (!s.host_a.pinned() || !s.host_b.pinned()) {
-    return absl::InternalError("the host buffers were not page-locked although a GPU is present");
-  }
-  std::memset(s.host_a.data(), 0x5A, s.bytes);
-  std::memset(s.host_b.data(), 0, s.bytes);
-  KVTIER_ASSIGN_OR_RETURN(s.device_a, DeviceBuffer::Allocate(s.bytes));
-  KVTIER_ASSIGN_OR_RETURN(s.device_b, DeviceBuffer::Allocate(s.bytes));
   const size_t array_bytes = s.bytes / kMinPageBytes * sizeof(void*);
   KVTIER_ASSIGN_OR_RETURN(s.src_array, DeviceBuffer::Allocate(array_bytes));
   KVTIER_ASSIGN_OR_RETURN(s.dst_array, DeviceBuffer::Allocate(array_bytes));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_a.data(), 0x3C, s.bytes, s.stream.get()));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(s.device_b.data(), 0, s.bytes, s.stream.get()));
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream.get()));
 
   KVTIER_RETURN_IF_ERROR(MeasureBulkCopies(s, report));
   KVTIER_RETURN_IF_ERROR(MeasurePageReads(s, report));
   KVTIER_RETURN_IF_ERROR(MeasurePerPageMemcpy(s, report));
   return absl::OkStatus();
+}
+
+absl::Status MeasureBulkRates(const ProbeOptions& options, ProbeReport* report) {
+  KVTIER_RETURN_IF_ERROR(CheckDevice(options));
+  GpuInfo gpu;
+  KVTIER_RETURN_IF_ERROR(AddGpuInfo(options, report, &gpu));
+  Setup s;
+  KVTIER_RETURN_IF_ERROR(PrepareBulkBuffers(options, &s));
+  KVTIER_RETURN_IF_ERROR(MeasurePinnedToDevice(s, report));
+  return MeasureDeviceToDevice(s, report);
 }
 
 #endif  // KVTIER_WITH_CUDA

@@ -13,4 +13,9 @@ namespace kvtier::probe {
 // when host or device memory runs out, Internal (with the CUDA call) for other CUDA errors.
 absl::Status MeasureGpuCeilings(const ProbeOptions& options, ProbeReport* report);
 
+// The two rows a performance model's bound needs, quickly: "pinned_h2d" and "d2d_copy" (the
+// same measurements as MeasureGpuCeilings', of options.bytes each; 64 MiB and 3 repetitions
+// take well under a second), and the "gpu" info. Errors as MeasureGpuCeilings'.
+absl::Status MeasureBulkRates(const ProbeOptions& options, ProbeReport* report);
+
 }  // namespace kvtier::probe

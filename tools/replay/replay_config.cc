@@ -307,6 +307,12 @@ absl::Status ResolveRates(const ReplayFlags& flags, ReplayConfig* c) {
   c->hbm_bytes_per_second = defaults.hbm_bytes_per_second;
   c->pcie_bytes_per_second = defaults.pcie_bytes_per_second;
   c->hbm_rate_source = c->pcie_rate_source = std::string(kBuiltInRates);
+  if (flags.rates.empty() && flags.measured_hbm_bytes_per_second > 0 &&
+      flags.measured_pcie_bytes_per_second > 0) {
+    c->hbm_bytes_per_second = flags.measured_hbm_bytes_per_second;
+    c->pcie_bytes_per_second = flags.measured_pcie_bytes_per_second;
+    c->hbm_rate_source = c->pcie_rate_source = flags.measured_rates_source;
+  }
   if (!flags.rates.empty() && (flags.hbm_gbps <= 0 || flags.pcie_gbps <= 0)) {
     KVTIER_ASSIGN_OR_RETURN(const tools::ProbeRates probe, tools::ReadProbeRates(flags.rates));
     const std::string source = absl::StrCat("kvtier-probe report ", flags.rates);

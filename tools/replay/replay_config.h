@@ -79,6 +79,12 @@ struct ReplayFlags {
   // A kvtier-probe --json report (machine_rates.h) for the rates the flags above leave unset;
   // "" for none (kvtier-replay's main fills in the default path when a report is there).
   std::string rates;
+  // Rates measured at start (kvtier-replay's main measures them briefly when the flags and
+  // `rates` leave one unset and a CUDA device runs the replay; 0: not measured), for the rates
+  // that neither the flags nor `rates` give, and their source for the report.
+  double measured_hbm_bytes_per_second = 0;
+  double measured_pcie_bytes_per_second = 0;
+  std::string measured_rates_source;
   int accuracy_samples = 8;    // (sequence, layer, KV head) triples checked against exact
   int accuracy_steps = 4;      // decode steps at which they are checked (spread, last included)
   bool phase_timings = false;  // Options::collect_timings
@@ -110,8 +116,8 @@ struct ReplayConfig {
   int64_t gpu_memory_bytes = 0;
   double hbm_bytes_per_second = 0;
   double pcie_bytes_per_second = 0;
-  // Where each rate came from, for the report: "--hbm_gbps", "kvtier-probe report PATH", or
-  // the built-in constants'.
+  // Where each rate came from, for the report: "--hbm_gbps", "kvtier-probe report PATH", the
+  // measurement at start, or the built-in constants'.
   std::string hbm_rate_source;
   std::string pcie_rate_source;
   int accuracy_samples = 0;

@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "tools/probe/gpu_ceilings.h"
+#include "tools/probe/probe_report.h"
 #include "tools/replay/machine_rates.h"
 #include "tools/replay/replay_config.h"
 #include "tools/replay/replay_report.h"
@@ -89,14 +92,16 @@ ABSL_FLAG(double, gpu_memory_gib, kDefaults.gpu_memory_gib,
           "device memory kvtier may plan (0: 90% of the device's free memory; host backend: "
           "64)");
 ABSL_FLAG(double, hbm_gbps, kDefaults.hbm_gbps,
-          "HBM rate of the bound, GB/s (0: from --rates, else the built-in H100 rate)");
+          "HBM rate of the bound, GB/s (0: from --rates, else measured at start on a CUDA "
+          "device, else the built-in H100 rate)");
 ABSL_FLAG(double, pcie_gbps, kDefaults.pcie_gbps,
-          "pinned host-to-device rate of the bound, GB/s (0: from --rates, else the built-in "
-          "H100 rate)");
+          "pinned host-to-device rate of the bound, GB/s (0: from --rates, else measured at "
+          "start on a CUDA device, else the built-in H100 rate)");
 ABSL_FLAG(std::string, rates, "",
           "a kvtier-probe --json report of this machine (kvtier-probe --json_out=FILE) for the "
           "bound's rates; empty: $XDG_CACHE_HOME/kvtier/probe.json or "
-          "~/.cache/kvtier/probe.json when there is one, else the built-in H100 rates");
+          "~/.cache/kvtier/probe.json when there is one, else (CUDA) measured at start and "
+          "saved there");
 ABSL_FLAG(int32_t, accuracy_samples, kDefaults.accuracy_samples,
           "(sequence, layer, KV head) triples checked against exact attention (0: none)");
 ABSL_FLAG(int32_t, accuracy_steps, kDefaults.accuracy_steps,
@@ -179,6 +184,51 @@ ReplayFlags ReadFlags() {
   f.accuracy_steps = absl::GetFlag(FLAGS_accuracy_steps);
   f.phase_timings = absl::GetFlag(FLAGS_phase_timings);
   return f;
+}
+
+// The bound's rates measured briefly (kvtier-probe's pinned host-to-device and device-to-device
+// copies, 128 MiB each) when neither the flags nor a probe report give both and the replay runs
+// on a CUDA device; the measurement is saved as a probe report at the default path, which
+// later runs read instead. A failure leaves the built-in rates, with a word.
+void MeasureRatesIfMissing(ReplayFlags& f) {
+  if (!f.rates.empty() || (f.hbm_gbps > 0 && f.pcie_gbps > 0)) return;
+  const DeviceFacts facts = QueryDeviceFacts(f.device);
+  Backend backend = Backend::kHost;
+  bool is_auto = false;
+  if (!ParseBackend(f.backend, facts, &backend, &is_auto) || backend != Backend::kCuda ||
+      f.device < 0 || f.device >= facts.cuda_devices) {
+    return;
+  }
+  probe::ProbeReport report;
+  report.options.bytes = int64_t{128} << 20;
+  report.options.repetitions = 3;
+  report.options.device = f.device;
+  if (const absl::Status measured = probe::MeasureBulkRates(report.options, &report);
+      !measured.ok()) {
+    std::cerr << "kvtier-replay: could not measure the bound's rates (" << measured.message()
+              << "): using the built-in ones\n";
+    return;
+  }
+  std::ostringstream json;
+  probe::PrintJson(report, json);
+  const absl::StatusOr<tools::ProbeRates> rates =
+      tools::ParseProbeRates(json.str(), "the measurement at start");
+  if (!rates.ok()) {
+    std::cerr << "kvtier-replay: " << rates.status().message() << ": using the built-in rates\n";
+    return;
+  }
+  std::string saved = "not saved (no $XDG_CACHE_HOME or $HOME)";
+  if (const std::string path = tools::DefaultProbeRatesPath(); !path.empty()) {
+    std::error_code error;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), error);
+    std::ofstream file(path);
+    file << json.str();
+    saved = file.good() ? absl::StrCat("saved to ", path) : absl::StrCat("cannot write ", path);
+  }
+  f.measured_hbm_bytes_per_second = rates->hbm_bytes_per_second;
+  f.measured_pcie_bytes_per_second = rates->pcie_bytes_per_second;
+  f.measured_rates_source =
+      absl::StrCat("kvtier-probe's copies measured at start (128 MiB; ", saved, ")");
 }
 
 // Writes a report to `path` with `write` unless the path is empty; false (and a message) when
@@ -275,7 +325,8 @@ int Run(int argc, char** argv) {
     return 2;
   }
 
-  const ReplayFlags flags = ReadFlags();
+  ReplayFlags flags = ReadFlags();
+  MeasureRatesIfMissing(flags);
   absl::StatusOr<ReplayConfig> config = MakeReplayConfig(flags, QueryDeviceFacts(flags.device));
   if (!config.ok()) {
     std::cerr << "kvtier-replay: " << config.status().message() << "\n";

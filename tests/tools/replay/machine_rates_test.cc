@@ -128,6 +128,42 @@ TEST(ReplayRatesTest, FlagsThenTheReportThenTheBuiltInRates) {
   EXPECT_EQ(c->pcie_rate_source, "--pcie_gbps");
 }
 
+// Rates measured at start (kvtier-replay's main, when no report is there) come after the
+// flags and a report, before the built-in constants.
+TEST(ReplayRatesTest, MeasuredRatesServeWhatTheFlagsAndNoReportGive) {
+  ReplayFlags flags;
+  flags.measured_hbm_bytes_per_second = 4100e9;
+  flags.measured_pcie_bytes_per_second = 54e9;
+  flags.measured_rates_source = "measured at start";
+  absl::StatusOr<ReplayConfig> c = MakeReplayConfig(flags, DeviceFacts{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->hbm_bytes_per_second, 4100e9);
+  EXPECT_DOUBLE_EQ(c->pcie_bytes_per_second, 54e9);
+  EXPECT_EQ(c->hbm_rate_source, "measured at start");
+  EXPECT_EQ(c->pcie_rate_source, "measured at start");
+
+  flags.pcie_gbps = 25;  // a flag wins for its own rate
+  c = MakeReplayConfig(flags, DeviceFacts{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->hbm_bytes_per_second, 4100e9);
+  EXPECT_DOUBLE_EQ(c->pcie_bytes_per_second, 25e9);
+  EXPECT_EQ(c->pcie_rate_source, "--pcie_gbps");
+
+  flags.pcie_gbps = 0;  // a report wins over a measurement
+  flags.rates = WriteFile("h200-probe-2.json", ProbeReport("4236", "55.2"));
+  c = MakeReplayConfig(flags, DeviceFacts{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_DOUBLE_EQ(c->hbm_bytes_per_second, 4236e9);
+  EXPECT_THAT(c->hbm_rate_source, HasSubstr("h200-probe-2.json"));
+
+  flags.rates.clear();  // half a measurement is none
+  flags.measured_pcie_bytes_per_second = 0;
+  c = MakeReplayConfig(flags, DeviceFacts{});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->hbm_bytes_per_second, Options{}.hbm_bytes_per_second);
+  EXPECT_THAT(c->hbm_rate_source, HasSubstr("built-in"));
+}
+
 TEST(ReplayRatesTest, ABadReportIsAnErrorNamingTheFile) {
   ReplayFlags flags;
   flags.rates = WriteFile("broken-probe.json", ProbeReport("fast", "55.2"));
