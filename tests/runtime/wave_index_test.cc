@@ -55,7 +55,12 @@ INSTANTIATE_TEST_SUITE_P(
                       WaveCase{8, 128, DType::kBF16, 16, 64, 256, 128, 77, 0, 0, 4},
                       WaveCase{4, 128, DType::kBF16, 32, 0, 32, 96, 0, 0, 16, 5},
                       WaveCase{1, 256, DType::kFP16, 16, 16, 48, 64, 129, 0, 4, 6},
-                      WaveCase{2, 64, DType::kBF16, 64, 64, 64, 1024, 0, 0, 0, 7}),
+                      WaveCase{2, 64, DType::kBF16, 64, 64, 64, 1024, 0, 0, 0, 7},
+                      // The rest estimated: with every cold page retrieved it is empty.
+                      WaveCase{1, 64, DType::kBF16, 16, 0, 64, 64, 97, 0, -1, 41},
+                      WaveCase{4, 128, DType::kFP16, 16, 32, 128, 256, 0, 0, -1, 42},
+                      WaveCase{8, 64, DType::kBF16, 32, 64, 64, 128, 77, 0, -1, 43},
+                      WaveCase{2, 256, DType::kFP16, 64, 64, 64, 512, 0, 0, -1, 44}),
     WaveCaseName);
 
 class WaveSmallBudgetTest : public ::testing::TestWithParam<WaveCase> {};
@@ -111,12 +116,10 @@ TEST(WaveStatsTest, EstimationZoneBytesAreCounted) {
 
 // ---- estimating the rest --------------------------------------------------------------------
 
-// HostWaveOptions of `c` (c.estimate 0) with every cold page that is not retrieved estimated.
-Options HostRestOptions(const WaveCase& c) {
-  Options o = HostWaveOptions(c);
-  o.budget.estimate_pages = 0;
-  o.budget.estimate_rest = true;
-  return o;
+// HostWaveOptions of `c` with every cold page that is not retrieved estimated.
+Options HostRestOptions(WaveCase c) {
+  c.estimate = -1;  // WaveOptions: budget.estimate_rest
+  return HostWaveOptions(c);
 }
 
 // A sequence of `cold` cold pages whose last page is one token short of full (so that the
@@ -124,26 +127,6 @@ Options HostRestOptions(const WaveCase& c) {
 int64_t TokensWithColdPages(const Options& o, int64_t cold) {
   return o.sink_tokens + cold * o.page_size + o.window_tokens - 1;
 }
-
-// F1 with the rest estimated: a budget covering every cold page retrieves them all, the rest
-// is empty and the output is exact attention (Inspect: nothing estimated).
-class WaveRestFullBudgetTest : public ::testing::TestWithParam<WaveCase> {};
-
-TEST_P(WaveRestFullBudgetTest, DecodeEqualsExactAttention) {
-  const WaveCase c = GetParam();
-  const Options o = HostRestOptions(c);
-  ASSERT_TRUE(o.budget.estimate_rest);
-  runtime_test::ExpectWaveFullBudgetExact(o, runtime_test::WaveSchedule(c, 1700, 24),
-                                          runtime_test::HostTolerance);
-}
-
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, WaveRestFullBudgetTest,
-    ::testing::Values(WaveCase{1, 64, DType::kBF16, 16, 0, 64, 64, 97, 0, 0, 41},
-                      WaveCase{4, 128, DType::kFP16, 16, 32, 128, 256, 0, 0, 0, 42},
-                      WaveCase{8, 64, DType::kBF16, 32, 64, 64, 128, 77, 0, 0, 43},
-                      WaveCase{2, 256, DType::kFP16, 64, 64, 64, 512, 0, 0, 0, 44}),
-    WaveCaseName);
 
 // A small budget: the rest, estimated over every candidate less the retrieved pages, equals an
 // estimation zone covering every cold page (the same sums, one taken directly and one as a
