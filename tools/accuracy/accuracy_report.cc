@@ -1,8 +1,5 @@
 #include "tools/accuracy/accuracy_report.h"
 
-#include <spawn.h>
-#include <sys/wait.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -18,8 +15,6 @@
 #include "absl/strings/str_join.h"
 #include "tools/common/json_text.h"
 #include "tools/common/tool_flags.h"
-
-extern char** environ;
 
 namespace kvtier::accuracy {
 namespace {
@@ -206,56 +201,6 @@ absl::Status WriteCsvFile(const std::vector<RunResult>& runs, const std::string&
   WriteCsv(runs, file);
   file.close();
   if (!file) return absl::InternalError(absl::StrCat("cannot write the CSV ", path));
-  return absl::OkStatus();
-}
-
-std::string PlotPython() {
-  const char* python = std::getenv("KVTIER_PYTHON");
-  return python != nullptr && python[0] != '\0' ? python : "/usr/bin/python3";
-}
-
-absl::Status Plot(const PlotCommand& command, const std::string& csv, const std::string& png) {
-  const std::string advice =
-      absl::StrCat("the CSV is at ", csv,
-                   "; to plot, install python3-matplotlib (Debian) or set "
-                   "KVTIER_PYTHON to an interpreter that has matplotlib, then run: python3 ",
-                   command.script, " ", csv, " ", png);
-  std::error_code ignored;
-  std::filesystem::remove(png, ignored);  // so that a stale plot cannot pass for a new one
-  std::vector<std::string> args = {command.python, command.script, csv, png};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  const int spawned =
-      posix_spawnp(&pid, command.python.c_str(), nullptr, nullptr, argv.data(), environ);
-  if (spawned != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("plotting failed: cannot run ",
-                                                      command.python, ": ", std::strerror(spawned),
-                                                      "; ", advice));
-  }
-  int wstatus = 0;
-  while (waitpid(pid, &wstatus, 0) < 0) {
-    if (errno != EINTR) {
-      return absl::FailedPreconditionError(absl::StrCat("plotting failed: waiting for ",
-                                                        command.python, ": ", std::strerror(errno),
-                                                        "; ", advice));
-    }
-  }
-  if (WIFSIGNALED(wstatus)) {
-    return absl::FailedPreconditionError(absl::StrCat("plotting failed: ", command.python,
-                                                      " was killed by signal ", WTERMSIG(wstatus),
-                                                      "; ", advice));
-  }
-  if (WEXITSTATUS(wstatus) != 0) {
-    return absl::FailedPreconditionError(absl::StrCat("plotting failed: ", command.python, " ",
-                                                      command.script, " exited with status ",
-                                                      WEXITSTATUS(wstatus), "; ", advice));
-  }
-  if (!std::filesystem::exists(png, ignored)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("plotting failed: ", command.script, " wrote no ", png, "; ", advice));
-  }
   return absl::OkStatus();
 }
 

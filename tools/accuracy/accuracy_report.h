@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "tools/accuracy/accuracy_config.h"
 #include "tools/accuracy/accuracy_run.h"
+#include "tools/common/plot_command.h"
 
 namespace kvtier::accuracy {
 
@@ -34,20 +35,9 @@ void WriteCsv(const std::vector<RunResult>& runs, std::ostream& out);
 // The same into `path`. Internal naming the path when it cannot be written.
 absl::Status WriteCsvFile(const std::vector<RunResult>& runs, const std::string& path);
 
-// How the plot is drawn: `python` (an interpreter with matplotlib: a path, or a name looked
-// up on PATH) runs `script` with arguments CSV and PNG.
-struct PlotCommand {
-  std::string python;
-  std::string script;
-};
-// The interpreter: $KVTIER_PYTHON when set and not empty, else /usr/bin/python3 (Debian's,
-// where python3-matplotlib installs; the first python3 on PATH may be another one).
-std::string PlotPython();
-
-// Runs the plot command and waits for it. OK when it exits 0 and `png` exists afterwards;
-// otherwise FailedPrecondition saying what failed (the interpreter could not be started, it
-// exited with a status or a signal, or wrote nothing) and what to do. The script's own
-// messages go to this process's stderr.
-absl::Status Plot(const PlotCommand& command, const std::string& csv, const std::string& png);
+// The sweep's plot: scripts/plot_accuracy.py run on the CSV (tools/common/plot_command.h).
+using tools::Plot;
+using tools::PlotCommand;
+using tools::PlotPython;
 
 }  // namespace kvtier::accuracy

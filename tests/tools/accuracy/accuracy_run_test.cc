@@ -385,7 +385,7 @@ TEST(AccuracyPlotTest, AFailedPlotSaysWhatFailedAndWhereTheCsvIs) {
   absl::Status s = Plot({"/nonexistent/python3", KVTIER_PLOT_SCRIPT}, csv, png);
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(s.message(), HasSubstr("cannot run /nonexistent/python3"));
-  EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("the CSV is at ", csv)));
+  EXPECT_THAT(s.message(), HasSubstr(absl::StrCat("the data is at ", csv)));
   s = Plot({"/bin/false", KVTIER_PLOT_SCRIPT}, csv, png);
   EXPECT_THAT(s.message(), HasSubstr("exited with status 1"));
   s = Plot({"/bin/true", KVTIER_PLOT_SCRIPT}, csv, png);
