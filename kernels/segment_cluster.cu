@@ -1,7 +1,9 @@
 // Segment clustering on the GPU (contract and algorithm in segment_cluster.h). Every kernel
 // covers all segments (grid y, or one block per segment); the launcher queues, per round,
 //   assign (tensor cores) -> offsets -> [scatter -> update -> [nearest (tensor cores) -> repair]]
-// and at the end a centroid similarity matrix (tensor cores) -> chain -> output.
+// and at the end a centroid similarity matrix (tensor cores) -> chain -> output. Offsets,
+// scatter, chain and output are in segment_cluster_order.cu; what both files share is in
+// segment_cluster_device.cuh.
 //
 // The similarity kernel computes X C^T for a 128-row tile of X (unit keys, or centroids)
 // against all centroids, 64 at a time, with mma.sync m16n8k16 (fp16 in, fp32 accumulate):
@@ -26,108 +28,15 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "kernels/base/cuda_check.h"
-#include "kernels/cp_async.cuh"
 #include "kernels/base/status.h"
+#include "kernels/cp_async.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
 #include "kernels/segment_cluster.h"
+#include "kernels/segment_cluster_device.cuh"
 
 namespace kvtier {
-namespace {
-
-using internal::CpAsync16;
-using internal::CpAsyncCommit;
-using internal::CpAsyncWait;
-using internal::SharedAddress;
-
-using internal::ClusterCount;
-using internal::SegmentClusterLayout;
-
-constexpr int kTileRows = 128;         // rows of X per similarity block; tokens per tile
-constexpr int kStepCols = 64;          // centroids per pipeline step
-constexpr int kGemmThreads = 256;      // 8 warps: 4 along rows x 2 along columns, 32 x 32 each
-constexpr int kChunkTokens = 64;       // tokens per block of the unit-key kernels
-constexpr int kRowThreads = 256;       // unit keys, init, update: a warp per row
-constexpr int kSegmentThreads = 1024;  // offsets, repair: a thread per cluster
-constexpr int kChainThreads = 1024;    // chain: a thread per cluster, then one warp walks
-constexpr int kCandidates = 8;         // chain: listed most similar clusters per cluster
-static_assert(kSegmentThreads >= kMaxSegmentClusters);
-static_assert(kChainThreads == kMaxSegmentClusters, "the chain's visited bits: a word a warp");
-constexpr uint64_t kNoToken = ~uint64_t{0};
-
-enum class GemmMode { kAssign, kNearest, kStore };
-
-// What every kernel reads: the workspace layout and the parameters, by value.
-struct Args {
-  unsigned char* workspace;
-  SegmentClusterLayout layout;
-  int max_tokens;
-  int tokens_per_cluster;
-  const void* const* keys;
-  int64_t key_stride;
-  const int32_t* num_tokens;
-  int32_t* const* order;
-  int32_t* const* cluster_of;
-  int32_t* num_clusters;
-};
-
-template <typename U>
-__device__ __forceinline__ U* Array(const Args& a, int segment, size_t offset) {
-  return reinterpret_cast<U*>(a.workspace + segment * a.layout.segment_bytes + offset);
-}
-// Segment tokens, clamped into [0, max_tokens].
-__device__ __forceinline__ int Tokens(const Args& a, int segment) {
-  return min(max(a.num_tokens[segment], 0), a.max_tokens);
-}
-
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
-  return x;
-}
-
-// Whether candidate (v, i) beats (best, arg): larger similarity, then lower index; i < 0 is
-// no candidate.
-__device__ __forceinline__ bool Beats(float v, int i, float best, int arg) {
-  return i >= 0 && (arg < 0 || v > best || (v == best && i < arg));
-}
-
-// Ascending key of a similarity (-0 as +0), above it the token: atomicMin finds the least
-// similar token, ties to the lowest token.
-__device__ __forceinline__ uint64_t FarthestKey(float similarity, int token) {
-  if (similarity == 0.0f) similarity = 0.0f;
-  const uint32_t bits = __float_as_uint(similarity);
-  const uint32_t key = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-  return (static_cast<uint64_t>(key) << 32) | static_cast<uint32_t>(token);
-}
-
-// Copies a D-element fp16 row, a warp at a time (D / 2 words, a word a lane at a time).
-template <int kDim>
-__device__ __forceinline__ void CopyRow(__half* dst, const __half* src, int lane) {
-#pragma unroll
-  for (int w = lane; w < kDim / 2; w += 32) {
-    reinterpret_cast<uint32_t*>(dst)[w] = reinterpret_cast<const uint32_t*>(src)[w];
-  }
-}
-
-__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
-}
-// D += A B, one m16n8k16 tile of fp16 inputs, fp32 accumulators.
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
+namespace internal::segment_cluster {
 // ---- Step 1: unit keys -------------------------------------------------------------------
 
 // Per 64-token chunk: the sum of its finite keys and their count (mean_sums, chunk_finite);
@@ -456,58 +365,6 @@ __global__ void __launch_bounds__(kGemmThreads) SimilarityKernel(Args a) {
   }
 }
 
-// ---- Step 3: counting sort, update, repair -------------------------------------------------
-
-// Per cluster: tile_counts becomes the exclusive prefix over tiles (the rank of a tile's
-// first member among the cluster's members), sizes the total; starts the exclusive prefix of
-// sizes over cluster ids.
-__global__ void __launch_bounds__(kSegmentThreads) OffsetsKernel(Args a) {
-  internal::ChainedKernelStart();
-  using Scan = cub::BlockScan<int, kSegmentThreads>;
-  __shared__ typename Scan::TempStorage scan;
-  const int segment = blockIdx.x;
-  const int n = Tokens(a, segment);
-  if (n == 0) return;
-  const int k = ClusterCount(n, a.tokens_per_cluster);
-  const int c = threadIdx.x;
-  const int tiles = (n + kTileRows - 1) / kTileRows;
-  int total = 0;
-  if (c < k) {
-    // 16 tiles' counts are loaded at a time, so their latencies overlap.
-    constexpr int kBatch = 16;
-    int32_t* counts = Array<int32_t>(a, segment, a.layout.tile_counts) + c;
-    const int stride = a.layout.clusters_pad;
-    for (int t0 = 0; t0 < tiles; t0 += kBatch) {
-      int v[kBatch];
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) v[i] = t0 + i < tiles ? counts[(t0 + i) * stride] : 0;
-#pragma unroll
-      for (int i = 0; i < kBatch; ++i) {
-        if (t0 + i < tiles) counts[(t0 + i) * stride] = total;
-        total += v[i];
-      }
-    }
-    Array<int32_t>(a, segment, a.layout.sizes)[c] = total;
-  }
-  int start = 0;
-  Scan(scan).ExclusiveSum(total, start);
-  if (c < k) Array<int32_t>(a, segment, a.layout.starts)[c] = start;
-}
-
-// members[starts[a] + rank of t among a's members] = t, for every token t of cluster a.
-__global__ void __launch_bounds__(kTileRows) ScatterKernel(Args a) {
-  internal::ChainedKernelStart();
-  const int segment = blockIdx.y;
-  const int t = blockIdx.x * kTileRows + threadIdx.x;
-  if (t >= Tokens(a, segment)) return;
-  const int c = Array<int32_t>(a, segment, a.layout.assignment)[t];
-  const int position =
-      Array<int32_t>(a, segment, a.layout.starts)[c] +
-      Array<int32_t>(a, segment, a.layout.tile_counts)[blockIdx.x * a.layout.clusters_pad + c] +
-      Array<int32_t>(a, segment, a.layout.tile_rank)[t];
-  Array<int32_t>(a, segment, a.layout.members)[position] = t;
-}
-
 // A warp per cluster: the fp32 sum of its members' unit keys in ascending token order, then
 // the centroid is that sum normalised (kept when the sum is 0). Lane l holds channels
 // 2 l + 64 j and 2 l + 64 j + 1.
@@ -614,161 +471,6 @@ __global__ void __launch_bounds__(kSegmentThreads) RepairKernel(Args a) {
   if (c < a.layout.clusters_pad) farthest[c] = kNoToken;
 }
 
-// ---- Step 4: chain and output ----------------------------------------------------------------
-
-// One block per segment. The walk is a chain of dependent argmaxes, each a read of one row of
-// the similarity matrix (latency-bound), so first every warp lists, for its share of the
-// non-empty clusters, the kCandidates most similar other non-empty clusters (similarity
-// descending, index ascending: the walk's own order). A step then takes the first unvisited
-// listed cluster, which is the argmax over all unvisited ones; only when all are visited does
-// warp 0 scan the row. Writes output_id and chain_start (the first output position of each
-// non-empty cluster), and num_clusters.
-__global__ void __launch_bounds__(kChainThreads) ChainKernel(Args a) {
-  internal::ChainedKernelStart();
-  constexpr uint32_t kAll = 0xFFFFFFFFu;
-  __shared__ int16_t candidates[kMaxSegmentClusters][kCandidates];
-  __shared__ uint32_t visited[kMaxSegmentClusters / 32];  // bit b of word w: cluster 32 w + b
-  const int segment = blockIdx.x;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int n = Tokens(a, segment);
-  if (n == 0) {
-    if (threadIdx.x == 0 && a.num_clusters != nullptr) a.num_clusters[segment] = 0;
-    return;
-  }
-  const int k = ClusterCount(n, a.tokens_per_cluster);
-  const int32_t* sizes = Array<int32_t>(a, segment, a.layout.sizes);
-  const float* similarity = Array<float>(a, segment, a.layout.similarity);
-  // Empty clusters and ids >= k start visited.
-  const bool live = threadIdx.x < k && sizes[threadIdx.x] > 0;
-  const uint32_t dead = __ballot_sync(kAll, !live);
-  if (lane == 0) visited[warp] = dead;
-  __syncthreads();
-
-  for (int j = warp; j < k; j += kChainThreads / 32) {
-    if (((visited[j / 32] >> (j % 32)) & 1u) != 0) continue;  // warp-uniform
-    const float* row = similarity + static_cast<size_t>(j) * a.layout.clusters_pad;
-    float value[kCandidates];
-    int index[kCandidates];
-#pragma unroll
-    for (int s = 0; s < kCandidates; ++s) {
-      value[s] = -INFINITY;
-      index[s] = -1;
-    }
-    // This lane's best candidates among clusters lane + 32 i, kept sorted by insertion.
-    for (int i = 0; lane + 32 * i < k; ++i) {
-      const int c = lane + 32 * i;
-      if (c == j || ((visited[i] >> lane) & 1u) != 0) continue;
-      float v = row[c];
-      int x = c;
-#pragma unroll
-      for (int s = 0; s < kCandidates; ++s) {
-        if (Beats(v, x, value[s], index[s])) {
-          const float tv = value[s];
-          const int tx = index[s];
-          value[s] = v;
-          index[s] = x;
-          v = tv;
-          x = tx;
-        }
-      }
-    }
-    // Merge the lanes' lists: kCandidates rounds of a warp argmax over the lists' heads; the
-    // winner's lane (cluster % 32) pops its head.
-    for (int out = 0; out < kCandidates; ++out) {
-      float best = value[0];
-      int arg = index[0];
-#pragma unroll
-      for (int offset = 16; offset >= 1; offset /= 2) {
-        const float v = __shfl_xor_sync(kAll, best, offset);
-        const int i = __shfl_xor_sync(kAll, arg, offset);
-        if (Beats(v, i, best, arg)) {
-          best = v;
-          arg = i;
-        }
-      }
-      if (lane == 0) candidates[j][out] = static_cast<int16_t>(arg);
-      if (arg >= 0 && arg % 32 == lane) {
-#pragma unroll
-        for (int s = 0; s + 1 < kCandidates; ++s) {
-          value[s] = value[s + 1];
-          index[s] = index[s + 1];
-        }
-        value[kCandidates - 1] = -INFINITY;
-        index[kCandidates - 1] = -1;
-      }
-    }
-  }
-  __syncthreads();
-  if (warp != 0) return;
-
-  int32_t* chain_start = Array<int32_t>(a, segment, a.layout.chain_start);
-  int32_t* output_id = Array<int32_t>(a, segment, a.layout.output_id);
-  const uint32_t alive = ~visited[lane];
-  const int remaining = __reduce_add_sync(kAll, __popc(alive));
-  int current = __reduce_min_sync(kAll, alive ? lane * 32 + __ffs(alive) - 1 : INT_MAX);
-  int offset = 0;
-  for (int r = 0; r < remaining; ++r) {
-    if (lane == 0) {
-      chain_start[current] = offset;
-      output_id[current] = r;
-      visited[current / 32] |= 1u << (current % 32);
-    }
-    offset += sizes[current];
-    __syncwarp();
-    if (r + 1 == remaining) break;
-    const int listed = lane < kCandidates ? candidates[current][lane] : -1;
-    const bool open = listed >= 0 && ((visited[listed / 32] >> (listed % 32)) & 1u) == 0;
-    const uint32_t hits = __ballot_sync(kAll, open);
-    int next = -1;
-    if (hits != 0) {
-      next = __shfl_sync(kAll, listed, __ffs(hits) - 1);
-    } else {  // every listed cluster is visited: scan the row
-      const float* row = similarity + static_cast<size_t>(current) * a.layout.clusters_pad;
-      float best = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const int c = lane + 32 * i;
-        if (c < k && ((visited[i] >> lane) & 1u) == 0) {
-          const float v = row[c];
-          if (next < 0 || v > best) {
-            best = v;
-            next = c;
-          }
-        }
-      }
-#pragma unroll
-      for (int off = 16; off >= 1; off /= 2) {
-        const float v = __shfl_xor_sync(kAll, best, off);
-        const int i = __shfl_xor_sync(kAll, next, off);
-        if (Beats(v, i, best, next)) {
-          best = v;
-          next = i;
-        }
-      }
-    }
-    if (next < 0) break;  // unreachable: `remaining` counts the unvisited clusters
-    current = next;
-    __syncwarp();  // this step's reads of visited before the next step's write
-  }
-  if (lane == 0 && a.num_clusters != nullptr) a.num_clusters[segment] = remaining;
-}
-
-__global__ void __launch_bounds__(kTileRows) OutputKernel(Args a) {
-  internal::ChainedKernelStart();
-  const int segment = blockIdx.y;
-  const int t = blockIdx.x * kTileRows + threadIdx.x;
-  if (t >= Tokens(a, segment)) return;
-  const int c = Array<int32_t>(a, segment, a.layout.assignment)[t];
-  const int position =
-      Array<int32_t>(a, segment, a.layout.chain_start)[c] +
-      Array<int32_t>(a, segment, a.layout.tile_counts)[blockIdx.x * a.layout.clusters_pad + c] +
-      Array<int32_t>(a, segment, a.layout.tile_rank)[t];
-  a.order[segment][position] = t;
-  if (a.cluster_of != nullptr) {
-    a.cluster_of[segment][t] = Array<int32_t>(a, segment, a.layout.output_id)[c];
-  }
-}
-
 // ---- Launcher ---------------------------------------------------------------------------
 
 // Allows a similarity kernel its shared memory on the current device, once per device.
@@ -834,7 +536,7 @@ absl::Status LaunchTyped(const Args& a, int num_segments, int iterations, bool c
 
 #undef KVTIER_CLUSTER_LAUNCH
 
-}  // namespace
+}  // namespace internal::segment_cluster
 
 absl::Status LaunchSegmentCluster(const SegmentClusterParams& params, cudaStream_t stream) {
   KVTIER_RETURN_IF_ERROR(internal::ValidateSegmentClusterShape(params));
@@ -849,7 +551,7 @@ absl::Status LaunchSegmentCluster(const SegmentClusterParams& params, cudaStream
   if (reinterpret_cast<uintptr_t>(params.workspace) % 256 != 0) {
     return absl::InvalidArgumentError("SegmentClusterParams: workspace is not 256-byte aligned");
   }
-  Args a;
+  internal::segment_cluster::Args a;
   a.workspace = static_cast<unsigned char*>(params.workspace);
   a.layout = internal::SegmentClusterWorkspaceLayout(params);
   a.max_tokens = params.max_tokens;
@@ -863,8 +565,8 @@ absl::Status LaunchSegmentCluster(const SegmentClusterParams& params, cudaStream
   return DispatchInt<64, 128, 256>("head_dim", params.head_dim, [&](auto dim) {
     return DispatchKvDType(params.dtype, [&](auto element) -> absl::Status {
       using T = typename decltype(element)::type;
-      return LaunchTyped<T, decltype(dim)::value>(a, params.num_segments, params.iterations,
-                                                  params.center, stream);
+      return internal::segment_cluster::LaunchTyped<T, decltype(dim)::value>(
+          a, params.num_segments, params.iterations, params.center, stream);
     });
   });
 }
