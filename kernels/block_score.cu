@@ -350,10 +350,8 @@ absl::Status LaunchScore(const BlockSelectParams& p, cudaStream_t stream) {
   a.parts = kKind == BlockScoreKind::kCentroid ? p.centroid_parts : 1;
   // Chunks per item: as many as fill the GPU's block slots once, at most one per
   // kMinChunkBlocks candidates; one when the items alone fill the slots.
-  int device = 0, sm_count = 0;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  int sm_count = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::CurrentSmCount(&sm_count));
   const int64_t slots = int64_t{sm_count} * kScoreBlocksPerSm;
   const int64_t longest = kKind == BlockScoreKind::kCentroid
                               ? internal::MassSegments(p.max_blocks)

@@ -387,10 +387,8 @@ __global__ void __launch_bounds__(kMassThreads) PageScoreUpdateKernel(PageScoreU
 // H100); the tile's blocks split its entries so that the grid covers about two blocks per
 // SM. Each extra block repeats the tile's prefix sum and scan, which read a few KB from L2.
 absl::StatusOr<int> TileParts(int32_t tiles) {
-  int device = 0, sm_count = 0;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  int sm_count = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::CurrentSmCount(&sm_count));
   constexpr int kMaxParts = 32;
   const int64_t wanted = (int64_t{2} * sm_count + tiles - 1) / std::max<int32_t>(tiles, 1);
   return static_cast<int>(std::clamp<int64_t>(wanted, 1, kMaxParts));

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/cuda_check.h"
 #include "kernels/estimation.h"
+#include "kernels/launch.cuh"
 
 namespace kvtier::internal {
 
@@ -113,10 +114,8 @@ absl::Status ChooseRuns(const EstimationParams& p, Kernel kernel, int threads, s
   if (reinterpret_cast<uintptr_t>(p.workspace) % 16 != 0) {
     return absl::InvalidArgumentError("EstimationParams: workspace is not 16-byte aligned");
   }
-  int device = 0, sm_count = 0, per_sm = 0;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  int sm_count = 0, per_sm = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(CurrentSmCount(&sm_count));
   KVTIER_CUDA_RETURN_IF_ERROR(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
   const int64_t slots = int64_t{sm_count} * std::max(per_sm, 1);

@@ -21,6 +21,7 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <utility>
@@ -43,6 +44,31 @@ inline bool ChainedLaunchesEnabled() {
     return value != nullptr && std::strcmp(value, "1") == 0;
   }();
   return enabled;
+}
+
+// The current device's SM count, asked of the runtime once per device (launchers size their
+// grids by it on every call).
+inline cudaError_t CurrentSmCount(int* sm_count) {
+  constexpr int kMaxCachedDevices = 64;
+  static std::atomic<int> cached[kMaxCachedDevices] = {};  // 0: not asked yet
+  int device = 0;
+  if (const cudaError_t error = cudaGetDevice(&device); error != cudaSuccess) return error;
+  const bool cacheable = device >= 0 && device < kMaxCachedDevices;
+  if (cacheable) {
+    if (const int known = cached[device].load(std::memory_order_relaxed); known > 0) {
+      *sm_count = known;
+      return cudaSuccess;
+    }
+  }
+  int count = 0;
+  if (const cudaError_t error =
+          cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+      error != cudaSuccess) {
+    return error;
+  }
+  if (cacheable) cached[device].store(count, std::memory_order_relaxed);
+  *sm_count = count;
+  return cudaSuccess;
 }
 
 // Launches `kernel` on `stream` like kernel<<<grid, block, shared_bytes, stream>>>(args...),

@@ -65,10 +65,8 @@ absl::Status LaunchMissLoad(const MissLoadParams& params, cudaStream_t stream) {
   if (params.num_items == 0 || params.max_misses == 0) return absl::OkStatus();
   // Splits per item: enough blocks in all to fill the GPU even when the batch has few items,
   // never more than an item's largest possible miss list needs.
-  int device = 0, sm_count = 0;
-  KVTIER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
-  KVTIER_CUDA_RETURN_IF_ERROR(
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  int sm_count = 0;
+  KVTIER_CUDA_RETURN_IF_ERROR(internal::CurrentSmCount(&sm_count));
   const int64_t max_tiles =
       (int64_t{params.max_misses} * 2 * (params.page_bytes / 16) + kThreads * kUnroll - 1) /
       (kThreads * kUnroll);
