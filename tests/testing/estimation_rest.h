@@ -84,8 +84,8 @@ inline RestLists MakeRestLists(EstimationLists& batch, int stride, std::mt19937_
   return r;
 }
 
-// `p` (a batch's Params) turned into the range mode over `begin` / `end`.
-inline EstimationParams AsRanges(EstimationParams p, const int32_t* begin, const int32_t* end) {
+// `p` with no list and no exclusion: what AsRanges and AsOffsets start from.
+inline EstimationParams WithoutLists(EstimationParams p) {
   p.cluster_ids = nullptr;
   p.cluster_offsets = nullptr;
   p.list_count = nullptr;
@@ -93,21 +93,25 @@ inline EstimationParams AsRanges(EstimationParams p, const int32_t* begin, const
   p.exclude_ids = nullptr;
   p.exclude_count = nullptr;
   p.exclude_stride = 0;
-  p.range_begin = begin;
-  p.range_end = end;
   return p;
 }
 
+// `p` (a batch's Params) turned into the range mode over `begin` / `end`.
+inline EstimationParams AsRanges(const EstimationParams& p, const int32_t* begin,
+                                 const int32_t* end) {
+  EstimationParams r = WithoutLists(p);
+  r.range_begin = begin;
+  r.range_end = end;
+  return r;
+}
+
 // `p` turned into offsets lists (`ids`, `offsets`), without exclusion.
-inline EstimationParams AsOffsets(EstimationParams p, const int32_t* ids, const int32_t* offsets) {
-  p.list_count = nullptr;
-  p.list_stride = 0;
-  p.exclude_ids = nullptr;
-  p.exclude_count = nullptr;
-  p.exclude_stride = 0;
-  p.cluster_ids = ids;
-  p.cluster_offsets = offsets;
-  return p;
+inline EstimationParams AsOffsets(const EstimationParams& p, const int32_t* ids,
+                                  const int32_t* offsets) {
+  EstimationParams r = WithoutLists(p);
+  r.cluster_ids = ids;
+  r.cluster_offsets = offsets;
+  return r;
 }
 
 }  // namespace kvtier::testing_util

@@ -123,6 +123,11 @@ int Main() {
   const double host_gib = absl::GetFlag(FLAGS_host_memory_gib);
   plan.host_memory_bytes =
       host_gib > 0 ? static_cast<int64_t>(host_gib * (int64_t{1} << 30)) : AvailableHostBytes();
+  if (plan.host_memory_bytes <= 0 && host_gib <= 0) {
+    std::cerr << "kvtier-scaling: /proc/meminfo does not say how much memory is available: give "
+                 "--host_memory_gib\n";
+    return 2;
+  }
   if (const absl::Status valid = ValidateScalingPlan(plan); !valid.ok()) {
     std::cerr << "kvtier-scaling: " << valid.message() << "\n";
     return 2;

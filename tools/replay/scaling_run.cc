@@ -44,7 +44,6 @@ ReplayFlags PointFlags(const ScalingPlan& plan, int64_t context, const ScalingSy
   return f;
 }
 
-
 // The point's columns, in PrintScalingJson's order.
 struct Column {
   const char* name;
@@ -139,8 +138,10 @@ absl::StatusOr<ScalingResult> RunScaling(const ScalingPlan& plan, const Progress
         }
         const int64_t host_bytes = HostStoreBytes(*config);
         if (host_bytes > plan.host_memory_bytes) {
-          limit.reason = absl::StrCat("batch ", batch, " needs a host store of ", FormatBytes(static_cast<double>(host_bytes)),
-                                      ", above the limit of ", FormatBytes(static_cast<double>(plan.host_memory_bytes)));
+          limit.reason =
+              absl::StrCat("batch ", batch, " needs a host store of ",
+                           FormatBytes(static_cast<double>(host_bytes)), ", above the limit of ",
+                           FormatBytes(static_cast<double>(plan.host_memory_bytes)));
           break;
         }
         absl::StatusOr<ReplayResult> run = RunReplay(*config);
@@ -220,6 +221,11 @@ void PrintScalingCsv(const ScalingResult& r, std::ostream& out) {
 void PrintScalingTable(const ScalingResult& r, std::ostream& out) {
   out << "kvtier-scaling on " << (r.device.empty() ? "(nothing ran)" : r.device)
       << "; bound's rates from " << r.rates_source << "\n";
+  for (const std::string& name : r.plan.systems) {
+    if (const ScalingSystem* system = FindSystem(name); system != nullptr) {
+      out << "  " << name << ": " << system->what << "\n";
+    }
+  }
   for (const int64_t context : r.plan.contexts) {
     out << "\ncontext " << context << "\n";
     out << absl::StrFormat("  %-20s %6s %12s %10s %10s %7s %8s %9s\n", "system", "batch",

@@ -31,7 +31,7 @@ struct ScalingSystem {
   const char* index;         // ReplayFlags::index
   const char* policy;        // ReplayFlags::policy; "" keeps the base flags'
   double estimate_fraction;  // ReplayFlags::estimate_fraction (1: the rest)
-  const char* what;          // for help texts
+  const char* what;          // what it is, for the table
 };
 
 // page_bounds, wave, wave_rest, page_bounds_nocache.

@@ -124,6 +124,8 @@ TEST(ScalingRunTest, EverySystemRunsUpToItsMemoryLimit) {
   EXPECT_THAT(lines[0], ::testing::StartsWith("context,system,batch,tokens_per_second,"));
   EXPECT_THAT(lines[3], ::testing::StartsWith("512,page_bounds_nocache,1,"));
   EXPECT_THAT(table.str(), HasSubstr("page_bounds_nocache: largest batch 2; batch 4 needs"));
+  EXPECT_THAT(table.str(),
+              HasSubstr("page_bounds_nocache: kvtier, page-bounds index, page cache off"));
 }
 
 TEST(ScalingRunTest, EveryBatchThatFitsRunsAndNothingIsSaidToStopIt) {
