@@ -28,6 +28,8 @@
 namespace kvtier::internal {
 
 // How a kind lays out one page's summary in an item's region (see the top of this file).
+// An array of stride 0 is one per item: every page's entry is the same bytes (per-item state
+// that each page's summary adds to), and bytes_per_page then includes a share of its size.
 struct SummaryLayout {
   int arrays = 0;                          // in [1, kMaxSummaryArrays]
   int64_t bytes_per_page = 0;              // the region is max_pages * bytes_per_page bytes
@@ -64,6 +66,9 @@ struct PageBatch {
   const void* const* v_pages = nullptr;  // [num_pages] -> P x D
   const int32_t* tokens = nullptr;       // [num_pages], in [0, P]
   void* const* dst[kMaxSummaryArrays] = {};
+  // Entries j and j + item_stride are usually of the same item (prefill: Hk), which lets a
+  // kind add up an item's pages before it writes per-item state.
+  int item_stride = 1;
 };
 
 // One step's selection for a batch of items: the query group and candidate range of each
@@ -160,6 +165,8 @@ class BlockIndex {
   virtual bool estimates() const { return false; }
   // Summary bytes the estimation reads for one page of the zone (0 without a zone).
   virtual int64_t estimate_bytes_per_page() const { return 0; }
+  // Summary bytes the estimation reads once per item and step (per-item state).
+  virtual int64_t estimate_bytes_per_item() const { return 0; }
   virtual int zone_stride() const { return 0; }
   // The zone is every candidate that is not retrieved (no zone lists: zone_stride() is 0).
   virtual bool estimates_rest() const { return false; }

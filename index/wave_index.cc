@@ -5,15 +5,24 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/base/status.h"
 #include "kernels/segment_cluster.h"
+#include "kernels/value_shift.h"
 
 namespace kvtier::internal {
 namespace {
 
 // Summary arrays of a page: mean key, mean value (both in the KV dtype), key spread (a scalar),
 // token count (each per centroid part), stored positions. The vector-read arrays come first, so
-// they stay 16-byte aligned.
-enum SummaryArray { kKeyMean = 0, kValueMean = 1, kKeySpread = 2, kCount = 3, kPositions = 4 };
-constexpr int kArrays = 5;
+// they stay 16-byte aligned. Last, one per item (stride 0, at the region's end): the item's
+// value-key statistics (kernels/value_shift.h), which every page's summary adds to once.
+enum SummaryArray {
+  kKeyMean = 0,
+  kValueMean = 1,
+  kKeySpread = 2,
+  kCount = 3,
+  kPositions = 4,
+  kStats = 5
+};
+constexpr int kArrays = 6;
 
 // k-means as RetroInfer runs it: ~16 tokens a cluster, 10 Lloyd iterations.
 constexpr int kTokensPerCluster = 16;
@@ -29,19 +38,21 @@ class WaveIndex final : public BlockIndex {
     const int64_t pages = config.max_pages;
     // Mean keys and mean values: parts x D of the KV dtype.
     const int64_t key_bytes = kParts * d * static_cast<int64_t>(DTypeSize(config.dtype));
-    const int64_t strides[kArrays] = {key_bytes, key_bytes, kParts * 4, kParts * 4,
-                                      int64_t{config.page_size} * 4};
+    const int64_t strides[kArrays] = {key_bytes,  key_bytes, kParts * 4, kParts * 4,
+                                      int64_t{config.page_size} * 4, 0};
     int64_t offset = 0;
-    int64_t bytes = 0;
     layout_.arrays = kArrays;
     for (int a = 0; a < kArrays; ++a) {
+      if (a == kStats) offset = (offset + 15) / 16 * 16;
       layout_.offset[a] = offset;
       layout_.stride[a] = strides[a];
       offset += pages * strides[a];
-      bytes += strides[a];
     }
-    // Regions start 16-byte aligned (mean keys are read with 16-byte vectors).
-    layout_.bytes_per_page = (bytes + 15) / 16 * 16;
+    offset += ValueKeyStatsBytes(config.head_dim);
+    // The region, max_pages * bytes_per_page bytes, holds the page arrays and the statistics;
+    // regions start 16-byte aligned (mean keys are read with 16-byte vectors).
+    const int64_t per_page = (offset + std::max<int64_t>(pages, 1) - 1) / std::max<int64_t>(pages, 1);
+    layout_.bytes_per_page = (per_page + 15) / 16 * 16;
     // The workspace: the zone's logits (the select pass writes them, Estimate reads them),
     // then Select's scratch, then Estimate's partial results, then (estimating the rest) the
     // estimate over every candidate.
@@ -52,10 +63,15 @@ class WaveIndex final : public BlockIndex {
     if (estimates()) p.logits = &kept_outside;
     select_workspace_bytes_ = Aligned(BlockSelectWorkspaceBytes(p));
     workspace_bytes_ = logits_bytes() + select_workspace_bytes_ + estimation_workspace_bytes();
+    const size_t rows = static_cast<size_t>(config.max_items) * config.group_size;
     if (config.estimate_rest) {
-      const size_t rows = static_cast<size_t>(config.max_items) * config.group_size;
       superset_out_bytes_ = Aligned(rows * config.head_dim * sizeof(float));
       workspace_bytes_ += superset_out_bytes_ + Aligned(rows * sizeof(float));
+    }
+    // Last, the step's value shifts.
+    if (estimates()) {
+      shift_offset_ = workspace_bytes_;
+      workspace_bytes_ += Aligned(rows * config.head_dim * sizeof(float));
     }
     SegmentClusterParams c = ClusterParams();
     segment_workspace_bytes_ = SegmentClusterWorkspaceBytes(c);
@@ -85,7 +101,23 @@ class WaveIndex final : public BlockIndex {
     p.value_mean = pages.dst[kValueMean];
     p.count = reinterpret_cast<int32_t* const*>(pages.dst[kCount]);
     p.key_spread = reinterpret_cast<float* const*>(pages.dst[kKeySpread]);
-    return backend.PageSummaries(p, stream);
+    KVTIER_RETURN_IF_ERROR(backend.PageSummaries(p, stream));
+    // The complete pages, once each, into their items' statistics (from the parts just written).
+    ValueKeyCovarianceParams c;
+    c.dtype = config_.dtype;
+    c.head_dim = config_.head_dim;
+    c.page_size = config_.page_size;
+    c.num_pages = pages.num_pages;
+    c.centroid_parts = kParts;
+    c.item_stride = std::max(pages.item_stride, 1);
+    c.k_pages = pages.k_pages;
+    c.v_pages = pages.v_pages;
+    c.tokens = pages.tokens;
+    c.key_mean = pages.dst[kKeyMean];
+    c.value_mean = pages.dst[kValueMean];
+    c.count = reinterpret_cast<const int32_t* const*>(pages.dst[kCount]);
+    c.stats = reinterpret_cast<float* const*>(pages.dst[kStats]);
+    return backend.ValueKeyCovariance(c, stream);
   }
 
   absl::Status Select(StepBackend& backend, const SelectBatch& batch,
@@ -109,6 +141,10 @@ class WaveIndex final : public BlockIndex {
     return layout_.stride[kValueMean] + layout_.stride[kKeySpread] + layout_.stride[kCount] +
            int64_t{config_.group_size} * kParts * 4;
   }
+  // The value shift reads the item's statistics once a step.
+  int64_t estimate_bytes_per_item() const override {
+    return ValueKeyStatsBytes(config_.head_dim);
+  }
   int zone_stride() const override {
     return config_.estimate_pages > 0 ? config_.budget_pages + config_.estimate_pages : 0;
   }
@@ -120,6 +156,18 @@ class WaveIndex final : public BlockIndex {
                                                      batch.workspace_bytes, " bytes; expected ",
                                                      workspace_bytes_));
     }
+    // The value shifts need only the query and the statistics: they go first, beside the
+    // scoring.
+    ValueShiftParams shift;
+    shift.dtype = config_.dtype;
+    shift.head_dim = config_.head_dim;
+    shift.group_size = config_.group_size;
+    shift.softmax_scale = config_.softmax_scale;
+    shift.num_items = batch.num_items;
+    shift.q = batch.q;
+    shift.stats = reinterpret_cast<const float* const*>(batch.summaries[kStats]);
+    shift.shift = Shifts(batch.workspace);
+    KVTIER_RETURN_IF_ERROR(backend.ValueShift(shift, stream));
     if (config_.estimate_rest) return EstimateRest(backend, batch, stream);
     if (batch.selected_event != nullptr) {
       KVTIER_RETURN_IF_ERROR(backend.StreamWait(stream, batch.selected_event));
@@ -221,6 +269,7 @@ class WaveIndex final : public BlockIndex {
     p.value_mean = batch.summaries[kValueMean];
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
     p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
+    p.value_shift = Shifts(batch.workspace);
     const size_t before = logits_bytes() + select_workspace_bytes_;
     p.workspace = static_cast<char*>(batch.workspace) + before;
     p.workspace_bytes = estimation_workspace_bytes();
@@ -273,6 +322,9 @@ class WaveIndex final : public BlockIndex {
   }
 
   static size_t Aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  float* Shifts(void* workspace) const {
+    return reinterpret_cast<float*>(static_cast<char*>(workspace) + shift_offset_);
+  }
   size_t logits_bytes() const { return estimates() ? logit_bytes_ : 0; }
   size_t estimation_workspace_bytes() const {
     return estimates()
@@ -286,6 +338,7 @@ class WaveIndex final : public BlockIndex {
   size_t select_workspace_bytes_ = 0;  // then Select's scratch
   size_t workspace_bytes_ = 0;         // then Estimate's partial results
   size_t superset_out_bytes_ = 0;      // then the rest's superset estimate: out, then lse
+  size_t shift_offset_ = 0;            // then the value shifts, [max_items, G, D] fp32
   size_t segment_workspace_bytes_ = 0;
 };
 

@@ -37,7 +37,7 @@
 namespace kvtier {
 
 // The most per-page arrays an index keeps in an item's summary region.
-inline constexpr int kMaxSummaryArrays = 5;
+inline constexpr int kMaxSummaryArrays = 6;
 
 // Where the items' storage lives: pools indexed by item row. Device memory for the kernels,
 // host memory for the twins.
@@ -52,7 +52,8 @@ struct ItemStorage {
   // Summary bytes a page: an item's region is max_pages * summary_bytes bytes, > 0.
   int64_t summary_bytes = 0;
   // The region's arrays: summary_arrays in [1, kMaxSummaryArrays]; array a at byte offset
-  // summary_offset[a] (>= 0), summary_stride[a] (> 0) bytes a page, inside the region.
+  // summary_offset[a] (>= 0), summary_stride[a] (>= 0; 0: one entry for the item, which every
+  // page shares) bytes a page, inside the region.
   int32_t summary_arrays = 1;
   int64_t summary_offset[kMaxSummaryArrays] = {};
   int64_t summary_stride[kMaxSummaryArrays] = {};

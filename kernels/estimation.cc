@@ -171,8 +171,11 @@ void EstimateRow(const EstimationParams& p, int item, int head) {
       const double weight = std::exp(logits[c] - max_logit) * p.count[item][ids[c]];
       denominator += weight;
       const size_t at = static_cast<size_t>(ids[c]) * dim;
+      const double spread = p.value_shift != nullptr ? p.key_spread[item][ids[c]] : 0.0;
       for (int d = 0; d < dim; ++d) {
-        numerator[d] += weight * LoadAsFloat(p.dtype, p.value_mean[item], at + d);
+        double value = LoadAsFloat(p.dtype, p.value_mean[item], at + d);
+        if (p.value_shift != nullptr) value += spread * p.value_shift[row * dim + d];
+        numerator[d] += weight * value;
       }
     }
     for (int d = 0; d < dim; ++d) mean[d] = numerator[d] / denominator;
@@ -248,6 +251,9 @@ absl::Status ValidateEstimationShape(const EstimationParams& p) {
   }
   if (p.logits != nullptr && p.logit_stride < p.centroid_parts) {
     return Invalid("logit_stride is ", p.logit_stride, " with logits; expected >= centroid_parts");
+  }
+  if (p.value_shift != nullptr && p.key_spread == nullptr) {
+    return Invalid("value_shift is set without key_spread");
   }
   if (p.value_mean == nullptr) return Invalid("value_mean is null");
   if (p.count == nullptr) return Invalid("count is null");

@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   __shared__ float dot_s[2][H][kTileCentroids];                // the two halves' dot products
   __shared__ __align__(16) float weight_s[kTileCentroids][H];  // n e^{l - max}, 0: none
   __shared__ float correction_s[H];                            // this tile's rescale of the state
-  __shared__ float max_s[H], denominator_s[H];
+  __shared__ float max_s[H], denominator_s[H], spread_s[H];
   extern __shared__ __align__(16) char smem[];
   int32_t* ids = reinterpret_cast<int32_t*>(smem + StagesBytes<T, kDim>());
   int32_t* exclude = ids + kSegmentIds;  // the item's exclusion list, [exclude_stride]
@@ -209,6 +209,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // 0..H-1 (head = warp) also keep that head's softmax state, the same on every lane.
   const int my_head = warp % H, half = warp / H;
   float running_max = -INFINITY, denominator = 0.0f;
+  float spread_sum = 0.0f;  // sum of weight x key spread (EstimationParams::value_shift)
   float spread_weight = 0.0f;  // kSpreadWeight scale^2 / 2 |q|^2 (estimation.h)
   if (warp < H) {
     for (int d = lane; d < kDim; d += 32)
@@ -301,6 +302,9 @@ __global__ void __launch_bounds__(kThreads, 2)
         const float weight =
             logit == -INFINITY ? 0.0f : expf(logit - new_max) * static_cast<float>(n);
         denominator = fmaf(denominator, correction, WarpSum(weight));
+        if (p.value_shift != nullptr) {
+          spread_sum = fmaf(spread_sum, correction, WarpSum(weight * spread));
+        }
         running_max = new_max;
         weight_s[lane][warp] = weight;
         if (lane == 0) correction_s[warp] = correction;
@@ -345,6 +349,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   if (warp < H && lane == 0) {
     max_s[warp] = running_max;
     denominator_s[warp] = denominator;
+    spread_s[warp] = spread_sum;
   }
   __syncthreads();
 
@@ -362,6 +367,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
     float value = 0.0f;
     for (int g = 0; g < N::kGroups; ++g) value += numerators[(g * H + h) * kDim + d];
+    // The value shift: every centroid's m + s shift, so the sum gains (sum w s) shift.
+    if (p.value_shift != nullptr) value = fmaf(spread_s[h], p.value_shift[item_row * kDim + d], value);
     out[d] = value / denominator_s[h];
     if (d == 0) *lse = max_s[h] + logf(denominator_s[h]);
   }

@@ -73,6 +73,10 @@ struct EstimationParams {
   // channels, each of variance s) around c, where e^{q.c} underestimates every spread cluster
   // (Jensen).
   const float* const* key_spread = nullptr;
+  // Optional [num_items, G, D] fp32, value_shift.h's shift of each query row: a contributing
+  // centroid's mean value m counts as m + s * value_shift[row], s its key spread (the values
+  // that q's attention favours in a spread cluster). Needs key_spread.
+  const float* value_shift = nullptr;
   // Optional: the centroids' logits scale * q.c, already computed by an earlier pass over the
   // same centroids (BlockSelectParams::logits, the zone's scoring): the logit of head h for
   // part `part` of cluster c of item i is logits[(i * G + h) * logit_stride + c * parts +

@@ -134,6 +134,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   constexpr int kRow = kRowElements<kDim>;
   __shared__ WarpStage<T> stage[kWarps];
   __shared__ float warp_max[kWarps][kHeads], warp_denominator[kWarps][kHeads];
+  __shared__ float warp_spread[kWarps][kHeads];  // sum of weight x key spread (value_shift)
   extern __shared__ __align__(16) char smem[];
   int32_t* exclude = reinterpret_cast<int32_t*>(smem + ValueStageBytes<T, kDim>());
 
@@ -156,12 +157,14 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   __syncthreads();
 
-  float running_max[kHeads], denominator[kHeads];
+  float running_max[kHeads], denominator[kHeads], spread_sum[kHeads];
 #pragma unroll
   for (int h = 0; h < kHeads; ++h) {
     running_max[h] = -INFINITY;
     denominator[h] = 0.0f;
+    spread_sum[h] = 0.0f;
   }
+  const bool shifts = p.value_shift != nullptr;
   // The numerators, C = V^T [w_hi | w_lo]: tile i's c[i][0..1] are channel 16 i + g, c[i][2..3]
   // channel 16 i + g + 8, at columns 2t and 2t + 1 (heads 2t % 4 and 2t % 4 + 1; t < 2: the
   // hi part, t >= 2 the lo part).
@@ -241,6 +244,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         const float weight =
             logit == -INFINITY ? 0.0f : expf(logit - new_max) * static_cast<float>(x.n);
         denominator[h] = fmaf(denominator[h], correction[h], WarpSum(weight));
+        if (shifts) spread_sum[h] = fmaf(spread_sum[h], correction[h], WarpSum(weight * x.spread));
         running_max[h] = new_max;
         SplitWeight(weight, ws.weight[h][lane], ws.weight[kHeads + h][lane]);
       }
@@ -304,6 +308,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int h = 0; h < kHeads; ++h) {
       warp_max[warp][h] = running_max[h];
       warp_denominator[warp][h] = denominator[h];
+      warp_spread[warp][h] = spread_sum[h];
     }
   }
   __syncthreads();
@@ -321,13 +326,16 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (d == 0) *lse = -INFINITY;
       continue;
     }
-    float total = 0.0f, value = 0.0f;
+    float total = 0.0f, value = 0.0f, spread = 0.0f;
     for (int w = 0; w < kWarps; ++w) {
       if (warp_max[w][h] == -INFINITY) continue;  // an empty warp (its state is 0)
       const float scale = expf(warp_max[w][h] - top);
       total = fmaf(warp_denominator[w][h], scale, total);
       value = fmaf(numerators[(w * kHeads + h) * kDim + d], scale, value);
+      spread = fmaf(warp_spread[w][h], scale, spread);
     }
+    // The value shift: every centroid's m + s shift, so the sum gains (sum w s) shift.
+    if (shifts) value = fmaf(spread, p.value_shift[item_row * kDim + d], value);
     out[d] = value / total;
     if (d == 0) *lse = top + logf(total);
   }

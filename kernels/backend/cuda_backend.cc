@@ -159,6 +159,12 @@ class CudaBackend final : public StepBackend {
   absl::Status SegmentCluster(const SegmentClusterParams& p, cudaStream_t s) override {
     return LaunchSegmentCluster(p, s);
   }
+  absl::Status ValueKeyCovariance(const ValueKeyCovarianceParams& p, cudaStream_t s) override {
+    return LaunchValueKeyCovariance(p, s);
+  }
+  absl::Status ValueShift(const ValueShiftParams& p, cudaStream_t s) override {
+    return LaunchValueShift(p, s);
+  }
 
  private:
   int device_id_;

@@ -127,6 +127,12 @@ class HostBackend final : public StepBackend {
   absl::Status SegmentCluster(const SegmentClusterParams& p, cudaStream_t) override {
     return ReferenceSegmentCluster(p);
   }
+  absl::Status ValueKeyCovariance(const ValueKeyCovarianceParams& p, cudaStream_t) override {
+    return ReferenceValueKeyCovariance(p);
+  }
+  absl::Status ValueShift(const ValueShiftParams& p, cudaStream_t) override {
+    return ReferenceValueShift(p);
+  }
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -24,6 +24,7 @@
 #include "kernels/row_gather.h"
 #include "kernels/segment_cluster.h"
 #include "kernels/token_pack.h"
+#include "kernels/value_shift.h"
 
 #ifdef KVTIER_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -87,6 +88,8 @@ class StepBackend {
   virtual absl::Status BlockSelectScored(const BlockSelectParams& p, cudaStream_t s) = 0;
   virtual absl::Status BlockSelectZone(const BlockSelectParams& p, cudaStream_t s) = 0;
   virtual absl::Status Estimation(const EstimationParams& p, cudaStream_t s) = 0;
+  virtual absl::Status ValueKeyCovariance(const ValueKeyCovarianceParams& p, cudaStream_t s) = 0;
+  virtual absl::Status ValueShift(const ValueShiftParams& p, cudaStream_t s) = 0;
   virtual absl::Status CacheResolve(const CacheResolveParams& p, cudaStream_t s) = 0;
   virtual absl::Status MissLoad(const MissLoadParams& p, cudaStream_t s) = 0;
   virtual absl::Status BuildSelectedPages(const SelectedPagesParams& p, cudaStream_t s) = 0;

@@ -203,7 +203,8 @@ absl::StatusOr<DecodeStep> KvCacheImpl::StartDecodeStep(int layer, const ConstTe
       const int64_t pages = index_->estimates_rest()
                                 ? candidates + retrieved
                                 : std::min<int64_t>(candidates, index_->zone_stride()) - retrieved;
-      a.stats.estimate_bytes_read += pages * hk * plan_.estimate_page_bytes;
+      a.stats.estimate_bytes_read +=
+          pages * hk * plan_.estimate_page_bytes + hk * index_->estimate_bytes_per_item();
     }
     if (cold_end > s) step.any_candidates = true;
     if (t % p == p - 1) {

@@ -297,6 +297,7 @@ absl::Status KvCacheImpl::PrefillPiece(const Sequence& sequence, int layer, cons
   summary.v_pages = dev(pack_v);
   summary.tokens = dev_tokens;
   for (int a = 0; a < arrays; ++a) summary.dst[a] = dev_mut(sum_dst[a]);
+  summary.item_stride = hk;  // entry e * hk + h: page e of KV head h
   KVTIER_RETURN_IF_ERROR(index_->Summarize(*backend_, summary, stream));
 
   if (hot_copies > 0) {

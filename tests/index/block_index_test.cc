@@ -1,6 +1,7 @@
 #include "index/block_index.h"
 
 #include "gtest/gtest.h"
+#include "kernels/value_shift.h"
 
 namespace kvtier::internal {
 namespace {
@@ -54,7 +55,8 @@ TEST(BlockIndexTest, WaveSizesItsWorkspacesAndLaysOutItsArrays) {
   EXPECT_EQ(wave.zone_stride(), 64 + 256);
   EXPECT_TRUE(wave.orders_segments());
   const SummaryLayout l = wave.layout();
-  ASSERT_EQ(l.arrays, 5);  // key means, mean values, key spreads, counts, positions
+  // Key means, mean values, key spreads, counts, positions; the per-item statistics.
+  ASSERT_EQ(l.arrays, 6);
   EXPECT_EQ(l.bytes_per_page % 16, 0);
   // Two centroid parts a page: key means and mean values of 2 x D bf16, spreads and counts one
   // 4-byte scalar a part.
@@ -64,6 +66,11 @@ TEST(BlockIndexTest, WaveSizesItsWorkspacesAndLaysOutItsArrays) {
   EXPECT_EQ(l.stride[3], 2 * 4);
   for (int a = 0; a < 2; ++a) EXPECT_EQ(l.offset[a] % 16, 0) << a;  // vector-read arrays
   EXPECT_EQ(wave.scan_bytes_per_page(), l.stride[0] + l.stride[3]);
+  // The statistics: one block an item (stride 0), 16-byte aligned, after the page arrays.
+  EXPECT_EQ(l.stride[5], 0);
+  EXPECT_EQ(l.offset[5] % 16, 0);
+  EXPECT_LE(l.offset[5] + ValueKeyStatsBytes(128), int64_t{c.max_pages} * l.bytes_per_page);
+  EXPECT_EQ(wave.estimate_bytes_per_item(), ValueKeyStatsBytes(128));
   for (int a = 0; a < l.arrays; ++a) {
     const int64_t end = l.offset[a] + int64_t{c.max_pages} * l.stride[a];
     EXPECT_LE(end, int64_t{c.max_pages} * l.bytes_per_page) << a;

@@ -282,10 +282,13 @@ TEST_F(EstimationListsGpuTest, SpreadCorrectionEqualsTwin) {
         EstimationLists batch(dtype, dim, group, parts, stride, exclude_stride,
                               RandomItems(stride, exclude_stride, rng), rng());
         batch.AddSpread(rng());
+        const bool shift = rng() % 2 == 0;
+        if (shift) batch.AddValueShift(rng());
         ASSERT_NO_FATAL_FAILURE(
             CheckLists(batch,
                        absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
-                                    " stride ", stride, " spread, seed ", seed),
+                                    " stride ", stride, " spread", shift ? " value shift" : "",
+                                    ", seed ", seed),
                        stream()));
       }
     }
@@ -307,7 +310,10 @@ TEST_F(EstimationListsGpuTest, PrecomputedLogitsEqualTwin) {
         EstimationLists batch(dtype, dim, group, parts, stride, exclude_stride,
                               RandomItems(stride, exclude_stride, rng), rng());
         batch.AddLogits(rng());
-        if (rng() % 2 == 0) batch.AddSpread(rng());
+        if (rng() % 2 == 0) {
+          batch.AddSpread(rng());
+          if (rng() % 2 == 0) batch.AddValueShift(rng());
+        }
         for (ListAddressing addressing : {ListAddressing::kStride, ListAddressing::kOffsets}) {
           ASSERT_NO_FATAL_FAILURE(
               CheckLists(batch,

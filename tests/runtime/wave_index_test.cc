@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "kernels/value_shift.h"
 #include "runtime/kv_cache.h"
 #include "tests/runtime/runtime_test_util.h"
 #include "tests/runtime/wave_test_cases.h"
@@ -109,7 +110,9 @@ TEST(WaveStatsTest, EstimationZoneBytesAreCounted) {
   const int64_t zone_pages = (std::min<int64_t>(12, c.budget + c.estimate) - c.budget) +
                              (std::min<int64_t>(6, c.budget + c.estimate) - c.budget);
   const LayerStats total = driver.cache().GetStats().Total();
-  EXPECT_EQ(total.estimate_bytes_read, zone_pages * hk * page_bytes);
+  // And each item's value-key statistics, once (the value shift).
+  EXPECT_EQ(total.estimate_bytes_read,
+            zone_pages * hk * page_bytes + 2 * hk * ValueKeyStatsBytes(c.head_dim));
   EXPECT_EQ(total.hbm_bytes(), total.hot_bytes_read + total.selected_bytes_read +
                                    total.summary_bytes_read + total.estimate_bytes_read);
 }
@@ -295,7 +298,8 @@ TEST(WaveStatsTest, EstimateRestBytesCountEveryCandidateAndTheRetrievedOnesAgain
   const int64_t group = o.shape.group_size();
   const int64_t page_bytes = 2 * d * 2 + 2 * 4 + 2 * 4 + group * 2 * 4;  // both parts
   const LayerStats total = driver.cache().GetStats().Total();
-  EXPECT_EQ(total.estimate_bytes_read, ((12 + 3) + (6 + 3) + (2 + 2)) * hk * page_bytes);
+  EXPECT_EQ(total.estimate_bytes_read, ((12 + 3) + (6 + 3) + (2 + 2)) * hk * page_bytes +
+                                           3 * hk * ValueKeyStatsBytes(c.head_dim));
   EXPECT_EQ(total.hbm_bytes(), total.hot_bytes_read + total.selected_bytes_read +
                                    total.summary_bytes_read + total.estimate_bytes_read);
 }

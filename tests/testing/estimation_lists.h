@@ -153,6 +153,15 @@ class EstimationLists {
     for (int i = 0; i < items_; ++i) spread_ptr_.push_back(spreads_.data() + count_at_[i]);
   }
 
+  // Adds value shifts (EstimationParams::value_shift, one a query row): normal, about a mean
+  // value's size, so that m + s shift differs from m in every channel. Needs AddSpread.
+  void AddValueShift(uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 0.5f);
+    shifts_.resize(rows() * dim_);
+    for (float& x : shifts_) x = normal(rng);
+  }
+
   // Passes precomputed logits (EstimationParams::logits) instead of the mean keys, which
   // Params() then leaves null: random ones in [-8, 8] that have nothing to do with q and the
   // keys, so that a reader that computed q.c instead would show. Each item's rows are
@@ -220,6 +229,7 @@ class EstimationLists {
     p.value_mean = mean_ptr_.data();
     p.count = count_ptr_.data();
     if (!spreads_.empty()) p.key_spread = spread_ptr_.data();
+    if (!shifts_.empty()) p.value_shift = shifts_.data();
     p.out = out;
     p.lse = lse;
     return p;
@@ -303,6 +313,7 @@ class EstimationLists {
   const std::vector<uint16_t>& q() const { return q_; }
   const std::vector<uint16_t>& keys() const { return keys_; }
   const std::vector<float>& spreads() const { return spreads_; }  // empty: no spread
+  const std::vector<float>& shifts() const { return shifts_; }
   const std::vector<float>& logits() const { return logits_; }    // empty: from the keys
   int64_t logit_stride() const { return logit_stride_; }
   const std::vector<uint16_t>& means() const { return means_; }  // mean values, of dtype
@@ -336,6 +347,7 @@ class EstimationLists {
   int items_;
   std::vector<uint16_t> q_, keys_;
   std::vector<float> spreads_;
+  std::vector<float> shifts_;  // AddValueShift: [rows, D]
   std::vector<float> logits_;  // AddLogits: [items, G, logit_stride_]
   int64_t logit_stride_ = 0;
   std::vector<uint16_t> means_;

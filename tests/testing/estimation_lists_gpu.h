@@ -26,6 +26,7 @@ class DeviceEstimationLists {
         q_(Upload(batch.q())),
         keys_(Upload(batch.keys())),
         spreads_(Upload(batch.spreads().empty() ? std::vector<float>(1) : batch.spreads())),
+        shifts_(Upload(batch.shifts().empty() ? std::vector<float>(1) : batch.shifts())),
         logits_(Upload(batch.logits().empty() ? std::vector<float>(1) : batch.logits())),
         means_(Upload(batch.means())),
         counts_(Upload(batch.counts())),
@@ -74,6 +75,7 @@ class DeviceEstimationLists {
     p.value_mean = mean_ptr_.as<const void*>();
     p.count = count_ptr_.as<const int32_t*>();
     if (host.key_spread != nullptr) p.key_spread = spread_ptr_.as<const float*>();
+    if (host.value_shift != nullptr) p.value_shift = shifts_.as<float>();
     p.out = out;
     p.lse = lse;
     return p;
@@ -81,7 +83,7 @@ class DeviceEstimationLists {
 
  private:
   const EstimationLists& batch_;
-  DeviceBuffer q_, keys_, spreads_, logits_, means_, counts_, ids_, list_count_, flat_, offsets_,
+  DeviceBuffer q_, keys_, spreads_, shifts_, logits_, means_, counts_, ids_, list_count_, flat_, offsets_,
       exclude_, exclude_count_;
   DeviceBuffer key_ptr_, spread_ptr_, mean_ptr_, count_ptr_;
 };
