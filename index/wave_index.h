@@ -15,6 +15,12 @@
 // scoring pass for the batch: the top budget_pages (or the fewest reaching mass_target,
 // capped) are attended exactly; the next ones up to budget_pages + estimate_pages in all form
 // the estimation zone (kernels/estimation.h, with the spread correction), merged by LSE.
+// An estimated part's mean value m counts as m + s * scale C q / s_bar (kernels/value_shift.h):
+// the values that q favours among keys spread s around the part's mean, C the item's pooled
+// cross-covariance of value and key deviations from their part means and s_bar its pooled key
+// spread. The sums behind C (D x D fp32, a stride-0 summary array: one block an item, zeroed
+// when a sequence takes the slot) gain each page once, when its summary is written complete
+// (prefill's full pages, and each page that a decode step completes).
 // With a budget that covers every candidate page nothing is estimated and attention is exact.
 #pragma once
 

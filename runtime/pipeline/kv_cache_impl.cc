@@ -204,9 +204,13 @@ absl::Status KvCacheImpl::AddSequence(SeqId seq) {
   const int64_t rows = int64_t{options_.shape.num_layers} * options_.shape.num_kv_heads;
   cudaStream_t s = backend_->copy_stream();
   KVTIER_RETURN_IF_ERROR(page_cache_->EmptyRows(row0, rows, s));
-  if (index_->position_array() >= 0) {
-    // Stored positions of 0 mean "position order": a reused slot starts without the
-    // previous sequence's layout.
+  bool per_item_state = false;  // a stride-0 summary array: one block an item, added to
+  for (int a = 0; a < summary_layout_.arrays; ++a) {
+    per_item_state |= summary_layout_.stride[a] == 0;
+  }
+  if (index_->position_array() >= 0 || per_item_state) {
+    // Stored positions of 0 mean "position order", and per-item state starts at zero: a
+    // reused slot starts without the previous sequence's layout or sums.
     const int64_t region = int64_t{plan_.max_pages} * plan_.summary_page_bytes;
     KVTIER_RETURN_IF_ERROR(backend_->Fill(summaries_ + row0 * region, 0, rows * region, s));
   }

@@ -169,9 +169,14 @@ TEST_F(EstimationRestGpuTest, RangeAndRestEqualTwin) {
           EstimationLists batch(dtype, dim, group, parts, stride, 0,
                                 RestItems(9, rng() % 2 == 0 ? 300 : 3000, stride, rng), rng());
           if (variant > 0) batch.AddLogits(rng());
-          if (variant > 1 || rng() % 3 == 0) batch.AddSpread(rng());
+          const bool spread = variant > 1 || rng() % 3 == 0;
+          if (spread) batch.AddSpread(rng());
+          // The wave index's shift: linear in the mean values, so the rest carries it too.
+          const bool shift = spread && rng() % 2 == 0;
+          if (shift) batch.AddValueShift(rng());
           SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
-                                    " stride ", stride, " variant ", variant, " seed ", seed));
+                                    " stride ", stride, " variant ", variant,
+                                    shift ? " shift" : "", " seed ", seed));
           ASSERT_NO_FATAL_FAILURE(CheckBatch(batch, stride, rng, stream(), &compared));
         }
       }

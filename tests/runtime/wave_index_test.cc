@@ -304,5 +304,47 @@ TEST(WaveStatsTest, EstimateRestBytesCountEveryCandidateAndTheRetrievedOnesAgain
                                    total.summary_bytes_read + total.estimate_bytes_read);
 }
 
+
+// The value shift's per-item sums start at zero for every sequence: a sequence in a slot that
+// another used (prefilled, decoded past page boundaries, removed) decodes exactly as it does
+// in a fresh cache.
+TEST(WaveValueShiftTest, AReusedSlotStartsWithoutThePreviousSums) {
+  const WaveCase c{2, 64, DType::kBF16, 16, 16, 32, 256, 0, 2, -1, 77};
+  Options o = HostWaveOptions(c);
+  o.max_sequences = 1;
+  o.max_batch_size = 1;
+  const int layers = o.shape.num_layers;
+  auto decode_steps = [&](Driver& d, SeqId seq, uint64_t seed, int steps,
+                          std::vector<float>* last) {
+    std::mt19937_64 rng(seed);
+    for (int step = 0; step < steps; ++step) {
+      const runtime_test::DecodeInputs in = d.RandomDecodeInputs(1, rng, 2.0f);
+      for (int layer = 0; layer < layers; ++layer) {
+        KVTIER_RT_ASSERT_OK(d.Decode(layer, {seq}, in, DType::kFP32, last));
+      }
+    }
+  };
+  auto prefill = [&](Driver& d, SeqId seq, uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    KVTIER_RT_ASSERT_OK(d.Add(seq));
+    for (int layer = 0; layer < layers; ++layer) {
+      KVTIER_RT_ASSERT_OK(d.PrefillRandom(seq, layer, 600, rng));
+    }
+  };
+  absl::StatusOr<std::unique_ptr<Driver>> used = Driver::Create(o);
+  absl::StatusOr<std::unique_ptr<Driver>> fresh = Driver::Create(o);
+  ASSERT_TRUE(used.ok() && fresh.ok());
+  prefill(**used, 1, 1);
+  decode_steps(**used, 1, 2, 40, nullptr);  // completes pages: they add to the sums
+  KVTIER_RT_ASSERT_OK((*used)->Remove(1));
+  std::vector<float> in_used, in_fresh;
+  prefill(**used, 2, 3);
+  decode_steps(**used, 2, 4, 20, &in_used);
+  prefill(**fresh, 2, 3);
+  decode_steps(**fresh, 2, 4, 20, &in_fresh);
+  ASSERT_EQ(in_used.size(), in_fresh.size());
+  for (size_t i = 0; i < in_used.size(); ++i) ASSERT_EQ(in_used[i], in_fresh[i]) << i;
+}
+
 }  // namespace
 }  // namespace kvtier

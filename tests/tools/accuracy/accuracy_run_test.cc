@@ -186,6 +186,37 @@ TEST(AccuracyRunTest, PageBoundsAtTwoPercentLandsNearTheReadme) {
   }
 }
 
+// Issue 8's fidelity targets at 2% retrieval, the rest estimated (with the value shift): the
+// diffuse dumps at most half of page bounds' output error, a concentrated one within 5%.
+// Measured on the host: prose_dev_L1 15.6% (page bounds about 49%), code_dev_L4 8.5%,
+// code_dev8k_L6 4.3%.
+TEST(AccuracyRunTest, TheWaveIndexHoldsTheFidelityTargets) {
+  std::string why;
+  if (!testing_util::DumpsPresent(&why)) GTEST_SKIP() << why;
+  RunSpec bounds = Spec(SyntheticConfig(0), 0.02);
+  bounds.window_tokens = 1024;
+  RunSpec wave = bounds;
+  wave.index = IndexKind::kWave;
+  wave.estimate_fraction = 1.0;
+  for (const char* name : {"prose_dev_L1", "code_dev_L4", "code_dev8k_L6"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<AccuracyInput> in = LoadDumpInput(DumpPath(name), 32);
+    ASSERT_TRUE(in.ok()) << in.status();
+    const RunResult w = RunInput(*in, wave);
+    ASSERT_TRUE(w.status.ok()) << w.status;
+    EXPECT_EQ(w.output_error.non_finite, 0);
+    if (std::string(name) == "code_dev8k_L6") {
+      EXPECT_LE(w.output_error.mean, 0.05);
+      continue;
+    }
+    const RunResult b = RunInput(*in, bounds);
+    ASSERT_TRUE(b.status.ok()) << b.status;
+    std::printf("%-14s wave + rest %.2f%%, page bounds %.2f%%\n", name,
+                100 * w.output_error.mean, 100 * b.output_error.mean);
+    EXPECT_LE(w.output_error.mean, 0.5 * b.output_error.mean);
+  }
+}
+
 TEST(AccuracyRunTest, AnUnreadableDumpNamesItsPath) {
   const absl::StatusOr<AccuracyInput> in = LoadDumpInput("/nonexistent/x.npz", 32);
   ASSERT_FALSE(in.ok());
