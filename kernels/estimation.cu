@@ -303,7 +303,9 @@ __global__ void __launch_bounds__(kThreads, 2)
             logit == -INFINITY ? 0.0f : expf(logit - new_max) * static_cast<float>(n);
         denominator = fmaf(denominator, correction, WarpSum(weight));
         if (p.value_shift != nullptr) {
-          spread_sum = fmaf(spread_sum, correction, WarpSum(weight * spread));
+          // Only contributing centroids: 0 x a spread that is not finite would not be 0.
+          const float spread_term = logit == -INFINITY ? 0.0f : weight * spread;
+          spread_sum = fmaf(spread_sum, correction, WarpSum(spread_term));
         }
         running_max = new_max;
         weight_s[lane][warp] = weight;

@@ -244,7 +244,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         const float weight =
             logit == -INFINITY ? 0.0f : expf(logit - new_max) * static_cast<float>(x.n);
         denominator[h] = fmaf(denominator[h], correction[h], WarpSum(weight));
-        if (shifts) spread_sum[h] = fmaf(spread_sum[h], correction[h], WarpSum(weight * x.spread));
+        if (shifts) {
+          // Only contributing centroids: 0 x a spread that is not finite would not be 0.
+          const float spread_term = logit == -INFINITY ? 0.0f : weight * x.spread;
+          spread_sum[h] = fmaf(spread_sum[h], correction[h], WarpSum(spread_term));
+        }
         running_max[h] = new_max;
         SplitWeight(weight, ws.weight[h][lane], ws.weight[kHeads + h][lane]);
       }
