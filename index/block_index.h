@@ -51,6 +51,7 @@ struct IndexConfig {
   int estimate_pages = 0;    // estimation zone: blocks estimated after the retrieved ones
   // Or every candidate block not retrieved is estimated (estimate_pages is then 0).
   bool estimate_rest = false;
+  bool value_shift = true;  // estimates shift mean values (kernels/value_shift.h)
   // Prefill pieces: the most tokens one segment (one KV head of a piece) holds, and the most
   // segments one OrderSegments call takes (Hk: one piece's KV heads).
   int max_segment_tokens = 0;

@@ -38,8 +38,8 @@ class WaveIndex final : public BlockIndex {
     const int64_t pages = config.max_pages;
     // Mean keys and mean values: parts x D of the KV dtype.
     const int64_t key_bytes = kParts * d * static_cast<int64_t>(DTypeSize(config.dtype));
-    const int64_t strides[kArrays] = {key_bytes,  key_bytes, kParts * 4, kParts * 4,
-                                      int64_t{config.page_size} * 4, 0};
+    const int64_t strides[kArrays] = {
+        key_bytes, key_bytes, kParts * 4, kParts * 4, int64_t{config.page_size} * 4, 0};
     int64_t offset = 0;
     layout_.arrays = kArrays;
     for (int a = 0; a < kArrays; ++a) {
@@ -51,7 +51,8 @@ class WaveIndex final : public BlockIndex {
     offset += ValueKeyStatsBytes(config.head_dim);
     // The region, max_pages * bytes_per_page bytes, holds the page arrays and the statistics;
     // regions start 16-byte aligned (mean keys are read with 16-byte vectors).
-    const int64_t per_page = (offset + std::max<int64_t>(pages, 1) - 1) / std::max<int64_t>(pages, 1);
+    const int64_t per_page =
+        (offset + std::max<int64_t>(pages, 1) - 1) / std::max<int64_t>(pages, 1);
     layout_.bytes_per_page = (per_page + 15) / 16 * 16;
     // The workspace: the zone's logits (the select pass writes them, Estimate reads them),
     // then Select's scratch, then Estimate's partial results, then (estimating the rest) the
@@ -102,6 +103,7 @@ class WaveIndex final : public BlockIndex {
     p.count = reinterpret_cast<int32_t* const*>(pages.dst[kCount]);
     p.key_spread = reinterpret_cast<float* const*>(pages.dst[kKeySpread]);
     KVTIER_RETURN_IF_ERROR(backend.PageSummaries(p, stream));
+    if (!shifts()) return absl::OkStatus();
     // The complete pages, once each, into their items' statistics (from the parts just written).
     ValueKeyCovarianceParams c;
     c.dtype = config_.dtype;
@@ -143,7 +145,7 @@ class WaveIndex final : public BlockIndex {
   }
   // The value shift reads the item's statistics once a step.
   int64_t estimate_bytes_per_item() const override {
-    return ValueKeyStatsBytes(config_.head_dim);
+    return shifts() ? ValueKeyStatsBytes(config_.head_dim) : 0;
   }
   int zone_stride() const override {
     return config_.estimate_pages > 0 ? config_.budget_pages + config_.estimate_pages : 0;
@@ -158,16 +160,7 @@ class WaveIndex final : public BlockIndex {
     }
     // The value shifts need only the query and the statistics: they go first, beside the
     // scoring.
-    ValueShiftParams shift;
-    shift.dtype = config_.dtype;
-    shift.head_dim = config_.head_dim;
-    shift.group_size = config_.group_size;
-    shift.softmax_scale = config_.softmax_scale;
-    shift.num_items = batch.num_items;
-    shift.q = batch.q;
-    shift.stats = reinterpret_cast<const float* const*>(batch.summaries[kStats]);
-    shift.shift = Shifts(batch.workspace);
-    KVTIER_RETURN_IF_ERROR(backend.ValueShift(shift, stream));
+    if (shifts()) KVTIER_RETURN_IF_ERROR(ValueShifts(backend, batch, stream));
     if (config_.estimate_rest) return EstimateRest(backend, batch, stream);
     if (batch.selected_event != nullptr) {
       KVTIER_RETURN_IF_ERROR(backend.StreamWait(stream, batch.selected_event));
@@ -194,6 +187,21 @@ class WaveIndex final : public BlockIndex {
     p.out = batch.out;
     p.lse = batch.lse;
     return backend.Estimation(p, stream);
+  }
+
+  // The shifts of the step's query rows from their items' statistics.
+  absl::Status ValueShifts(StepBackend& backend, const EstimateBatch& batch,
+                           cudaStream_t stream) const {
+    ValueShiftParams shift;
+    shift.dtype = config_.dtype;
+    shift.head_dim = config_.head_dim;
+    shift.group_size = config_.group_size;
+    shift.softmax_scale = config_.softmax_scale;
+    shift.num_items = batch.num_items;
+    shift.q = batch.q;
+    shift.stats = reinterpret_cast<const float* const*>(batch.summaries[kStats]);
+    shift.shift = Shifts(batch.workspace);
+    return backend.ValueShift(shift, stream);
   }
 
   bool orders_segments() const override { return true; }
@@ -269,7 +277,7 @@ class WaveIndex final : public BlockIndex {
     p.value_mean = batch.summaries[kValueMean];
     p.count = reinterpret_cast<const int32_t* const*>(batch.summaries[kCount]);
     p.key_spread = reinterpret_cast<const float* const*>(batch.summaries[kKeySpread]);
-    p.value_shift = Shifts(batch.workspace);
+    if (shifts()) p.value_shift = Shifts(batch.workspace);
     const size_t before = logits_bytes() + select_workspace_bytes_;
     p.workspace = static_cast<char*>(batch.workspace) + before;
     p.workspace_bytes = estimation_workspace_bytes();
@@ -322,6 +330,7 @@ class WaveIndex final : public BlockIndex {
   }
 
   static size_t Aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  bool shifts() const { return config_.value_shift && estimates(); }
   float* Shifts(void* workspace) const {
     return reinterpret_cast<float*>(static_cast<char*>(workspace) + shift_offset_);
   }

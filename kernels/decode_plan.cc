@@ -82,8 +82,8 @@ absl::Status ValidateDecodePlanShape(const DecodePlanParams& p) {
   for (int a = 0; a < s.summary_arrays; ++a) {
     const int64_t end = s.summary_offset[a] + int64_t{s.max_pages} * s.summary_stride[a];
     if (s.summary_offset[a] < 0 || s.summary_stride[a] < 0 ||
-        (s.max_pages >= 1 && std::max(end, s.summary_offset[a] + 1) >
-                                 int64_t{s.max_pages} * s.summary_bytes)) {
+        (s.max_pages >= 1 &&
+         std::max(end, s.summary_offset[a] + 1) > int64_t{s.max_pages} * s.summary_bytes)) {
       return absl::InvalidArgumentError(
           absl::StrCat(kName, ": storage.summary_offset/stride[", a, "] is ", s.summary_offset[a],
                        "/", s.summary_stride[a],

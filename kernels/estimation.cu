@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // 0..H-1 (head = warp) also keep that head's softmax state, the same on every lane.
   const int my_head = warp % H, half = warp / H;
   float running_max = -INFINITY, denominator = 0.0f;
-  float spread_sum = 0.0f;  // sum of weight x key spread (EstimationParams::value_shift)
+  float spread_sum = 0.0f;     // sum of weight x key spread (EstimationParams::value_shift)
   float spread_weight = 0.0f;  // kSpreadWeight scale^2 / 2 |q|^2 (estimation.h)
   if (warp < H) {
     for (int d = lane; d < kDim; d += 32)
@@ -370,7 +370,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     float value = 0.0f;
     for (int g = 0; g < N::kGroups; ++g) value += numerators[(g * H + h) * kDim + d];
     // The value shift: every centroid's m + s shift, so the sum gains (sum w s) shift.
-    if (p.value_shift != nullptr) value = fmaf(spread_s[h], p.value_shift[item_row * kDim + d], value);
+    if (p.value_shift != nullptr)
+      value = fmaf(spread_s[h], p.value_shift[item_row * kDim + d], value);
     out[d] = value / denominator_s[h];
     if (d == 0) *lse = max_s[h] + logf(denominator_s[h]);
   }

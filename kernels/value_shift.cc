@@ -98,10 +98,10 @@ absl::Status ValidateValueKeyCovarianceShape(const ValueKeyCovarianceParams& p) 
   }
   if (p.num_pages < 0) return Invalid(kName, "num_pages is ", p.num_pages, "; expected >= 0");
   if (p.num_pages == 0) return absl::OkStatus();
-  const void* arrays[] = {p.k_pages, p.v_pages, p.tokens, p.key_mean, p.value_mean, p.count,
-                          p.stats};
-  const char* names[] = {"k_pages", "v_pages", "tokens", "key_mean", "value_mean", "count",
-                         "stats"};
+  const void* arrays[] = {p.k_pages,    p.v_pages, p.tokens, p.key_mean,
+                          p.value_mean, p.count,   p.stats};
+  const char* names[] = {"k_pages",    "v_pages", "tokens", "key_mean",
+                         "value_mean", "count",   "stats"};
   for (int a = 0; a < 7; ++a) {
     if (arrays[a] == nullptr) return Invalid(kName, names[a], " is null");
   }

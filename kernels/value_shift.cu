@@ -28,9 +28,9 @@ namespace kvtier {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kRunPages = 8;     // pages a block adds up before it writes
-constexpr int kTokenTile = 16;   // tokens staged at a time: a half-warp each
-constexpr int kMaxTile = 128;    // a block's tile of the sum: at most 128 x 128
+constexpr int kRunPages = 8;    // pages a block adds up before it writes
+constexpr int kTokenTile = 16;  // tokens staged at a time: a half-warp each
+constexpr int kMaxTile = 128;   // a block's tile of the sum: at most 128 x 128
 
 __device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kThreads)
     if (first_tile) {
       const float square = WarpSum(key_square);
       if (lane == 0) atomicAdd(target + int64_t{kDim} * kDim, square);
-      if (threadIdx.x == 0) atomicAdd(target + int64_t{kDim} * kDim + 1, static_cast<float>(tokens));
+      if (threadIdx.x == 0)
+        atomicAdd(target + int64_t{kDim} * kDim + 1, static_cast<float>(tokens));
     }
     key_square = 0.0f;
     tokens = 0;
@@ -212,8 +213,9 @@ absl::Status LaunchValueKeyCovariance(const ValueKeyCovarianceParams& p, cudaStr
       using T = typename decltype(element)::type;
       constexpr int kDim = decltype(dim)::value;
       constexpr int kTiles = kDim < kMaxTile ? 1 : kDim / kMaxTile;
-      ValueKeyCovarianceKernel<T, kDim><<<dim3(static_cast<unsigned>(blocks), kTiles * kTiles),
-                                          kThreads, 0, stream>>>(p, columns);
+      ValueKeyCovarianceKernel<T, kDim>
+          <<<dim3(static_cast<unsigned>(blocks), kTiles * kTiles), kThreads, 0, stream>>>(p,
+                                                                                          columns);
       KVTIER_RETURN_IF_LAUNCH_FAILED("ValueKeyCovarianceKernel", stream);
       return absl::OkStatus();
     });
@@ -225,9 +227,9 @@ absl::Status LaunchValueShift(const ValueShiftParams& p, cudaStream_t stream) {
   if (p.num_items == 0) return absl::OkStatus();
   const size_t smem = sizeof(float) * p.group_size * p.head_dim;
   if (smem > 48 * 1024) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ValueShiftParams: group_size ", p.group_size, " x head_dim ", p.head_dim,
-        " query rows exceed the kernel's 48 KiB of shared memory"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ValueShiftParams: group_size ", p.group_size, " x head_dim ", p.head_dim,
+                     " query rows exceed the kernel's 48 KiB of shared memory"));
   }
   return DispatchInt<64, 128, 256>("head_dim", p.head_dim, [&](auto dim) {
     return DispatchKvDType(p.dtype, [&](auto element) -> absl::Status {

@@ -107,8 +107,7 @@ absl::Status ReferenceValueShift(const ValueShiftParams& params);
 // into the statistics by atomics once a run (so the sums' rounding order varies). The shift: a
 // block per item, a warp per row of C. InvalidArgument on bad sizes; Unimplemented for an
 // unsupported dtype or head_dim.
-absl::Status LaunchValueKeyCovariance(const ValueKeyCovarianceParams& params,
-                                      cudaStream_t stream);
+absl::Status LaunchValueKeyCovariance(const ValueKeyCovarianceParams& params, cudaStream_t stream);
 absl::Status LaunchValueShift(const ValueShiftParams& params, cudaStream_t stream);
 #endif
 

@@ -41,6 +41,7 @@ IndexConfig MakeIndexConfig(const Options& o) {
   c.mass_target = o.budget.mass_target;
   c.estimate_pages = o.budget.estimate_pages;
   c.estimate_rest = o.budget.estimate_rest;
+  c.value_shift = o.budget.value_shift;
   c.max_segment_tokens = o.max_prefill_chunk_tokens;
   c.max_segments = o.shape.num_kv_heads;
   return c;

@@ -284,12 +284,11 @@ TEST_F(EstimationListsGpuTest, SpreadCorrectionEqualsTwin) {
         batch.AddSpread(rng());
         const bool shift = rng() % 2 == 0;
         if (shift) batch.AddValueShift(rng());
-        ASSERT_NO_FATAL_FAILURE(
-            CheckLists(batch,
-                       absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
-                                    " stride ", stride, " spread", shift ? " value shift" : "",
-                                    ", seed ", seed),
-                       stream()));
+        ASSERT_NO_FATAL_FAILURE(CheckLists(
+            batch,
+            absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts, " stride ",
+                         stride, " spread", shift ? " value shift" : "", ", seed ", seed),
+            stream()));
       }
     }
   }

@@ -175,8 +175,8 @@ TEST_F(EstimationRestGpuTest, RangeAndRestEqualTwin) {
           const bool shift = spread && rng() % 2 == 0;
           if (shift) batch.AddValueShift(rng());
           SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " D ", dim, " G ", group, " parts ", parts,
-                                    " stride ", stride, " variant ", variant,
-                                    shift ? " shift" : "", " seed ", seed));
+                                    " stride ", stride, " variant ", variant, shift ? " shift" : "",
+                                    " seed ", seed));
           ASSERT_NO_FATAL_FAILURE(CheckBatch(batch, stride, rng, stream(), &compared));
         }
       }

@@ -162,8 +162,8 @@ TEST(ValueShiftTest, IsScaledCrossCovarianceTimesQuery) {
       std::vector<float> stats(items * floats);
       for (float& x : stats) x = normal(rng);
       for (int i = 0; i < items; ++i) stats[i * floats + int64_t{dim} * dim] = 50.0f + i;
-      stats[2 * floats + int64_t{dim} * dim] = 0.0f;   // item 2: nothing counted yet
-      stats[3 * floats + int64_t{dim} * dim] = kNaN;   // item 3: NaN statistics
+      stats[2 * floats + int64_t{dim} * dim] = 0.0f;  // item 2: nothing counted yet
+      stats[3 * floats + int64_t{dim} * dim] = kNaN;  // item 3: NaN statistics
       std::vector<const float*> ptr;
       for (int i = 0; i < items; ++i) ptr.push_back(stats.data() + i * floats);
       ptr[1] = nullptr;  // item 1: no statistics

@@ -304,7 +304,6 @@ TEST(WaveStatsTest, EstimateRestBytesCountEveryCandidateAndTheRetrievedOnesAgain
                                    total.summary_bytes_read + total.estimate_bytes_read);
 }
 
-
 // The value shift's per-item sums start at zero for every sequence: a sequence in a slot that
 // another used (prefilled, decoded past page boundaries, removed) decodes exactly as it does
 // in a fresh cache.

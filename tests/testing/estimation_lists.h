@@ -314,7 +314,7 @@ class EstimationLists {
   const std::vector<uint16_t>& keys() const { return keys_; }
   const std::vector<float>& spreads() const { return spreads_; }  // empty: no spread
   const std::vector<float>& shifts() const { return shifts_; }
-  const std::vector<float>& logits() const { return logits_; }    // empty: from the keys
+  const std::vector<float>& logits() const { return logits_; }  // empty: from the keys
   int64_t logit_stride() const { return logit_stride_; }
   const std::vector<uint16_t>& means() const { return means_; }  // mean values, of dtype
   std::vector<uint16_t>& mutable_means() { return means_; }      // e.g. to plant a NaN

@@ -83,8 +83,8 @@ class DeviceEstimationLists {
 
  private:
   const EstimationLists& batch_;
-  DeviceBuffer q_, keys_, spreads_, shifts_, logits_, means_, counts_, ids_, list_count_, flat_, offsets_,
-      exclude_, exclude_count_;
+  DeviceBuffer q_, keys_, spreads_, shifts_, logits_, means_, counts_, ids_, list_count_, flat_,
+      offsets_, exclude_, exclude_count_;
   DeviceBuffer key_ptr_, spread_ptr_, mean_ptr_, count_ptr_;
 };
 

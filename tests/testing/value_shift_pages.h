@@ -41,8 +41,8 @@ class ValueShiftPages {
           values_[at] = Round(value);
         }
       }
-      tokens_.push_back(
-          Uniform(rng) < partial ? 1 + static_cast<int32_t>(rng() % (page_size - 1)) : page_size);
+      tokens_.push_back(Uniform(rng) < partial ? 1 + static_cast<int32_t>(rng() % (page_size - 1))
+                                               : page_size);
     }
     key_mean_.resize(static_cast<size_t>(pages) * 2 * dim);
     value_mean_.resize(key_mean_.size());
@@ -119,12 +119,9 @@ class ValueShiftPages {
   static double Uniform(std::mt19937_64& rng) {
     return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
   }
-  uint16_t Round(float x) const {
-    return dtype_ == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x);
-  }
+  uint16_t Round(float x) const { return dtype_ == DType::kBF16 ? FloatToBF16(x) : FloatToFP16(x); }
   float At(const std::vector<uint16_t>& a, int page, int t, int d) const {
-    return LoadAsFloat(dtype_, a.data(),
-                       (static_cast<size_t>(page) * page_size_ + t) * dim_ + d);
+    return LoadAsFloat(dtype_, a.data(), (static_cast<size_t>(page) * page_size_ + t) * dim_ + d);
   }
 
   DType dtype_;

@@ -186,6 +186,7 @@ absl::StatusOr<AccuracyConfig> MakeAccuracyConfig(const AccuracyFlags& flags,
           "the page_bounds index has no estimation zone: use 0, or --index=wave");
   }
   c.estimate_fraction = flags.estimate_fraction;
+  c.value_shift = flags.value_shift;
   if (!InFraction(flags.mass_target, true)) {
     p.Add("mass_target", Num(flags.mass_target), "must be 0 (top-k by count) or in (0, 1]");
   } else if (flags.mass_target > 0 && !c.indexes.empty() && !any_estimating) {

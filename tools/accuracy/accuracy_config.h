@@ -33,6 +33,7 @@ struct AccuracyFlags {
   std::string index = "page_bounds";  // page_bounds or wave; a comma list with --sweep
   double budget_fraction = 0.02;      // retrieval budget: share of the cold tokens, in (0, 1]
   double estimate_fraction = 0;       // estimation zone: share of the cold tokens, in [0, 1]
+  bool value_shift = true;            // Options::budget.value_shift
   double mass_target = 0;             // 0, or in (0, 1]: select by estimated mass (wave)
   int page_size = 16;
   int sink = 64;
@@ -59,6 +60,7 @@ struct AccuracyConfig {
   // Apply to the indexes that have them (wave); the page_bounds runs of a mixed --index list
   // use 0 (a note says so).
   double estimate_fraction = 0;
+  bool value_shift = true;
   double mass_target = 0;
   int page_size = 0;
   int sink_tokens = 0;

@@ -57,6 +57,9 @@ ABSL_FLAG(double, budget_fraction, kDefaults.budget_fraction,
 ABSL_FLAG(double, estimate_fraction, kDefaults.estimate_fraction,
           "--index=wave: the estimation zone as a share of the cold tokens (0: none; 1: every "
           "cold page not retrieved, estimated beside the selection)");
+ABSL_FLAG(bool, value_shift, kDefaults.value_shift,
+          "--index=wave with estimation: shift each estimated mean value towards the values "
+          "the query favours (Options::budget.value_shift); false: the mean values alone");
 ABSL_FLAG(double, mass_target, kDefaults.mass_target,
           "--index=wave: 0 selects the budget's pages by score; in (0, 1] the fewest pages "
           "holding this estimated share of the mass, at most the budget");
@@ -93,6 +96,7 @@ AccuracyFlags ReadFlags(std::vector<std::string> dumps) {
   f.index = absl::GetFlag(FLAGS_index);
   f.budget_fraction = absl::GetFlag(FLAGS_budget_fraction);
   f.estimate_fraction = absl::GetFlag(FLAGS_estimate_fraction);
+  f.value_shift = absl::GetFlag(FLAGS_value_shift);
   f.mass_target = absl::GetFlag(FLAGS_mass_target);
   f.page_size = absl::GetFlag(FLAGS_page_size);
   f.sink = absl::GetFlag(FLAGS_sink);

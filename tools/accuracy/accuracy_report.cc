@@ -86,6 +86,7 @@ std::vector<Column> Columns(const RunResult& r) {
       num("estimate_fraction", r.spec.estimate_fraction),
       integer("estimate_pages", r.estimate_pages),
       boolean("estimate_rest", r.estimate_rest),
+      boolean("value_shift", r.spec.value_shift),
       num("mass_target", r.spec.mass_target),
       integer("queries", r.queries),
       integer("query_heads", r.query_heads),

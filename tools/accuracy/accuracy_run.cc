@@ -215,6 +215,7 @@ std::vector<RunSpec> RunSpecs(const AccuracyConfig& c) {
       const bool estimating = AccuracyConfig::HasEstimation(index);
       s.estimate_fraction = estimating ? c.estimate_fraction : 0;
       s.mass_target = estimating ? c.mass_target : 0;
+      s.value_shift = c.value_shift;
       s.page_size = c.page_size;
       s.sink_tokens = c.sink_tokens;
       s.window_tokens = c.window_tokens;
@@ -244,6 +245,7 @@ absl::StatusOr<Options> MakeRunOptions(const AccuracyInput& input, const RunSpec
                                   : 0;
   }
   o.budget.mass_target = spec.mass_target;
+  o.budget.value_shift = spec.value_shift;
   // Every page of the sequence, K and V, plus two spare pages per KV head and some slack.
   const int64_t p = std::max(spec.page_size, 1);
   const int64_t pages = (input.tokens + p - 1) / p + 2;

@@ -79,6 +79,7 @@ struct RunSpec {
   double budget_fraction = 0;
   double estimate_fraction = 0;  // 0 for kinds without an estimation zone
   double mass_target = 0;        // 0 for kinds without mass selection
+  bool value_shift = true;       // Options::budget.value_shift
   int page_size = 16;
   int sink_tokens = 64;
   int window_tokens = 1024;

@@ -285,6 +285,7 @@ absl::StatusOr<ReplayConfig> MakeReplayConfig(const ReplayFlags& flags, const De
   // The estimation zone in pages: a share of the cold tokens at the last step, rounded up.
   c.estimate_pages = flags.estimate_pages;
   c.estimate_rest = flags.estimate_fraction >= 1;  // every cold page not retrieved
+  c.value_shift = flags.value_shift;
   if (flags.estimate_fraction > 0 && !c.estimate_rest) {
     const int64_t cold =
         tools::ColdTokens(c.final_tokens(), c.page_size, c.sink_tokens, c.window_tokens);
@@ -358,6 +359,7 @@ absl::StatusOr<Options> MakeOptions(const ReplayConfig& c) {
   o.budget.mass_target = c.mass_target;
   o.budget.estimate_pages = c.estimate_pages;
   o.budget.estimate_rest = c.estimate_rest;
+  o.budget.value_shift = c.value_shift;
   o.index = c.index;
   o.cache_slots_per_budget = c.cache_slots_per_budget;
   switch (c.policy) {

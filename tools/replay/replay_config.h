@@ -64,6 +64,7 @@ struct ReplayFlags {
   // the cold (offloaded) tokens a sequence holds after the last step, rounded up to pages.
   int estimate_pages = 0;
   double estimate_fraction = 0;
+  bool value_shift = true;  // estimates shift mean values (Options::budget.value_shift)
   std::string policy = "score";
   double cache_slots = 4.0;  // page-cache slots per (sequence, layer, KV head) / budget
   double score_decay = 0.99;
@@ -103,6 +104,7 @@ struct ReplayConfig {
   double mass_target = 0;
   int estimate_pages = 0;      // Options::budget.estimate_pages, resolved from either flag
   bool estimate_rest = false;  // Options::budget.estimate_rest: --estimate_fraction=1
+  bool value_shift = true;     // Options::budget.value_shift
   PolicyChoice policy = PolicyChoice::kScore;
   double cache_slots_per_budget = 0;
   float score_decay = 0;

@@ -69,6 +69,9 @@ ABSL_FLAG(double, mass_target, kDefaults.mass_target,
 ABSL_FLAG(int32_t, estimate_pages, kDefaults.estimate_pages,
           "--index=wave: pages ranked below the retrieved ones that are estimated from their "
           "centroid and mean value instead of attended (0: no estimation zone)");
+ABSL_FLAG(bool, value_shift, kDefaults.value_shift,
+          "--index=wave with estimation: shift each estimated mean value towards the values "
+          "the query favours (Options::budget.value_shift); false: the mean values alone");
 ABSL_FLAG(double, estimate_fraction, kDefaults.estimate_fraction,
           "--index=wave: the estimation zone as a share of the cold (offloaded) tokens a "
           "sequence holds after the last step, rounded up to pages (instead of "
@@ -154,6 +157,7 @@ ReplayFlags ReadFlags() {
   f.mass_target = absl::GetFlag(FLAGS_mass_target);
   f.estimate_pages = absl::GetFlag(FLAGS_estimate_pages);
   f.estimate_fraction = absl::GetFlag(FLAGS_estimate_fraction);
+  f.value_shift = absl::GetFlag(FLAGS_value_shift);
   f.policy = absl::GetFlag(FLAGS_policy);
   f.cache_slots = absl::GetFlag(FLAGS_cache_slots);
   f.score_decay = absl::GetFlag(FLAGS_score_decay);

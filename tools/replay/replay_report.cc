@@ -232,6 +232,7 @@ void PrintJson(const ReplayResult& r, std::ostream& out) {
       .Num("mass_target", c.mass_target)
       .Int("estimate_pages", c.estimate_pages)
       .Bool("estimate_rest", c.estimate_rest)
+      .Bool("value_shift", c.value_shift)
       .Str("policy", PolicyChoiceName(c.policy))
       .Num("cache_slots_per_budget", c.cache_slots_per_budget)
       .Num("score_decay", c.score_decay)

@@ -211,10 +211,37 @@ TEST(AccuracyRunTest, TheWaveIndexHoldsTheFidelityTargets) {
     }
     const RunResult b = RunInput(*in, bounds);
     ASSERT_TRUE(b.status.ok()) << b.status;
-    std::printf("%-14s wave + rest %.2f%%, page bounds %.2f%%\n", name,
-                100 * w.output_error.mean, 100 * b.output_error.mean);
+    std::printf("%-14s wave + rest %.2f%%, page bounds %.2f%%\n", name, 100 * w.output_error.mean,
+                100 * b.output_error.mean);
     EXPECT_LE(w.output_error.mean, 0.5 * b.output_error.mean);
   }
+}
+
+// --value_shift=false estimates from the mean values alone: the same run otherwise, a
+// different estimate, and the JSON says which.
+TEST(AccuracyRunTest, TheValueShiftCanBeTurnedOff) {
+  const AccuracyConfig c = SyntheticConfig(0, 2);
+  absl::StatusOr<AccuracyInput> in = MakeSyntheticInput(c);
+  ASSERT_TRUE(in.ok()) << in.status();
+  in->query_positions.resize(4);
+  in->evaluated = {1, 3};
+  RunSpec spec = Spec(c, 0.05);
+  spec.index = IndexKind::kWave;
+  spec.estimate_fraction = 1.0;
+  const RunResult on = RunInput(*in, spec);
+  spec.value_shift = false;
+  absl::StatusOr<Options> options = MakeRunOptions(*in, spec);
+  ASSERT_TRUE(options.ok()) << options.status();
+  EXPECT_FALSE(options->budget.value_shift);
+  const RunResult off = RunInput(*in, spec);
+  ASSERT_TRUE(on.status.ok() && off.status.ok()) << on.status << off.status;
+  EXPECT_EQ(off.output_error.non_finite, 0);
+  EXPECT_NE(on.output_error.mean, off.output_error.mean);
+  EXPECT_DOUBLE_EQ(on.mean_mass_captured, off.mean_mass_captured);  // the same selection
+  std::ostringstream json;
+  PrintJson({on, off}, json);
+  EXPECT_THAT(json.str(), HasSubstr("\"value_shift\": true"));
+  EXPECT_THAT(json.str(), HasSubstr("\"value_shift\": false"));
 }
 
 TEST(AccuracyRunTest, AnUnreadableDumpNamesItsPath) {
@@ -301,10 +328,11 @@ TEST(AccuracyRunTest, EstimateFractionOneEstimatesTheRest) {
   WriteCsv({r, zone}, csv);
   const std::vector<std::string> lines = absl::StrSplit(csv.str(), '\n', absl::SkipEmpty());
   ASSERT_EQ(lines.size(), 3u);
-  EXPECT_THAT(lines[0], HasSubstr(",estimate_pages,estimate_rest,mass_target,"));
-  // budget_fraction, budget_pages, estimate_fraction, estimate_pages, estimate_rest (1 / 0).
-  EXPECT_THAT(lines[1], HasSubstr(",0.05,4,1,0,1,0,"));
-  EXPECT_THAT(lines[2], HasSubstr(",0.05,4,1,7,0,0,"));
+  EXPECT_THAT(lines[0], HasSubstr(",estimate_pages,estimate_rest,value_shift,mass_target,"));
+  // budget_fraction, budget_pages, estimate_fraction, estimate_pages, estimate_rest (1 / 0),
+  // value_shift (1).
+  EXPECT_THAT(lines[1], HasSubstr(",0.05,4,1,0,1,1,0,"));
+  EXPECT_THAT(lines[2], HasSubstr(",0.05,4,1,7,0,1,0,"));
 
   std::ostringstream table;
   PrintTable(c, {r}, table);

@@ -50,6 +50,20 @@ TEST(ReplayEstimateRestTest, FractionOneWithTheWaveIndexEstimatesTheRest) {
   EXPECT_TRUE(ValidateOptions(*o).ok()) << ValidateOptions(*o);
 }
 
+// --value_shift (on by default) reaches Options::budget.value_shift.
+TEST(ReplayEstimateRestTest, ValueShiftFlagReachesTheOptions) {
+  absl::StatusOr<ReplayConfig> on = MakeReplayConfig(WaveFlags(1.0), DeviceFacts{});
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_TRUE(on->value_shift);
+  EXPECT_TRUE(MakeOptions(*on)->budget.value_shift);
+  ReplayFlags flags = WaveFlags(1.0);
+  flags.value_shift = false;
+  absl::StatusOr<ReplayConfig> off = MakeReplayConfig(flags, DeviceFacts{});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->value_shift);
+  EXPECT_FALSE(MakeOptions(*off)->budget.value_shift);
+}
+
 TEST(ReplayEstimateRestTest, AFractionBelowOneIsStillAZoneInPages) {
   absl::StatusOr<ReplayConfig> c = MakeReplayConfig(WaveFlags(0.999), DeviceFacts{});
   ASSERT_TRUE(c.ok()) << c.status();
