@@ -31,9 +31,12 @@
 #include "kernels/block_select_device.cuh"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/warp_math.cuh"
 
 namespace kvtier {
 namespace {
+
+using internal::ToFloat;
 
 using internal::ItemRange;
 using internal::kMassSegment;
@@ -77,8 +80,6 @@ __device__ __forceinline__ void Unpack(const uint4& raw, const __half*, float* o
     out[2 * i + 1] = f.y;
   }
 }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 
 // The xor butterfly over a group of kLanes lanes (block_select.cc's Butterfly).
 template <int kLanes>

@@ -13,12 +13,13 @@
 #include "kernels/block_summary.h"
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
+#include "kernels/warp_math.cuh"
 
 namespace kvtier {
 namespace {
 
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+using internal::ToFloat;
+
 template <typename T>
 __device__ __forceinline__ T FromFloat(float x);
 template <>

@@ -16,11 +16,10 @@
 #include "kernels/base/cuda_check.h"
 #include "kernels/estimation.h"
 #include "kernels/launch.cuh"
+#include "kernels/warp_math.cuh"
 
 namespace kvtier::internal {
 
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
 // Two consecutive elements (4-byte aligned) as floats.
 __device__ __forceinline__ float2 ToFloat2(const __nv_bfloat16* x) {
   return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(x));
@@ -37,11 +36,6 @@ __device__ __forceinline__ float WarpNanMax(float x) {
   for (int offset = 16; offset >= 1; offset /= 2) {
     x = NanMax(x, __shfl_xor_sync(0xFFFFFFFFu, x, offset));
   }
-  return x;
-}
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
   return x;
 }
 

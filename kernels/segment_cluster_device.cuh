@@ -15,6 +15,7 @@
 #include "kernels/cp_async.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/segment_cluster.h"
+#include "kernels/warp_math.cuh"
 
 namespace kvtier::internal::segment_cluster {
 
@@ -61,15 +62,6 @@ __device__ __forceinline__ U* Array(const Args& a, int segment, size_t offset) {
 // Segment tokens, clamped into [0, max_tokens].
 __device__ __forceinline__ int Tokens(const Args& a, int segment) {
   return min(max(a.num_tokens[segment], 0), a.max_tokens);
-}
-
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
-  return x;
 }
 
 // Whether candidate (v, i) beats (best, arg): larger similarity, then lower index; i < 0 is

@@ -23,23 +23,18 @@
 #include "kernels/dispatch.cuh"
 #include "kernels/launch.cuh"
 #include "kernels/value_shift.h"
+#include "kernels/warp_math.cuh"
 
 namespace kvtier {
 namespace {
+
+using internal::ToFloat;
+using internal::WarpSum;
 
 constexpr int kThreads = 256;
 constexpr int kRunPages = 8;    // pages a block adds up before it writes
 constexpr int kTokenTile = 16;  // tokens staged at a time: a half-warp each
 constexpr int kMaxTile = 128;   // a block's tile of the sum: at most 128 x 128
-
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-
-__device__ __forceinline__ float WarpSum(float x) {
-#pragma unroll
-  for (int offset = 16; offset >= 1; offset /= 2) x += __shfl_xor_sync(0xFFFFFFFFu, x, offset);
-  return x;
-}
 
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads)
