@@ -189,21 +189,6 @@ class WaveIndex final : public BlockIndex {
     return backend.Estimation(p, stream);
   }
 
-  // The shifts of the step's query rows from their items' statistics.
-  absl::Status ValueShifts(StepBackend& backend, const EstimateBatch& batch,
-                           cudaStream_t stream) const {
-    ValueShiftParams shift;
-    shift.dtype = config_.dtype;
-    shift.head_dim = config_.head_dim;
-    shift.group_size = config_.group_size;
-    shift.softmax_scale = config_.softmax_scale;
-    shift.num_items = batch.num_items;
-    shift.q = batch.q;
-    shift.stats = reinterpret_cast<const float* const*>(batch.summaries[kStats]);
-    shift.shift = Shifts(batch.workspace);
-    return backend.ValueShift(shift, stream);
-  }
-
   bool orders_segments() const override { return true; }
   size_t segment_workspace_bytes() const override { return segment_workspace_bytes_; }
   absl::Status OrderSegments(StepBackend& backend, const SegmentBatch& batch,
@@ -222,6 +207,21 @@ class WaveIndex final : public BlockIndex {
   int position_array() const override { return kPositions; }
 
  private:
+  // The shifts of the step's query rows from their items' statistics.
+  absl::Status ValueShifts(StepBackend& backend, const EstimateBatch& batch,
+                           cudaStream_t stream) const {
+    ValueShiftParams shift;
+    shift.dtype = config_.dtype;
+    shift.head_dim = config_.head_dim;
+    shift.group_size = config_.group_size;
+    shift.softmax_scale = config_.softmax_scale;
+    shift.num_items = batch.num_items;
+    shift.q = batch.q;
+    shift.stats = reinterpret_cast<const float* const*>(batch.summaries[kStats]);
+    shift.shift = Shifts(batch.workspace);
+    return backend.ValueShift(shift, stream);
+  }
+
   BlockSelectParams SelectParams() const {
     BlockSelectParams p;
     p.kind = BlockScoreKind::kCentroid;
