@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "kernels/base/cuda_handles.h"
 #include "runtime/kv_cache.h"
+#include "tests/runtime/runtime_schedules.h"
 #include "tests/runtime/runtime_test_util.h"
 #include "tests/testing/gpu_test_util.h"
 

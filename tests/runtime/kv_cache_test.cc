@@ -19,6 +19,8 @@
 #include "gtest/gtest.h"
 #include "kernels/cache_resolve.h"
 #include "runtime/kv_cache.h"
+#include "tests/runtime/page_cache_model.h"
+#include "tests/runtime/runtime_schedules.h"
 #include "tests/runtime/runtime_test_util.h"
 
 namespace kvtier {

@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "runtime/kv_cache.h"
+#include "tests/runtime/runtime_schedules.h"
 #include "tests/runtime/runtime_test_util.h"
 #include "tests/runtime/wave_test_cases.h"
 #include "tests/testing/gpu_test_util.h"

@@ -23,6 +23,7 @@
 #include "gtest/gtest.h"
 #include "kernels/value_shift.h"
 #include "runtime/kv_cache.h"
+#include "tests/runtime/runtime_schedules.h"
 #include "tests/runtime/runtime_test_util.h"
 #include "tests/runtime/wave_test_cases.h"
 

@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "kernels/base/dtype.h"
 #include "runtime/core/options.h"
+#include "tests/runtime/runtime_schedules.h"
 #include "tests/runtime/runtime_test_util.h"
 
 namespace kvtier::runtime_test {
