@@ -1,11 +1,11 @@
 // The value-shift kernels on the GPU (contracts in value_shift.h).
 //
-// ValueKeyCovariance: a block per run of up to kRunPages pages (entries h, h + S, h + 2S, ... of
-// the batch, S = item_stride, usually one item's) and 128 x 128 tile of the D x D sum. Per
-// page, 16 tokens at a time: a half-warp a token finds its part (the nearer part mean key) and
-// writes its deviations from the part's means to shared memory in fp32; then each thread adds
-// its 8 x 8 (4 x 4 at D 64) outputs dv dk^T over the 16 tokens with fp32 FMAs. Outputs go to
-// the item's statistics by atomics when the run ends or moves to another item.
+// ValueKeyCovariance: a block per run of pages (kRunTokens tokens' worth, at least one page)
+// (entries h, h + S, h + 2S, ... of the batch, S = item_stride, usually one item's) and 128 x 128
+// tile of the D x D sum. Per page, 16 tokens at a time: a half-warp a token finds its part (the
+// nearer part mean key) and writes its deviations from the part's means to shared memory in fp32;
+// then each thread adds its 8 x 8 (4 x 4 at D 64) outputs dv dk^T over the 16 tokens with fp32
+// FMAs. Outputs go to the item's statistics by atomics when the run ends or moves to another item.
 // ValueShift: a block per item, a warp per row of the sum at a time, the G query rows in
 // shared memory.
 #include <cuda_bf16.h>
@@ -32,13 +32,13 @@ using internal::ToFloat;
 using internal::WarpSum;
 
 constexpr int kThreads = 256;
-constexpr int kRunPages = 8;    // pages a block adds up before it writes
-constexpr int kTokenTile = 16;  // tokens staged at a time: a half-warp each
-constexpr int kMaxTile = 128;   // a block's tile of the sum: at most 128 x 128
+constexpr int kRunTokens = 512;  // a block adds up pages of this many tokens before it writes
+constexpr int kTokenTile = 16;   // tokens staged at a time: a half-warp each
+constexpr int kMaxTile = 128;    // a block's tile of the sum: at most 128 x 128
 
 template <typename T, int kDim>
 __global__ void __launch_bounds__(kThreads)
-    ValueKeyCovarianceKernel(ValueKeyCovarianceParams p, int64_t columns) {
+    ValueKeyCovarianceKernel(ValueKeyCovarianceParams p, int64_t columns, int run_pages) {
   constexpr int kTile = kDim < kMaxTile ? kDim : kMaxTile;
   constexpr int kTiles = kDim / kTile;
   constexpr int kPer = kTile / 16;  // outputs a thread along each side
@@ -85,8 +85,8 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   const int parts = p.centroid_parts == 2 ? 2 : 1;
-  for (int r = 0; r < kRunPages; ++r) {
-    const int64_t j = (chunk * kRunPages + r) * columns + column;
+  for (int r = 0; r < run_pages; ++r) {
+    const int64_t j = (chunk * run_pages + r) * columns + column;
     if (j >= p.num_pages) break;
     float* stats = p.stats[j];
     if (p.tokens[j] != p.page_size || stats == nullptr) continue;  // block-uniform
@@ -198,7 +198,8 @@ absl::Status LaunchValueKeyCovariance(const ValueKeyCovarianceParams& p, cudaStr
   if (p.num_pages == 0) return absl::OkStatus();
   const int64_t columns = std::min<int64_t>(p.item_stride, p.num_pages);
   const int64_t rows = (p.num_pages + columns - 1) / columns;
-  const int64_t blocks = columns * ((rows + kRunPages - 1) / kRunPages);
+  const int run_pages = std::max(1, kRunTokens / p.page_size);
+  const int64_t blocks = columns * ((rows + run_pages - 1) / run_pages);
   if (blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(
         absl::StrCat("ValueKeyCovarianceParams: ", p.num_pages, " pages exceed one grid"));
@@ -209,8 +210,8 @@ absl::Status LaunchValueKeyCovariance(const ValueKeyCovarianceParams& p, cudaStr
       constexpr int kDim = decltype(dim)::value;
       constexpr int kTiles = kDim < kMaxTile ? 1 : kDim / kMaxTile;
       ValueKeyCovarianceKernel<T, kDim>
-          <<<dim3(static_cast<unsigned>(blocks), kTiles * kTiles), kThreads, 0, stream>>>(p,
-                                                                                          columns);
+          <<<dim3(static_cast<unsigned>(blocks), kTiles * kTiles), kThreads, 0, stream>>>(
+              p, columns, run_pages);
       KVTIER_RETURN_IF_LAUNCH_FAILED("ValueKeyCovarianceKernel", stream);
       return absl::OkStatus();
     });

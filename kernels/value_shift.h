@@ -102,7 +102,7 @@ absl::Status ValidateValueShiftShape(const ValueShiftParams& params);
 absl::Status ReferenceValueShift(const ValueShiftParams& params);
 
 #ifdef KVTIER_WITH_CUDA
-// One launch each on `stream`. The covariance: a thread block per run of up to 8 pages of one
+// One launch each on `stream`. The covariance: a thread block per run of 512 tokens' pages of one
 // item and 128 x 128 tile of the sum, fp32 FMAs over 16-token tiles in shared memory, added
 // into the statistics by atomics once a run (so the sums' rounding order varies). The shift: a
 // block per item, a warp per row of C. InvalidArgument on bad sizes; Unimplemented for an
