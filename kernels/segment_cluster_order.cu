@@ -50,6 +50,16 @@ __global__ void __launch_bounds__(kSegmentThreads) OffsetsKernel(Args a) {
   if (c < k) Array<int32_t>(a, segment, a.layout.starts)[c] = start;
 }
 
+// Where token t of cluster c (this block's tile of tokens) goes in a list that holds each
+// cluster's members from first[c] on: first[c] + the members of c in earlier tiles + t's rank
+// among c's members in its tile.
+__device__ __forceinline__ int MemberPosition(const Args& a, int segment, size_t first, int c,
+                                              int t) {
+  return Array<int32_t>(a, segment, first)[c] +
+         Array<int32_t>(a, segment, a.layout.tile_counts)[blockIdx.x * a.layout.clusters_pad + c] +
+         Array<int32_t>(a, segment, a.layout.tile_rank)[t];
+}
+
 // members[starts[a] + rank of t among a's members] = t, for every token t of cluster a.
 __global__ void __launch_bounds__(kTileRows) ScatterKernel(Args a) {
   internal::ChainedKernelStart();
@@ -57,10 +67,7 @@ __global__ void __launch_bounds__(kTileRows) ScatterKernel(Args a) {
   const int t = blockIdx.x * kTileRows + threadIdx.x;
   if (t >= Tokens(a, segment)) return;
   const int c = Array<int32_t>(a, segment, a.layout.assignment)[t];
-  const int position =
-      Array<int32_t>(a, segment, a.layout.starts)[c] +
-      Array<int32_t>(a, segment, a.layout.tile_counts)[blockIdx.x * a.layout.clusters_pad + c] +
-      Array<int32_t>(a, segment, a.layout.tile_rank)[t];
+  const int position = MemberPosition(a, segment, a.layout.starts, c, t);
   Array<int32_t>(a, segment, a.layout.members)[position] = t;
 }
 
@@ -209,10 +216,7 @@ __global__ void __launch_bounds__(kTileRows) OutputKernel(Args a) {
   const int t = blockIdx.x * kTileRows + threadIdx.x;
   if (t >= Tokens(a, segment)) return;
   const int c = Array<int32_t>(a, segment, a.layout.assignment)[t];
-  const int position =
-      Array<int32_t>(a, segment, a.layout.chain_start)[c] +
-      Array<int32_t>(a, segment, a.layout.tile_counts)[blockIdx.x * a.layout.clusters_pad + c] +
-      Array<int32_t>(a, segment, a.layout.tile_rank)[t];
+  const int position = MemberPosition(a, segment, a.layout.chain_start, c, t);
   a.order[segment][position] = t;
   if (a.cluster_of != nullptr) {
     a.cluster_of[segment][t] = Array<int32_t>(a, segment, a.layout.output_id)[c];
